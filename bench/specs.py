@@ -1,0 +1,74 @@
+"""Parsing of ``name(key=value,...)`` specs and comma-separated lists of them."""
+from __future__ import annotations
+
+import ast
+import re
+from typing import Any
+
+SPEC = re.compile(r"^\s*([A-Za-z0-9_.-]+)\s*(?:\((.*)\))?\s*$", re.S)
+
+
+class SpecError(ValueError):
+    """A malformed spec; the message is one line."""
+
+
+def split_top_level(text: str) -> list[str]:
+    """Split on commas that are not inside parentheses."""
+    parts, depth, current = [], 0, []
+    for ch in text:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth < 0:
+                raise SpecError(f"unbalanced ')' in {text!r}")
+        if ch == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    if depth != 0:
+        raise SpecError(f"unbalanced '(' in {text!r}")
+    parts.append("".join(current))
+    return [p.strip() for p in parts]
+
+
+def parse_value(text: str) -> Any:
+    text = text.strip()
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_spec(text: str) -> tuple[str, dict[str, Any]]:
+    """'bernoulli-target(d=4,t=0.45)' -> ('bernoulli-target', {'d': 4, 't': 0.45})."""
+    match = SPEC.match(text)
+    if not match or not match.group(1):
+        raise SpecError(f"malformed spec {text!r}: expected name or name(key=value,...)")
+    name, body = match.group(1), match.group(2)
+    params: dict[str, Any] = {}
+    if body is not None and body.strip():
+        for item in split_top_level(body):
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip().isidentifier() or not value.strip():
+                raise SpecError(f"malformed parameter {item!r} in {text!r}: expected key=value")
+            if key.strip() in params:
+                raise SpecError(f"parameter {key.strip()!r} given twice in {text!r}")
+            params[key.strip()] = parse_value(value)
+    return name, params
+
+
+def parse_spec_list(text: str) -> list[tuple[str, dict[str, Any]]]:
+    items = [item for item in split_top_level(text)]
+    if not text.strip() or any(not item for item in items):
+        raise SpecError(f"empty name in list {text!r}")
+    return [parse_spec(item) for item in items]
+
+
+def format_spec(name: str, params: dict[str, Any]) -> str:
+    if not params:
+        return name
+    return f"{name}({','.join(f'{k}={v!r}' if isinstance(v, str) else f'{k}={v}' for k, v in sorted(params.items()))})"

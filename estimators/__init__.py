@@ -1,0 +1,23 @@
+"""Gradient estimators for layers of stochastic units, one module per family, and their registry."""
+from estimators.base import (Estimator, LossFn, Noise, NotEnumerable, PathwiseEstimator, ReplayNoise,
+                             all_configurations, attach_gradient)
+from estimators.registry import Registry, RegistryError, load_plugin
+
+ESTIMATORS = Registry(
+    kind="estimator",
+    group="bench.estimators",
+    builtin_modules=("estimators.reinforce", "estimators.straight_through", "estimators.sts",
+                     "estimators.noisy_rectifier", "estimators.paper_baselines",
+                     "estimators.perturbation", "estimators.exact"),
+)
+register_estimator = ESTIMATORS.register
+
+
+def build_estimator(name: str, params: dict | None = None) -> Estimator:
+    """Instantiate a registered estimator by name with keyword parameters."""
+    return ESTIMATORS.build(name, params)
+
+
+__all__ = ["ESTIMATORS", "Estimator", "LossFn", "Noise", "NotEnumerable", "PathwiseEstimator",
+           "ReplayNoise", "Registry", "RegistryError", "all_configurations", "attach_gradient",
+           "build_estimator", "load_plugin", "register_estimator"]

@@ -1,0 +1,204 @@
+"""The estimator contract: ``estimator(logits, loss_fn) -> per-example surrogate``.
+
+The surrogate's value equals the loss (for multi-evaluation estimators, the mean of the losses it
+evaluated); its gradient with respect to the logits, anything upstream of them and any parameter
+inside ``loss_fn`` is the gradient estimate. Shapes: ``logits`` is ``(*batch, units)``; ``loss_fn``
+takes ``h`` of shape ``(*extra, *batch, units)`` and returns ``(*extra, *batch)``, so an estimator
+that needs K evaluations stacks them on a leading axis and calls ``loss_fn`` once.
+
+All randomness goes through ``self.rng`` (a :class:`Noise`), so a harness can seed it, or replay a
+chosen sample (:class:`ReplayNoise`) to get exact values and exact moments by enumeration.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, ClassVar, Iterator
+
+import torch
+
+LossFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class NotEnumerable(RuntimeError):
+    """Raised when continuous randomness is requested from a replayed (enumerated) sample."""
+
+
+class Noise:
+    """Seeded source of every random number an estimator uses."""
+
+    def __init__(self, generator: torch.Generator | None = None):
+        self.generator = generator
+
+    def uniform(self, shape, like: torch.Tensor) -> torch.Tensor:
+        return torch.rand(shape, generator=self.generator, device=like.device, dtype=like.dtype)
+
+    def bernoulli(self, probs: torch.Tensor, shape=None) -> torch.Tensor:
+        """{0,1} draws with P(1) = probs, as h = 1[u < p] with u ~ U[0,1] (paper eq. 3, corrected)."""
+        shape = probs.shape if shape is None else torch.Size(shape)
+        return (self.uniform(shape, probs) < probs).to(probs.dtype)
+
+    def normal(self, shape, like: torch.Tensor) -> torch.Tensor:
+        return torch.randn(shape, generator=self.generator, device=like.device, dtype=like.dtype)
+
+    def logistic(self, shape, like: torch.Tensor) -> torch.Tensor:
+        tiny = torch.finfo(like.dtype).tiny
+        u = self.uniform(shape, like).clamp(tiny, 1 - torch.finfo(like.dtype).eps)
+        return torch.log(u) - torch.log1p(-u)
+
+    def rademacher(self, shape, like: torch.Tensor) -> torch.Tensor:
+        return self.bernoulli(torch.full((), 0.5, dtype=like.dtype, device=like.device), shape) * 2 - 1
+
+    def beta(self, alpha: float, beta: float, shape, like: torch.Tensor) -> torch.Tensor:
+        """Beta draws; torch's sampler takes no generator, so seed a forked global RNG from ours."""
+        seed = int(torch.randint(0, 2**62, (), generator=self.generator, device=like.device).item())
+        devices = [like.device] if like.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            dist = torch.distributions.Beta(torch.tensor(alpha, dtype=like.dtype, device=like.device),
+                                            torch.tensor(beta, dtype=like.dtype, device=like.device))
+            return dist.sample(torch.Size(shape))
+
+
+class ReplayNoise(Noise):
+    """Replays given Bernoulli bits instead of drawing them, and records their probability.
+
+    ``configs`` is ``(S, n_bits)``: row s is the whole Bernoulli randomness of sample s. Each request
+    of shape ``(*lead, S, units)`` consumes ``prod(lead) * units`` bits per row, in order.
+    ``log_prob`` accumulates log P(bits) under the probabilities the estimator asked for, so
+    sum_s exp(log_prob_s) f(s) is an exact expectation when ``configs`` enumerates all 2^n rows.
+    """
+
+    def __init__(self, configs: torch.Tensor):
+        super().__init__(None)
+        self.configs = configs
+        self.offset = 0
+        self.log_prob = torch.zeros(configs.shape[0], dtype=torch.float64, device=configs.device)
+
+    def bernoulli(self, probs: torch.Tensor, shape=None) -> torch.Tensor:
+        shape = torch.Size(probs.shape if shape is None else shape)
+        n_rows = self.configs.shape[0]
+        if len(shape) < 2 or shape[-2] != n_rows:
+            raise NotEnumerable(f"replay expects draws of shape (..., {n_rows}, units), got {tuple(shape)}")
+        lead = shape[:-2]
+        width = math.prod(lead) * shape[-1]
+        if self.offset + width > self.configs.shape[1]:
+            raise NotEnumerable("the estimator drew more Bernoulli bits than were enumerated")
+        bits = self.configs[:, self.offset:self.offset + width]
+        self.offset += width
+        bits = bits.reshape(n_rows, *lead, shape[-1]).movedim(0, -2).to(probs.dtype)
+        p = probs.expand(shape).to(torch.float64)
+        b = bits.to(torch.float64)
+        logp = b * torch.log(p) + (1 - b) * torch.log1p(-p)
+        self.log_prob = self.log_prob + logp.movedim(-2, 0).reshape(n_rows, -1).sum(-1)
+        return bits
+
+    def uniform(self, shape, like):
+        raise NotEnumerable("continuous randomness cannot be enumerated")
+
+    normal = uniform
+    logistic = uniform
+
+    def beta(self, alpha, beta, shape, like):
+        raise NotEnumerable("continuous randomness cannot be enumerated")
+
+    def rademacher(self, shape, like):
+        raise NotEnumerable("continuous randomness cannot be enumerated")
+
+
+def attach_gradient(value: torch.Tensor, logits: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Return ``value`` unchanged whose gradient w.r.t. ``logits`` is additionally ``grad``.
+
+    (grad * logits).sum - (same).detach() is exactly zero in value and has derivative ``grad``.
+    """
+    term = (grad.detach() * logits).sum(-1)
+    return value + (term - term.detach())
+
+
+def reduce_to_batch(value: torch.Tensor, batch_ndim: int) -> torch.Tensor:
+    """Average leading evaluation axes so the surrogate has the logits' batch shape."""
+    extra = value.ndim - batch_ndim
+    return value.mean(dim=tuple(range(extra))) if extra > 0 else value
+
+
+class Estimator(torch.nn.Module):
+    """Base class: subclasses implement ``forward(logits, loss_fn)`` and declare their traits.
+
+    Traits (class attributes the harness reads; never special-case names):
+    ``unbiased`` -- E[estimate] equals the gradient of E[loss] under Bernoulli(sigm(logits)) units;
+    ``loss_evals`` -- loss evaluations per estimate, a number or a formula (see :meth:`loss_evaluations`);
+    ``needs_loss_backprop`` -- uses dL/dh (back-propagation through the loss) or only L's value;
+    ``binary_forward`` -- the units' forward output is in {0, 1};
+    ``randomness`` -- 'bernoulli' (discrete: exact moments by enumeration), 'continuous' or 'none';
+    ``stateful`` -- keeps running statistics (baselines) updated while ``update_state`` is True;
+    ``has_parameters`` -- owns trainable parameters (control variates, learned baselines).
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    unbiased: ClassVar[bool] = False
+    loss_evals: ClassVar[int | str] = 1
+    needs_loss_backprop: ClassVar[bool] = True
+    binary_forward: ClassVar[bool] = True
+    randomness: ClassVar[str] = "bernoulli"
+    stateful: ClassVar[bool] = False
+    has_parameters: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rng: Noise = Noise()
+        self.update_state = True
+
+    def loss_evaluations(self, units: int) -> int:
+        """Loss evaluations per estimate for a layer of ``units`` units."""
+        if isinstance(self.loss_evals, int):
+            return self.loss_evals
+        raise NotImplementedError(f"{type(self).__name__} declares loss_evals={self.loss_evals!r} "
+                                  "and must override loss_evaluations()")
+
+    def bernoulli_draws(self, units: int) -> int:
+        """Bernoulli bits drawn per estimate (what exact enumeration must cover)."""
+        return units if self.randomness == "bernoulli" else 0
+
+    def check_units(self, units: int) -> None:
+        """Raise ValueError if this estimator cannot serve a layer of ``units`` units."""
+
+    @property
+    def enumerable(self) -> bool:
+        return self.randomness in ("bernoulli", "none")
+
+    def traits(self) -> dict[str, object]:
+        return {"unbiased": self.unbiased, "loss_evals": self.loss_evals,
+                "needs_loss_backprop": self.needs_loss_backprop, "binary_forward": self.binary_forward,
+                "randomness": self.randomness, "stateful": self.stateful,
+                "has_parameters": self.has_parameters}
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator["Estimator"]:
+        """Hold running statistics fixed, so estimates drawn inside are i.i.d."""
+        previous = self.update_state
+        self.update_state = False
+        try:
+            yield self
+        finally:
+            self.update_state = previous
+
+    def sample(self, logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{self.name or type(self).__name__} has no pathwise sample(); "
+                                  "call estimator(logits, loss_fn) instead")
+
+    def forward(self, logits: torch.Tensor, loss_fn: LossFn) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+class PathwiseEstimator(Estimator):
+    """An estimator that is a differentiable sample: surrogate = loss_fn(sample(logits))."""
+
+    def forward(self, logits: torch.Tensor, loss_fn: LossFn) -> torch.Tensor:
+        return loss_fn(self.sample(logits))
+
+
+def all_configurations(n: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """All 2^n binary vectors as rows, shape (2^n, n); row k holds the bits of k (LSB first)."""
+    codes = torch.arange(2**n, device=device).unsqueeze(1)
+    return ((codes >> torch.arange(n, device=device)) & 1).to(dtype)

@@ -1,0 +1,49 @@
+"""STS, stochastic times smooth (paper sec. 2.2, eq. 2): h = b sqrt(p), b ~ Bernoulli(sqrt(p)),
+p = sigm(a), back-propagating through the smooth factor sqrt(p) only."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from estimators import register_estimator
+from estimators.base import PathwiseEstimator
+
+
+@register_estimator("sts", "Stochastic times smooth: h = b sqrt(sigm(a)), b ~ Bernoulli(sqrt(sigm(a))) (eq. 2)")
+class StochasticTimesSmooth(PathwiseEstimator):
+    """E[h] = sigm(a) (Proposition 2); optional Beta noise at the sigmoid input (appendix A.2).
+
+    With ``beta_noise`` = beta > 1, noise n ~ Beta(alpha, beta) has its mode at ``target``
+    (alpha = (1 + target (beta - 2)) / (1 - target)) and is scaled by logit(target) / target so
+    that sigm(scaled mode) = target; it is added to a in training and its mean replaces it in eval.
+    """
+
+    def __init__(self, beta_noise: float = 0.0, target: float = 0.1):
+        super().__init__()
+        if beta_noise != 0.0 and beta_noise <= 1.0:
+            raise ValueError(f"beta_noise must be 0 (off) or greater than 1, got {beta_noise}")
+        if not 0.0 < target < 0.5:
+            raise ValueError(f"target must be in (0, 0.5), got {target}")
+        self.beta_noise = beta_noise
+        self.target = target
+        if beta_noise:
+            self.randomness = "continuous"
+
+    @property
+    def beta_alpha(self) -> float:
+        return (1 + self.target * (self.beta_noise - 2)) / (1 - self.target)
+
+    @property
+    def beta_scale(self) -> float:
+        return math.log(self.target / (1 - self.target)) / self.target
+
+    def sample(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.beta_noise:
+            if self.training:
+                noise = self.rng.beta(self.beta_alpha, self.beta_noise, logits.shape, logits)
+            else:
+                noise = torch.full_like(logits, self.beta_alpha / (self.beta_alpha + self.beta_noise))
+            logits = logits + self.beta_scale * noise
+        smooth = torch.sigmoid(logits).sqrt()
+        return self.rng.bernoulli(smooth.detach()) * smooth

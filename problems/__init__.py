@@ -1,0 +1,15 @@
+"""Problems with exact (or reference) gradients of an expected loss, one module per family."""
+from estimators.registry import Registry, RegistryError
+from problems.base import BernoulliProblem, Problem, Reference
+
+PROBLEMS = Registry(kind="problem", group="bench.problems", builtin_modules=("problems.bernoulli",))
+register_problem = PROBLEMS.register
+
+
+def build_problem(name: str, params: dict | None = None) -> Problem:
+    """Instantiate a registered problem by name with keyword parameters."""
+    return PROBLEMS.build(name, params)
+
+
+__all__ = ["PROBLEMS", "BernoulliProblem", "Problem", "Reference", "RegistryError", "build_problem",
+           "register_problem"]
