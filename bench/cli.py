@@ -1,0 +1,300 @@
+"""The command line: ``python -m bench list | run | export``.
+
+User mistakes (unknown names, malformed specs, invalid parameters, unusable paths) print one line
+on stderr and exit with status 2 before anything is written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+import torch
+
+import estimators
+import problems
+from bench import harness
+from bench.specs import SpecError, format_spec, parse_spec_list
+from bench.store import DEFAULT_DB, Store, StoreError
+from estimators.registry import RegistryError, load_plugin
+
+DEFAULT_PROBLEMS = "bernoulli-target(d=4,t=0.45),bernoulli-quadratic(d=6),bernoulli-blackbox(d=8)"
+DEFAULT_SAMPLES = 100_000
+EXIT_USAGE = 2
+SUMMARY_METRICS = ("bias_norm", "variance", "exact_bias_norm", "exact_variance", "unbiased_pvalue",
+                   "loss_evals", "time_per_estimate_s")
+
+
+class UserError(Exception):
+    """A mistake in the command line; reported as one line with exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other user error
+        raise UserError(f"{self.prog}: {message}")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="python -m bench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    listing = sub.add_parser("list", help="estimators and problems, with traits, parameters and source")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.add_argument("--plugin", action="append", default=[], help="a plugin .py file or module to load")
+
+    run = sub.add_parser("run", help="measure estimators on problems and store the results")
+    run.add_argument("--estimators", default="all", help="'all' or comma-separated specs name(key=value,...)")
+    run.add_argument("--problems", default=DEFAULT_PROBLEMS, help=f"comma-separated specs (default: {DEFAULT_PROBLEMS})")
+    run.add_argument("--samples", type=_positive_int, default=DEFAULT_SAMPLES, help="gradient estimates per run")
+    run.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated seeds, e.g. 0,1,2")
+    run.add_argument("--db", type=Path, default=None, help=f"results database (default: {DEFAULT_DB})")
+    run.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    run.add_argument("--warmup", type=_non_negative_int, default=harness.DEFAULT_WARMUP,
+                     help="estimates that adapt a stateful estimator's running statistics before measuring")
+    run.add_argument("--force", action="store_true", help="recompute runs already in the store")
+    run.add_argument("--plugin", action="append", default=[], help="a plugin .py file or module to load")
+    run.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
+
+    export = sub.add_parser("export", help="write the stored metrics in long form")
+    export.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"results database (default: {DEFAULT_DB})")
+    export.add_argument("--format", choices=("csv", "parquet"), required=True)
+    export.add_argument("--out", type=Path, required=True, help="output file")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return value
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated non-negative integers, got {text!r}") from None
+    if any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"must be distinct non-negative integers, got {text!r}")
+    return seeds
+
+
+def _load_plugins(targets: Sequence[str]) -> None:
+    for target in targets:
+        error = load_plugin(target, (estimators.ESTIMATORS, problems.PROBLEMS))
+        if error:
+            print(f"warning: {error} (skipped)", file=sys.stderr)
+
+
+# -- list ------------------------------------------------------------------------------------------
+def _describe(entry, kind: str) -> dict:
+    item = {"name": entry.name, "kind": kind, "source": entry.source, "description": entry.description,
+            "parameters": {k: v["default"] for k, v in entry.parameters().items()}}
+    if kind == "estimator":
+        item["traits"] = {k: getattr(entry.cls, k) for k in
+                          ("unbiased", "loss_evals", "needs_loss_backprop", "binary_forward", "randomness",
+                           "stateful", "has_parameters")}
+    return item
+
+
+def command_list(args) -> int:
+    _load_plugins(args.plugin)
+    items = ([_describe(e, "estimator") for e in estimators.ESTIMATORS.entries()]
+             + [_describe(e, "problem") for e in problems.PROBLEMS.entries()])
+    broken = [{"kind": b.kind, "source": b.source, "error": b.error}
+              for b in estimators.ESTIMATORS.broken + problems.PROBLEMS.broken]
+    if args.json:
+        print(json.dumps({"items": items, "broken_plugins": broken}, indent=2, default=str))
+        return 0
+    for kind in ("estimator", "problem"):
+        print(f"{kind.upper()}S")
+        for item in (i for i in items if i["kind"] == kind):
+            params = ", ".join(f"{k}={v!r}" for k, v in item["parameters"].items()) or "-"
+            print(f"  {item['name']:<26} {item['description']}")
+            print(f"  {'':<26} parameters: {params}")
+            if kind == "estimator":
+                traits = item["traits"]
+                print(f"  {'':<26} traits: unbiased={traits['unbiased']} loss_evals={traits['loss_evals']} "
+                      f"needs_loss_backprop={traits['needs_loss_backprop']} binary_forward={traits['binary_forward']} "
+                      f"randomness={traits['randomness']} stateful={traits['stateful']} "
+                      f"has_parameters={traits['has_parameters']}")
+            print(f"  {'':<26} source: {item['source']}")
+        print()
+    if broken:
+        print("BROKEN PLUGINS (skipped)")
+        for b in broken:
+            print(f"  {b['source']}: {b['error']}")
+    return 0
+
+
+# -- run -------------------------------------------------------------------------------------------
+def _device(text: str) -> str:
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise UserError(f"invalid --device {text!r}: valid: cpu, cuda, cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"invalid --device {text!r}: valid: cpu, cuda, cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: CUDA is not available on this machine (torch "
+                            f"{torch.__version__}); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {text}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return str(device)
+
+
+def _expand(text: str, registry) -> list[tuple[str, dict]]:
+    if text.strip() == "all":
+        return [(name, {}) for name in registry.names()]
+    specs = parse_spec_list(text)
+    for name, _ in specs:
+        registry.entry(name)
+    return specs
+
+
+def plan(args) -> list[harness.RunConfig]:
+    """Every run of the sweep, validated and with defaults filled in; raises on user error."""
+    device = _device(args.device)
+    estimator_specs = _expand(args.estimators, estimators.ESTIMATORS)
+    problem_specs = _expand(args.problems, problems.PROBLEMS)
+    configs = []
+    for problem, problem_params in problem_specs:
+        for estimator, estimator_params in estimator_specs:
+            for seed in args.seeds:
+                configs.append(harness.make_config(estimator, estimator_params, problem, problem_params,
+                                                   seed, args.samples, device, args.warmup))
+    return list({c.key: c for c in configs}.values())
+
+
+def _open_store(db: Path | None, create: bool) -> Store:
+    if db is None:
+        DEFAULT_DB.parent.mkdir(parents=True, exist_ok=True)
+        db = DEFAULT_DB
+    return Store(db, create=create)
+
+
+def command_run(args) -> int:
+    _load_plugins(args.plugin)
+    configs = plan(args)
+    from tqdm.auto import tqdm
+
+    with _open_store(args.db, create=True) as store:
+        done = set() if args.force else store.finished_keys(c.key for c in configs)
+        todo = [c for c in configs if c.key not in done]
+        versions, revision = harness.environment(), harness.git_revision()
+        description = harness.device_description(configs[0].device) if configs else ""
+        if done and not args.quiet:
+            print(f"{len(configs) - len(todo)} of {len(configs)} runs already in {store.path}; "
+                  "not recomputed (use --force)", file=sys.stderr)
+        failed = []
+        bar = tqdm(total=len(todo), unit="run", disable=True if args.quiet else None, file=sys.stderr)
+        for config in todo:
+            bar.set_description(f"{config.estimator} on {config.problem} seed {config.seed}")
+            result = harness.run(config)
+            store.save(result, versions, revision, description)
+            if result.status == "failed":
+                failed.append(result)
+                bar.write(f"failed: {config.estimator_spec} on {config.problem_spec} seed {config.seed}: "
+                          f"{result.error}", file=sys.stderr)
+            bar.update(1)
+        bar.close()
+        if not args.quiet:
+            print(summary_table(store, configs))
+            print(f"\nresults in {store.path} (python -m bench export --db {store.path} --format csv --out results.csv)")
+    return 1 if failed else 0
+
+
+def summary_table(store: Store, configs: Sequence[harness.RunConfig]) -> str:
+    runs = store.runs()
+    runs = runs[runs["config_key"].isin({c.key for c in configs})]
+    if runs.empty:
+        return "no runs"
+    metrics = store.metrics(runs["run_id"].tolist())
+    rows = []
+    for run in runs.itertuples():
+        values = metrics[metrics["run_id"] == run.run_id].set_index("metric")
+        row = {"estimator": format_spec(run.estimator, _non_default(run.estimator, json.loads(run.estimator_params),
+                                                                     estimators.ESTIMATORS)),
+               "problem": format_spec(run.problem, json.loads(run.problem_params)), "seed": run.seed}
+        if run.status != "finished":
+            row["note"] = f"{run.status}: {run.error}"
+        for name in SUMMARY_METRICS:
+            if name in values.index:
+                value, stderr = values.at[name, "value"], values.at[name, "stderr"]
+                row[name] = _format(name, value, stderr)
+            else:
+                row[name] = "-"
+        rows.append(row)
+    table = pd.DataFrame(rows).rename(columns={"time_per_estimate_s": "us_per_estimate",
+                                               "unbiased_pvalue": "p(unbiased)"})
+    with pd.option_context("display.width", 250, "display.max_columns", 50, "display.max_colwidth", 60):
+        return table.to_string(index=False)
+
+
+def _non_default(name: str, params: dict, registry) -> dict:
+    try:
+        spec = registry.entry(name).parameters()
+    except RegistryError:
+        return params
+    return {k: v for k, v in params.items() if k not in spec or spec[k]["default"] != v}
+
+
+def _format(name: str, value, stderr) -> str:
+    if value is None or pd.isna(value):
+        return "nan"
+    if name == "time_per_estimate_s":
+        value, stderr = value * 1e6, (None if stderr is None or pd.isna(stderr) else stderr * 1e6)
+    text = f"{value:.4g}"
+    if stderr is not None and not pd.isna(stderr):
+        text += f" ± {stderr:.2g}"
+    return text
+
+
+# -- export ----------------------------------------------------------------------------------------
+def command_export(args) -> int:
+    if not args.out.parent.exists():
+        raise UserError(f"directory {args.out.parent} does not exist (for --out {args.out})")
+    if args.out.is_dir():
+        raise UserError(f"--out {args.out} is a directory; give a file name")
+    if args.format == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise UserError("parquet export needs pyarrow: pip install 'stochgrad-bench[parquet]'") from None
+    with Store(args.db, create=False) as store:
+        frame = store.metrics()
+    if args.format == "csv":
+        frame.to_csv(args.out, index=False)
+    else:
+        frame.to_parquet(args.out, index=False)
+    print(f"wrote {len(frame)} rows from {args.db} to {args.out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return {"list": command_list, "run": command_run, "export": command_export}[args.command](args)
+    except (UserError, RegistryError, SpecError, StoreError) as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted; finished runs are stored and the same command resumes", file=sys.stderr)
+        return 130

@@ -1,0 +1,188 @@
+"""The results store: an embedded SQLite database with a runs table and metrics in long form.
+
+Every run is written with its metrics in one transaction, so a killed sweep leaves either the
+whole run or nothing; a finished run is found again by its config key and not recomputed.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from bench.harness import RunResult
+
+APPLICATION_ID = 0x53474231  # "SGB1", stamped in the SQLite header (PRAGMA application_id)
+SCHEMA_VERSION = 1
+DEFAULT_DB = Path("bench-results") / "results.db"
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    config_key TEXT NOT NULL UNIQUE,
+    estimator TEXT NOT NULL,
+    estimator_params TEXT NOT NULL,
+    problem TEXT NOT NULL,
+    problem_params TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    samples INTEGER NOT NULL,
+    device TEXT NOT NULL,
+    device_description TEXT,
+    config TEXT NOT NULL,
+    versions TEXT NOT NULL,
+    git_revision TEXT,
+    started_at TEXT NOT NULL,
+    finished_at TEXT NOT NULL,
+    wall_time_s REAL NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('finished', 'failed', 'skipped')),
+    error TEXT,
+    notes TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id INTEGER NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    scope TEXT NOT NULL DEFAULT 'all',
+    metric TEXT NOT NULL,
+    value REAL,
+    stderr REAL,
+    PRIMARY KEY (run_id, scope, metric)
+);
+CREATE INDEX IF NOT EXISTS runs_by_pair ON runs (estimator, problem);
+"""
+
+
+class StoreError(ValueError):
+    """The path is not usable as a results database; the message is one line."""
+
+
+def check_path(path: Path, create: bool) -> None:
+    """Refuse a missing directory, a directory, or a file that is not one of our databases."""
+    if path.exists():
+        if path.is_dir():
+            raise StoreError(f"{path} is a directory, not a results database file")
+        with path.open("rb") as handle:
+            header = handle.read(100)
+        if len(header) == 0:
+            return
+        if not header.startswith(SQLITE_MAGIC):
+            raise StoreError(f"{path} is not a results database (not an SQLite file)")
+        # Ask SQLite, not the raw header: committed pages may still sit in the WAL file.
+        try:
+            probe = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
+            try:
+                app_id = probe.execute("PRAGMA application_id").fetchone()[0]
+                tables = probe.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            finally:
+                probe.close()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{path} is not a readable results database ({exc})") from None
+        if app_id != APPLICATION_ID and not (app_id == 0 and tables == 0):
+            raise StoreError(f"{path} is an SQLite file but not a stochgrad-bench results database")
+        return
+    if not create:
+        raise StoreError(f"results database {path} does not exist")
+    if not path.parent.exists():
+        raise StoreError(f"directory {path.parent} does not exist (for --db {path})")
+
+
+def _finite(value: float | None) -> float | None:
+    """SQLite keeps +-inf but turns NaN into NULL; be explicit about it."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return float(value)
+
+
+class Store:
+    """A results database; use as a context manager."""
+
+    def __init__(self, path: Path | str, create: bool = True):
+        self.path = Path(path)
+        check_path(self.path, create)
+        self.connection = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self.connection.execute("PRAGMA foreign_keys = ON")
+        self.connection.execute("PRAGMA busy_timeout = 60000")
+        if create:
+            self._initialise()
+
+    def _initialise(self) -> None:
+        conn = self.connection
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in filter(str.strip, SCHEMA.split(";")):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- writing ---------------------------------------------------------------------------
+    def finished_keys(self, keys: Iterable[str]) -> set[str]:
+        keys = list(keys)
+        found: set[str] = set()
+        for start in range(0, len(keys), 500):
+            part = keys[start:start + 500]
+            rows = self.connection.execute(
+                f"SELECT config_key FROM runs WHERE status = 'finished' AND config_key IN "
+                f"({','.join('?' * len(part))})", part)
+            found.update(row[0] for row in rows)
+        return found
+
+    def save(self, result: RunResult, versions: dict[str, Any], git_revision: str | None,
+             device_description: str) -> int:
+        """Write (or replace) one run and all its metrics atomically; return its run_id."""
+        c = result.config
+        conn = self.connection
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("DELETE FROM runs WHERE config_key = ?", (c.key,))
+            cursor = conn.execute(
+                "INSERT INTO runs (config_key, estimator, estimator_params, problem, problem_params, seed,"
+                " samples, device, device_description, config, versions, git_revision, started_at,"
+                " finished_at, wall_time_s, status, error, notes)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (c.key, c.estimator, json.dumps(c.estimator_params, sort_keys=True), c.problem,
+                 json.dumps(c.problem_params, sort_keys=True), c.seed, c.samples, c.device,
+                 device_description, json.dumps(c.as_dict(), sort_keys=True), json.dumps(versions, sort_keys=True),
+                 git_revision, result.started_at, result.finished_at, result.wall_time_s, result.status,
+                 result.error, json.dumps(result.notes, sort_keys=True)))
+            run_id = int(cursor.lastrowid)
+            conn.executemany(
+                "INSERT INTO metrics (run_id, scope, metric, value, stderr) VALUES (?, ?, ?, ?, ?)",
+                [(run_id, m.scope, m.name, _finite(m.value), _finite(m.stderr)) for m in result.metrics])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return run_id
+
+    # -- reading ---------------------------------------------------------------------------
+    def runs(self) -> pd.DataFrame:
+        return pd.read_sql_query("SELECT * FROM runs ORDER BY run_id", self.connection)
+
+    def metrics(self, run_ids: Iterable[int] | None = None) -> pd.DataFrame:
+        """Long form: one row per (run, scope, metric) with the run's identifying columns."""
+        query = ("SELECT r.run_id, r.estimator, r.estimator_params, r.problem, r.problem_params, r.seed,"
+                 " r.samples, r.device, r.status, m.scope, m.metric, m.value, m.stderr"
+                 " FROM metrics m JOIN runs r USING (run_id)")
+        params: list[Any] = []
+        if run_ids is not None:
+            ids = list(run_ids)
+            query += f" WHERE r.run_id IN ({','.join('?' * len(ids))})"
+            params = ids
+        query += " ORDER BY r.run_id, m.scope, m.metric"
+        return pd.read_sql_query(query, self.connection, params=params)
