@@ -19,6 +19,8 @@ class StochasticTimesSmooth(PathwiseEstimator):
     that sigm(scaled mode) = target; it is added to a in training and its mean replaces it in eval.
     """
 
+    binary_forward = False
+
     def __init__(self, beta_noise: float = 0.0, target: float = 0.1):
         super().__init__()
         if beta_noise != 0.0 and beta_noise <= 1.0:
