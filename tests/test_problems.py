@@ -1,0 +1,323 @@
+"""Problem layer: a contract every registered problem must meet, closed forms checked
+independently, and parameter validation through the registry.
+
+``ProblemContract`` is a mixin (BoTorch's problem-mixin style): a test class lists the specs
+``(name, params)`` it covers in ``specs`` and inherits every contract test, parametrised over those
+specs by ``pytest_generate_tests`` below. Family classes add their own closed-form checks.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import problems
+from estimators.base import all_configurations
+from estimators.registry import BUILTIN, RegistryError
+from problems.base import BernoulliProblem, Reference
+
+DTYPES = [torch.float32, torch.float64]
+
+
+def spec_id(spec) -> str:
+    name, params = spec
+    if not params:
+        return name
+    return f"{name}({','.join(f'{k}={v}' for k, v in params.items())})"
+
+
+def build(spec) -> BernoulliProblem:
+    name, params = spec
+    return problems.build_problem(name, dict(params))
+
+
+def pytest_generate_tests(metafunc):
+    """Parametrise ``spec`` over the ``specs`` of the test class that asks for it."""
+    if "spec" in metafunc.fixturenames and metafunc.cls is not None and hasattr(metafunc.cls, "specs"):
+        specs = list(metafunc.cls.specs)
+        metafunc.parametrize("spec", specs, ids=[spec_id(s) for s in specs])
+
+
+class ProblemContract:
+    """Contract tests for one problem family. Subclasses set ``specs``."""
+
+    specs: list[tuple[str, dict]] = []
+
+    def test_registered_name_and_description(self, spec):
+        problem = build(spec)
+        assert problem.name == spec[0]
+        assert isinstance(problem.description, str) and problem.description
+
+    def test_dim_and_units(self, spec):
+        problem = build(spec)
+        assert isinstance(problem.dim, int) and problem.dim >= 1
+        assert isinstance(problem.units, int) and problem.units >= 1
+        if "d" in spec[1]:
+            assert problem.units == spec[1]["d"]
+
+    @pytest.mark.parametrize("extra", [(), (3,), (2, 3)], ids=["no-extra", "extra-3", "extra-2x3"])
+    def test_loss_shape_with_extra_leading_dims(self, spec, extra):
+        problem = build(spec)
+        h = torch.bernoulli(torch.full((*extra, 5, problem.units), 0.5),
+                            generator=torch.Generator().manual_seed(0))
+        out = problem.loss(h)
+        assert out.shape == (*extra, 5)
+        # each entry is the loss of its own row: no mixing across leading axes
+        flat = problem.loss(h.reshape(-1, problem.units)).reshape(*extra, 5)
+        torch.testing.assert_close(out, flat)
+
+    @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+    def test_dtype_preserved(self, spec, dtype):
+        problem = build(spec).to(dtype)
+        assert problem.logits.dtype == dtype
+        h = all_configurations(problem.units, dtype)[:16]
+        out = problem.loss(h)
+        assert out.dtype == dtype
+        assert torch.isfinite(out).all()
+
+    def test_float32_and_float64_losses_agree(self, spec):
+        problem = build(spec)
+        h = all_configurations(problem.units, torch.float64)[:32]
+        lo = problem.loss(h.float()).double()
+        hi = problem.to(torch.float64).loss(h)
+        torch.testing.assert_close(lo, hi, rtol=1e-5, atol=1e-5)
+
+    @pytest.mark.parametrize("device", [
+        "cpu",
+        pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                      reason="no CUDA device on this machine")),
+    ])
+    def test_device(self, spec, device):
+        problem = build(spec).to(device)
+        assert problem.logits.device.type == device
+        h = all_configurations(problem.units, torch.float32, device)[:8]
+        out = problem.loss(h)
+        assert out.device.type == device
+        reference = problem.reference()  # the reference is always float64 on the CPU
+        assert reference.gradient.device.type == "cpu" and reference.gradient.dtype == torch.float64
+        torch.testing.assert_close(reference.gradient, build(spec).reference().gradient,
+                                   rtol=1e-6, atol=1e-9)
+
+    def test_exact_gradient_matches_enumeration(self, spec):
+        problem = build(spec).to(torch.float64)
+        exact = problem.exact_gradient()
+        enumerated = problem.enumerate_gradient()
+        assert exact.shape == (problem.dim,)
+        assert exact.dtype == torch.float64 and enumerated.dtype == torch.float64
+        torch.testing.assert_close(exact, enumerated, rtol=0, atol=1e-12)
+
+    def test_enumerated_gradient_matches_autograd_of_expected_loss(self, spec):
+        # An independent route: differentiate sum_h P(h) L(h) with autograd.
+        problem = build(spec).to(torch.float64)
+        logits = problem.logits.detach().clone().requires_grad_(True)
+        h = all_configurations(problem.units, torch.float64)
+        log_p = (h * torch.nn.functional.logsigmoid(logits)
+                 + (1 - h) * torch.nn.functional.logsigmoid(-logits)).sum(-1)
+        expected = (log_p.exp() * problem.loss(h)).sum()
+        (grad,) = torch.autograd.grad(expected, logits)
+        torch.testing.assert_close(problem.exact_gradient(), grad, rtol=0, atol=1e-12)
+        assert problem.expected_loss() == pytest.approx(float(expected.detach()), abs=1e-12)
+
+    def test_reference_is_exact(self, spec):
+        problem = build(spec)
+        reference = problem.reference()
+        assert isinstance(reference, Reference)
+        assert reference.exact is True and reference.stderr is None
+        assert reference.gradient.shape == (problem.dim,)
+        assert reference.gradient.dtype == torch.float64
+        torch.testing.assert_close(reference.gradient, problem.to(torch.float64).exact_gradient(),
+                                   rtol=0, atol=1e-12)
+
+    def test_expected_loss_is_probability_weighted_mean(self, spec):
+        problem = build(spec).to(torch.float64)
+        p = torch.sigmoid(problem.logits)
+        h = all_configurations(problem.units, torch.float64)
+        weight = torch.prod(torch.where(h > 0, p, 1 - p), dim=-1)
+        assert float(weight.sum()) == pytest.approx(1.0, abs=1e-12)
+        assert problem.expected_loss() == pytest.approx(float((weight * problem.loss(h)).sum()), abs=1e-12)
+
+    def test_data_is_reproducible(self, spec):
+        a, b = build(spec), build(spec)
+        for (name, x), (_, y) in zip(a.named_buffers(), b.named_buffers()):
+            assert torch.equal(x, y), name
+
+    def test_sample_gradients_shape(self, spec):
+        from estimators import build_estimator
+
+        problem = build(spec)
+        estimator = build_estimator("reinforce")
+        estimator.rng.generator = torch.Generator().manual_seed(0)
+        grads = problem.sample_gradients(estimator, 7)
+        assert grads.shape == (7, problem.dim)
+
+
+class TestBernoulliTarget(ProblemContract):
+    specs = [("bernoulli-target", {}), ("bernoulli-target", {"d": 3, "t": 0.3, "logit": -1.5})]
+
+    def test_closed_form_by_hand(self, spec):
+        problem = build(spec)
+        d, t, logit = problem.d, problem.t, problem.logit
+        s = 1 / (1 + math.exp(-logit))
+        by_hand = torch.full((d,), (1 - 2 * t) * s * (1 - s), dtype=torch.float64)
+        torch.testing.assert_close(problem.exact_gradient(), by_hand, rtol=0, atol=1e-12)
+
+    def test_loss_by_hand(self, spec):
+        problem = build(spec).to(torch.float64)
+        h = all_configurations(problem.units, torch.float64)
+        by_hand = torch.tensor([sum((x - problem.t) ** 2 for x in row) for row in h.tolist()],
+                               dtype=torch.float64)
+        torch.testing.assert_close(problem.loss(h), by_hand, rtol=0, atol=1e-12)
+
+
+class TestBernoulliQuadratic(ProblemContract):
+    specs = [("bernoulli-quadratic", {}), ("bernoulli-quadratic", {"d": 5, "data_seed": 3})]
+
+    def test_closed_form_matches_finite_differences_of_expected_loss(self, spec):
+        problem = build(spec).to(torch.float64)
+        base = problem.logits.detach().clone()
+        step = 1e-5
+        fd = torch.zeros(problem.dim, dtype=torch.float64)
+        for i in range(problem.dim):
+            shift = torch.zeros_like(base)
+            shift[i] = step
+            problem.logits.copy_(base + shift)
+            up = problem.expected_loss()
+            problem.logits.copy_(base - shift)
+            down = problem.expected_loss()
+            fd[i] = (up - down) / (2 * step)
+        problem.logits.copy_(base)
+        torch.testing.assert_close(problem.exact_gradient(), fd, rtol=0, atol=1e-7)
+
+    def test_loss_by_hand(self, spec):
+        problem = build(spec).to(torch.float64)
+        A, b = problem.A.numpy(), problem.b.numpy()
+        h = all_configurations(problem.units, torch.float64)[:20]
+        by_hand = torch.tensor([row @ A @ row + b @ row for row in h.numpy()], dtype=torch.float64)
+        torch.testing.assert_close(problem.loss(h), by_hand, rtol=0, atol=1e-12)
+
+    def test_data_seed_changes_the_problem(self, spec):
+        name, params = spec
+        other = problems.build_problem(name, {**params, "data_seed": params.get("data_seed", 0) + 1})
+        assert not torch.equal(build(spec).A, other.A)
+
+
+class TestBernoulliBlackbox(ProblemContract):
+    specs = [("bernoulli-blackbox", {}), ("bernoulli-blackbox", {"d": 6, "hidden": 4, "data_seed": 2})]
+
+    def test_loss_by_hand(self, spec):
+        problem = build(spec).to(torch.float64)
+        W, c, v, w = (problem.W.numpy(), problem.c.numpy(), problem.v.numpy(), problem.w.numpy())
+        import numpy as np
+
+        h = all_configurations(problem.units, torch.float64)[:20].numpy()
+        by_hand = torch.tensor([np.tanh(W @ row + c) @ v + w @ row for row in h], dtype=torch.float64)
+        torch.testing.assert_close(problem.loss(torch.from_numpy(h)), by_hand, rtol=0, atol=1e-12)
+
+    def test_units_interact(self, spec):
+        # the point of the family: the loss is not additive over units
+        problem = build(spec).to(torch.float64)
+        h = all_configurations(problem.units, torch.float64)
+        values = problem.loss(h)
+        zero = values[0]
+        singles = torch.stack([values[1 << i] for i in range(problem.units)]) - zero
+        additive = zero + h @ singles
+        assert float((values - additive).abs().max()) > 1e-3
+
+
+CONTRACT_CLASSES = [TestBernoulliTarget, TestBernoulliQuadratic, TestBernoulliBlackbox]
+_COVERED = {name for cls in CONTRACT_CLASSES for name, _ in cls.specs}
+
+
+class TestOtherRegisteredProblems(ProblemContract):
+    """Default instances of registered problems without a family class here (plugins found
+    through entry points). Empty, and so skipped, when none is installed."""
+
+    specs = [(name, {}) for name in problems.PROBLEMS.names() if name not in _COVERED]
+
+
+def test_every_builtin_problem_has_a_contract_class():
+    """A new built-in problem must come with a ProblemContract subclass that covers it."""
+    covered = _COVERED
+    builtin = {entry.name for entry in problems.PROBLEMS.entries() if entry.source == BUILTIN}
+    missing = builtin - covered
+    assert not missing, f"registered problems without a ProblemContract subclass: {sorted(missing)}"
+    for cls in CONTRACT_CLASSES:
+        assert issubclass(cls, ProblemContract)
+
+
+# -- parameter validation ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, params, fragment", [
+    ("bernoulli-target", {"t": 1.5}, "t must be in [0, 1]"),
+    ("bernoulli-target", {"t": -0.1}, "t must be in [0, 1]"),
+    ("bernoulli-target", {"d": 0}, "d must be at least 1"),
+    ("bernoulli-target", {"logit": float("inf")}, "logit must be finite"),
+    ("bernoulli-quadratic", {"d": 0}, "d must be at least 1"),
+    ("bernoulli-blackbox", {"d": 21}, "d must be at most 20"),
+    ("bernoulli-blackbox", {"hidden": 0}, "hidden must be at least 1"),
+    ("bernoulli-target", {"d": 2.5}, "d must be an integer"),
+    ("bernoulli-target", {"t": "half"}, "t must be a number"),
+], ids=["target-t-above-1", "target-t-negative", "target-d-0", "target-logit-inf", "quadratic-d-0",
+        "blackbox-d-21", "blackbox-hidden-0", "target-d-not-int", "target-t-not-number"])
+def test_bad_parameters(name, params, fragment):
+    with pytest.raises(RegistryError) as info:
+        problems.build_problem(name, params)
+    assert isinstance(info.value, ValueError)
+    message = str(info.value)
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_constructor_errors_are_plain_value_errors():
+    from problems.bernoulli import BernoulliTarget
+
+    with pytest.raises(ValueError, match=r"t must be in \[0, 1\]"):
+        BernoulliTarget(t=2.0)
+
+
+def test_unknown_parameter_names_the_valid_ones():
+    with pytest.raises(RegistryError) as info:
+        problems.build_problem("bernoulli-target", {"q": 1})
+    message = str(info.value)
+    assert "'q'" in message
+    for valid in ("d", "t", "logit"):
+        assert valid in message
+
+
+def test_unknown_problem_suggests_close_match():
+    with pytest.raises(RegistryError) as info:
+        problems.build_problem("bernoulli-targt")
+    message = str(info.value)
+    assert "bernoulli-targt" in message
+    assert "did you mean" in message and "bernoulli-target" in message.split("valid:")[0]
+
+
+def test_unknown_problem_without_close_match_lists_valid_names():
+    with pytest.raises(RegistryError) as info:
+        problems.build_problem("zzz")
+    message = str(info.value)
+    assert "did you mean" not in message
+    for name in problems.PROBLEMS.names():
+        assert name in message
+
+
+def test_integral_float_parameters_are_coerced():
+    problem = problems.build_problem("bernoulli-quadratic", {"d": 3.0, "data_seed": 1})
+    assert problem.d == 3 and isinstance(problem.d, int)
+
+
+def test_resolved_params_round_trip():
+    problem = problems.build_problem("bernoulli-target", {"d": 3, "t": 0.3, "logit": -1.5})
+    params = problems.PROBLEMS.resolved_params(problem)
+    assert params == {"d": 3, "t": 0.3, "logit": -1.5}
+    rebuilt = problems.build_problem("bernoulli-target", params)
+    torch.testing.assert_close(rebuilt.exact_gradient(), problem.exact_gradient(), rtol=0, atol=0)
+
+
+def test_enumeration_refuses_too_many_units():
+    problem = problems.build_problem("bernoulli-quadratic", {"d": 21})
+    with pytest.raises(ValueError, match="too many to enumerate"):
+        problem.enumerate_gradient()
+    # the closed form still works where enumeration cannot
+    assert problem.exact_gradient().shape == (21,)
