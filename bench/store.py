@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import urllib.request
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -66,12 +67,20 @@ def check_path(path: Path, create: bool) -> None:
         with path.open("rb") as handle:
             header = handle.read(100)
         if len(header) == 0:
+            if not create:
+                raise StoreError(f"{path} is an empty file, not a results database")
             return
         if not header.startswith(SQLITE_MAGIC):
             raise StoreError(f"{path} is not a results database (not an SQLite file)")
-        # Ask SQLite, not the raw header: committed pages may still sit in the WAL file.
+        # Ask SQLite, not the raw header: committed pages may still sit in the WAL file. Without
+        # a WAL file, open it immutable so the probe leaves no -wal/-shm files beside a file that
+        # turns out not to be ours; quote the path so '?', '#' and '%' in it stay part of it.
+        wal = path.with_name(path.name + "-wal")
+        uri = f"file:{urllib.request.pathname2url(str(path.resolve()))}?mode=ro"
+        if not wal.exists():
+            uri += "&immutable=1"
         try:
-            probe = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
+            probe = sqlite3.connect(uri, uri=True, timeout=60)
             try:
                 app_id = probe.execute("PRAGMA application_id").fetchone()[0]
                 tables = probe.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
@@ -79,7 +88,7 @@ def check_path(path: Path, create: bool) -> None:
                 probe.close()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{path} is not a readable results database ({exc})") from None
-        if app_id != APPLICATION_ID and not (app_id == 0 and tables == 0):
+        if app_id != APPLICATION_ID and not (create and app_id == 0 and tables == 0):
             raise StoreError(f"{path} is an SQLite file but not a stochgrad-bench results database")
         return
     if not create:

@@ -1,0 +1,42 @@
+"""Shared fixtures: run ``python -m bench`` in a subprocess, and a fresh results-database path."""
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CLI_TIMEOUT_S = 300
+
+
+def cli_env() -> dict[str, str]:
+    """The environment for a CLI subprocess: this checkout first on the path, whatever the cwd."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def cli_command(*args) -> list[str]:
+    return [sys.executable, "-m", "bench", *map(str, args)]
+
+
+def run_cli(*args, cwd: Path | str, timeout: float = CLI_TIMEOUT_S) -> subprocess.CompletedProcess:
+    """Run ``python -m bench *args`` in ``cwd``; returns the CompletedProcess (text stdout/stderr)."""
+    return subprocess.run(cli_command(*args), cwd=cwd, env=cli_env(), capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """``run_cli`` with the working directory set to this test's tmp_path."""
+    return functools.partial(run_cli, cwd=tmp_path)
+
+
+@pytest.fixture
+def db_path(tmp_path) -> Path:
+    """A results-database path that does not exist yet."""
+    return tmp_path / "results.db"
