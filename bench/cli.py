@@ -38,14 +38,14 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m bench", description=__doc__.splitlines()[0], allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    listing = sub.add_parser("list", help="estimators and problems, with traits, parameters and source")
+    listing = sub.add_parser("list", allow_abbrev=False, help="estimators and problems, with traits, parameters and source")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.add_argument("--plugin", action="append", default=[], help="a plugin .py file or module to load")
 
-    run = sub.add_parser("run", help="measure estimators on problems and store the results")
+    run = sub.add_parser("run", allow_abbrev=False, help="measure estimators on problems and store the results")
     run.add_argument("--estimators", default="all", help="'all' or comma-separated specs name(key=value,...)")
     run.add_argument("--problems", default=DEFAULT_PROBLEMS, help=f"comma-separated specs (default: {DEFAULT_PROBLEMS})")
     run.add_argument("--samples", type=_positive_int, default=DEFAULT_SAMPLES, help="gradient estimates per run")
@@ -58,7 +58,7 @@ def build_parser() -> Parser:
     run.add_argument("--plugin", action="append", default=[], help="a plugin .py file or module to load")
     run.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
 
-    export = sub.add_parser("export", help="write the stored metrics in long form")
+    export = sub.add_parser("export", allow_abbrev=False, help="write the stored metrics in long form")
     export.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"results database (default: {DEFAULT_DB})")
     export.add_argument("--format", choices=("csv", "parquet"), required=True)
     export.add_argument("--out", type=Path, required=True, help="output file")

@@ -193,13 +193,17 @@ class Registry:
                 raise RegistryError(f"{self.kind} {name!r} has no parameter {key!r}: valid: {valid}")
         coerced = {k: _coerce(v, hints.get(k, Any), f"{name}: {k}") for k, v in params.items()}
         try:
-            return entry.cls(**coerced)
-        except (ValueError, TypeError) as exc:
+            instance = entry.cls(**coerced)
+        except (ValueError, TypeError, OverflowError) as exc:
             raise RegistryError(f"{name}: {_one_line(exc)}") from None
+        except (RuntimeError, MemoryError) as exc:  # e.g. an allocation far too large for memory
+            raise RegistryError(f"{name}: cannot be built with {params}: {_one_line(exc)}") from None
+        instance.spec_params = {**{k: v["default"] for k, v in spec.items()}, **coerced}
+        return instance
 
     def resolved_params(self, instance: Any) -> dict[str, Any]:
         """The full parameter set of a built instance (defaults filled in), for run configs."""
-        return {k: getattr(instance, k) for k in constructor_parameters(type(instance)) if hasattr(instance, k)}
+        return dict(instance.spec_params)
 
 
 def _one_line(exc: BaseException) -> str:
