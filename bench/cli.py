@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -242,7 +243,17 @@ def summary_table(store: Store, configs: Sequence[harness.RunConfig]) -> str:
     table = pd.DataFrame(rows).rename(columns={"time_per_estimate_s": "us_per_estimate",
                                                "unbiased_pvalue": "p(unbiased)"})
     with pd.option_context("display.width", 250, "display.max_columns", 50, "display.max_colwidth", 60):
-        return table.to_string(index=False)
+        text = table.to_string(index=False)
+    reasons: dict[str, set[str]] = {}
+    for run in runs.itertuples():
+        reason = json.loads(run.notes).get("exact_moments", "")
+        if reason.startswith("not computed"):
+            reasons.setdefault(reason.removeprefix("not computed: "), set()).add(run.estimator)
+    if reasons:
+        text += "\n\nexact_bias_norm / exact_variance not computed where shown '-':"
+        for reason, names in sorted(reasons.items()):
+            text += f"\n  {', '.join(sorted(names))}: {reason}"
+    return text
 
 
 def _non_default(name: str, params: dict, registry) -> dict:
@@ -295,3 +306,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished runs are stored and the same command resumes", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`, which closed early
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -187,7 +187,7 @@ def exact_estimator_moments(estimator: Estimator, problem, reference) -> tuple[l
     if not reference.exact:
         return [], "not computed: the reference gradient is itself estimated"
     if not estimator.enumerable:
-        return [], f"not computed: {estimator.name} uses continuous randomness"
+        return [], "not computed: continuous randomness (no finite set of outcomes)"
     bits = estimator.bernoulli_draws(problem.units)
     if bits > MAX_ENUMERATION_BITS:
         return [], f"not computed: 2^{bits} outcomes exceed 2^{MAX_ENUMERATION_BITS}"
