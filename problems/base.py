@@ -98,57 +98,6 @@ class BernoulliProblem(Problem):
         return float((weight * values).sum())
 
     def reference(self) -> Reference:
-        raise NotImplementedError
-
-    def sample_gradients(self, estimator, n: int, observe: LossObserver | None = None) -> torch.Tensor:
-        """``n`` independent gradient estimates, shape (n, dim)."""
-        raise NotImplementedError
-
-
-class BernoulliProblem(Problem):
-    """E_{h ~ Bernoulli(sigm(phi))}[L(h)] at logits phi: subclasses set ``logits`` and ``loss``.
-
-    ``loss(h)`` takes h of shape (..., units) and returns shape (...), in h's dtype and device.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-
-    @property
-    def dim(self) -> int:
-        return self.logits.shape[-1]
-
-    @property
-    def units(self) -> int:
-        return self.logits.shape[-1]
-
-    def loss(self, h: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def exact_gradient(self) -> torch.Tensor:
-        """dE[L]/dphi in float64; closed form where the family has one, else enumeration."""
-        return self.enumerate_gradient()
-
-    def enumerate_gradient(self) -> torch.Tensor:
-        """dE[L]/dphi_i = sum_h P(h) L(h) (h_i - sigm(phi_i)), summed over all 2^units configurations."""
-        if self.units > MAX_ENUMERATION_UNITS:
-            raise ValueError(f"{self.name}: {self.units} units are too many to enumerate "
-                             f"(at most {MAX_ENUMERATION_UNITS})")
-        problem = _float64_cpu(self)
-        configs = all_configurations(self.units, torch.float64)
-        probs = torch.sigmoid(problem.logits)
-        weight = torch.exp((configs * torch.log(probs) + (1 - configs) * torch.log1p(-probs)).sum(-1))
-        values = problem.loss(configs)
-        return ((weight * values).unsqueeze(-1) * (configs - probs)).sum(0)
-
-    def expected_loss(self) -> float:
-        problem = _float64_cpu(self)
-        configs = all_configurations(self.units, torch.float64)
-        probs = torch.sigmoid(problem.logits)
-        weight = torch.exp((configs * torch.log(probs) + (1 - configs) * torch.log1p(-probs)).sum(-1))
-        return float((weight * problem.loss(configs)).sum())
-
-    def reference(self) -> Reference:
         return Reference(self.exact_gradient().detach().to("cpu", torch.float64))
 
     def sample_gradients(self, estimator, n: int, observe: LossObserver | None = None) -> torch.Tensor:
