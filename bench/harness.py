@@ -166,8 +166,7 @@ def measure(config: RunConfig, progress: Callable[[int], None] | None = None) ->
             moments.add(estimates, probe.sparsity())
             if progress is not None:
                 progress(rows)
-    dtype_eps = float(torch.finfo(problem.logits.dtype).eps) if hasattr(problem, "logits") else 1.2e-7
-    metrics = moments.metrics(dtype_eps)
+    metrics = moments.metrics(float(torch.finfo(problem.dtype).eps))
     metrics.append(Metric("loss_evals", evaluated / config.samples))
     metrics.append(time_metric(seconds, sizes))
     if peak.bytes is not None:

@@ -45,6 +45,11 @@ class Problem(torch.nn.Module):
         """Stochastic units per estimate (sizes chunks and exact enumeration)."""
         raise NotImplementedError
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype the problem computes in (the first floating buffer's; float32 if none)."""
+        return next((b.dtype for b in self.buffers() if b.is_floating_point()), torch.float32)
+
     def reference(self) -> Reference:
         raise NotImplementedError
 
