@@ -17,20 +17,19 @@ import torch
 
 import estimators
 import problems
-from bench import harness
+from bench import harness, sweep
 from bench.specs import SpecError, format_spec, parse_spec_list
+from bench.errors import UserError
 from bench.store import DEFAULT_DB, Store, StoreError
-from estimators.registry import RegistryError, load_plugin
+from estimators.registry import RegistryError
 
 DEFAULT_PROBLEMS = "bernoulli-target(d=4,t=0.45),bernoulli-quadratic(d=6),bernoulli-blackbox(d=8)"
 DEFAULT_SAMPLES = 100_000
 EXIT_USAGE = 2
 SUMMARY_METRICS = ("bias_norm", "variance", "exact_bias_norm", "exact_variance", "unbiased_pvalue",
                    "loss_evals", "time_per_estimate_s")
-
-
-class UserError(Exception):
-    """A mistake in the command line; reported as one line with exit status 2."""
+TRAINING_SUMMARY_METRICS = ("train_criterion", "valid_error", "test_error", "sparsity_test", "train_loss",
+                            "trajectory_variance", "epoch_time_s")
 
 
 class Parser(argparse.ArgumentParser):
@@ -55,6 +54,10 @@ def build_parser() -> Parser:
     run.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     run.add_argument("--warmup", type=_non_negative_int, default=harness.DEFAULT_WARMUP,
                      help="estimates that adapt a stateful estimator's running statistics before measuring")
+    run.add_argument("--jobs", type=_positive_int, default=1,
+                     help="worker processes running configs in parallel (each gets cores/jobs threads)")
+    run.add_argument("--data-dir", type=Path, default=None,
+                     help="directory holding datasets (sets STOCHGRAD_BENCH_DATA for this run)")
     run.add_argument("--force", action="store_true", help="recompute runs already in the store")
     run.add_argument("--plugin", action="append", default=[], help="a plugin .py file or module to load")
     run.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
@@ -63,6 +66,9 @@ def build_parser() -> Parser:
     export.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"results database (default: {DEFAULT_DB})")
     export.add_argument("--format", choices=("csv", "parquet"), required=True)
     export.add_argument("--out", type=Path, required=True, help="output file")
+
+    from bench import commands
+    commands.add_parsers(sub)
     return parser
 
 
@@ -94,10 +100,8 @@ def _seeds(text: str) -> list[int]:
 
 
 def _load_plugins(targets: Sequence[str]) -> None:
-    for target in targets:
-        error = load_plugin(target, (estimators.ESTIMATORS, problems.PROBLEMS))
-        if error:
-            print(f"warning: {error} (skipped)", file=sys.stderr)
+    for error in sweep.load_plugins(targets):
+        print(f"warning: {error} (skipped)", file=sys.stderr)
 
 
 # -- list ------------------------------------------------------------------------------------------
@@ -181,69 +185,65 @@ def plan(args) -> list[harness.RunConfig]:
     return list({c.key: c for c in configs}.values())
 
 
-def _open_store(db: Path | None, create: bool) -> Store:
-    if db is None:
-        DEFAULT_DB.parent.mkdir(parents=True, exist_ok=True)
-        db = DEFAULT_DB
-    return Store(db, create=create)
-
-
 def command_run(args) -> int:
     _load_plugins(args.plugin)
+    if args.data_dir is not None:
+        if not args.data_dir.is_dir():
+            raise UserError(f"--data-dir {args.data_dir} is not a directory")
+        os.environ["STOCHGRAD_BENCH_DATA"] = str(args.data_dir.resolve())
     configs = plan(args)
-    from tqdm.auto import tqdm
-
-    with _open_store(args.db, create=True) as store:
-        done = set() if args.force else store.finished_keys(c.key for c in configs)
-        todo = [c for c in configs if c.key not in done]
-        versions, revision = harness.environment(), harness.git_revision()
-        description = harness.device_description(configs[0].device) if configs else ""
-        if done and not args.quiet:
-            print(f"{len(configs) - len(todo)} of {len(configs)} runs already in {store.path}; "
-                  "not recomputed (use --force)", file=sys.stderr)
-        failed = []
-        bar = tqdm(total=len(todo), unit="run", disable=True if args.quiet else None, file=sys.stderr)
-        for config in todo:
-            bar.set_description(f"{config.estimator} on {config.problem} seed {config.seed}")
-            result = harness.run(config)
-            store.save(result, versions, revision, description)
-            if result.status == "failed":
-                failed.append(result)
-                bar.write(f"failed: {config.estimator_spec} on {config.problem_spec} seed {config.seed}: "
-                          f"{result.error}", file=sys.stderr)
-            bar.update(1)
-        bar.close()
-        if not args.quiet:
+    status, path = sweep.run_sweep(configs, args.db, jobs=args.jobs, force=args.force, quiet=args.quiet,
+                                   plugins=args.plugin)
+    if not args.quiet:
+        with Store(path, create=False) as store:
             print(summary_table(store, configs))
-            print(f"\nresults in {store.path} (python -m bench export --db {store.path} --format csv --out results.csv)")
-    return 1 if failed else 0
+        print(f"\nresults in {path} (python -m bench export --db {path} --format csv --out results.csv)")
+    return status
 
 
 def summary_table(store: Store, configs: Sequence[harness.RunConfig]) -> str:
+    """One table for gradient runs (moments) and one for training runs (final-epoch values)."""
     runs = store.runs()
     runs = runs[runs["config_key"].isin({c.key for c in configs})]
     if runs.empty:
         return "no runs"
     metrics = store.metrics(runs["run_id"].tolist())
-    rows = []
-    for run in runs.itertuples():
-        values = metrics[metrics["run_id"] == run.run_id].set_index("metric")
-        row = {"estimator": format_spec(run.estimator, _non_default(run.estimator, json.loads(run.estimator_params),
-                                                                     estimators.ESTIMATORS)),
-               "problem": format_spec(run.problem, json.loads(run.problem_params)), "seed": run.seed}
-        if run.status != "finished":
-            row["note"] = f"{run.status}: {run.error}"
-        for name in SUMMARY_METRICS:
-            if name in values.index:
-                value, stderr = values.at[name, "value"], values.at[name, "stderr"]
-                row[name] = _format(name, value, stderr)
-            else:
-                row[name] = "-"
-        rows.append(row)
-    table = pd.DataFrame(rows).rename(columns={"time_per_estimate_s": "us_per_estimate",
-                                               "unbiased_pvalue": "p(unbiased)"})
-    with pd.option_context("display.width", 250, "display.max_columns", 50, "display.max_colwidth", 60):
-        text = table.to_string(index=False)
+    metrics = metrics[(metrics["scope"] == "all") & metrics["step"].isna()]
+    training = {run.run_id for run in runs.itertuples() if json.loads(run.notes).get("kind") == "training"
+                or json.loads(run.config).get("samples") == 0}
+    tables = []
+    for kind, names in (("gradient", SUMMARY_METRICS), ("training", TRAINING_SUMMARY_METRICS)):
+        rows = []
+        for run in runs.itertuples():
+            if (run.run_id in training) != (kind == "training"):
+                continue
+            values = metrics[metrics["run_id"] == run.run_id]
+            if kind == "training":  # the last epoch of each curve
+                values = values.sort_values("epoch", na_position="first").groupby("metric").tail(1)
+            values = values.set_index("metric")
+            row = {"estimator": format_spec(run.estimator, _non_default(run.estimator, json.loads(run.estimator_params),
+                                                                         estimators.ESTIMATORS)),
+                   "problem": format_spec(run.problem, _non_default(run.problem, json.loads(run.problem_params),
+                                                                    problems.PROBLEMS) if kind == "training"
+                                          else json.loads(run.problem_params)),
+                   "seed": run.seed}
+            if run.status != "finished":
+                row["note"] = f"{run.status}: {run.error}"
+            for name in names:
+                if name in values.index:
+                    row[name] = _format(name, values.at[name, "value"], values.at[name, "stderr"])
+                else:
+                    row[name] = "-"
+            rows.append(row)
+        if not rows:
+            continue
+        table = pd.DataFrame(rows).rename(columns={"time_per_estimate_s": "us_per_estimate",
+                                                   "unbiased_pvalue": "p(unbiased)"})
+        if kind == "training":
+            table = table.loc[:, (table != "-").any(axis=0)]
+        with pd.option_context("display.width", 250, "display.max_columns", 50, "display.max_colwidth", 60):
+            tables.append(table.to_string(index=False))
+    text = "\n\n".join(tables)
     reasons: dict[str, set[str]] = {}
     for run in runs.itertuples():
         reason = json.loads(run.notes).get("exact_moments", "")
@@ -299,7 +299,8 @@ def command_export(args) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return {"list": command_list, "run": command_run, "export": command_export}[args.command](args)
+        builtin = {"list": command_list, "run": command_run, "export": command_export}
+        return builtin[args.command](args) if args.command in builtin else args.func(args)
     except (UserError, RegistryError, SpecError, StoreError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_USAGE

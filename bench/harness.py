@@ -21,12 +21,14 @@ import problems
 from bench.memory import peak_memory
 from bench.metrics import GradientMoments, Metric, exact_moments, time_metric
 from bench.specs import format_spec
-from estimators.base import Estimator, Noise, NotEnumerable, ReplayNoise, all_configurations
+from estimators.base import Estimator, Noise, NotEnumerable, ReplayNoise
 
 CHUNK_ELEMENTS = 2**21
 MIN_CHUNKS = 8
 MAX_ENUMERATION_BITS = 20
+ENUMERATION_ELEMENTS = 2**24
 DEFAULT_WARMUP = 10_000
+ADAPTATION_BATCH = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,15 +79,21 @@ class Incompatible(ValueError):
 
 def make_config(estimator: str, estimator_params: dict, problem: str, problem_params: dict, seed: int,
                 samples: int, device: str = "cpu", warmup: int = DEFAULT_WARMUP) -> RunConfig:
-    """Validate the specs by building them once, and fill in every default parameter."""
+    """Validate the specs by building them once, and fill in every default parameter.
+
+    A training problem has no sample budget or warmup (its schedule is in its own parameters),
+    so both are stored as 0 and do not split otherwise identical runs."""
     est = estimators.build_estimator(estimator, estimator_params)
     prob = problems.build_problem(problem, problem_params)
+    if prob.trains_model:
+        samples, warmup = 0, 0
     return RunConfig(estimator, estimators.ESTIMATORS.resolved_params(est), problem,
                      problems.PROBLEMS.resolved_params(prob), seed, samples, device, warmup)
 
 
-def chunk_size(samples: int, evaluations: int, units: int) -> int:
-    by_memory = max(1, CHUNK_ELEMENTS // max(1, evaluations * units))
+def chunk_size(samples: int, evaluations: int, units: int, dim: int = 0) -> int:
+    """Estimates per chunk: about CHUNK_ELEMENTS numbers of units or gradient per chunk."""
+    by_memory = max(1, CHUNK_ELEMENTS // max(1, evaluations * units, dim))
     return max(1, min(by_memory, math.ceil(samples / MIN_CHUNKS)))
 
 
@@ -124,6 +132,33 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class CountingNoise(Noise):
+    """Draws like :class:`Noise` and counts the Bernoulli bits per estimate (one estimate at a
+    time); notes whether any continuous randomness was asked for."""
+
+    def __init__(self, generator: torch.Generator):
+        super().__init__(generator)
+        self.bits = 0
+        self.continuous = False
+
+    def bernoulli(self, probs, shape=None):
+        shape = probs.shape if shape is None else torch.Size(shape)
+        self.bits += math.prod(shape)
+        return (super().uniform(shape, probs) < probs).to(probs.dtype)
+
+    def uniform(self, shape, like):
+        self.continuous = True
+        return super().uniform(shape, like)
+
+    def normal(self, shape, like):
+        self.continuous = True
+        return super().normal(shape, like)
+
+    def beta(self, alpha, beta, shape, like):
+        self.continuous = True
+        return super().beta(alpha, beta, shape, like)
+
+
 def check_compatible(estimator: Estimator, problem: problems.Problem) -> None:
     try:
         estimator.check_units(problem.units)
@@ -137,19 +172,73 @@ def measure(config: RunConfig, progress: Callable[[int], None] | None = None) ->
     problem = problems.build_problem(config.problem, config.problem_params).to(device)
     estimator = estimators.build_estimator(config.estimator, config.estimator_params).to(device)
     check_compatible(estimator, problem)
+    if problem.trains_model:
+        return train(problem, estimator, config, progress)
     reference = problem.reference()
-    units = problem.units
-    evaluations = estimator.loss_evaluations(units)
-    chunk = chunk_size(config.samples, evaluations, units)
     notes: dict[str, str] = {"reference": "exact" if reference.exact else "estimated"}
+    scopes = {"all": slice(None), **problem.scopes()}
 
+    metrics: list[Metric] = []
+    if estimator.has_parameters:
+        before = sample_metrics(problem, estimator, config, reference, scopes, progress=None)
+        before += exact_estimator_moments(estimator, problem, reference, scopes)[0]
+        metrics.extend(dataclasses.replace(m, step=0) for m in before)
+        steps = adapt(problem, estimator, config)
+        notes["adaptation"] = (f"{steps} Adam steps of {ADAPTATION_BATCH} estimates at lr "
+                               f"{estimator.adaptation_lr}; rows with step=0 are before adaptation")
+        notes["warmup"] = f"{steps * ADAPTATION_BATCH} estimates (own parameters adapted, then frozen)"
+    else:
+        notes["warmup"] = warm_up(problem, estimator, config)
+    metrics.extend(sample_metrics(problem, estimator, config, reference, scopes, progress))
+
+    exact, reason = exact_estimator_moments(estimator, problem, reference, scopes)
+    metrics.extend(exact)
+    notes["exact_moments"] = reason
+    return metrics, notes
+
+
+def warm_up(problem, estimator: Estimator, config: RunConfig) -> str:
+    """Let a stateful estimator's running statistics settle (noise stream 1) before measuring."""
+    device = torch.device(config.device)
     estimator.rng = seeded_noise(config.seed, 1, device)
-    warmup = config.warmup if (estimator.stateful or estimator.has_parameters) else min(16, config.samples)
+    warmup = config.warmup if estimator.stateful else min(16, config.samples)
+    chunk = chunk_size(config.samples, estimator.loss_evaluations(problem.units), problem.units, problem.dim)
     for start in range(0, warmup, chunk):
         problem.sample_gradients(estimator, min(chunk, warmup - start))
-    notes["warmup"] = f"{warmup} estimates" + (" (state adapted, then frozen)" if estimator.stateful else "")
+    return f"{warmup} estimates" + (" (state adapted, then frozen)" if estimator.stateful else "")
 
-    moments = GradientMoments(reference.gradient, config.samples, truth_stderr=reference.stderr)
+
+def adapt(problem, estimator: Estimator, config: RunConfig) -> int:
+    """The adaptation phase of an estimator with its own parameters: Adam steps on the objective
+    it accumulates into its parameters' grads (see Estimator), on noise stream 1. Returns steps."""
+    device = torch.device(config.device)
+    estimator.rng = seeded_noise(config.seed, 1, device)
+    steps = math.ceil(config.warmup / ADAPTATION_BATCH)
+    optimizer = None
+    for _ in range(steps):
+        for parameter in estimator.parameters():
+            parameter.grad = None
+        problem.sample_gradients(estimator, ADAPTATION_BATCH)
+        if optimizer is None:  # parameters may be created lazily on the first call
+            parameters = [p for p in estimator.parameters() if p.requires_grad]
+            if not parameters:
+                break
+            optimizer = torch.optim.Adam(parameters, lr=estimator.adaptation_lr)
+        optimizer.step()
+    for parameter in estimator.parameters():
+        parameter.grad = None
+    return steps
+
+
+def sample_metrics(problem, estimator: Estimator, config: RunConfig, reference, scopes: dict[str, slice],
+                   progress: Callable[[int], None] | None) -> list[Metric]:
+    """The Monte Carlo metrics: ``config.samples`` frozen estimates on noise stream 0, per scope."""
+    device = torch.device(config.device)
+    units = problem.units
+    chunk = chunk_size(config.samples, estimator.loss_evaluations(units), units, problem.dim)
+    moments = {name: GradientMoments(reference.gradient[part], config.samples,
+                                     truth_stderr=None if reference.stderr is None else reference.stderr[part])
+               for name, part in scopes.items()}
     seconds, sizes, evaluated = [], [], 0
     estimator.rng = seeded_noise(config.seed, 0, device)
     with estimator.frozen(), peak_memory(device) as peak:
@@ -163,44 +252,89 @@ def measure(config: RunConfig, progress: Callable[[int], None] | None = None) ->
             seconds.append(time.perf_counter() - began)
             sizes.append(rows)
             evaluated += probe.evaluations
-            moments.add(estimates, probe.sparsity())
+            sparsity = probe.sparsity()
+            for name, part in scopes.items():
+                moments[name].add(estimates[:, part], sparsity if name == "all" else None)
             if progress is not None:
                 progress(rows)
-    metrics = moments.metrics(float(torch.finfo(problem.dtype).eps))
+    eps = float(torch.finfo(problem.dtype).eps)
+    metrics = []
+    for name, accumulated in moments.items():
+        metrics.extend(dataclasses.replace(m, scope=name) for m in accumulated.metrics(eps)
+                       if not (m.name == "sparsity" and math.isnan(m.value)))
     metrics.append(Metric("loss_evals", evaluated / config.samples))
     metrics.append(time_metric(seconds, sizes))
     if peak.bytes is not None:
         metrics.append(Metric("peak_memory_bytes", float(peak.bytes)))
-    metrics = [m for m in metrics if not (m.name == "sparsity" and math.isnan(m.value))]
-
-    exact, reason = exact_estimator_moments(estimator, problem, reference)
-    metrics.extend(exact)
-    notes["exact_moments"] = reason
-    return metrics, notes
+    return metrics
 
 
-def exact_estimator_moments(estimator: Estimator, problem, reference) -> tuple[list[Metric], str]:
+def train(problem, estimator: Estimator, config: RunConfig,
+          progress: Callable[[int], None] | None) -> tuple[list[Metric], dict[str, str]]:
+    """A training problem: the problem trains its model with the estimator and reports records."""
+    device = torch.device(config.device)
+    estimator.rng = seeded_noise(config.seed, 0, device)
+    metrics = [Metric(r.name, float(r.value), None if r.stderr is None else float(r.stderr), r.scope,
+                      r.epoch, r.step)
+               for r in problem.fit(estimator, config.seed, progress)]
+    return metrics, {"kind": "training"}
+
+
+def count_bits(estimator: Estimator, problem) -> int | None:
+    """Bernoulli bits one estimate consumes, found by running one; None if it uses continuous noise."""
+    counter = CountingNoise(torch.Generator(next(iter(problem.buffers()), torch.empty(0)).device).manual_seed(0))
+    estimator.rng = counter
+    with estimator.frozen():
+        problem.sample_gradients(estimator, 1)
+    return None if counter.continuous else counter.bits
+
+
+def exact_estimator_moments(estimator: Estimator, problem, reference,
+                            scopes: dict[str, slice] | None = None) -> tuple[list[Metric], str]:
     """Exact bias and variance by replaying every outcome of a discrete randomness, when small.
 
-    Runs on float64 copies of the problem and the (frozen) estimator, so exact zeros are zeros."""
+    Runs on float64 copies of the problem and the (frozen) estimator, so exact zeros are zeros.
+    Outcomes are replayed in blocks; with more than one block, a first pass gives the mean and a
+    second the variance about it (the frozen estimator is deterministic given its bits)."""
+    scopes = {"all": slice(None)} if scopes is None else scopes
     if not reference.exact:
         return [], "not computed: the reference gradient is itself estimated"
     if not estimator.enumerable:
         return [], "not computed: continuous randomness (no finite set of outcomes)"
-    bits = estimator.bernoulli_draws(problem.units)
-    if bits > MAX_ENUMERATION_BITS:
-        return [], f"not computed: 2^{bits} outcomes exceed 2^{MAX_ENUMERATION_BITS}"
     problem = copy.deepcopy(problem).to(torch.float64)
     estimator = copy.deepcopy(estimator).to(torch.float64)
-    device = next(iter(problem.buffers()), torch.empty(0)).device
-    replay = ReplayNoise(all_configurations(bits, torch.float64, device))
-    estimator.rng = replay
     try:
-        with estimator.frozen():
-            estimates = problem.sample_gradients(estimator, 2**bits)
+        bits = count_bits(estimator, problem)
     except NotEnumerable as exc:
         return [], f"not computed: {exc}"
-    return exact_moments(estimates, replay.log_prob, reference.gradient), f"computed in float64 over 2^{bits} outcomes"
+    if bits is None:
+        return [], "not computed: continuous randomness (no finite set of outcomes)"
+    if bits > MAX_ENUMERATION_BITS:
+        return [], f"not computed: 2^{bits} outcomes exceed 2^{MAX_ENUMERATION_BITS}"
+    device = next(iter(problem.buffers()), torch.empty(0)).device
+    block = max(1, min(2**bits, ENUMERATION_ELEMENTS // max(1, problem.dim, bits)))
+
+    def blocks():
+        for start in range(0, 2**bits, block):
+            codes = torch.arange(start, min(start + block, 2**bits), device=device).unsqueeze(1)
+            configs = ((codes >> torch.arange(bits, device=device)) & 1).to(torch.float64)
+            replay = ReplayNoise(configs)
+            estimator.rng = replay
+            with estimator.frozen():
+                estimates = problem.sample_gradients(estimator, configs.shape[0]).detach().to(torch.float64)
+            if replay.offset != bits:
+                raise NotEnumerable(f"the estimator drew {replay.offset} bits, not the {bits} counted")
+            yield estimates, torch.exp(replay.log_prob)
+
+    try:
+        if block >= 2**bits:  # one block: replay once, read twice
+            cached = list(blocks())
+            metrics = exact_moments(lambda: cached, reference.gradient, scopes)
+        else:
+            metrics = exact_moments(blocks, reference.gradient, scopes)
+    except NotEnumerable as exc:
+        return [], f"not computed: {exc}"
+    return metrics, f"computed in float64 over 2^{bits} outcomes"
 
 
 def environment() -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Callable, Iterable
 
 import numpy as np
 import scipy.stats
@@ -19,10 +20,15 @@ DEFAULT_GROUPS = 32
 
 @dataclasses.dataclass
 class Metric:
+    """One stored number. ``scope`` names the part of the gradient or model ('all': the whole);
+    ``epoch`` / ``step`` place it along training or adaptation (None: not tied to one)."""
+
     name: str
     value: float
     stderr: float | None = None
     scope: str = "all"
+    epoch: int | None = None
+    step: int | None = None
 
 
 def _merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
@@ -166,16 +172,32 @@ class GradientMoments:
         return [Metric("bias_z_max", z_max), Metric("unbiased_pvalue", pvalue)]
 
 
-def exact_moments(estimates: torch.Tensor, log_prob: torch.Tensor, truth: torch.Tensor) -> list[Metric]:
-    """Exact bias norm and variance from every outcome of the estimator's randomness."""
-    g = estimates.detach().to("cpu", torch.float64)
-    weight = torch.exp(log_prob.detach().to("cpu", torch.float64))
-    if not math.isclose(float(weight.sum()), 1.0, rel_tol=1e-9):
-        raise ValueError(f"enumerated probabilities sum to {float(weight.sum())}, not 1")
-    mean = (weight.unsqueeze(1) * g).sum(0)
-    variance = (weight * ((g - mean) ** 2).sum(1)).sum()
-    return [Metric("exact_bias_norm", float(torch.linalg.vector_norm(mean - truth.to(torch.float64)))),
-            Metric("exact_variance", float(variance))]
+def exact_moments(blocks: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]], truth: torch.Tensor,
+                  scopes: dict[str, slice] | None = None) -> list[Metric]:
+    """Exact bias norm and variance (per scope) from every outcome of an estimator's randomness.
+
+    ``blocks()`` yields (estimates (S, dim), probabilities (S,)) over all outcomes; it is called
+    twice (mean first, then the variance about it, which stays exact where a one-pass
+    E[g^2] - E[g]^2 would cancel)."""
+    scopes = {"all": slice(None)} if scopes is None else scopes
+    total, mean = 0.0, None
+    for estimates, probability in blocks():
+        g, w = estimates.detach().to(torch.float64), probability.detach().to(torch.float64)
+        part = (w.unsqueeze(1) * g).sum(0)
+        mean = part if mean is None else mean + part
+        total += float(w.sum())
+    if mean is None or not math.isclose(total, 1.0, rel_tol=1e-9):
+        raise ValueError(f"enumerated probabilities sum to {total}, not 1")
+    variance = torch.zeros_like(mean)
+    for estimates, probability in blocks():
+        g, w = estimates.detach().to(torch.float64), probability.detach().to(torch.float64)
+        variance += (w.unsqueeze(1) * (g - mean) ** 2).sum(0)
+    truth = truth.to(mean.device, torch.float64)
+    metrics = []
+    for name, part in scopes.items():
+        metrics.append(Metric("exact_bias_norm", float(torch.linalg.vector_norm(mean[part] - truth[part])), scope=name))
+        metrics.append(Metric("exact_variance", float(variance[part].sum()), scope=name))
+    return metrics
 
 
 def time_metric(chunk_seconds: list[float], chunk_sizes: list[int]) -> Metric:

@@ -1,7 +1,12 @@
-"""Parsing of ``name(key=value,...)`` specs and comma-separated lists of them."""
+"""Parsing of ``name(key=value,...)`` specs and comma-separated lists of them.
+
+A value ``a|b|c`` is a grid: ``sigmoid-belief-net(depth=1|2|3,width=4|8)`` stands for the six
+specs of the product, so a sweep over settings is one command.
+"""
 from __future__ import annotations
 
 import ast
+import itertools
 import re
 from typing import Any
 
@@ -44,28 +49,41 @@ def parse_value(text: str) -> Any:
 
 
 def parse_spec(text: str) -> tuple[str, dict[str, Any]]:
-    """'bernoulli-target(d=4,t=0.45)' -> ('bernoulli-target', {'d': 4, 't': 0.45})."""
+    """'bernoulli-target(d=4,t=0.45)' -> ('bernoulli-target', {'d': 4, 't': 0.45}). No grids."""
+    specs = parse_spec_grid(text)
+    if len(specs) != 1:
+        raise SpecError(f"{text!r} is a grid of {len(specs)} specs; give one value per parameter")
+    return specs[0]
+
+
+def parse_spec_grid(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """A spec whose values may be grids 'a|b': every combination, in order (last key fastest)."""
     match = SPEC.match(text)
     if not match or not match.group(1):
         raise SpecError(f"malformed spec {text!r}: expected name or name(key=value,...)")
     name, body = match.group(1), match.group(2)
-    params: dict[str, Any] = {}
+    choices: dict[str, list[Any]] = {}
     if body is not None and body.strip():
         for item in split_top_level(body):
             key, sep, value = item.partition("=")
             if not sep or not key.strip().isidentifier() or not value.strip():
                 raise SpecError(f"malformed parameter {item!r} in {text!r}: expected key=value")
-            if key.strip() in params:
+            if key.strip() in choices:
                 raise SpecError(f"parameter {key.strip()!r} given twice in {text!r}")
-            params[key.strip()] = parse_value(value)
-    return name, params
+            options = value.split("|")
+            if any(not option.strip() for option in options):
+                raise SpecError(f"empty value in grid {item!r} in {text!r}: expected key=a|b|c")
+            choices[key.strip()] = [parse_value(option) for option in options]
+    keys = list(choices)
+    return [(name, dict(zip(keys, values))) for values in itertools.product(*choices.values())]
 
 
 def parse_spec_list(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """Comma-separated specs, grids expanded in order."""
     items = [item for item in split_top_level(text)]
     if not text.strip() or any(not item for item in items):
         raise SpecError(f"empty name in list {text!r}")
-    return [parse_spec(item) for item in items]
+    return [spec for item in items for spec in parse_spec_grid(item)]
 
 
 def format_spec(name: str, params: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ import pandas as pd
 from bench.harness import RunResult
 
 APPLICATION_ID = 0x53474231  # "SGB1", stamped in the SQLite header (PRAGMA application_id)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_DB = Path("bench-results") / "results.db"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -47,12 +47,34 @@ CREATE TABLE IF NOT EXISTS metrics (
     run_id INTEGER NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
     scope TEXT NOT NULL DEFAULT 'all',
     metric TEXT NOT NULL,
+    epoch INTEGER,
+    step INTEGER,
     value REAL,
-    stderr REAL,
-    PRIMARY KEY (run_id, scope, metric)
+    stderr REAL
 );
+CREATE UNIQUE INDEX IF NOT EXISTS metrics_key
+    ON metrics (run_id, scope, metric, ifnull(epoch, -1), ifnull(step, -1));
 CREATE INDEX IF NOT EXISTS runs_by_pair ON runs (estimator, problem);
 """
+
+# Version 1 had no epoch/step and a primary key on (run_id, scope, metric): copy into version 2.
+MIGRATIONS = {
+    1: """
+ALTER TABLE metrics RENAME TO metrics_v1;
+CREATE TABLE metrics (
+    run_id INTEGER NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    scope TEXT NOT NULL DEFAULT 'all',
+    metric TEXT NOT NULL,
+    epoch INTEGER,
+    step INTEGER,
+    value REAL,
+    stderr REAL
+);
+INSERT INTO metrics (run_id, scope, metric, value, stderr)
+    SELECT run_id, scope, metric, value, stderr FROM metrics_v1;
+DROP TABLE metrics_v1
+""",
+}
 
 
 class StoreError(ValueError):
@@ -113,14 +135,26 @@ class Store:
         self.connection = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         self.connection.execute("PRAGMA foreign_keys = ON")
         self.connection.execute("PRAGMA busy_timeout = 60000")
-        if create:
-            self._initialise()
+        try:
+            self._check_version()
+            if create:
+                self._initialise()
+        except BaseException:
+            self.connection.close()
+            raise
 
     def _initialise(self) -> None:
+        """Create the schema, or upgrade an older one in the same transaction (all or nothing)."""
         conn = self.connection
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("BEGIN IMMEDIATE")
         try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            has_tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'metrics'").fetchone()[0]
+            if has_tables:
+                for old in range(max(version, 1), SCHEMA_VERSION):
+                    for statement in filter(str.strip, MIGRATIONS[old].split(";")):
+                        conn.execute(statement)
             for statement in filter(str.strip, SCHEMA.split(";")):
                 conn.execute(statement)
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
@@ -129,6 +163,14 @@ class Store:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def _check_version(self) -> None:
+        version = self.connection.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path} was written by a newer stochgrad-bench (schema {version}, "
+                             f"this one reads up to {SCHEMA_VERSION}); upgrade stochgrad-bench")
+        if 0 < version < SCHEMA_VERSION:
+            self._initialise()  # upgrades in one transaction; the stored numbers are all kept
 
     def close(self) -> None:
         self.connection.close()
@@ -171,8 +213,9 @@ class Store:
                  result.error, json.dumps(result.notes, sort_keys=True)))
             run_id = int(cursor.lastrowid)
             conn.executemany(
-                "INSERT INTO metrics (run_id, scope, metric, value, stderr) VALUES (?, ?, ?, ?, ?)",
-                [(run_id, m.scope, m.name, _finite(m.value), _finite(m.stderr)) for m in result.metrics])
+                "INSERT INTO metrics (run_id, scope, metric, epoch, step, value, stderr) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(run_id, m.scope, m.name, m.epoch, m.step, _finite(m.value), _finite(m.stderr))
+                 for m in result.metrics])
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -184,14 +227,16 @@ class Store:
         return pd.read_sql_query("SELECT * FROM runs ORDER BY run_id", self.connection)
 
     def metrics(self, run_ids: Iterable[int] | None = None) -> pd.DataFrame:
-        """Long form: one row per (run, scope, metric) with the run's identifying columns."""
+        """Long form: one row per (run, scope, metric, epoch, step) with the run's identifying
+        columns; epoch and step are empty (NaN) for numbers not tied to a point in training."""
         query = ("SELECT r.run_id, r.estimator, r.estimator_params, r.problem, r.problem_params, r.seed,"
-                 " r.samples, r.device, r.status, m.scope, m.metric, m.value, m.stderr"
+                 " r.samples, r.device, r.status, m.scope, m.metric, m.epoch, m.step, m.value, m.stderr"
                  " FROM metrics m JOIN runs r USING (run_id)")
         params: list[Any] = []
         if run_ids is not None:
             ids = list(run_ids)
             query += f" WHERE r.run_id IN ({','.join('?' * len(ids))})"
             params = ids
-        query += " ORDER BY r.run_id, m.scope, m.metric"
-        return pd.read_sql_query(query, self.connection, params=params)
+        query += " ORDER BY r.run_id, m.scope, m.metric, m.epoch, m.step"
+        frame = pd.read_sql_query(query, self.connection, params=params)
+        return frame.astype({"epoch": "Int64", "step": "Int64"})

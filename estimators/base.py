@@ -12,6 +12,7 @@ chosen sample (:class:`ReplayNoise`) to get exact values and exact moments by en
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from typing import Callable, ClassVar, Iterator
 
@@ -131,7 +132,19 @@ class Estimator(torch.nn.Module):
     ``binary_forward`` -- the units' forward output is in {0, 1};
     ``randomness`` -- 'bernoulli' (discrete: exact moments by enumeration), 'continuous' or 'none';
     ``stateful`` -- keeps running statistics (baselines) updated while ``update_state`` is True;
-    ``has_parameters`` -- owns trainable parameters (control variates, learned baselines).
+    ``has_parameters`` -- owns trainable parameters (control variates, learned baselines);
+    ``activation`` -- the unit's mean non-linearity: 'sigmoid' (outputs in [0, 1]) or 'rectifier'
+    (non-negative, unbounded); training problems pick a sparsity criterion from it (KL or L1);
+    ``adaptation_lr`` -- Adam learning rate for the estimator's own parameters (see below).
+
+    Own parameters: while ``update_state`` is True, an estimator with ``has_parameters`` adds the
+    gradient of its own objective (e.g. the estimate's variance for REBAR/RELAX, the baseline's
+    squared error for NVIL) into its parameters' ``.grad``; the surrogate carries no gradient to
+    them. Whoever drives it (the harness's adaptation phase, a training loop) zeroes those grads,
+    calls the estimator, and steps an optimiser over ``estimator.parameters()``.
+
+    Stacked layers: a model with several stochastic layers uses ``estimator.layer(i)`` for layer i,
+    so per-unit state and parameters stay per layer while the noise and freezing are shared.
     """
 
     name: ClassVar[str] = ""
@@ -143,6 +156,8 @@ class Estimator(torch.nn.Module):
     randomness: ClassVar[str] = "bernoulli"
     stateful: ClassVar[bool] = False
     has_parameters: ClassVar[bool] = False
+    activation: ClassVar[str] = "sigmoid"
+    adaptation_lr: ClassVar[float] = 1e-2
 
     def __init__(self) -> None:
         super().__init__()
@@ -171,7 +186,32 @@ class Estimator(torch.nn.Module):
         return {"unbiased": self.unbiased, "loss_evals": self.loss_evals,
                 "needs_loss_backprop": self.needs_loss_backprop, "binary_forward": self.binary_forward,
                 "randomness": self.randomness, "stateful": self.stateful,
-                "has_parameters": self.has_parameters}
+                "has_parameters": self.has_parameters, "activation": self.activation}
+
+    def layer(self, index: int) -> "Estimator":
+        """The estimator for stochastic layer ``index`` of a stacked model: layer 0 is ``self``,
+        the others are copies made on first use (so baselines and own parameters are per layer)
+        that share ``self``'s noise source and ``update_state``."""
+        if index < 0:
+            raise ValueError(f"layer index must be >= 0, got {index}")
+        if index == 0:
+            return self
+        if "_layer_copies" not in self._modules:
+            self._layer_copies = torch.nn.ModuleList()
+        copies = self._layer_copies
+        while len(copies) < index:
+            rng, self.rng = self.rng, Noise()
+            try:
+                clone = copy.deepcopy(self)
+            finally:
+                self.rng = rng
+            clone._modules.pop("_layer_copies", None)
+            copies.append(clone)
+        clone = copies[index - 1]
+        clone.rng = self.rng
+        clone.update_state = self.update_state
+        clone.train(self.training)
+        return clone
 
     @contextlib.contextmanager
     def frozen(self) -> Iterator["Estimator"]:

@@ -18,6 +18,7 @@ class NoisyRectifier(PathwiseEstimator):
 
     binary_forward = False
     randomness = "continuous"
+    activation = "rectifier"
 
     def __init__(self, std: float = 1.0, noise: str = "gaussian", target_rate: float = 0.0,
                  rate_decay: float = 0.99, bias_step: float = 0.1):

@@ -45,6 +45,7 @@ class Rectifier(PathwiseEstimator):
 
     binary_forward = False
     randomness = "none"
+    activation = "rectifier"
 
     def sample(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.relu(logits)

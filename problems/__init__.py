@@ -1,8 +1,9 @@
 """Problems with exact (or reference) gradients of an expected loss, one module per family."""
 from estimators.registry import Registry, RegistryError
-from problems.base import BernoulliProblem, Problem, Reference
+from problems.base import BernoulliProblem, Problem, Record, Reference, TrainingProblem
 
-PROBLEMS = Registry(kind="problem", group="bench.problems", builtin_modules=("problems.bernoulli",))
+PROBLEMS = Registry(kind="problem", group="bench.problems",
+                    builtin_modules=("problems.bernoulli", "problems.sigmoid_belief_net", "problems.gater"))
 register_problem = PROBLEMS.register
 
 
@@ -11,5 +12,5 @@ def build_problem(name: str, params: dict | None = None) -> Problem:
     return PROBLEMS.build(name, params)
 
 
-__all__ = ["PROBLEMS", "BernoulliProblem", "Problem", "Reference", "RegistryError", "build_problem",
-           "register_problem"]
+__all__ = ["PROBLEMS", "BernoulliProblem", "Problem", "Record", "Reference", "RegistryError",
+           "TrainingProblem", "build_problem", "register_problem"]

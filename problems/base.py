@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Iterator
 
 import torch
 
@@ -30,11 +30,31 @@ class Reference:
         return self.stderr is None
 
 
+@dataclasses.dataclass
+class Record:
+    """One number a training problem reports (the harness stores it as a metric).
+
+    ``epoch`` / ``step`` say where in training it was measured (None: not tied to one); ``scope``
+    names a part of the model ('all' for the whole)."""
+
+    name: str
+    value: float
+    stderr: float | None = None
+    scope: str = "all"
+    epoch: int | None = None
+    step: int | None = None
+
+
 class Problem(torch.nn.Module):
-    """Base class for every problem family."""
+    """Base class for every problem family.
+
+    ``trains_model`` is False for gradient problems (a fixed point where estimates are measured
+    against a reference) and True for :class:`TrainingProblem` (a model trained with the estimator).
+    (Not ``training``/``train``: those are nn.Module's mode flag and mode switch.)"""
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    trains_model: ClassVar[bool] = False
 
     @property
     def dim(self) -> int:
@@ -55,6 +75,43 @@ class Problem(torch.nn.Module):
 
     def sample_gradients(self, estimator, n: int, observe: LossObserver | None = None) -> torch.Tensor:
         """``n`` independent gradient estimates, shape (n, dim)."""
+        raise NotImplementedError
+
+    def scopes(self) -> dict[str, slice]:
+        """Named parts of the gradient vector (e.g. 'layer1', 'layer1.weight') that the harness
+        reports separately, besides 'all'. Empty when the gradient has no natural parts."""
+        return {}
+
+
+class TrainingProblem(Problem):
+    """A model trained with the estimator at its stochastic units (learning curves, not moments).
+
+    ``fit`` runs the whole schedule on the problem's device and yields :class:`Record`s as they
+    are measured (per-epoch curves carry ``epoch``). ``seed`` drives initialisation, data order
+    and, through ``estimator.rng`` (set by the caller), the units' noise. NOTE: the method is
+    ``fit`` and the flag ``trains_model``; ``train``/``training`` belong to nn.Module (mode)."""
+
+    trains_model = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("_placement", torch.zeros(0), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        """Where to train: follows ``.to(device)`` like any module (through a placement buffer)."""
+        return self._placement.device
+
+    @property
+    def dim(self) -> int:
+        return 0
+
+    def progress_total(self) -> int:
+        """Units of work ``train`` reports through ``progress`` (e.g. mini-batches)."""
+        raise NotImplementedError
+
+    def fit(self, estimator, seed: int,
+            progress: Callable[[int], None] | None = None) -> Iterator[Record]:
         raise NotImplementedError
 
 

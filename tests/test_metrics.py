@@ -228,7 +228,7 @@ def test_exact_moments_two_outcomes():
     estimates = torch.tensor([[1.0, 0.0], [3.0, 2.0]])
     log_prob = torch.log(torch.tensor([0.25, 0.75], dtype=torch.float64))
     truth = torch.tensor([2.0, 1.0])
-    metrics = as_dict(exact_moments(estimates, log_prob, truth))
+    metrics = as_dict(exact_moments(lambda: [(estimates, log_prob.exp())], truth))
     # mean (2.5, 1.5); variance 0.25 * (1.5^2 + 1.5^2) + 0.75 * (0.5^2 + 0.5^2) = 1.5
     assert metrics["exact_bias_norm"].value == pytest.approx(math.sqrt(0.5), rel=1e-14)
     assert metrics["exact_variance"].value == pytest.approx(1.5, rel=1e-14)
@@ -236,13 +236,33 @@ def test_exact_moments_two_outcomes():
 
 
 def test_exact_moments_single_outcome_has_zero_variance():
-    metrics = as_dict(exact_moments(torch.tensor([[1.0, 2.0]]), torch.zeros(1), torch.tensor([1.0, 2.0])))
+    metrics = as_dict(exact_moments(lambda: [(torch.tensor([[1.0, 2.0]]), torch.ones(1))], torch.tensor([1.0, 2.0])))
     assert metrics["exact_variance"].value == 0.0 and metrics["exact_bias_norm"].value == 0.0
+
+
+def test_exact_moments_blocks_and_scopes_match_one_block():
+    """Outcomes split over blocks give the one-block answer; scopes partition the variance."""
+    generator = torch.Generator().manual_seed(3)
+    estimates = torch.randn(8, 5, generator=generator, dtype=torch.float64)
+    probability = torch.rand(8, generator=generator, dtype=torch.float64)
+    probability /= probability.sum()
+    truth = torch.randn(5, generator=generator, dtype=torch.float64)
+    scopes = {"all": slice(None), "head": slice(0, 2), "tail": slice(2, None)}
+    whole = exact_moments(lambda: [(estimates, probability)], truth, scopes)
+    split = exact_moments(lambda: [(estimates[:3], probability[:3]), (estimates[3:], probability[3:])], truth, scopes)
+    assert [(m.name, m.scope) for m in whole] == [(m.name, m.scope) for m in split]
+    for a, b in zip(whole, split):
+        assert a.value == pytest.approx(b.value, rel=1e-12)
+    values = {(m.scope, m.name): m.value for m in whole}
+    mean = (probability.unsqueeze(1) * estimates).sum(0)
+    assert values[("head", "exact_variance")] + values[("tail", "exact_variance")] == pytest.approx(
+        values[("all", "exact_variance")], rel=1e-12)
+    assert values[("head", "exact_bias_norm")] == pytest.approx(float((mean[:2] - truth[:2]).norm()), rel=1e-12)
 
 
 def test_exact_moments_rejects_probabilities_not_summing_to_one():
     with pytest.raises(ValueError, match="sum to"):
-        exact_moments(torch.zeros(2, 1), torch.log(torch.tensor([0.5, 0.4])), torch.zeros(1))
+        exact_moments(lambda: [(torch.zeros(2, 1), torch.tensor([0.5, 0.4]))], torch.zeros(1))
 
 
 def test_time_metric_uses_scipy_sem(monkeypatch):

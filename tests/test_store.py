@@ -286,3 +286,71 @@ def test_kill_9_then_resume(tmp_path):
     finally:
         con.close()
     assert len(counts) == SWEEP_RUNS and counts["n"].nunique() == 1
+
+
+# -- schema versions ---------------------------------------------------------------------------
+
+V1_SCHEMA = """
+CREATE TABLE runs (run_id INTEGER PRIMARY KEY AUTOINCREMENT, config_key TEXT NOT NULL UNIQUE,
+    estimator TEXT NOT NULL, estimator_params TEXT NOT NULL, problem TEXT NOT NULL,
+    problem_params TEXT NOT NULL, seed INTEGER NOT NULL, samples INTEGER NOT NULL, device TEXT NOT NULL,
+    device_description TEXT, config TEXT NOT NULL, versions TEXT NOT NULL, git_revision TEXT,
+    started_at TEXT NOT NULL, finished_at TEXT NOT NULL, wall_time_s REAL NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('finished', 'failed', 'skipped')), error TEXT, notes TEXT NOT NULL);
+CREATE TABLE metrics (run_id INTEGER NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    scope TEXT NOT NULL DEFAULT 'all', metric TEXT NOT NULL, value REAL, stderr REAL,
+    PRIMARY KEY (run_id, scope, metric));
+INSERT INTO runs VALUES (7, 'key7', 'reinforce', '{}', 'bernoulli-target', '{}', 0, 1000, 'cpu', 'cpu',
+    '{}', '{}', NULL, 't0', 't1', 1.0, 'finished', NULL, '{}');
+INSERT INTO metrics VALUES (7, 'all', 'variance', 0.5, 0.01), (7, 'unit0', 'variance', 0.25, NULL);
+PRAGMA application_id = 1397178929;
+PRAGMA user_version = 1;
+"""
+
+
+def make_v1_store(path: Path) -> None:
+    con = sqlite3.connect(path)
+    con.executescript(V1_SCHEMA)
+    con.close()
+
+
+@pytest.mark.parametrize("create", [True, False], ids=["opened-for-writing", "opened-for-reading"])
+def test_version_1_store_is_upgraded_with_every_number_kept(db_path, create):
+    make_v1_store(db_path)
+    with Store(db_path, create=create) as store:
+        frame = store.metrics()
+    assert raw(db_path, "PRAGMA user_version") == [(2,)]
+    assert sorted(zip(frame["scope"], frame["metric"], frame["value"])) == [("all", "variance", 0.5),
+                                                                             ("unit0", "variance", 0.25)]
+    assert frame["epoch"].isna().all() and frame["step"].isna().all()
+    with Store(db_path) as store:  # and it takes per-epoch rows afterwards
+        store.save(make_result(metrics=[Metric("valid_error", 2.0, epoch=0), Metric("valid_error", 1.5, epoch=1)]),
+                   VERSIONS, None, "cpu")
+        assert len(store.metrics()) == 4
+
+
+def test_store_from_a_newer_version_is_refused_untouched(db_path):
+    make_v1_store(db_path)
+    con = sqlite3.connect(db_path)
+    con.execute("PRAGMA user_version = 99")
+    con.close()
+    before = db_path.read_bytes()
+    for create in (True, False):
+        with pytest.raises(StoreError, match="newer stochgrad-bench"):
+            Store(db_path, create=create)
+    assert db_path.read_bytes() == before
+
+
+def test_epoch_and_step_rows_are_distinct_but_duplicates_roll_back(db_path):
+    metrics = [Metric("train_loss", 1.0, step=10), Metric("train_loss", 0.5, step=20),
+               Metric("train_loss", 0.4), Metric("test_error", 2.0, epoch=0)]
+    with Store(db_path) as store:
+        store.save(make_result(seed=0, metrics=metrics), VERSIONS, None, "cpu")
+        with pytest.raises(sqlite3.IntegrityError):
+            store.save(make_result(seed=1, metrics=[Metric("x", 1.0, epoch=3), Metric("x", 2.0, epoch=3)]),
+                       VERSIONS, None, "cpu")
+        frame = store.metrics()
+    assert sorted(frame["seed"].unique()) == [0]  # the failed save left nothing behind
+    losses = frame[frame["metric"] == "train_loss"].sort_values("value")
+    steps = losses["step"].tolist()
+    assert steps[1:] == [20, 10] and pd.isna(steps[0])
