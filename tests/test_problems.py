@@ -1,9 +1,16 @@
-"""Problem layer: a contract every registered problem must meet, closed forms checked
+"""Problem layer: a contract every registered gradient problem must meet, closed forms checked
 independently, and parameter validation through the registry.
 
 ``ProblemContract`` is a mixin (BoTorch's problem-mixin style): a test class lists the specs
 ``(name, params)`` it covers in ``specs`` and inherits every contract test, parametrised over those
-specs by ``pytest_generate_tests`` below. Family classes add their own closed-form checks.
+specs by ``pytest_generate_tests`` below. It serves any gradient problem whose loss is a function
+of all its stochastic units, ``loss(h)`` with h of shape (..., units), and whose gradient is taken
+w.r.t. the parameters of their distribution: a family class says which tensors those are, in
+gradient order (``gradient_tensors``), and re-implements log P(h) from them (``log_prob``), so the
+problem's enumerated gradient is checked against autograd of an independently written
+sum_h P(h) L(h). ``BernoulliContract`` does that for independent units at ``logits``. Family
+classes add their own closed-form checks. Training problems (``trains_model = True``) have no
+gradient to check and are not covered here.
 """
 from __future__ import annotations
 
@@ -11,11 +18,12 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import problems
 from estimators.base import all_configurations
 from estimators.registry import BUILTIN, RegistryError
-from problems.base import BernoulliProblem, Reference
+from problems.base import BernoulliProblem, Problem, Reference
 
 DTYPES = [torch.float32, torch.float64]
 
@@ -27,7 +35,7 @@ def spec_id(spec) -> str:
     return f"{name}({','.join(f'{k}={v}' for k, v in params.items())})"
 
 
-def build(spec) -> BernoulliProblem:
+def build(spec) -> Problem:
     name, params = spec
     return problems.build_problem(name, dict(params))
 
@@ -40,21 +48,38 @@ def pytest_generate_tests(metafunc):
 
 
 class ProblemContract:
-    """Contract tests for one problem family. Subclasses set ``specs``."""
+    """Contract tests for one gradient-problem family. Subclasses set ``specs`` and the two hooks."""
 
     specs: list[tuple[str, dict]] = []
+
+    def gradient_tensors(self, problem) -> list[torch.Tensor]:
+        """The problem's tensors the gradient is taken with respect to, in gradient order."""
+        raise NotImplementedError
+
+    def log_prob(self, problem, tensors: list[torch.Tensor], h: torch.Tensor) -> torch.Tensor:
+        """log P(h) of configurations h (..., units) as a differentiable function of ``tensors``."""
+        raise NotImplementedError
 
     def test_registered_name_and_description(self, spec):
         problem = build(spec)
         assert problem.name == spec[0]
         assert isinstance(problem.description, str) and problem.description
+        assert problem.trains_model is False
 
     def test_dim_and_units(self, spec):
         problem = build(spec)
         assert isinstance(problem.dim, int) and problem.dim >= 1
         assert isinstance(problem.units, int) and problem.units >= 1
+        assert problem.dim == sum(t.numel() for t in self.gradient_tensors(problem))
         if "d" in spec[1]:
             assert problem.units == spec[1]["d"]
+
+    def test_scopes_are_named_slices_of_the_gradient(self, spec):
+        problem = build(spec)
+        for name, where in problem.scopes().items():
+            assert isinstance(name, str) and name and name != "all"
+            assert isinstance(where, slice) and where.step in (None, 1)
+            assert 0 <= where.start < where.stop <= problem.dim, name
 
     @pytest.mark.parametrize("extra", [(), (3,), (2, 3)], ids=["no-extra", "extra-3", "extra-2x3"])
     def test_loss_shape_with_extra_leading_dims(self, spec, extra):
@@ -70,7 +95,8 @@ class ProblemContract:
     @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
     def test_dtype_preserved(self, spec, dtype):
         problem = build(spec).to(dtype)
-        assert problem.logits.dtype == dtype
+        assert problem.dtype == dtype
+        assert all(t.dtype == dtype for t in self.gradient_tensors(problem))
         h = all_configurations(problem.units, dtype)[:16]
         out = problem.loss(h)
         assert out.dtype == dtype
@@ -90,7 +116,7 @@ class ProblemContract:
     ])
     def test_device(self, spec, device):
         problem = build(spec).to(device)
-        assert problem.logits.device.type == device
+        assert all(t.device.type == device for t in self.gradient_tensors(problem))
         h = all_configurations(problem.units, torch.float32, device)[:8]
         out = problem.loss(h)
         assert out.device.type == device
@@ -110,13 +136,12 @@ class ProblemContract:
     def test_enumerated_gradient_matches_autograd_of_expected_loss(self, spec):
         # An independent route: differentiate sum_h P(h) L(h) with autograd.
         problem = build(spec).to(torch.float64)
-        logits = problem.logits.detach().clone().requires_grad_(True)
+        tensors = [t.detach().clone().requires_grad_(True) for t in self.gradient_tensors(problem)]
         h = all_configurations(problem.units, torch.float64)
-        log_p = (h * torch.nn.functional.logsigmoid(logits)
-                 + (1 - h) * torch.nn.functional.logsigmoid(-logits)).sum(-1)
-        expected = (log_p.exp() * problem.loss(h)).sum()
-        (grad,) = torch.autograd.grad(expected, logits)
-        torch.testing.assert_close(problem.exact_gradient(), grad, rtol=0, atol=1e-12)
+        expected = (self.log_prob(problem, tensors, h).exp() * problem.loss(h)).sum()
+        grads = torch.autograd.grad(expected, tensors)
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.testing.assert_close(problem.exact_gradient(), flat, rtol=0, atol=1e-12)
         assert problem.expected_loss() == pytest.approx(float(expected.detach()), abs=1e-12)
 
     def test_reference_is_exact(self, spec):
@@ -131,14 +156,14 @@ class ProblemContract:
 
     def test_expected_loss_is_probability_weighted_mean(self, spec):
         problem = build(spec).to(torch.float64)
-        p = torch.sigmoid(problem.logits)
         h = all_configurations(problem.units, torch.float64)
-        weight = torch.prod(torch.where(h > 0, p, 1 - p), dim=-1)
+        weight = self.log_prob(problem, self.gradient_tensors(problem), h).exp()
         assert float(weight.sum()) == pytest.approx(1.0, abs=1e-12)
         assert problem.expected_loss() == pytest.approx(float((weight * problem.loss(h)).sum()), abs=1e-12)
 
     def test_data_is_reproducible(self, spec):
         a, b = build(spec), build(spec)
+        assert [name for name, _ in a.named_buffers()] == [name for name, _ in b.named_buffers()]
         for (name, x), (_, y) in zip(a.named_buffers(), b.named_buffers()):
             assert torch.equal(x, y), name
 
@@ -150,9 +175,21 @@ class ProblemContract:
         estimator.rng.generator = torch.Generator().manual_seed(0)
         grads = problem.sample_gradients(estimator, 7)
         assert grads.shape == (7, problem.dim)
+        assert grads.dtype == problem.dtype
 
 
-class TestBernoulliTarget(ProblemContract):
+class BernoulliContract(ProblemContract):
+    """Independent units h_i ~ Bernoulli(sigm(logits_i)); the gradient is w.r.t. ``logits``."""
+
+    def gradient_tensors(self, problem):
+        return [problem.logits]
+
+    def log_prob(self, problem, tensors, h):
+        (logits,) = tensors
+        return (h * F.logsigmoid(logits) + (1 - h) * F.logsigmoid(-logits)).sum(-1)
+
+
+class TestBernoulliTarget(BernoulliContract):
     specs = [("bernoulli-target", {}), ("bernoulli-target", {"d": 3, "t": 0.3, "logit": -1.5})]
 
     def test_closed_form_by_hand(self, spec):
@@ -170,7 +207,7 @@ class TestBernoulliTarget(ProblemContract):
         torch.testing.assert_close(problem.loss(h), by_hand, rtol=0, atol=1e-12)
 
 
-class TestBernoulliQuadratic(ProblemContract):
+class TestBernoulliQuadratic(BernoulliContract):
     specs = [("bernoulli-quadratic", {}), ("bernoulli-quadratic", {"d": 5, "data_seed": 3})]
 
     def test_closed_form_matches_finite_differences_of_expected_loss(self, spec):
@@ -202,7 +239,7 @@ class TestBernoulliQuadratic(ProblemContract):
         assert not torch.equal(build(spec).A, other.A)
 
 
-class TestBernoulliBlackbox(ProblemContract):
+class TestBernoulliBlackbox(BernoulliContract):
     specs = [("bernoulli-blackbox", {}), ("bernoulli-blackbox", {"d": 6, "hidden": 4, "data_seed": 2})]
 
     def test_loss_by_hand(self, spec):
@@ -225,23 +262,90 @@ class TestBernoulliBlackbox(ProblemContract):
         assert float((values - additive).abs().max()) > 1e-3
 
 
-CONTRACT_CLASSES = [TestBernoulliTarget, TestBernoulliQuadratic, TestBernoulliBlackbox]
+class TestSigmoidBeliefNet(ProblemContract):
+    """Stacked layers: layer 1 ~ Bernoulli(sigm(b_0)), layer l+1 ~ Bernoulli(sigm(W_l h_l + b_l));
+    the gradient is w.r.t. b_0, W_1, b_1, ... (buffers bias1, weight2, bias2, ...)."""
+
+    specs = [("sigmoid-belief-net", {}),
+             ("sigmoid-belief-net", {"widths": "3-2-2", "loss": "target", "hidden_weight": 0.5, "data_seed": 2}),
+             ("sigmoid-belief-net", {"depth": 2, "width": 3, "hidden_weight": -1.0}),
+             ("sigmoid-belief-net", {"widths": "5"})]
+
+    def gradient_tensors(self, problem):
+        tensors = [problem.bias1]
+        for l in range(2, len(problem.widths) + 1):
+            tensors += [getattr(problem, f"weight{l}"), getattr(problem, f"bias{l}")]
+        return tensors
+
+    def log_prob(self, problem, tensors, h):
+        layers = h.split(list(problem.widths), dim=-1)
+        logits = tensors[0].expand_as(layers[0])
+        total = (layers[0] * F.logsigmoid(logits) + (1 - layers[0]) * F.logsigmoid(-logits)).sum(-1)
+        for l in range(1, len(layers)):
+            W, b = tensors[2 * l - 1], tensors[2 * l]
+            logits = layers[l - 1] @ W.T + b
+            total = total + (layers[l] * F.logsigmoid(logits) + (1 - layers[l]) * F.logsigmoid(-logits)).sum(-1)
+        return total
+
+    def test_sizes_and_scopes_follow_the_widths(self, spec):
+        problem = build(spec)
+        widths = problem.widths
+        assert problem.units == sum(widths)
+        assert problem.dim == widths[0] + sum(w * (p + 1) for p, w in zip(widths, widths[1:]))
+        scopes = problem.scopes()
+        layer_scopes = [scopes[f"layer{l + 1}"] for l in range(len(widths))]
+        assert [s.start for s in layer_scopes[1:]] == [s.stop for s in layer_scopes[:-1]]
+        assert layer_scopes[0].start == 0 and layer_scopes[-1].stop == problem.dim
+        assert scopes["layer1.bias"] == scopes["layer1"] and "layer1.weight" not in scopes
+        for l in range(2, len(widths) + 1):
+            weight, bias = scopes[f"layer{l}.weight"], scopes[f"layer{l}.bias"]
+            assert (weight.start, weight.stop, bias.stop) == (scopes[f"layer{l}"].start, bias.start,
+                                                              scopes[f"layer{l}"].stop)
+            assert weight.stop - weight.start == widths[l - 1] * widths[l - 2]
+
+    def test_loss_by_hand(self, spec):
+        import numpy as np
+
+        problem = build(spec).to(torch.float64)
+        h = all_configurations(problem.units, torch.float64)[:40].numpy()
+
+        def term(l, x):
+            if problem.loss_kind == "target":
+                return ((x - getattr(problem, f"target{l}").numpy()) ** 2).sum()
+            U, c, v, w = (getattr(problem, f"readout{l}_{k}").numpy() for k in "Ucvw")
+            return np.tanh(U @ x + c) @ v + w @ x
+
+        depth, bounds = len(problem.widths), np.cumsum((0,) + problem.widths)
+        by_hand = [term(depth, row[bounds[-2]:]) + problem.hidden_weight * sum(
+            term(l + 1, row[bounds[l]:bounds[l + 1]]) for l in range(depth - 1)) for row in h]
+        torch.testing.assert_close(problem.loss(torch.from_numpy(h)), torch.tensor(by_hand, dtype=torch.float64),
+                                   rtol=0, atol=1e-12)
+
+
+CONTRACT_CLASSES = [TestBernoulliTarget, TestBernoulliQuadratic, TestBernoulliBlackbox, TestSigmoidBeliefNet]
 _COVERED = {name for cls in CONTRACT_CLASSES for name, _ in cls.specs}
 
 
-class TestOtherRegisteredProblems(ProblemContract):
-    """Default instances of registered problems without a family class here (plugins found
-    through entry points). Empty, and so skipped, when none is installed."""
+def _gradient_problem(name: str) -> bool:
+    return not getattr(problems.PROBLEMS.entry(name).cls, "trains_model", False)
 
-    specs = [(name, {}) for name in problems.PROBLEMS.names() if name not in _COVERED]
+
+class TestOtherRegisteredProblems(BernoulliContract):
+    """Default instances of registered Bernoulli gradient problems without a family class here
+    (plugins found through entry points). Empty, and so skipped, when none is installed."""
+
+    specs = [(name, {}) for name in problems.PROBLEMS.names() if name not in _COVERED
+             and _gradient_problem(name) and issubclass(problems.PROBLEMS.entry(name).cls, BernoulliProblem)]
 
 
 def test_every_builtin_problem_has_a_contract_class():
-    """A new built-in problem must come with a ProblemContract subclass that covers it."""
+    """A new built-in gradient problem must come with a ProblemContract subclass that covers it."""
     covered = _COVERED
-    builtin = {entry.name for entry in problems.PROBLEMS.entries() if entry.source == BUILTIN}
+    builtin = {entry.name for entry in problems.PROBLEMS.entries()
+               if entry.source == BUILTIN and _gradient_problem(entry.name)}
     missing = builtin - covered
     assert not missing, f"registered problems without a ProblemContract subclass: {sorted(missing)}"
+    assert "sigmoid-belief-net-training" not in builtin  # training problems are not gradient problems
     for cls in CONTRACT_CLASSES:
         assert issubclass(cls, ProblemContract)
 

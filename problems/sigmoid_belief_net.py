@@ -1,0 +1,538 @@
+"""Deep sigmoid belief nets (Neal 1992): stacked layers of stochastic binary units.
+
+Layer 1 ~ Bernoulli(sigm(b_0)); layer l+1 ~ Bernoulli(sigm(W_l h_l + b_l)). The loss is a seeded
+function of the last layer, plus ``hidden_weight`` times seeded functions of the hidden layers:
+
+    L(h) = f_L(h_L) + hidden_weight * sum_{l < L} f_l(h_l),
+
+with f_l either a tiny tanh read-out ``v' tanh(U h + c) + w' h`` (``loss='mlp'``) or a squared
+distance to a target in (0, 1)^width (``loss='target'``). The estimator under test is applied at
+every stochastic layer through the contract of ``estimators.base`` (Bengio et al. 2013 apply
+theirs to one layer; stacking is where the contract has to compose): ``estimator.layer(l)`` gets
+the logits of layer l and a loss_fn that takes h_l (*extra, n, width_l), samples the layers after it
+with their own estimators and returns the downstream loss (*extra, n). So pathwise estimators
+back-propagate through the layers downstream, score-function ones use the downstream loss as their
+learning signal, and one with k evaluations per layer evaluates the net k^depth times per estimate.
+
+Gradient order (``scopes()`` names the slices): for l = 1..L the parameters that produce layer l,
+weight first (row-major, shape (width_l, width_{l-1}); layer 1 has none), then bias:
+``layer1.bias = b_0``, ``layer2.weight = W_1``, ``layer2.bias = b_1``, ...
+"""
+from __future__ import annotations
+
+import collections
+import copy
+import hashlib
+import math
+from typing import Callable, Iterator
+
+import numpy as np
+import scipy.stats
+import torch
+import torch.nn.functional as F
+
+from problems import register_problem
+from problems.base import MAX_ENUMERATION_UNITS, LossObserver, Problem, Record, Reference, TrainingProblem
+
+DEFAULT_WIDTHS = (4, 3, 2)
+LOSSES = ("mlp", "target")
+REFERENCE_METHODS = ("auto", "exact", "sampled")
+OPTIMIZERS = ("sgd", "adam")
+READOUT_UNITS = 16           # hidden units of the 'mlp' read-out f_l
+WEIGHT_SCALE = 2.0           # W_l ~ N(0, WEIGHT_SCALE^2 / width_{l-1}): units far from linear
+BIAS_SCALE = 0.5             # b_l ~ N(0, BIAS_SCALE^2) for l >= 1; b_0 ~ N(0, 1)
+REFERENCE_CONTINUATIONS = 8  # K of the leave-one-out reference estimator
+REFERENCE_BATCHES = 64       # batch means behind the reference's standard error
+REFERENCE_CHUNK = 8192       # prefixes per vectorised step of the reference
+ENUMERATION_CHUNK = 2**16    # configurations per vectorised step of the enumeration
+_REFERENCE_CACHE: "collections.OrderedDict[tuple, Reference]" = collections.OrderedDict()
+_REFERENCE_CACHE_SIZE = 32
+
+
+def parse_widths(widths: str, depth: int, width: int) -> tuple[int, ...]:
+    """Layer sizes from ``widths`` ('8-6-4') or from ``depth`` x ``width``; neither: 4-3-2."""
+    if depth or width:
+        if widths:
+            raise ValueError(f"give either widths or depth and width, not both (widths={widths!r}, "
+                             f"depth={depth}, width={width})")
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, got {depth}")
+        if width < 1:
+            raise ValueError(f"width must be at least 1, got {width}")
+        return (width,) * depth
+    if not widths:
+        return DEFAULT_WIDTHS
+    sizes = []
+    for part in str(widths).split("-"):
+        if not part.strip():
+            raise ValueError(f"widths {widths!r} has an empty layer: expected sizes joined by '-', like '8-6-4'")
+        try:
+            size = int(part)
+        except ValueError:
+            raise ValueError(f"widths must be layer sizes joined by '-', like '8-6-4', got {widths!r}") from None
+        if size < 1:
+            raise ValueError(f"widths {widths!r} has an empty layer: every layer needs at least 1 unit")
+        sizes.append(size)
+    return tuple(sizes)
+
+
+def _generator(*key: int) -> torch.Generator:
+    """A CPU generator seeded from a tuple of integers (independent streams per key)."""
+    state = int(np.random.SeedSequence([int(k) for k in key]).generate_state(1, np.uint64)[0] >> 1)
+    return torch.Generator().manual_seed(state)
+
+
+def initial_parameters(widths: tuple[int, ...],
+                       seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    """Seeded (biases, weights): biases[l] produces layer l+1, weights[l] = W_l (weights[0] is None).
+
+    Layer l draws from its own stream, so a deeper net shares its first layers with a shallower one."""
+    biases, weights = [], []
+    for l, w in enumerate(widths):
+        g = _generator(seed, 0, l)
+        if l == 0:
+            weights.append(None)
+            biases.append(torch.randn(w, generator=g))
+        else:
+            weights.append(torch.randn(w, widths[l - 1], generator=g) * (WEIGHT_SCALE / math.sqrt(widths[l - 1])))
+            biases.append(torch.randn(w, generator=g) * BIAS_SCALE)
+    return biases, weights
+
+
+def _flat(biases, weights) -> list[torch.Tensor]:
+    """Parameter tensors in gradient order: b_0, W_1, b_1, W_2, b_2, ..."""
+    out = []
+    for b, W in zip(biases, weights):
+        if W is not None:
+            out.append(W)
+        out.append(b)
+    return out
+
+
+class _BeliefNet:
+    """What both SBN problems share: sizes, the seeded loss, the stochastic pass through the
+    estimator, enumeration. Parameters are passed explicitly as (biases, weights) lists."""
+
+    widths: tuple[int, ...]
+
+    def _setup(self, widths: str, depth: int, width: int, loss: str, hidden_weight: float,
+               data_seed: int) -> None:
+        self.widths = parse_widths(widths, depth, width)
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+        if not math.isfinite(hidden_weight):
+            raise ValueError(f"hidden_weight must be finite, got {hidden_weight}")
+        self.loss_kind, self.hidden_weight, self.data_seed = loss, float(hidden_weight), data_seed
+        for l, w in enumerate(self.widths):
+            g = _generator(data_seed, 1, l)
+            if loss == "target":
+                self.register_buffer(f"target{l + 1}", torch.rand(w, generator=g))
+            else:
+                self.register_buffer(f"readout{l + 1}_U", torch.randn(READOUT_UNITS, w, generator=g)
+                                     * (2 / math.sqrt(w)))
+                self.register_buffer(f"readout{l + 1}_c", torch.randn(READOUT_UNITS, generator=g))
+                self.register_buffer(f"readout{l + 1}_v", torch.randn(READOUT_UNITS, generator=g)
+                                     / math.sqrt(READOUT_UNITS))
+                self.register_buffer(f"readout{l + 1}_w", torch.randn(w, generator=g) * 0.1)
+
+    # -- sizes -------------------------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        return len(self.widths)
+
+    @property
+    def units(self) -> int:
+        return sum(self.widths)
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(w * (1 + (self.widths[l - 1] if l else 0)) for l, w in enumerate(self.widths))
+
+    def parameter_scopes(self) -> dict[str, slice]:
+        """'layerL' (all parameters producing stochastic layer L) and 'layerL.weight' / '.bias'."""
+        out, start = {}, 0
+        for l, w in enumerate(self.widths):
+            first = start
+            if l:
+                out[f"layer{l + 1}.weight"] = slice(start, start + w * self.widths[l - 1])
+                start += w * self.widths[l - 1]
+            out[f"layer{l + 1}.bias"] = slice(start, start + w)
+            start += w
+            out[f"layer{l + 1}"] = slice(first, start)
+        return out
+
+    # -- the loss ------------------------------------------------------------------------------
+    def layer_loss(self, index: int, h: torch.Tensor) -> torch.Tensor:
+        """f_l(h_l) for stochastic layer ``index`` (0-based); h is (..., width), result (...)."""
+        l = index + 1
+        if self.loss_kind == "target":
+            return ((h - getattr(self, f"target{l}")) ** 2).sum(-1)
+        U, c = getattr(self, f"readout{l}_U"), getattr(self, f"readout{l}_c")
+        v, w = getattr(self, f"readout{l}_v"), getattr(self, f"readout{l}_w")
+        return torch.tanh(h @ U.T + c) @ v + h @ w
+
+    def loss(self, h: torch.Tensor) -> torch.Tensor:
+        """L of whole configurations: h is (..., units), every layer's units side by side."""
+        layers = h.split(list(self.widths), dim=-1)
+        total = self.layer_loss(self.depth - 1, layers[-1])
+        if self.hidden_weight:
+            for l in range(self.depth - 1):
+                total = total + self.hidden_weight * self.layer_loss(l, layers[l])
+        return total
+
+    # -- the stochastic pass ---------------------------------------------------------------------
+    def _surrogate(self, biases, weights, estimator, n: int, observe: LossObserver | None = None,
+                   records: list[list] | None = None) -> torch.Tensor:
+        """The per-sample surrogate (n,) of L with ``estimator.layer(l)`` at stochastic layer l.
+
+        Layer l's loss_fn maps h_l (*extra, n, width_l) to the downstream loss (*extra, n): its
+        hidden term plus the surrogate of layer l+1's estimator on logits W h_l + b. ``records``
+        collects (logits, detached input) of every layer's logits for per-sample gradients."""
+        last = self.depth - 1
+        final = (lambda h: self.layer_loss(last, h))
+        final = final if observe is None else observe(final)
+
+        def loss_fn_for(l: int) -> Callable[[torch.Tensor], torch.Tensor]:
+            if l == last:
+                return final
+
+            def loss_fn(h: torch.Tensor) -> torch.Tensor:
+                logits = h @ weights[l + 1].T + biases[l + 1]
+                if records is not None:
+                    records[l + 1].append((logits, h.detach()))
+                value = estimator.layer(l + 1)(logits, loss_fns[l + 1])
+                if self.hidden_weight:
+                    value = value + self.hidden_weight * self.layer_loss(l, h)
+                return value
+
+            return loss_fn
+
+        loss_fns = [loss_fn_for(l) for l in range(self.depth)]
+        logits = biases[0].expand(n, self.widths[0])
+        if records is not None:
+            records[0].append((logits, None))
+        return estimator(logits, loss_fns[0])
+
+    def _per_sample_gradients(self, biases, weights, estimator, n: int,
+                              observe: LossObserver | None) -> torch.Tensor:
+        """(n, dim): W_l enters only through logits = h W_l' + b_l, so dS/dW_l per sample is the
+        sum over evaluation axes of outer(dS/dlogits, h); one autograd call for every logits."""
+        records: list[list] = [[] for _ in self.widths]
+        surrogate = self._surrogate(biases, weights, estimator, n, observe, records)
+        flat = [(l, logits, h) for l, rec in enumerate(records) for logits, h in rec if logits.requires_grad]
+        grads = torch.autograd.grad(surrogate.sum(), [logits for _, logits, _ in flat], allow_unused=True)
+        out = torch.zeros(n, self.parameter_count, dtype=biases[0].dtype, device=biases[0].device)
+        scopes = self.parameter_scopes()
+        for (l, logits, h), g in zip(flat, grads):
+            if g is None:
+                continue
+            g = g.reshape(-1, n, self.widths[l])
+            out[:, scopes[f"layer{l + 1}.bias"]] += g.sum(0)
+            if l:
+                h = h.reshape(-1, n, self.widths[l - 1])
+                weight = out[:, scopes[f"layer{l + 1}.weight"]].view(n, self.widths[l], self.widths[l - 1])
+                if g.shape[0] == 1:
+                    weight.addcmul_(g[0].unsqueeze(-1), h[0].unsqueeze(-2))
+                else:
+                    weight += torch.einsum("eno,eni->noi", g, h)
+        return out
+
+    # -- enumeration -----------------------------------------------------------------------------
+    def _check_enumerable(self) -> None:
+        if self.units > MAX_ENUMERATION_UNITS:
+            raise ValueError(f"{self.name}: {self.units} stochastic units ({'-'.join(map(str, self.widths))}) "
+                             f"are too many to enumerate (at most {MAX_ENUMERATION_UNITS})")
+
+    def _enumerate(self, biases, weights, gradient: bool = True) -> tuple[float, torch.Tensor | None]:
+        """(E[L], dE[L]/dtheta) in float64 over all 2^units configurations, by the score identity
+        dE[L]/dtheta = sum_h P(h) L(h) dlog P(h)/dtheta, with dlog P/db_{l-1} = h_l - sigm(a_l) and
+        dlog P/dW_{l-1} = (h_l - sigm(a_l)) h_{l-1}'."""
+        self._check_enumerable()
+        net = copy.deepcopy(self).to("cpu", torch.float64)
+        biases = [b.detach().to("cpu", torch.float64) for b in biases]
+        weights = [None if W is None else W.detach().to("cpu", torch.float64) for W in weights]
+        total = torch.zeros((), dtype=torch.float64)
+        bias_grad = [torch.zeros_like(b) for b in biases]
+        weight_grad = [None if W is None else torch.zeros_like(W) for W in weights]
+        bits = torch.arange(self.units)
+        for start in range(0, 2**self.units, ENUMERATION_CHUNK):
+            codes = torch.arange(start, min(start + ENUMERATION_CHUNK, 2**self.units)).unsqueeze(1)
+            configs = ((codes >> bits) & 1).to(torch.float64)
+            layers = configs.split(list(self.widths), dim=-1)
+            log_p = torch.zeros(configs.shape[0], dtype=torch.float64)
+            probs = []
+            for l, h in enumerate(layers):
+                logits = biases[0].expand_as(h) if l == 0 else layers[l - 1] @ weights[l].T + biases[l]
+                log_p = log_p + (h * F.logsigmoid(logits) + (1 - h) * F.logsigmoid(-logits)).sum(-1)
+                probs.append(torch.sigmoid(logits))
+            weighted = torch.exp(log_p) * net.loss(configs)
+            total += weighted.sum()
+            if gradient:
+                for l, h in enumerate(layers):
+                    score = (h - probs[l]) * weighted.unsqueeze(-1)
+                    bias_grad[l] += score.sum(0)
+                    if l:
+                        weight_grad[l] += score.T @ layers[l - 1]
+        grad = torch.cat([t.reshape(-1) for t in _flat(bias_grad, weight_grad)]) if gradient else None
+        return float(total), grad
+
+    def _mc_loss(self, biases, weights, n: int, generator: torch.Generator) -> tuple[float, float]:
+        """Monte Carlo E[L] from n ancestral samples: (mean, standard error)."""
+        with torch.no_grad():
+            h = torch.bernoulli(torch.sigmoid(biases[0]).expand(n, self.widths[0]), generator=generator)
+            layers = [h]
+            for l in range(1, self.depth):
+                layers.append(torch.bernoulli(torch.sigmoid(h @ weights[l].T + biases[l]), generator=generator))
+                h = layers[-1]
+            values = self.loss(torch.cat(layers, dim=-1)).to("cpu", torch.float64).numpy()
+        return float(values.mean()), float(scipy.stats.sem(values))
+
+
+@register_problem("sigmoid-belief-net",
+                  "Deep sigmoid belief net (widths='8-6-4' or depth, width): estimator at every layer; "
+                  "exact gradient up to 20 units")
+class SigmoidBeliefNet(_BeliefNet, Problem):
+    """E[L] of a seeded sigmoid belief net w.r.t. every weight and bias, estimators at every layer.
+
+    Parameters: ``widths`` ('8-6-4') or ``depth`` and ``width`` (a sweep ``depth=1|2|3,width=4|8``);
+    neither gives 4-3-2. ``data_seed`` draws the net and the loss; ``loss`` picks f_l ('mlp' or
+    'target'); ``hidden_weight`` > 0 adds the hidden layers' terms.
+
+    Reference: exact by enumeration over every layer's configurations (float64) up to 20 units in
+    total. Beyond that (or with ``reference_method='sampled'``) it is estimated from
+    ``reference_samples`` draws (rounded up to a multiple of 64) of an unbiased estimator: per
+    layer l, one ancestral draw of the layers below, K = 8 continuations from layer l on, and the
+    score-function estimate (h_l - sigm(a_l)) (L_k - mean_{j != k} L_j), the seed paper's Theorem 1
+    with a leave-one-out baseline, unbiased by Corollary 1 since the baseline does not depend on
+    the k-th draw (Kool et al. 2019's leave-one-out REINFORCE, conditioned on the layers below so
+    upstream noise cancels). Its standard error comes from 64 batch means (scipy.stats.sem);
+    ``Reference.exact`` is then False and the harness marks the run's reference as estimated and
+    adds the reference's standard error to its unbiasedness test. References are cached per
+    parameter values (the data is a function of them), so a sweep computes each once per process.
+    ``reference_method='exact'`` refuses nets too large to enumerate.
+
+    Per-sample gradients are vectorised: the estimator's surrogate for n samples is differentiated
+    once w.r.t. every layer's logits, and dS/dW_l = sum over evaluations of outer(dS/da, h).
+    """
+
+    def __init__(self, widths: str = "", depth: int = 0, width: int = 0, loss: str = "mlp",
+                 hidden_weight: float = 0.0, data_seed: int = 0, reference_method: str = "auto",
+                 reference_samples: int = 200_000):
+        super().__init__()
+        self._setup(widths, depth, width, loss, hidden_weight, data_seed)
+        if reference_method not in REFERENCE_METHODS:
+            raise ValueError(f"reference_method must be one of {', '.join(REFERENCE_METHODS)}, "
+                             f"got {reference_method!r}")
+        if reference_method == "exact":
+            self._check_enumerable()
+        if reference_samples < REFERENCE_BATCHES:
+            raise ValueError(f"reference_samples must be at least {REFERENCE_BATCHES}, got {reference_samples}")
+        self.reference_method, self.reference_samples = reference_method, reference_samples
+        biases, weights = initial_parameters(self.widths, data_seed)
+        for l, (b, W) in enumerate(zip(biases, weights)):
+            if W is not None:
+                self.register_buffer(f"weight{l + 1}", W)
+            self.register_buffer(f"bias{l + 1}", b)
+
+    @property
+    def dim(self) -> int:
+        return self.parameter_count
+
+    def scopes(self) -> dict[str, slice]:
+        return self.parameter_scopes()
+
+    @property
+    def biases(self) -> list[torch.Tensor]:
+        return [getattr(self, f"bias{l + 1}") for l in range(self.depth)]
+
+    @property
+    def weights(self) -> list[torch.Tensor | None]:
+        return [None] + [getattr(self, f"weight{l + 1}") for l in range(1, self.depth)]
+
+    def parameter_tensors(self) -> list[torch.Tensor]:
+        """The net's parameters in gradient order (b_0, W_1, b_1, ...)."""
+        return _flat(self.biases, self.weights)
+
+    def enumerate_gradient(self) -> torch.Tensor:
+        return self._enumerate(self.biases, self.weights)[1]
+
+    def exact_gradient(self) -> torch.Tensor:
+        """dE[L]/dtheta by enumeration (float64); ValueError beyond 20 units."""
+        return self.enumerate_gradient()
+
+    def expected_loss(self) -> float:
+        return self._enumerate(self.biases, self.weights, gradient=False)[0]
+
+    def _cache_key(self) -> tuple:
+        digest = hashlib.sha256()
+        for name, buffer in sorted(self.named_buffers()):
+            digest.update(name.encode())
+            digest.update(buffer.detach().to("cpu", torch.float64).numpy().tobytes())
+        sampled = self.reference_method == "sampled" or self.units > MAX_ENUMERATION_UNITS
+        return (self.widths, self.loss_kind, self.hidden_weight, digest.hexdigest(),
+                self.reference_samples if sampled else None)
+
+    def reference(self) -> Reference:
+        key = self._cache_key()
+        if key in _REFERENCE_CACHE:
+            _REFERENCE_CACHE.move_to_end(key)
+        else:
+            if key[-1] is None:
+                reference = Reference(self.exact_gradient())
+            else:
+                reference = self.sampled_reference()
+            _REFERENCE_CACHE[key] = reference
+            while len(_REFERENCE_CACHE) > _REFERENCE_CACHE_SIZE:
+                _REFERENCE_CACHE.popitem(last=False)
+        cached = _REFERENCE_CACHE[key]
+        return Reference(cached.gradient.clone(), None if cached.stderr is None else cached.stderr.clone())
+
+    def sampled_reference(self) -> Reference:
+        """The estimated reference (see the class docstring), float64 on the CPU, seeded from
+        ``data_seed``: the per-layer conditional leave-one-out score-function estimator, over
+        ``reference_samples`` rounded up to a multiple of the 64 batches. Pieces of whole batches
+        (or of one batch, when a batch is larger than a piece) are vectorised together."""
+        net = copy.deepcopy(self).to("cpu", torch.float64)
+        biases, weights = net.biases, net.weights
+        K, depth, widths, scopes = REFERENCE_CONTINUATIONS, self.depth, self.widths, self.parameter_scopes()
+        g = _generator(self.data_seed, 2, self.reference_samples)
+        rows = -(-self.reference_samples // REFERENCE_BATCHES)  # per batch
+        if rows <= REFERENCE_CHUNK:
+            per = REFERENCE_CHUNK // rows
+            pieces = [(b, min(per, REFERENCE_BATCHES - b), rows) for b in range(0, REFERENCE_BATCHES, per)]
+        else:
+            pieces = [(b, 1, min(REFERENCE_CHUNK, rows - start))
+                      for b in range(REFERENCE_BATCHES) for start in range(0, rows, REFERENCE_CHUNK)]
+        sums = torch.zeros(REFERENCE_BATCHES, self.parameter_count, dtype=torch.float64)
+        with torch.no_grad():
+            for first, count, size in pieces:  # ``count`` batches of ``size`` rows each
+                m = count * size
+                spine, h = [], None
+                for l in range(depth):  # one ancestral draw: the prefixes of every layer
+                    logits = biases[0].expand(m, widths[0]) if l == 0 else h @ weights[l].T + biases[l]
+                    h = torch.bernoulli(torch.sigmoid(logits), generator=g)
+                    spine.append((logits, h))
+                for l in range(depth):
+                    p = torch.sigmoid(spine[l][0])
+                    h = torch.bernoulli(p.expand(K, m, widths[l]), generator=g)
+                    score = h - p
+                    value = torch.zeros(K, m, dtype=torch.float64)
+                    for k in range(l, depth):
+                        if k > l:
+                            h = torch.bernoulli(torch.sigmoid(h @ weights[k].T + biases[k]), generator=g)
+                        weight = 1.0 if k == depth - 1 else self.hidden_weight
+                        if weight:
+                            value = value + weight * net.layer_loss(k, h)
+                    centred = value - (value.sum(0, keepdim=True) - value) / (K - 1)
+                    signal = (score * centred.unsqueeze(-1)).mean(0).view(count, size, widths[l])
+                    target = sums[first:first + count]
+                    target[:, scopes[f"layer{l + 1}.bias"]] += signal.sum(1)
+                    if l:
+                        below = spine[l - 1][1].view(count, size, widths[l - 1])
+                        target[:, scopes[f"layer{l + 1}.weight"]] += torch.einsum(
+                            "cso,csi->coi", signal, below).reshape(count, -1)
+        means = (sums / rows).numpy()
+        return Reference(torch.from_numpy(means.mean(0)), torch.from_numpy(scipy.stats.sem(means, axis=0)))
+
+    def sample_gradients(self, estimator, n: int, observe: LossObserver | None = None) -> torch.Tensor:
+        biases = [b.detach().requires_grad_(True) for b in self.biases]
+        weights = [None if W is None else W.detach().requires_grad_(True) for W in self.weights]
+        return self._per_sample_gradients(biases, weights, estimator, n, observe)
+
+
+@register_problem("sigmoid-belief-net-training",
+                  "Train a sigmoid belief net's parameters with the estimator: loss curve and "
+                  "trajectory variance")
+class SigmoidBeliefNetTraining(_BeliefNet, TrainingProblem):
+    """Minimise E[L] of a ``sigmoid-belief-net`` (same ``widths``/``depth``/``width``, ``loss``,
+    ``hidden_weight``, ``data_seed`` for the loss) over its weights and biases, starting from
+    parameters drawn from the run's ``seed`` (with seed == data_seed, exactly the point that
+    ``sigmoid-belief-net`` measures), for ``steps`` steps of ``optimizer`` ('sgd' or 'adam') at
+    ``lr`` on the mean of ``batch`` estimates per step.
+
+    Records, at step 0 (loss only), every ``log_every`` steps and at the last step:
+    ``train_loss`` -- E[L] at the current parameters: exact by enumeration up to 20 units (no
+    stderr), else the mean of ``eval_samples`` ancestral samples with its standard error;
+    ``trajectory_variance`` -- the REBAR / DisARM measure: exponential moving averages (decay
+    ``ema_decay``, Adam-style bias correction) of the first and second moments of the update's
+    gradient estimate g (the batch mean) along the run, variance = sum over coordinates of
+    EMA(g^2) - EMA(g)^2, for scope 'all' and for every layer scope of ``sigmoid-belief-net``. It
+    mixes the drift of E[g] as the parameters move into the number, so it is NOT the
+    fixed-parameter variance that ``sigmoid-belief-net`` measures (and it scales as 1 / batch).
+
+    Estimators with own parameters (``has_parameters``) are trained alongside: their grads are
+    zeroed before each step and an Adam at ``estimator.adaptation_lr`` steps them after it.
+    """
+
+    def __init__(self, widths: str = "", depth: int = 0, width: int = 0, loss: str = "mlp",
+                 hidden_weight: float = 0.0, data_seed: int = 0, steps: int = 500, batch: int = 16,
+                 optimizer: str = "adam", lr: float = 0.05, log_every: int = 25, ema_decay: float = 0.99,
+                 eval_samples: int = 10_000):
+        super().__init__()
+        self._setup(widths, depth, width, loss, hidden_weight, data_seed)
+        for name, value in (("steps", steps), ("batch", batch), ("log_every", log_every)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be a positive number, got {lr}")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+        if eval_samples < 2:
+            raise ValueError(f"eval_samples must be at least 2, got {eval_samples}")
+        self.steps, self.batch, self.optimizer, self.lr = steps, batch, optimizer, lr
+        self.log_every, self.ema_decay, self.eval_samples = log_every, ema_decay, eval_samples
+
+    def progress_total(self) -> int:
+        return self.steps
+
+    def fit(self, estimator, seed: int,
+            progress: Callable[[int], None] | None = None) -> Iterator[Record]:
+        device, dtype = self.device, self.dtype
+        biases, weights = initial_parameters(self.widths, seed)
+        biases = [b.to(device, dtype).requires_grad_(True) for b in biases]
+        weights = [None if W is None else W.to(device, dtype).requires_grad_(True) for W in weights]
+        params = _flat(biases, weights)
+        optimiser = (torch.optim.Adam(params, lr=self.lr) if self.optimizer == "adam"
+                     else torch.optim.SGD(params, lr=self.lr))
+        evaluation = torch.Generator(device).manual_seed(
+            int(torch.randint(0, 2**62, (), generator=_generator(seed, 3))))
+        scopes = {"all": slice(0, self.parameter_count), **self.parameter_scopes()}
+        first = torch.zeros(self.parameter_count, dtype=torch.float64, device=device)
+        second = torch.zeros_like(first)
+        own_optimiser = None
+
+        def train_loss(step: int) -> Record:
+            if self.units <= MAX_ENUMERATION_UNITS:
+                return Record("train_loss", self._enumerate(biases, weights, gradient=False)[0], step=step)
+            mean, stderr = self._mc_loss(biases, weights, self.eval_samples, evaluation)
+            return Record("train_loss", mean, stderr, step=step)
+
+        yield train_loss(0)
+        for step in range(1, self.steps + 1):
+            if estimator.has_parameters:
+                for p in estimator.parameters():
+                    p.grad = None
+            surrogate = self._surrogate(biases, weights, estimator, self.batch)
+            grads = torch.autograd.grad(surrogate.mean(), params, allow_unused=True)
+            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+            for p, g in zip(params, grads):
+                p.grad = g
+            optimiser.step()
+            if estimator.has_parameters and any(True for _ in estimator.parameters()):
+                if own_optimiser is None:  # per-layer copies exist once every layer has been used
+                    own_optimiser = torch.optim.Adam(estimator.parameters(), lr=estimator.adaptation_lr)
+                own_optimiser.step()
+            with torch.no_grad():
+                flat = torch.cat([g.reshape(-1) for g in grads]).to(torch.float64)
+                first.mul_(self.ema_decay).add_((1 - self.ema_decay) * flat)
+                second.mul_(self.ema_decay).add_((1 - self.ema_decay) * flat**2)
+            if progress is not None:
+                progress(1)
+            if step % self.log_every == 0 or step == self.steps:
+                correction = 1 - self.ema_decay**step
+                spread = (second / correction - (first / correction) ** 2).clamp_min(0)
+                for scope, where in scopes.items():
+                    yield Record("trajectory_variance", float(spread[where].sum()), scope=scope, step=step)
+                yield train_loss(step)
