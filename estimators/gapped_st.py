@@ -1,0 +1,43 @@
+"""Gapped straight-through (GST; Fan, Chi, Rudnicky & Ramadge 2022, "Training discrete deep
+generative models via gapped straight-through estimator"), binary form."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from estimators import register_estimator
+from estimators.base import PathwiseEstimator
+from estimators.gumbel import check_temperature, compute_dtype, relaxed_slope, straight_through
+
+
+@register_estimator("gapped-st", "Gapped ST (Fan et al. 2022): hard sample, gradient of sigm(z / tau), "
+                                 "z the logit moved to lead by the gap")
+class GappedStraightThrough(PathwiseEstimator):
+    """GST replaces ST-Gumbel's random perturbation by a deterministic one, D_GST = D -
+    sg(softmax_tau(theta + m)) + softmax_tau(theta + m), with m = sg(m(theta, D)) chosen so that the
+    sampled class D has the largest perturbed logit (consistency) and leads every other class by at
+    least the gap kappa (strict gap); the authors' ``gst_mover`` moves the sampled logit up to the
+    maximum and pushes the others to at most max - kappa.
+
+    Two classes with logits (a, 0) and h = D_1 ~ Bernoulli(sigm(a)): the perturbed logit is
+    z = max(a, kappa) if h = 1 and z = min(a, -kappa) if h = 0, and dL/da := dL/dh sigm'(z / tau) / tau
+    (dz/da = 1: the shift is held fixed). Its only randomness is the Bernoulli sample, so its exact
+    bias and variance come from enumeration. Biased; ``gap`` = kappa >= 0 (0: no gap).
+    """
+
+    unbiased = False
+
+    def __init__(self, tau: float = 1.0, gap: float = 1.0):
+        super().__init__()
+        self.tau = check_temperature(tau)
+        if not (math.isfinite(gap) and gap >= 0):
+            raise ValueError(f"gap must be a finite number >= 0, got {gap}")
+        self.gap = float(gap)
+
+    def sample(self, logits: torch.Tensor) -> torch.Tensor:
+        a = logits.to(compute_dtype(logits.dtype))
+        base = a.detach()
+        hard = self.rng.bernoulli(torch.sigmoid(base))
+        gapped = torch.where(hard > 0, base.clamp_min(self.gap), base.clamp_max(-self.gap))
+        return straight_through(hard, a, relaxed_slope(gapped, self.tau)).to(logits.dtype)
