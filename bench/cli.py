@@ -111,7 +111,7 @@ def _describe(entry, kind: str) -> dict:
     if kind == "estimator":
         item["traits"] = {k: getattr(entry.cls, k) for k in
                           ("unbiased", "loss_evals", "needs_loss_backprop", "binary_forward", "randomness",
-                           "stateful", "has_parameters")}
+                           "stateful", "has_parameters", "activation")}
     return item
 
 
@@ -135,7 +135,7 @@ def command_list(args) -> int:
                 print(f"  {'':<26} traits: unbiased={traits['unbiased']} loss_evals={traits['loss_evals']} "
                       f"needs_loss_backprop={traits['needs_loss_backprop']} binary_forward={traits['binary_forward']} "
                       f"randomness={traits['randomness']} stateful={traits['stateful']} "
-                      f"has_parameters={traits['has_parameters']}")
+                      f"has_parameters={traits['has_parameters']} activation={traits['activation']}")
             print(f"  {'':<26} source: {item['source']}")
         print()
     if broken:

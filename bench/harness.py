@@ -161,7 +161,7 @@ class CountingNoise(Noise):
 
 def check_compatible(estimator: Estimator, problem: problems.Problem) -> None:
     try:
-        estimator.check_units(problem.units)
+        problem.check_estimator(estimator)
     except ValueError as exc:
         raise Incompatible(str(exc)) from None
 

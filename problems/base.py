@@ -77,6 +77,11 @@ class Problem(torch.nn.Module):
         """``n`` independent gradient estimates, shape (n, dim)."""
         raise NotImplementedError
 
+    def check_estimator(self, estimator) -> None:
+        """Raise ValueError if ``estimator`` cannot serve this problem (the harness then stores
+        the run as skipped with the message). The default asks the estimator about the units."""
+        estimator.check_units(self.units)
+
     def scopes(self) -> dict[str, slice]:
         """Named parts of the gradient vector (e.g. 'layer1', 'layer1.weight') that the harness
         reports separately, besides 'all'. Empty when the gradient has no natural parts."""

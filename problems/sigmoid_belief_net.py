@@ -288,6 +288,9 @@ class _BeliefNet:
         return float(values.mean()), float(scipy.stats.sem(values))
 
 
+MAX_NESTED_VALUES = 2**22
+
+
 @register_problem("sigmoid-belief-net",
                   "Deep sigmoid belief net (widths='8-6-4' or depth, width): estimator at every layer; "
                   "exact gradient up to 20 units")
@@ -433,6 +436,18 @@ class SigmoidBeliefNet(_BeliefNet, Problem):
                             "cso,csi->coi", signal, below).reshape(count, -1)
         means = (sums / rows).numpy()
         return Reference(torch.from_numpy(means.mean(0)), torch.from_numpy(scipy.stats.sem(means, axis=0)))
+
+    def check_estimator(self, estimator) -> None:
+        """Refuse an estimator whose nested evaluations (k per layer, k^depth in all) would hold
+        more than MAX_NESTED_VALUES unit values per estimate."""
+        for l, width in enumerate(self.widths):
+            estimator.check_units(width)
+        values = sum(math.prod(estimator.loss_evaluations(w) for w in self.widths[:l + 1]) * width
+                     for l, width in enumerate(self.widths))
+        if values > MAX_NESTED_VALUES:
+            raise ValueError(f"{estimator.name or type(estimator).__name__} would evaluate this net's layers "
+                             f"{values:.3g} unit values per estimate through nested evaluations "
+                             f"(at most {MAX_NESTED_VALUES:.3g}); use fewer or narrower layers")
 
     def sample_gradients(self, estimator, n: int, observe: LossObserver | None = None) -> torch.Tensor:
         biases = [b.detach().requires_grad_(True) for b in self.biases]

@@ -444,3 +444,15 @@ def test_estimator_parameters_are_trained_alongside_per_layer():
     assert all(g in (None, 0.0) for layer in (estimator.layer(0), estimator.layer(1))
                for g in layer.grad_at_entry)
     assert float(estimator.layer(0).c.detach()) != float(estimator.layer(1).c.detach())  # trained per layer
+
+
+def test_nested_evaluation_blow_up_is_skipped_with_the_reason():
+    """k evaluations per layer nest to k^depth: the harness stores such a pair as skipped."""
+    from bench import harness
+
+    small = harness.run(harness.make_config("finite-difference", {}, "sigmoid-belief-net",
+                                            {"widths": "2-2"}, 0, 64))
+    assert small.status == "finished", small.error
+    huge = harness.run(harness.make_config("finite-difference", {}, "sigmoid-belief-net",
+                                           {"depth": 3, "width": 50}, 0, 64))
+    assert huge.status == "skipped" and "nested evaluations" in huge.error and "5.05e+07" in huge.error

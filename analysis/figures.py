@@ -1,0 +1,580 @@
+"""Figures of stored results, drawn with seaborn on matplotlib's Agg canvas (no display needed).
+
+Each builder takes :class:`analysis.frames.Results` and returns a :class:`Figure` (the matplotlib
+figure with a title and a caption saying what was measured and how) or a :class:`Missing` (what
+the store lacks for it). :func:`all_figures` returns every one in report order.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import math
+import re
+import textwrap
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure as MplFigure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+from analysis.frames import Results, curves, final_values, labels
+from analysis.tables import PAIR, combined_stderr, summarise
+
+ZERO_RELATIVE = 1e-6      # values below this fraction of a panel's largest count as zero there
+LOG_SPAN = 100.0          # a panel goes logarithmic when its positive values span more than this
+PANEL_W, PANEL_H = 4.6, 3.2
+KIND_MC, KIND_EXACT = "Monte Carlo (± 1 s.e.)", "exact (enumerated)"
+LEARNING_METRICS = {
+    "train_criterion": "training criterion",
+    "train_loss": "training loss (expected loss)",
+    "valid_error": "validation error (%)",
+    "test_error": "test error (%)",
+    "trajectory_variance": "trajectory variance (gradient units²)",
+}
+SPARSITY_METRICS = {"sparsity_train": "sparsity, training set (fraction of gates = 0)",
+                    "sparsity_test": "sparsity, test set (fraction of gates = 0)"}
+
+
+@dataclasses.dataclass
+class Figure:
+    key: str
+    title: str
+    caption: str
+    figure: MplFigure
+
+    def png(self, dpi: int = 100) -> bytes:
+        buffer = io.BytesIO()
+        self.figure.savefig(buffer, format="png", dpi=dpi)
+        return buffer.getvalue()
+
+
+@dataclasses.dataclass
+class Missing:
+    key: str
+    title: str
+    reason: str
+
+
+@contextlib.contextmanager
+def _style():
+    with sns.axes_style("whitegrid"), sns.plotting_context("paper", font_scale=1.05):
+        yield
+
+
+def _new_figure(rows: int, cols: int, width: float = PANEL_W, height: float = PANEL_H):
+    figure = MplFigure(figsize=(max(width * cols, 5.0), height * rows), layout="constrained")
+    axes = figure.subplots(rows, cols, squeeze=False)
+    return figure, axes
+
+
+def _wants_log(values: Iterable[float]) -> bool:
+    positive = np.array([v for v in values if np.isfinite(v) and v > 0], dtype=float)
+    return positive.size >= 2 and positive.max() / positive.min() > LOG_SPAN
+
+
+def _zeros(values: np.ndarray) -> np.ndarray:
+    """Mask of the values that are zero at the panel's scale (below ZERO_RELATIVE x its largest)."""
+    finite = values[np.isfinite(values)]
+    top = float(np.abs(finite).max()) if finite.size else 0.0
+    return np.isfinite(values) & (np.abs(values) <= ZERO_RELATIVE * top)
+
+
+def _describe_runs(runs: pd.DataFrame) -> str:
+    """How the numbers were measured: sample counts, seeds, the reference gradient."""
+    if runs.empty:
+        return ""
+    samples = sorted(int(s) for s in runs["samples"].unique())
+    sample_text = (f"{samples[0]:,} estimates per run" if len(samples) == 1
+                   else f"{samples[0]:,} to {samples[-1]:,} estimates per run")
+    seeds = sorted(int(s) for s in runs["seed"].unique())
+    per_pair = runs.groupby(list(PAIR))["seed"].nunique()
+    if len(seeds) == 1:
+        seed_text = f"seed {seeds[0]}"
+    else:
+        counted = f"{per_pair.min()}" if per_pair.min() == per_pair.max() else f"{per_pair.min()}-{per_pair.max()}"
+        seed_text = f"seeds {', '.join(map(str, seeds))} ({counted} per estimator and problem)"
+    estimated = sorted(runs.loc[runs["reference"] == "estimated", "problem_label"].unique())
+    reference = ("true gradient exact (closed form or enumeration) for every problem" if not estimated else
+                 "true gradient exact except for " + ", ".join(estimated) +
+                 ", where it is itself a large-sample unbiased estimate with its own standard error")
+    return f"{sample_text}; {seed_text}; {reference}."
+
+
+def _runs_of(results: Results, metrics: pd.DataFrame) -> pd.DataFrame:
+    return results.runs[results.runs["run_id"].isin(metrics["run_id"].unique())]
+
+
+def _title(ax, text: str) -> None:
+    ax.set_title("\n".join(textwrap.wrap(text, 48, break_on_hyphens=False)) or text, fontsize=9)
+
+
+def _order(labels: Iterable[str]) -> list[str]:
+    return sorted(set(labels), key=_natural)
+
+
+def _natural(text: str):
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(text))]
+
+
+# -- per estimator and problem: bias, variance, SNR, cosine ----------------------------------------
+def _point_panel(ax, table: pd.DataFrame, order: Sequence[str], ylabel: str, palette: dict) -> list[str]:
+    """Points per estimator (x) and kind (Monte Carlo with error bars, exact), log y when the
+    values span decades. Returns notes on values that could not be drawn."""
+    notes: list[str] = []
+    table = table.copy()
+    shift = 0.15 if table["kind"].nunique() > 1 else 0.0
+    table["x"] = [order.index(e) + (-shift if k == KIND_MC else shift)
+                  for e, k in zip(table["estimator_label"], table["kind"])]
+    values = table["mean"].to_numpy(dtype=float)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        notes.append("not drawn (not finite): " + ", ".join(f"{e} ({v})" for e, v in
+                                                           zip(table.loc[bad, "estimator_label"], values[bad])))
+    table = table[~bad]
+    zero = _zeros(table["mean"].to_numpy(dtype=float))
+    log = _wants_log(table.loc[~zero, "mean"])
+    table["y"] = table["mean"].astype(float)
+    if log and zero.any():
+        floor = float(table.loc[~zero, "mean"].min()) / 4
+        table.loc[zero, "y"] = floor
+    sns.scatterplot(data=table[~zero] if log else table, x="x", y="y", hue="kind", style="kind", ax=ax,
+                    palette=palette, markers={KIND_MC: "o", KIND_EXACT: "D"}, s=45, legend=False, zorder=3)
+    mc = table[(table["kind"] == KIND_MC) & table["se"].notna()]
+    if not mc.empty:
+        ax.errorbar(mc["x"], mc["y"], yerr=mc["se"].astype(float), fmt="none", ecolor=palette[KIND_MC],
+                    elinewidth=1.2, capsize=3, zorder=2)
+    if log and zero.any():
+        for kind, rows in table[zero].groupby("kind"):
+            ax.scatter(rows["x"], rows["y"], marker="v", s=55, color=palette[kind], zorder=3)
+    if log:
+        ax.set_yscale("log", nonpositive="clip")
+    ax.set_xticks(range(len(order)), order, rotation=60, ha="right", fontsize=8)
+    ax.set_xlim(-0.6, len(order) - 0.4)
+    ax.set_xlabel("estimator")
+    ax.set_ylabel(ylabel + (" (log)" if log else ""))
+    return notes
+
+
+def _kind_legend(figure: MplFigure, palette: dict, exact: bool, zero_marker: bool) -> None:
+    handles = [Line2D([], [], marker="o", linestyle="-", color=palette[KIND_MC], label=KIND_MC)]
+    if exact:
+        handles.append(Line2D([], [], marker="D", linestyle="none", color=palette[KIND_EXACT], label=KIND_EXACT))
+    if zero_marker:
+        handles.append(Line2D([], [], marker="v", linestyle="none", color="0.3",
+                              label=f"zero (< {ZERO_RELATIVE:g} × panel max), drawn at the floor"))
+    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
+
+
+def _estimator_panels(results: Results, key: str, title: str, columns: Sequence[tuple[str, str | None, str]],
+                      what: str) -> Figure | Missing:
+    """Rows: problems; columns: (Monte Carlo metric, exact metric or None, y label)."""
+    metrics = results.gradient
+    names = {name for mc, exact, _ in columns for name in (mc, exact) if name}
+    present = metrics[metrics["metric"].isin(names) & (metrics["scope"] == "all")]
+    if present.empty:
+        return Missing(key, title, f"no reported gradient-problem run has {', '.join(sorted(names))}")
+    problems = _order(present["problem_label"])
+    palette = dict(zip((KIND_MC, KIND_EXACT), sns.color_palette("colorblind", 2)))
+    notes, zero_marker, exact_present = [], False, False
+    with _style():
+        figure, axes = _new_figure(len(problems), len(columns))
+        for row, problem in enumerate(problems):
+            at_problem = present[present["problem_label"] == problem]
+            order = _order(at_problem["estimator_label"])
+            for col, (mc_name, exact_name, ylabel) in enumerate(columns):
+                parts = []
+                mc = summarise(at_problem, mc_name)
+                if not mc.empty:
+                    parts.append(mc.assign(kind=KIND_MC))
+                if exact_name:
+                    exact = summarise(at_problem, exact_name)
+                    if not exact.empty:
+                        parts.append(exact.assign(kind=KIND_EXACT, se=np.nan))
+                        exact_present = True
+                ax = axes[row, col]
+                if not parts:
+                    ax.set_axis_off()
+                    continue
+                table = pd.concat(parts, ignore_index=True)
+                notes += [f"{problem}, {mc_name}: {n}" for n in _point_panel(ax, table, order, ylabel, palette)]
+                zero_marker |= ax.get_yscale() == "log" and bool(_zeros(table["mean"].to_numpy(float)).any())
+                _title(ax, problem)
+        _kind_legend(figure, palette, exact_present, zero_marker)
+    caption = what + " " + _describe_runs(_runs_of(results, present))
+    if exact_present:
+        caption += (" Exact values replay every outcome of the estimator's Bernoulli randomness in float64; "
+                    "they are means over seeds and differ between seeds only for stateful estimators.")
+    if notes:
+        caption += " " + "; ".join(notes) + "."
+    return Figure(key, title, caption, figure)
+
+
+def bias_variance(results: Results) -> Figure | Missing:
+    return _estimator_panels(
+        results, "bias-variance", "Bias and variance per estimator and problem",
+        [("bias_norm", "exact_bias_norm", "‖bias‖ (gradient units)"),
+         ("variance", "exact_variance", "variance (gradient units²)")],
+        "Left: norm of the bias of one gradient estimate, ‖E[ĝ] − g‖; right: its total variance Σᵢ Var(ĝᵢ). "
+        "Circles: Monte Carlo over the run's estimates, mean over seeds, bars ± 1 standard error "
+        "(delete-one-group jackknife over 32 groups, combined over seeds as √Σse²/n). The Monte Carlo "
+        "bias norm of an unbiased estimator is not zero but about √(variance / estimates): the exact "
+        "value (diamonds) settles it.")
+
+
+def snr_cosine(results: Results) -> Figure | Missing:
+    return _estimator_panels(
+        results, "snr-cosine", "Signal-to-noise ratio and cosine to the true gradient",
+        [("snr", None, "SNR (dimensionless)"),
+         ("cosine", None, "mean cosine to g (dimensionless)")],
+        "Left: gradient signal-to-noise ratio ‖E ĝ‖ / √(Σᵢ Var ĝᵢ); right: mean over estimates of the "
+        "cosine between one estimate and the true gradient g (1 = always the right direction). "
+        "Mean over seeds, bars ± 1 standard error (jackknife, combined over seeds).")
+
+
+# -- variance against cost -------------------------------------------------------------------------
+def pareto_front(cost: Sequence[float], variance: Sequence[float]) -> list[int]:
+    """Indices of the points no other point beats in both cost and variance, by increasing cost."""
+    points = sorted(range(len(cost)), key=lambda i: (cost[i], variance[i]))
+    front, best = [], math.inf
+    for i in points:
+        if variance[i] < best:
+            front.append(i)
+            best = variance[i]
+    return front
+
+
+def _unbiased_trait(runs: pd.DataFrame) -> dict[str, str]:
+    """estimator label -> 'unbiased' / 'biased' from the registered estimator (built with the
+    run's parameters, so instance-level traits count), 'unknown' when it cannot be built here."""
+    import estimators
+
+    out = {}
+    for label, params, name in runs[["estimator_label", "estimator_params_dict", "estimator"]].drop_duplicates(
+            "estimator_label").itertuples(index=False):
+        try:
+            out[label] = "unbiased" if estimators.build_estimator(name, params).unbiased else "biased"
+        except Exception:  # not registered in this process (plugin) or no longer valid
+            out[label] = "trait unknown"
+    return out
+
+
+def frontier(results: Results) -> Figure | Missing:
+    key, title = "frontier", "Variance against cost: the frontier"
+    metrics = results.gradient
+    variance = summarise(metrics, "variance")
+    if variance.empty:
+        return Missing(key, title, "no reported gradient-problem run has a variance")
+    costs = [(name, label) for name, label in (("time_per_estimate_s", "time per estimate (µs)"),
+                                               ("loss_evals", "loss evaluations per estimate"))
+             if not summarise(metrics, name).empty]
+    if not costs:
+        return Missing(key, title, "no run stored a cost (time_per_estimate_s or loss_evals)")
+    traits = _unbiased_trait(results.runs)
+    problems = _order(variance["problem_label"])
+    estimators_all = _order(variance["estimator_label"])
+    palette = dict(zip(estimators_all, sns.color_palette("husl", len(estimators_all))))
+    markers = {"unbiased": "o", "biased": "X", "trait unknown": "s"}
+    zero_drawn = False
+    with _style():
+        figure, axes = _new_figure(len(problems), len(costs), width=5.0)
+        for row, problem in enumerate(problems):
+            for col, (cost_name, cost_label) in enumerate(costs):
+                ax = axes[row, col]
+                cost = summarise(metrics[metrics["problem_label"] == problem], cost_name)
+                table = variance[variance["problem_label"] == problem].merge(
+                    cost[["estimator_label", "mean"]].rename(columns={"mean": "cost"}), on="estimator_label")
+                table = table[np.isfinite(table["mean"].astype(float)) & np.isfinite(table["cost"].astype(float))]
+                if cost_name == "time_per_estimate_s":
+                    table["cost"] = table["cost"] * 1e6
+                if table.empty:
+                    ax.set_axis_off()
+                    continue
+                table["trait"] = table["estimator_label"].map(traits)
+                zero = _zeros(table["mean"].to_numpy(float))
+                log_y = _wants_log(table.loc[~zero, "mean"])
+                table["y"] = table["mean"].astype(float)
+                if log_y and zero.any():
+                    table.loc[zero, "y"] = float(table.loc[~zero, "mean"].min()) / 4
+                    zero_drawn = True
+                front = table.iloc[pareto_front(table["cost"].tolist(), table["mean"].astype(float).tolist())]
+                ax.plot(front["cost"], front["y"], drawstyle="steps-post", color="0.35", linestyle="--",
+                        linewidth=1, zorder=1)
+                sns.scatterplot(data=table, x="cost", y="y", hue="estimator_label", style="trait", ax=ax,
+                                palette=palette, markers=markers, s=60, legend=False, zorder=3)
+                if log_y and zero.any():
+                    ax.scatter(table.loc[zero, "cost"], table.loc[zero, "y"], marker="v", s=80, facecolors="none",
+                               edgecolors="0.2", zorder=4)
+                if log_y:
+                    ax.set_yscale("log")
+                if _wants_log(table["cost"]):
+                    ax.set_xscale("log")
+                ax.set_xlabel(cost_label)
+                ax.set_ylabel("variance (gradient units²)" + (" (log)" if log_y else ""))
+                _title(ax, problem)
+        handles = [Line2D([], [], marker="o", linestyle="none", color=palette[e], label=e) for e in estimators_all]
+        handles += [Line2D([], [], marker=m, linestyle="none", color="0.3", label=t) for t, m in markers.items()
+                    if t in set(traits.values())]
+        handles.append(Line2D([], [], linestyle="--", color="0.35", label="Pareto front (lower-left is better)"))
+        if zero_drawn:
+            handles.append(Line2D([], [], marker="v", linestyle="none", markerfacecolor="none", color="0.2",
+                                  label="zero variance, drawn at the floor"))
+        figure.legend(handles=handles, loc="outside right center", frameon=False, fontsize=7)
+    measured = {"time_per_estimate_s": "the wall-clock time of the estimator and its backward pass",
+                "loss_evals": "the loss evaluations counted by the harness"}
+    caption = ("Variance of one gradient estimate (mean over seeds) against what one estimate costs: "
+               + " and ".join(f"{measured[name]} ({'left' if i == 0 and len(costs) > 1 else 'right' if i else 'x'})"
+                              for i, (name, _) in enumerate(costs))
+               + ". Colour: estimator; marker: its unbiasedness trait. The dashed line is the Pareto front: "
+               "no estimator is both cheaper and less noisy than a point on it. For a fixed budget B, "
+               "averaging B / cost estimates gives variance × cost / B, so the 'Cost-adjusted variance' "
+               "tables rank by variance × cost; a biased estimator's error does not shrink with averaging. "
+               + _describe_runs(_runs_of(results, metrics[metrics["metric"] == "variance"])))
+    return Figure(key, title, caption, figure)
+
+
+# -- variance against settings ---------------------------------------------------------------------
+def _sweep(results: Results, key: str, title: str, coordinate: str, xlabel: str, drop_params: Sequence[str],
+           what: str, noun: str, metric: str = "variance") -> Figure | Missing:
+    """Lines of ``metric`` against a run coordinate, one per estimator, one panel per problem family
+    with every other problem parameter fixed (a line needs at least two distinct coordinates)."""
+    metrics = results.gradient
+    rows = final_values(metrics)
+    rows = rows[(rows["metric"] == metric) & (rows["scope"] == "all")]
+    runs = results.runs.set_index("run_id")
+    if coordinate == "samples":
+        rows = rows.assign(x=rows["run_id"].map(runs["samples"]).astype(float))
+    else:
+        rows = rows.assign(x=rows[coordinate].astype(float))
+    rows = rows[np.isfinite(rows["x"])]
+    if rows.empty:
+        return Missing(key, title, f"no reported gradient-problem run has {noun}")
+    params = rows["run_id"].map(runs["problem_params_dict"])
+    rows = rows.assign(family=labels(rows["problem"], params.map(
+        lambda p: {k: v for k, v in p.items() if k not in drop_params}), "problem"))
+    grouped = rows.groupby(["family", "estimator_label", "x"], sort=True)
+    table = grouped["value"].agg(mean="mean", n="count").reset_index()
+    table["se"] = grouped["stderr"].apply(combined_stderr).to_numpy()
+    counts = table.groupby(["family", "estimator_label"])["x"].nunique()
+    lines = counts[counts >= 2].reset_index()[["family", "estimator_label"]]
+    if lines.empty:
+        seen = ", ".join(f"{v:g}" for v in sorted(rows["x"].unique()))
+        return Missing(key, title, f"no estimator was run at two or more values of it on otherwise equal "
+                                   f"problems ({xlabel}: {seen} stored)")
+    table = table.merge(lines, on=["family", "estimator_label"])
+    families = _order(table["family"])
+    estimators_all = _order(table["estimator_label"])
+    palette = dict(zip(estimators_all, sns.color_palette("husl", len(estimators_all))))
+    with _style():
+        figure, axes = _new_figure(len(families), 1, width=6.0)
+        for row, family in enumerate(families):
+            ax = axes[row, 0]
+            part = table[table["family"] == family]
+            sns.lineplot(data=part, x="x", y="mean", hue="estimator_label", palette=palette, marker="o", ax=ax,
+                         estimator=None, legend=False)
+            for label, line in part.groupby("estimator_label"):
+                good = line["se"].notna()
+                ax.errorbar(line.loc[good, "x"], line.loc[good, "mean"], yerr=line.loc[good, "se"], fmt="none",
+                            ecolor=palette[label], capsize=2, elinewidth=1)
+            positive = part["mean"][part["mean"] > 0]
+            if _wants_log(positive) and (part["mean"] > 0).all():
+                ax.set_yscale("log")
+            if _wants_log(part["x"]):
+                ax.set_xscale("log")
+            elif (part["x"] == part["x"].round()).all():
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"{metric} (gradient units²)" + (" (log)" if ax.get_yscale() == "log" else ""))
+            _title(ax, family)
+        handles = [Line2D([], [], marker="o", color=palette[e], label=e) for e in estimators_all]
+        figure.legend(handles=handles, loc="outside right center", frameon=False, fontsize=7)
+    used = results.runs[results.runs["run_id"].isin(rows["run_id"])]
+    caption = (f"{what} Points: mean over seeds; bars ± 1 standard error (jackknife, combined over seeds). "
+               f"Only estimators measured at two or more values are drawn. " + _describe_runs(used))
+    return Figure(key, title, caption, figure)
+
+
+def variance_vs_samples(results: Results) -> Figure | Missing:
+    return _sweep(results, "variance-samples", "Variance against the number of estimates measured", "samples",
+                  "estimates per run (count)", (),
+                  "Variance of one gradient estimate measured from runs of different lengths. It does not "
+                  "depend on the number of estimates; its standard error shrinks as 1/√n (the variance of the "
+                  "mean of n estimates is variance / n).", "a sample count")
+
+
+def variance_vs_dimension(results: Results) -> Figure | Missing:
+    return _sweep(results, "variance-dimension", "Variance against the number of units d", "d",
+                  "units d (problem parameter)", ("d",),
+                  "Total variance of one gradient estimate against the problem's number of stochastic units d, "
+                  "every other problem parameter fixed (one panel per setting).", "a problem parameter d")
+
+
+def variance_vs_depth(results: Results) -> Figure | Missing:
+    return _sweep(results, "variance-depth", "Variance against network depth", "depth",
+                  "stochastic layers (depth)", ("depth", "widths"),
+                  "Total variance of one gradient estimate of a layered problem (sigmoid belief net) against "
+                  "its number of stochastic layers, the width and other parameters fixed.",
+                  "a depth (layered problems such as sigmoid-belief-net)")
+
+
+def variance_vs_width(results: Results) -> Figure | Missing:
+    return _sweep(results, "variance-width", "Variance against layer width", "width",
+                  "units per layer (width)", ("width", "widths"),
+                  "Total variance of one gradient estimate of a layered problem (sigmoid belief net) against "
+                  "the units per layer, the depth and other parameters fixed.",
+                  "a layer width (layered problems such as sigmoid-belief-net with equal widths)")
+
+
+def variance_vs_estimator_parameters(results: Results) -> Figure | Missing:
+    """For each estimator name and numeric parameter that takes several values on one problem."""
+    key, title = "variance-estimator-parameters", "Variance against estimator parameters"
+    rows = final_values(results.gradient)
+    rows = rows[(rows["metric"] == "variance") & (rows["scope"] == "all")]
+    runs = results.runs.set_index("run_id")
+    found = []
+    for (problem, name), part in rows.assign(estimator=rows["run_id"].map(runs["estimator"])).groupby(
+            ["problem_label", "estimator"]):
+        params = part["run_id"].map(runs["estimator_params_dict"])
+        keys = set().union(*params) if len(params) else set()
+        for param in sorted(keys):
+            values = [p.get(param) for p in params]
+            numeric = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            others = {tuple(sorted((k, str(v)) for k, v in p.items() if k != param)) for p in params}
+            if len(numeric) == len(values) and len(set(numeric)) >= 2 and len(others) == 1:
+                found.append((problem, name, param, part.assign(x=[float(v) for v in values])))
+    if not found:
+        return Missing(key, title, "no estimator was run with two or more values of one numeric parameter "
+                                   "(e.g. reinforce-loo K, spsa c) on the same problem, the rest fixed")
+    with _style():
+        figure, axes = _new_figure(len(found), 1, width=6.0)
+        for row, (problem, name, param, part) in enumerate(found):
+            ax = axes[row, 0]
+            grouped = part.groupby("x")
+            table = grouped["value"].agg(mean="mean").reset_index()
+            table["se"] = grouped["stderr"].apply(combined_stderr).to_numpy()
+            sns.lineplot(data=table, x="x", y="mean", marker="o", ax=ax, label=f"{name}, MC variance")
+            ax.errorbar(table["x"], table["mean"], yerr=table["se"], fmt="none", capsize=2, color="0.3")
+            if (table["mean"] > 0).all() and _wants_log(table["mean"]):
+                ax.set_yscale("log")
+            if (table["x"] > 0).all() and _wants_log(table["x"]):
+                ax.set_xscale("log")
+            elif (table["x"] == table["x"].round()).all():
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel(f"{name} parameter {param}")
+            ax.set_ylabel("variance (gradient units²)")
+            _title(ax, problem)
+            ax.legend(loc="best", fontsize=7)
+    used = results.runs[results.runs["run_id"].isin(pd.concat([f[3] for f in found])["run_id"])]
+    caption = ("Total variance of one gradient estimate against one estimator parameter, the others fixed "
+               "(e.g. the K samples of reinforce-loo: its cost in loss evaluations grows with K). Points: mean "
+               "over seeds, bars ± 1 standard error. " + _describe_runs(used))
+    return Figure(key, title, caption, figure)
+
+
+def variance_per_scope(results: Results) -> Figure | Missing:
+    key, title = "variance-scopes", "Variance per layer (gradient scopes)"
+    rows = final_values(results.gradient)
+    rows = rows[(rows["metric"] == "variance") & (rows["scope"] != "all")]
+    if rows.empty:
+        return Missing(key, title, "no problem among the reported runs reports per-scope metrics (e.g. the layers of "
+                                   "sigmoid-belief-net)")
+    top = rows[~rows["scope"].str.contains(".", regex=False)]
+    rows = top if not top.empty else rows
+    grouped = rows.groupby([*PAIR, "scope"])
+    table = grouped["value"].agg(mean="mean").reset_index()
+    table["se"] = grouped["stderr"].apply(combined_stderr).to_numpy()
+    problems = _order(table["problem_label"])
+    estimators_all = _order(table["estimator_label"])
+    palette = dict(zip(estimators_all, sns.color_palette("husl", len(estimators_all))))
+    with _style():
+        figure, axes = _new_figure(len(problems), 1, width=6.0)
+        for row, problem in enumerate(problems):
+            ax = axes[row, 0]
+            part = table[table["problem_label"] == problem].copy()
+            scopes = _order(part["scope"])
+            part["x"] = part["scope"].map({s: i for i, s in enumerate(scopes)})
+            sns.lineplot(data=part, x="x", y="mean", hue="estimator_label", palette=palette, marker="o",
+                         estimator=None, ax=ax, legend=False)
+            for label, line in part.groupby("estimator_label"):
+                good = line["se"].notna()
+                ax.errorbar(line.loc[good, "x"], line.loc[good, "mean"], yerr=line.loc[good, "se"], fmt="none",
+                            ecolor=palette[label], capsize=2)
+            if (part["mean"] > 0).all() and _wants_log(part["mean"]):
+                ax.set_yscale("log")
+            ax.set_xticks(range(len(scopes)), scopes, rotation=30, ha="right")
+            ax.set_xlabel("gradient scope (parameters producing that stochastic layer)")
+            ax.set_ylabel("variance (gradient units²)")
+            _title(ax, problem)
+        handles = [Line2D([], [], marker="o", color=palette[e], label=e) for e in estimators_all]
+        figure.legend(handles=handles, loc="outside right center", frameon=False, fontsize=7)
+    caption = ("Total variance of the part of one gradient estimate that belongs to each scope (for a sigmoid "
+               "belief net: the parameters producing each stochastic layer, layer 1 nearest the input noise). "
+               + ("Only top-level scopes are drawn. " if not top.empty else "")
+               + "Mean over seeds, bars ± 1 standard error. "
+               + _describe_runs(results.runs[results.runs["run_id"].isin(rows["run_id"])]))
+    return Figure(key, title, caption, figure)
+
+
+# -- training problems -----------------------------------------------------------------------------
+def _curves_figure(results: Results, key: str, title: str, names: dict[str, str], what: str) -> Figure | Missing:
+    rows = curves(results.training, names)
+    rows = rows[(rows["scope"] == "all") & rows["value"].notna()]
+    if rows.empty:
+        return Missing(key, title, "no training-problem run stored " + ", ".join(names) +
+                       " per epoch or step")
+    problems = _order(rows["problem_label"])
+    metrics_present = [m for m in names if m in set(rows["metric"])]
+    estimators_all = _order(rows["estimator_label"])
+    palette = dict(zip(estimators_all, sns.color_palette("husl", len(estimators_all))))
+    with _style():
+        figure, axes = _new_figure(len(problems), len(metrics_present))
+        for row, problem in enumerate(problems):
+            for col, metric in enumerate(metrics_present):
+                ax = axes[row, col]
+                part = rows[(rows["problem_label"] == problem) & (rows["metric"] == metric)]
+                if part.empty:
+                    ax.set_axis_off()
+                    continue
+                sns.lineplot(data=part, x="position", y="value", hue="estimator_label", palette=palette,
+                             errorbar="sd", marker="o", markersize=4, ax=ax, legend=False)
+                if (part["value"] > 0).all() and _wants_log(part["value"]):
+                    ax.set_yscale("log")
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                ax.set_xlabel(f"training {part['axis'].iloc[0]}")
+                ax.set_ylabel(names[metric] + (" (log)" if ax.get_yscale() == "log" else ""))
+                _title(ax, problem)
+        handles = [Line2D([], [], color=palette[e], label=e) for e in estimators_all]
+        handles.append(Line2D([], [], color="0.6", linewidth=6, alpha=0.4, label="± 1 sd over seeds"))
+        figure.legend(handles=handles, loc="outside right center", frameon=False, fontsize=7)
+    used = results.runs[results.runs["run_id"].isin(rows["run_id"])]
+    seeds = used.groupby(list(PAIR))["seed"].nunique()
+    counted = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}–{seeds.max()}"
+    caption = (f"{what} Lines: mean over seeds; band: ± 1 standard deviation between seeds "
+               f"({counted} seeds per estimator and problem; no band with one seed).")
+    return Figure(key, title, caption, figure)
+
+
+def learning_curves(results: Results) -> Figure | Missing:
+    return _curves_figure(results, "learning-curves", "Learning curves of training problems", LEARNING_METRICS,
+                          "Training criterion, validation and test error (%) and trajectory variance, as the "
+                          "training problem measured them at each epoch (or logged step). Trajectory variance "
+                          "is the moving-average variance of the gradient along training and mixes parameter "
+                          "drift in.")
+
+
+def sparsity_curves(results: Results) -> Figure | Missing:
+    return _curves_figure(results, "sparsity-curves", "Sparsity curves of training problems", SPARSITY_METRICS,
+                          "Fraction of gate units exactly zero on the training and test sets at each epoch "
+                          "(0.9 at the paper's 10% target).")
+
+
+BUILDERS = (bias_variance, snr_cosine, frontier, variance_vs_samples, variance_vs_estimator_parameters,
+            variance_vs_dimension, variance_vs_depth, variance_vs_width, variance_per_scope, learning_curves,
+            sparsity_curves)
+
+
+def all_figures(results: Results) -> list[Figure | Missing]:
+    return [build(results) for build in BUILDERS]

@@ -1,0 +1,466 @@
+"""The bias/variance report: a self-contained HTML page (figures embedded as PNG) and a Markdown
+summary, built from :class:`analysis.frames.Results`.
+
+The page needs no network: no scripts, styles or fonts from elsewhere. A few lines of inline
+script record, in ``data-*`` attributes of <body>, any error the page raised and every image's
+rendered width, so an automated browser can check that it loaded (the page works without it).
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import html
+import math
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from analysis import figures as figs
+from analysis.frames import Results, final_values, params_include, registered_defaults
+from analysis.tables import PAIR, combined_stderr, summarise
+from bench.specs import format_spec, parse_spec
+
+SUMMARY_COLUMNS = (  # (metric, exact twin or None, column heading)
+    ("bias_norm", "exact_bias_norm", "‖bias‖"),
+    ("variance", "exact_variance", "variance"),
+    ("snr", None, "SNR"),
+    ("cosine", None, "cosine"),
+    ("loss_evals", None, "loss evals"),
+    ("time_per_estimate_s", None, "µs / estimate"),
+)
+TRAINING_ORDER = ("train_criterion", "train_loss", "valid_error", "test_error", "sparsity_train", "sparsity_test",
+                  "trajectory_variance", "epoch_time_s")
+
+
+@dataclasses.dataclass
+class Table:
+    title: str
+    caption: str
+    frame: pd.DataFrame
+
+
+@dataclasses.dataclass
+class Section:
+    key: str
+    title: str
+    text: list[str] = dataclasses.field(default_factory=list)
+    tables: list[Table] = dataclasses.field(default_factory=list)
+    figures: list[figs.Figure] = dataclasses.field(default_factory=list)
+    missing: list[figs.Missing] = dataclasses.field(default_factory=list)
+
+
+# -- number formatting -----------------------------------------------------------------------------
+def fmt(value, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return "–"
+    value = float(value)
+    if math.isinf(value):
+        return "∞" if value > 0 else "−∞"
+    return f"{value:.{digits}g}"
+
+
+def fmt_pm(value, error, digits: int = 4) -> str:
+    text = fmt(value, digits)
+    if text != "–" and error is not None and not pd.isna(error) and np.isfinite(float(error)):
+        text += f" ± {float(error):.2g}"
+    return text
+
+
+# -- tables ----------------------------------------------------------------------------------------
+def estimator_summary(results: Results) -> list[Table]:
+    """Per gradient problem: one row per estimator with the headline metrics (mean over seeds ± s.e.)."""
+    metrics = results.gradient
+    tables = []
+    for problem in figs._order(metrics["problem_label"]):
+        at = metrics[metrics["problem_label"] == problem]
+        columns: dict[str, dict[str, str]] = {}
+        counted = summarise(at, "variance")
+        seeds = counted.set_index("estimator_label")["n"] if not counted.empty else pd.Series(dtype=int)
+        for name, exact, heading in SUMMARY_COLUMNS:
+            summary = summarise(at, name)
+            scale = 1e6 if name == "time_per_estimate_s" else 1.0
+            if not summary.empty:
+                columns[f"{heading} (MC)" if exact else heading] = {
+                    row.estimator_label: fmt_pm(row.mean * scale, row.se * scale)
+                    for row in summary.itertuples()}
+            if exact:
+                summary = summarise(at, exact)
+                if not summary.empty:
+                    columns[f"{heading} (exact)"] = {row.estimator_label: fmt(row.mean) for row in summary.itertuples()}
+        pvalues = final_values(at)
+        pvalues = pvalues[(pvalues["metric"] == "unbiased_pvalue") & (pvalues["scope"] == "all")]
+        if not pvalues.empty:
+            columns["smallest p(unbiased) over seeds"] = {
+                label: fmt(v, 3) for label, v in pvalues.groupby("estimator_label")["value"].min().items()}
+        frame = pd.DataFrame(columns)
+        frame.insert(0, "runs", [str(int(seeds[label])) if label in seeds else "–" for label in frame.index])
+        frame = frame.fillna("–").rename_axis("estimator").reset_index()
+        frame = frame.set_index("estimator").loc[figs._order(frame["estimator"])].reset_index()
+        tables.append(Table(problem, "Mean over seeds ± 1 standard error (jackknife over 32 groups, combined "
+                                     "over seeds); exact columns enumerate the estimator's randomness in float64.",
+                            frame))
+    return tables
+
+
+def cost_adjusted(results: Results) -> list[Table]:
+    """Variance times cost per estimate, the variance of the average at a fixed budget (x budget)."""
+    metrics = results.gradient
+    traits = figs._unbiased_trait(results.runs)
+    tables = []
+    for problem in figs._order(metrics["problem_label"]):
+        at = metrics[metrics["problem_label"] == problem]
+        variance = summarise(at, "variance").set_index("estimator_label")["mean"]
+        if variance.empty:
+            continue
+        time = summarise(at, "time_per_estimate_s").set_index("estimator_label")["mean"]
+        evals = summarise(at, "loss_evals").set_index("estimator_label")["mean"]
+        frame = pd.DataFrame({"variance": variance, "time": time.reindex(variance.index),
+                              "evals": evals.reindex(variance.index)})
+        frame["variance × µs"] = frame["variance"] * frame["time"] * 1e6
+        frame["variance × loss evals"] = frame["variance"] * frame["evals"]
+        on_front = {}
+        for column in ("time", "evals"):
+            valid = frame[column].notna() & frame["variance"].notna()
+            idx = frame.index[valid]
+            front = figs.pareto_front(frame.loc[valid, column].tolist(), frame.loc[valid, "variance"].tolist())
+            on_front[column] = {idx[i] for i in front}
+        frame = frame.sort_values("variance × loss evals", na_position="last")
+        out = pd.DataFrame({
+            "estimator": frame.index,
+            "unbiased": [traits.get(label, "trait unknown") for label in frame.index],
+            "variance": [fmt(v) for v in frame["variance"]],
+            "µs / estimate": [fmt(v * 1e6) for v in frame["time"]],
+            "variance × µs": [fmt(v) for v in frame["variance × µs"]],
+            "loss evals": [fmt(v) for v in frame["evals"]],
+            "variance × loss evals": [fmt(v) for v in frame["variance × loss evals"]],
+            "Pareto (time / evals)": ["/".join("yes" if label in on_front[c] else "no" for c in ("time", "evals"))
+                                      for label in frame.index],
+        })
+        tables.append(Table(f"Cost-adjusted variance: {problem}", "Sorted by variance × loss evaluations: the variance of the average of the "
+                                     "estimates one budget buys, times the budget. Lower is better; a biased "
+                                     "estimator's bias does not average away.", out))
+    return tables
+
+
+def adaptation_table(results: Results) -> list[Table]:
+    """Variance before (step 0) and after the adaptation of estimators with own parameters."""
+    metrics = results.gradient
+    before = metrics[(metrics["step"] == 0) & metrics["epoch"].isna() & (metrics["metric"] == "variance")
+                     & (metrics["scope"] == "all")]
+    if before.empty:
+        return []
+    after = summarise(metrics[metrics["run_id"].isin(before["run_id"])], "variance")
+    grouped = before.groupby(list(PAIR))
+    start = grouped["value"].mean().rename("before").to_frame()
+    start["before_se"] = grouped["stderr"].apply(combined_stderr)
+    frame = start.join(after.set_index(list(PAIR))[["mean", "se"]]).reset_index()
+    out = pd.DataFrame({"problem": frame["problem_label"], "estimator": frame["estimator_label"],
+                        "variance before adaptation": [fmt_pm(v, e) for v, e in zip(frame["before"], frame["before_se"])],
+                        "variance after adaptation": [fmt_pm(v, e) for v, e in zip(frame["mean"], frame["se"])],
+                        "ratio after / before": [fmt(a / b, 3) if b else "–" for a, b in zip(frame["mean"], frame["before"])]})
+    return [Table("Adaptation of estimators with own parameters",
+                  "Variance of one estimate at the estimator's initial parameters (step 0) and after the harness's "
+                  "Adam adaptation phase; mean over seeds ± 1 standard error.", out)]
+
+
+def training_table(results: Results) -> list[Table]:
+    """End-of-training values (last epoch, or the final record) per training problem and estimator."""
+    rows = final_values(results.training)
+    rows = rows[rows["scope"] == "all"]
+    if rows.empty:
+        return []
+    tables = []
+    names = [m for m in TRAINING_ORDER if m in set(rows["metric"])]
+    names += sorted(set(rows["metric"]) - set(names))
+    for problem in figs._order(rows["problem_label"]):
+        at = rows[rows["problem_label"] == problem]
+        grouped = at.groupby(["estimator_label", "metric"])["value"]
+        stats = pd.DataFrame({"mean": grouped.mean(), "sd": grouped.std(), "n": grouped.count()})
+        frame = pd.DataFrame({name: {label: fmt_pm(r["mean"], r["sd"]) for (label, metric), r in stats.iterrows()
+                                     if metric == name} for name in names if name in set(at["metric"])})
+        seeds = at.groupby("estimator_label")["seed"].nunique()
+        frame.insert(0, "seeds", seeds.reindex(frame.index).astype(str))
+        frame = frame.fillna("–").rename_axis("estimator").reset_index()
+        tables.append(Table(problem, "Final values (last epoch, or the problem's final record): mean ± 1 standard "
+                                     "deviation over seeds.", frame))
+    return tables
+
+
+def _paper_rows() -> tuple[tuple, dict[str, tuple]] | str:
+    """(PAPER_ROWS, published numbers) from problems.gater, or why they are not available."""
+    try:
+        from problems import gater
+    except ImportError:
+        return "The gater problem (problems/gater.py) is not installed here."
+    except Exception as exc:  # a broken module must not take the rest of the report down
+        return f"problems.gater could not be imported ({type(exc).__name__}: {exc})."
+    rows, table = getattr(gater, "PAPER_ROWS", None), getattr(gater, "PAPER_TABLE", None)
+    if not rows:
+        return "problems/gater.py defines no PAPER_ROWS."
+    return rows, published_numbers(table)
+
+
+def published_numbers(table) -> dict[str, tuple]:
+    """label -> (train criterion, valid %, test %) from a mapping of tuples or of dicts, or rows."""
+    out: dict[str, tuple] = {}
+    if isinstance(table, dict):
+        items = table.items()
+    elif table:
+        items = ((row[0], tuple(row[1:])) for row in table)
+    else:
+        items = ()
+    for label, values in items:
+        if isinstance(values, dict):
+            values = tuple(values.get(k) for k in ("train_criterion", "valid_error", "test_error"))
+        out[label] = tuple(values)[:3]
+    return out
+
+
+def paper_table(results: Results) -> tuple[list[Table], list[str]]:
+    """The paper's Fig. 2 (right) beside ours: per gater setting, one row per PAPER_ROWS entry.
+
+    Gater runs are those of problems named ``*gater`` (mnist-gater, fashion-mnist-gater); a run
+    belongs to a row when its estimator and problem parameters include the row's. One table per
+    setting: the problem parameters no row sets (those that differ from the defaults are shown)."""
+    loaded = _paper_rows()
+    runs = results.finished
+    gater_runs = runs[runs["problem"].str.endswith("gater")]
+    if isinstance(loaded, str):
+        return [], [loaded]
+    if gater_runs.empty:
+        return [], ["No gater runs in this store (python -m bench paper runs the seven rows of Fig. 2)."]
+    rows, published = loaded
+    final = final_values(results.training)
+    final = final[final["scope"] == "all"]
+    row_keys = {key for _, _, problem_params in rows for key in problem_params}
+    matched: dict[str, dict[str, list[int]]] = {}
+    for label, spec, problem_params in rows:
+        name, params = parse_spec(spec) if isinstance(spec, str) else spec
+        hits = gater_runs[[r.estimator == name and params_include(r.estimator_params_dict, params)
+                           and params_include(r.problem_params_dict, problem_params)
+                           for r in gater_runs.itertuples()]]
+        for run in hits.itertuples():
+            defaults = registered_defaults("problem", run.problem) or {}
+            shared = {k: v for k, v in run.problem_params_dict.items()  # the setting all rows share
+                      if k not in row_keys and (k not in defaults or defaults[k] != v)}
+            setting = format_spec(run.problem, shared)
+            matched.setdefault(setting, {}).setdefault(label, []).append(run.run_id)
+    if not matched:
+        return [], ["This store has gater runs, but none with the estimators and settings of the paper's rows."]
+    tables = []
+    for setting, by_label in sorted(matched.items()):
+        records = []
+        for label, _, _ in rows:
+            paper = published.get(label, (None, None, None))
+            ids = by_label.get(label, [])
+            ours = final[final["run_id"].isin(ids)]
+
+            def mean_sd(metric):
+                values = ours.loc[ours["metric"] == metric, "value"]
+                return fmt_pm(values.mean(), values.std() if len(values) > 1 else None) if len(values) else "–"
+
+            records.append({"model": label, "seeds": str(len(ids)),
+                            "train criterion (paper)": fmt(paper[0]), "train criterion (ours)": mean_sd("train_criterion"),
+                            "valid % (paper)": fmt(paper[1]), "valid % (ours)": mean_sd("valid_error"),
+                            "test % (paper)": fmt(paper[2]), "test % (ours)": mean_sd("test_error"),
+                            "test sparsity (ours)": mean_sd("sparsity_test")})
+        tables.append(Table(f"Fig. 2 (right) vs {setting}",
+                            "Paper: Bengio, Léonard & Courville (2013), Fig. 2 (right), MNIST. Ours: final values, "
+                            "mean ± 1 standard deviation over seeds. The paper's training criterion may be defined "
+                            "differently from ours (see problems/gater.py).", pd.DataFrame(records)))
+    return tables, []
+
+
+def unfinished_table(results: Results) -> list[Table]:
+    runs = results.runs[results.runs["status"] != "finished"]
+    if runs.empty:
+        return []
+    frame = pd.DataFrame({"status": runs["status"], "estimator": runs["estimator_label"],
+                          "problem": runs["problem_label"], "seed": runs["seed"].astype(str),
+                          "reason": runs["error"].fillna("")})
+    return [Table("Runs not finished", "Skipped: the estimator cannot serve the problem; failed: it raised.", frame)]
+
+
+def exact_absent(results: Results) -> list[str]:
+    reasons: dict[str, set[str]] = {}
+    for run in results.finished.itertuples():
+        reason = run.notes.get("exact_moments", "") if isinstance(run.notes, dict) else ""
+        if reason.startswith("not computed"):
+            reasons.setdefault(reason.removeprefix("not computed: "), set()).add(run.estimator_label)
+    return [f"Exact bias and variance not computed for {', '.join(sorted(names))}: {reason}."
+            for reason, names in sorted(reasons.items())]
+
+
+def metadata(results: Results, filters: dict[str, str | None]) -> pd.DataFrame:
+    """Provenance of the numbers: where, when, with what, from the runs table."""
+    runs = results.runs
+    items = [("database", results.source or "–"),
+             ("report generated", dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))]
+    for option, value in filters.items():
+        if value:
+            items.append((f"filter {option}", value))
+    items.append(("runs", ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().items())))
+    items.append(("seeds", ", ".join(str(s) for s in sorted(runs["seed"].unique()))))
+    samples = sorted(int(s) for s in runs["samples"].unique())
+    items.append(("estimates per run", ", ".join(f"{s:,}" for s in samples)))
+    items.append(("run dates (UTC)", f"{runs['started_at'].min()} to {runs['finished_at'].max()}"))
+    items.append(("total run time", f"{runs['wall_time_s'].sum():.1f} s"))
+    devices = runs["device_description"].fillna(runs["device"]).value_counts()
+    items.append(("devices", "; ".join(f"{d} ({n} runs)" for d, n in devices.items())))
+    revisions = runs["git_revision"].fillna("not a checkout").value_counts()
+    items.append(("git revisions", "; ".join(f"{r} ({n} runs)" for r, n in revisions.items())))
+    versions: dict[str, set[str]] = {}
+    for stored in runs["versions"]:
+        for package, version in (stored or {}).items():
+            versions.setdefault(package, set()).add(str(version))
+    for package, found in sorted(versions.items()):
+        items.append((f"version: {package}", ", ".join(sorted(found))))
+    return pd.DataFrame(items, columns=["item", "value"])
+
+
+# -- assembling ------------------------------------------------------------------------------------
+def build_sections(results: Results, filters: dict[str, str | None] | None = None) -> list[Section]:
+    filters = filters or {}
+    built = {figure.key: figure for figure in figs.all_figures(results)}
+
+    def take(*keys):
+        return ([built[k] for k in keys if isinstance(built[k], figs.Figure)],
+                [built[k] for k in keys if isinstance(built[k], figs.Missing)])
+
+    sections = []
+    figures, missing = take("bias-variance")
+    sections.append(Section("summary", "Bias and variance", tables=estimator_summary(results),
+                            figures=figures, missing=missing))
+    figures, missing = take("snr-cosine")
+    sections.append(Section("snr", "Signal-to-noise ratio and cosine", figures=figures, missing=missing))
+    figures, missing = take("frontier")
+    sections.append(Section("cost", "Variance against cost", tables=cost_adjusted(results), figures=figures,
+                            missing=missing))
+    figures, missing = take("variance-samples", "variance-estimator-parameters", "variance-dimension",
+                            "variance-depth", "variance-width", "variance-scopes")
+    sections.append(Section("scaling", "How variance scales", tables=adaptation_table(results), figures=figures,
+                            missing=missing))
+    figures, missing = take("learning-curves", "sparsity-curves")
+    sections.append(Section("training", "Training problems", tables=training_table(results), figures=figures,
+                            missing=missing))
+    tables, notes = paper_table(results)
+    sections.append(Section("paper", "The paper's Fig. 2 beside ours", text=notes, tables=tables))
+    sections.append(Section("absent", "What the reported runs lack",
+                            text=[f"{m.title}: not drawn, {m.reason}." for s in sections for m in s.missing]
+                            + exact_absent(results), tables=unfinished_table(results)))
+    sections.append(Section("metadata", "Run metadata", tables=[Table("Provenance", "From the runs table.",
+                                                                      metadata(results, filters))]))
+    return sections
+
+
+def _html_table(table: Table) -> str:
+    body = table.frame.to_html(index=False, escape=True, na_rep="–", border=0, classes="data")
+    return (f"<div class='table'><h3>{html.escape(table.title)}</h3>{body}"
+            f"<p class='caption'>{html.escape(table.caption)}</p></div>")
+
+
+PAGE_SCRIPT = """(function () {
+  var errors = [];
+  window.addEventListener('error', function (event) {
+    var target = event.target;
+    errors.push(target && target.tagName ? 'failed to load ' + target.tagName : String(event.message));
+  }, true);
+  window.addEventListener('load', function () {
+    var widths = Array.prototype.map.call(document.images, function (img) {
+      return img.complete ? img.naturalWidth : 0; });
+    document.body.setAttribute('data-errors', JSON.stringify(errors));
+    document.body.setAttribute('data-image-widths', JSON.stringify(widths));
+    document.body.setAttribute('data-loaded', 'true');
+  });
+})();"""
+
+PAGE_STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; color: #1d2125;
+       max-width: 1250px; margin: 1.5em auto; padding: 0 1em; line-height: 1.45; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccd; padding-bottom: .2em; margin-top: 2em; }
+h3 { font-size: 1em; margin-bottom: .3em; }
+table.data { border-collapse: collapse; font-size: .82em; margin: .3em 0; }
+table.data th, table.data td { border: 1px solid #d5d8dc; padding: .2em .55em; text-align: right; white-space: nowrap; }
+table.data th { background: #f1f3f5; } table.data td:first-child { text-align: left; }
+div.table { overflow-x: auto; } figure { margin: 1.2em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption, .caption { font-size: .85em; color: #444; max-width: 70em; }
+.missing { color: #7a5200; } nav ul { columns: 2; } code { font-size: .9em; }
+"""
+
+
+def render_html(sections: list[Section], title: str) -> str:
+    parts = ["<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>",
+             "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+             f"<title>{html.escape(title)}</title>", f"<script>{PAGE_SCRIPT}</script>",
+             f"<style>{PAGE_STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
+             "<p>Gradient estimators for stochastic and non-smooth units (Bengio, Léonard &amp; Courville 2013): "
+             "bias, variance and cost on the same problems and budget. Every Monte Carlo number carries a "
+             "standard error; exact values come from enumerating the estimator's randomness.</p>",
+             "<nav><ul>" + "".join(f"<li><a href='#{s.key}'>{html.escape(s.title)}</a></li>" for s in sections)
+             + "</ul></nav>"]
+    for section in sections:
+        parts.append(f"<section id='{section.key}'><h2>{html.escape(section.title)}</h2>")
+        parts += [f"<p>{html.escape(text)}</p>" for text in section.text]
+        for figure in section.figures:
+            data = base64.b64encode(figure.png()).decode("ascii")
+            parts.append(f"<figure id='fig-{figure.key}'><img alt='{html.escape(figure.title)}' "
+                         f"src='data:image/png;base64,{data}'><figcaption><b>{html.escape(figure.title)}.</b> "
+                         f"{html.escape(figure.caption)}</figcaption></figure>")
+        if section.key != "absent":
+            parts += [f"<p class='missing'>Not drawn: {html.escape(m.title)}: {html.escape(m.reason)}.</p>"
+                      for m in section.missing]
+        parts += [_html_table(table) for table in section.tables]
+        parts.append("</section>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    def cell(value) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(c) for c in frame.columns) + " |",
+             "| " + " | ".join("---" for _ in frame.columns) + " |"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def render_markdown(sections: list[Section], title: str) -> str:
+    parts = [f"# {title}", ""]
+    for section in sections:
+        parts += [f"## {section.title}", ""]
+        parts += [text + "\n" for text in section.text]
+        for figure in section.figures:
+            parts += [f"*Figure in index.html: {figure.title}.* {figure.caption}", ""]
+        if section.key != "absent":
+            parts += [f"*Not drawn: {m.title}: {m.reason}.*\n" for m in section.missing]
+        for table in section.tables:
+            parts += [f"### {table.title}", "", markdown_table(table.frame), "", f"_{table.caption}_", ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def write_report(results: Results, out: str | Path, filters: dict[str, str | None] | None = None,
+                 title: str = "stochgrad-bench report") -> tuple[Path, Path, list[Section]]:
+    """Write ``out/index.html`` and ``out/summary.md`` (``out`` is created; its parent must exist)."""
+    out = Path(out)
+    out.mkdir(exist_ok=True)
+    sections = build_sections(results, filters)
+    page, summary = out / "index.html", out / "summary.md"
+    _atomic_write(page, render_html(sections, title))
+    _atomic_write(summary, render_markdown(sections, title))
+    for figure in (f for s in sections for f in s.figures):
+        figure.figure.clear()
+    return page, summary, sections
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(path)
+
+
+def figure_count(sections: Iterable[Section]) -> int:
+    return sum(len(s.figures) for s in sections)
