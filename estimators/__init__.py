@@ -8,7 +8,9 @@ ESTIMATORS = Registry(
     group="bench.estimators",
     builtin_modules=("estimators.reinforce", "estimators.straight_through", "estimators.sts",
                      "estimators.noisy_rectifier", "estimators.paper_baselines",
-                     "estimators.perturbation", "estimators.exact"),
+                     "estimators.perturbation", "estimators.exact", "estimators.gumbel",
+                     "estimators.gapped_st", "estimators.reinmax", "estimators.slope_annealed_st",
+                     "estimators.antithetic", "estimators.muprop", "estimators.nvil", "estimators.rebar"),
 )
 register_estimator = ESTIMATORS.register
 

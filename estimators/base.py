@@ -90,7 +90,7 @@ class ReplayNoise(Noise):
         bits = bits.reshape(n_rows, *lead, shape[-1]).movedim(0, -2).to(probs.dtype)
         p = probs.expand(shape).to(torch.float64)
         b = bits.to(torch.float64)
-        logp = b * torch.log(p) + (1 - b) * torch.log1p(-p)
+        logp = torch.where(b > 0, torch.log(p), torch.log1p(-p))  # no 0 * log 0 = NaN at p in {0, 1}
         self.log_prob = self.log_prob + logp.movedim(-2, 0).reshape(n_rows, -1).sum(-1)
         return bits
 

@@ -201,3 +201,12 @@ def test_worker_processes_store_the_same_numbers_as_in_process(tmp_path):
         frames.append(frame.sort_values(["estimator", "seed", "scope", "metric"])[
             ["estimator", "seed", "scope", "metric", "value"]].reset_index(drop=True))
     assert frames[0].equals(frames[1])
+
+
+def test_exact_moments_with_saturated_units():
+    """Units with probability exactly 0 or 1 (logit +-40 in float64) contribute log 1 = 0, not NaN."""
+    problem = problems.build_problem("bernoulli-target", {"d": 2, "logit": 40.0})
+    metrics, reason = harness.exact_estimator_moments(estimators.build_estimator("reinforce"), problem,
+                                                      problem.reference())
+    assert reason == "computed in float64 over 2^2 outcomes"
+    assert all(math.isfinite(m.value) for m in metrics)
