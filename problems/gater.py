@@ -1,0 +1,567 @@
+"""The paper's MNIST conditional-computation gater (Bengio, Leonard & Courville 2013, sec. 5 and
+appendix A) as a training problem: any registered estimator is the gate non-linearity.
+
+Model (appendix A): gater 784 -> ``hidden`` tanh -> ``gate_units`` gate logits a, the gates
+h = the estimator's units at a; expert 784 -> ``gate_units`` linear; class logits =
+output(h * expert(x)), softmax over 10 classes. The gater is trained through the estimator contract
+``estimator(a, loss_fn)``, with ``loss_fn(h)`` the per-example classification loss of the rest of
+the network, so score-function estimators (REINFORCE: the "stochastic binary neuron") never
+back-propagate the classification loss into the gater, and multi-evaluation estimators stack h.
+
+Choices the paper leaves open (all parameters of the problem spec, documented in ``GaterProblem``):
+the sparsity criterion from the estimator's ``activation`` trait (KL, eq. 14, for 'sigmoid', on
+sigm(a) for binary units and on the output for the others, so STS's Beta noise counts; L1, eq. 15,
+with lambda adapted in the +-0.01 band for 'rectifier'); momentum 0.5 for estimators that
+back-propagate through the loss, none for score-function ones (A.4: momentum helped STS, hurt SBN,
+did not matter for ST and the noisy rectifier); the SBN gater's learning rate 0.001 for every
+score-function estimator (A.4); test time (A.3): the unit's deterministic counterpart, thresholded
+on the logits so that exactly the target fraction of gates is on over the first 10,000 training
+examples (unsupervised, so tuning on training data leaves valid and test untouched).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from typing import Callable, ClassVar, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from problems import register_problem
+from problems.base import Record, TrainingProblem
+from problems.conditional import GatedShape, flops_per_example
+
+INPUTS = 784
+CLASSES = 10
+TRAIN_EXAMPLES = 50_000  # the split: 50,000 train / 10,000 valid / 10,000 test
+EVAL_EXAMPLES = 10_000
+TUNE_EXAMPLES = 10_000  # training examples the test-time threshold is tuned on
+EVAL_CHUNK = 2_500
+SCORE_FUNCTION_GATER_LR = 1e-3  # A.4: the SBN gater learns 100x slower than the main part
+DEFAULT_MOMENTUM = 0.5
+DEFAULT_EPOCHS = 50
+SPARSITY_BAND = 0.01  # A.1: lambda moves when the effective sparsity leaves target +- 0.01
+ACTIVATIONS = ("sigmoid", "rectifier")
+
+
+# -- the sparsity criteria (appendix A.1) ----------------------------------------------------------
+def kl_sparsity_penalty(mean: torch.Tensor, target: float, lam: float | torch.Tensor) -> torch.Tensor:
+    """Eq. 14: -lambda sum_i (s log p_i + (1 - s) log(1 - p_i)) for units' mean activations p_i
+    over a mini-batch. As printed this is the cross-entropy form: it exceeds KL(s || p) by the
+    constant lambda * units * H(s), with the same gradient. p is clamped into (0, 1), so a unit
+    with no activity in the batch adds a finite value and no gradient."""
+    tiny = torch.finfo(mean.dtype).tiny
+    log_p = mean.clamp_min(tiny).log()
+    log_q = (1 - mean).clamp_min(tiny).log()
+    return -lam * (target * log_p + (1 - target) * log_q).sum()
+
+
+def kl_sparsity_penalty_logits(logits: torch.Tensor, target: float, lam: float | torch.Tensor) -> torch.Tensor:
+    """Eq. 14 with p_i the mini-batch mean (all axes but the last) of sigm(a_i): the exact mean
+    activation of a Bernoulli(sigm(a)) unit. (In float32 only a unit whose logits are all below
+    about -87, so dead, falls to the clamp; the log-mean-exp form would cost 5x as much.)"""
+    return kl_sparsity_penalty(torch.sigmoid(logits).reshape(-1, logits.shape[-1]).mean(0), target, lam)
+
+
+def l1_sparsity_penalty(h: torch.Tensor, lam: float | torch.Tensor) -> torch.Tensor:
+    """Eq. 15 per example: lambda sum_i |h_i|; its mini-batch mean is lambda sum_i |p_i| for h >= 0."""
+    return lam * h.abs().sum(-1)
+
+
+def adapt_l1_lambda(lam: torch.Tensor, nonzero_fraction: torch.Tensor, target: float,
+                    step: float, band: float = SPARSITY_BAND) -> torch.Tensor:
+    """A.1: raise lambda (times 1 + step) when the fraction of non-zero gates in the batch exceeds
+    target + band, lower it (divided by 1 + step) below target - band, else keep it. On the
+    device, without a host synchronisation."""
+    up = torch.where(nonzero_fraction > target + band, lam * (1 + step), lam)
+    return torch.where(nonzero_fraction < target - band, lam / (1 + step), up)
+
+
+def tune_threshold(logits: torch.Tensor, target: float) -> torch.Tensor:
+    """The logit threshold t such that exactly round(target * n) of the n values are > t (up to
+    ties): the (n - k)-th smallest value. Thresholding the logits is thresholding any increasing
+    function of them (sigmoid, rectifier) without float saturation ties."""
+    flat = logits.detach().reshape(-1)
+    k = int(round(target * flat.numel()))
+    if k <= 0:
+        return flat.max()
+    if k >= flat.numel():
+        return flat.min() - 1
+    return torch.kthvalue(flat, flat.numel() - k).values
+
+
+# -- the model ---------------------------------------------------------------------------------------
+class GaterNet(torch.nn.Module):
+    """The conditional layer: gate logits = gater_out(tanh(gater_hidden(x))), class logits =
+    output(gates * expert(x)).
+
+    ``test_gates`` is the deterministic test-time counterpart (A.3): with a sparsity target, a gate
+    is on where its logit exceeds ``threshold`` t, tuned so the target fraction is on; 'sigmoid'
+    gates are then rounded to 1 (A.2: the point of the Beta noise is to make sigmoids roundable),
+    'rectifier' gates are max(0, a - t), the rectifier with its kink moved to the threshold (t < 0
+    where noise-free units fire less than the noisy ones did in training). Inactive gates are
+    exactly zero. Without a target: sigm(a) or max(0, a), unthresholded."""
+
+    def __init__(self, hidden: int, gates: int, activation: str, target: float,
+                 generator: torch.Generator, gate_bias: float = 0.0, inputs: int = INPUTS,
+                 classes: int = CLASSES):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"gate activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+        self.activation = activation
+        self.target = target
+        self.gater_hidden = _linear(inputs, hidden, generator)
+        self.gater_out = _linear(hidden, gates, generator, bias=gate_bias)
+        self.expert = _linear(inputs, gates, generator)
+        self.output = _linear(gates, classes, generator)
+        self.register_buffer("threshold", torch.tensor(float("nan")))
+
+    def gater_parameters(self) -> list[torch.nn.Parameter]:
+        return [*self.gater_hidden.parameters(), *self.gater_out.parameters()]
+
+    def main_parameters(self) -> list[torch.nn.Parameter]:
+        return [*self.expert.parameters(), *self.output.parameters()]
+
+    def incoming_weights(self) -> list[torch.Tensor]:
+        """Weight matrices whose rows are a unit's incoming weights (the max-norm constraint)."""
+        return [self.gater_hidden.weight, self.gater_out.weight, self.expert.weight, self.output.weight]
+
+    def gate_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gater_out(torch.tanh(self.gater_hidden(x)))
+
+    def classify(self, gates: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        """Class logits from gates (any leading axes) and expert outputs (broadcast against them)."""
+        return self.output(gates * experts)
+
+    def mean_gates(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits) if self.activation == "sigmoid" else torch.relu(logits)
+
+    @torch.no_grad()
+    def tune(self, x: torch.Tensor, chunk: int = EVAL_CHUNK) -> torch.Tensor:
+        """Set ``threshold`` so the target fraction of gates is on over the examples ``x``."""
+        if self.target > 0:
+            logits = torch.cat([self.gate_logits(x[i:i + chunk]) for i in range(0, x.shape[0], chunk)])
+            self.threshold.copy_(tune_threshold(logits, self.target))
+        return self.threshold
+
+    def test_gates(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.target <= 0:
+            return self.mean_gates(logits)
+        if self.activation == "sigmoid":
+            return (logits > self.threshold).to(logits.dtype)
+        return torch.relu(logits - self.threshold)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Deterministic test-time class logits (dense path)."""
+        return self.classify(self.test_gates(self.gate_logits(x)), self.expert(x))
+
+
+def _linear(fan_in: int, fan_out: int, generator: torch.Generator, bias: float = 0.0) -> torch.nn.Linear:
+    """W ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) from ``generator`` (torch's default range), b = bias."""
+    layer = torch.nn.utils.skip_init(torch.nn.Linear, fan_in, fan_out)
+    bound = 1.0 / math.sqrt(fan_in)
+    with torch.no_grad():
+        layer.weight.copy_(torch.rand(fan_out, fan_in, generator=generator) * (2 * bound) - bound)
+        layer.bias.fill_(bias)
+    return layer
+
+
+# -- one mini-batch ------------------------------------------------------------------------------------
+class BatchObjective:
+    """The training objective of one mini-batch and what it measured, without host syncs.
+
+    ``objective`` = mean surrogate of the classification loss (+ the L1 penalty inside ``loss_fn``
+    for rectifiers, so every estimator differentiates it its own way) + the KL penalty (sigmoids)
+    on the units' mean activation p_i over the mini-batch: from the logits, sigm(a_i), when
+    ``kl_on`` is 'logits'; from the units' output h as the estimator produced it when 'output'.
+    ``nll_sum`` is the sum over examples of the classification loss (averaged over the
+    estimator's evaluations), ``zeros`` the number of exact zeros among ``elements`` gate values
+    fed to the loss."""
+
+    def __init__(self, model: GaterNet, estimator, x: torch.Tensor, y: torch.Tensor,
+                 criterion: str | None, target: float, lam: torch.Tensor | float, kl_on: str = "logits"):
+        logits = model.gate_logits(x)
+        experts = model.expert(x)
+        seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def loss_fn(h: torch.Tensor) -> torch.Tensor:
+            out = model.classify(h, experts)
+            nll = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.expand(out.shape[:-1]).reshape(-1),
+                                  reduction="none").reshape(out.shape[:-1])
+            seen.append((nll, h))
+            return nll + l1_sparsity_penalty(h, lam) if criterion == "l1" else nll
+
+        surrogate = estimator(logits, loss_fn)
+        objective = surrogate.mean()
+        if criterion == "kl":
+            if kl_on == "output":
+                outputs = torch.cat([h.reshape(-1, h.shape[-1]) for _, h in seen])
+                objective = objective + kl_sparsity_penalty(outputs.mean(0), target, lam)
+            else:
+                objective = objective + kl_sparsity_penalty_logits(logits, target, lam)
+        self.objective = objective
+        nll_values = torch.cat([nll.detach().reshape(-1) for nll, _ in seen])
+        self.nll_sum = nll_values.sum() * (x.shape[0] / nll_values.numel())
+        self.zeros = sum((h.detach() == 0).sum() for _, h in seen)
+        self.elements = sum(h.numel() for _, h in seen)
+
+
+def sgd(groups: list[dict], lr: float, momentum: float) -> torch.optim.SGD:
+    """SGD with momentum; the fused kernel (one pass over parameters, gradients and momentum
+    buffers: about 9% of a CPU training step saved) where this torch and device have it."""
+    try:
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+
+
+class Trainer:
+    """One run's training state: model, estimator, SGD (gater and main parameter groups), Adam on
+    the estimator's own parameters, and the criterion's lambda. ``step`` trains on one mini-batch
+    and ``epoch`` on one pass, without host synchronisation (statistics stay on the device)."""
+
+    def __init__(self, model: GaterNet, estimator, settings: dict, lr: float, target: float,
+                 max_norm: float, l1_step: float):
+        self.model, self.estimator, self.settings = model, estimator, settings
+        self.criterion, self.target = settings["criterion"], target
+        self.max_norm, self.l1_step = max_norm, l1_step
+        self.optimizer = sgd([{"params": model.gater_parameters(), "lr": settings["gater_lr"]},
+                              {"params": model.main_parameters(), "lr": lr}], lr, settings["momentum"])
+        self.own_optimizer: torch.optim.Optimizer | None = None  # made once the parameters exist
+        self.lam = torch.tensor(float(settings["lambda"]), device=model.threshold.device)
+        self.weights = model.incoming_weights()
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> BatchObjective:
+        estimator = self.estimator
+        self.optimizer.zero_grad()
+        if estimator.has_parameters:
+            estimator.zero_grad()
+        batch = BatchObjective(self.model, estimator, x, y, self.criterion, self.target, self.lam,
+                               self.settings["kl_on"])
+        batch.objective.backward()
+        self.optimizer.step()
+        if estimator.has_parameters:
+            if self.own_optimizer is None:
+                own = [p for p in estimator.parameters() if p.requires_grad]
+                self.own_optimizer = torch.optim.Adam(own, lr=estimator.adaptation_lr) if own else None
+            if self.own_optimizer is not None:
+                self.own_optimizer.step()
+        with torch.no_grad():
+            for weight in self.weights:
+                weight.renorm_(2, 0, self.max_norm)
+            if self.criterion == "l1":
+                self.lam = adapt_l1_lambda(self.lam, 1 - batch.zeros / batch.elements, self.target, self.l1_step)
+        return batch
+
+    def epoch(self, xs: torch.Tensor, ys: torch.Tensor, batch_size: int,
+              progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """One pass over (xs, ys) in order: (sum of per-example NLL, exact-zero gates, gates seen)."""
+        self.model.train()
+        self.estimator.train()
+        nll_sum = torch.zeros((), device=xs.device)
+        zeros = torch.zeros((), device=xs.device, dtype=torch.long)
+        elements = reported = 0
+        batches = math.ceil(xs.shape[0] / batch_size)
+        for index in range(batches):
+            part = slice(index * batch_size, (index + 1) * batch_size)
+            batch = self.step(xs[part], ys[part])
+            nll_sum += batch.nll_sum.detach()
+            zeros += batch.zeros
+            elements += batch.elements
+            if progress is not None and (index + 1) % 100 == 0:
+                progress(index + 1 - reported)
+                reported = index + 1
+        if progress is not None and batches > reported:
+            progress(batches - reported)
+        return nll_sum, zeros, elements
+
+
+# -- the problem ---------------------------------------------------------------------------------------
+class GaterProblem(TrainingProblem):
+    """Trains the appendix-A conditional network with the estimator at the gates; per-epoch records.
+
+    Parameters (the paper's value, or our choice where it gives none):
+    ``epochs``: 50, i.e. 78,000 updates of 32 examples (not stated; the per-epoch ``valid_error``
+    curve in the store shows whether a row has flattened by then).
+    ``train_subset``: the first N of the 50,000 training examples, 0 = all.
+    ``eval_subset``: the first N of the 10,000 valid and of the 10,000 test examples, 0 = all.
+    ``gate_units`` 2000, ``hidden`` 400, ``sparsity_target`` 0.1 non-zero (0: no criterion, no
+    threshold), ``lr`` 0.1 (expert and output layers), ``batch_size`` 32, ``max_norm`` 2 (every
+    unit's incoming weights, in all four layers).
+    ``gater_lr``: None = ``lr``, or 0.001 for estimators that do not back-propagate through the
+    loss (A.4's SBN).
+    ``momentum``: None = 0.5 for estimators that back-propagate through the loss, 0 for
+    score-function ones (value not stated: with straight-through on MNIST, valid error after 8
+    epochs was 3.5% at 0.5 against 6.1% at 0, and 0.9 stalled between 5% and 8%).
+    ``kl_lambda``: 0.01 (eq. 14, sigmoid gates; not stated: after 3 epochs on 10,000 examples it
+    kept straight-through's training fraction of non-zero gates at 0.11, where 0.001 let it drift
+    to 0.17).
+    ``l1_lambda``: 0.001, the initial eq. 15 lambda (rectifier gates); ``l1_step``: 0.01, its
+    relative change per mini-batch while the batch's non-zero fraction is outside the band.
+    ``gate_bias``: None = logit(target) for binary sigmoid gates, so their mean activation starts
+    at the target; 0 otherwise.
+    Initialisation: W ~ U(+-1/sqrt(fan_in)), biases 0 (gate biases: ``gate_bias``), from ``seed``.
+    """
+
+    dataset: ClassVar[str] = ""
+
+    def __init__(self, epochs: int = DEFAULT_EPOCHS, train_subset: int = 0, eval_subset: int = 0,
+                 gate_units: int = 2000, hidden: int = 400, sparsity_target: float = 0.1, lr: float = 0.1,
+                 gater_lr: float | None = None, momentum: float | None = None, kl_lambda: float = 1e-2,
+                 l1_lambda: float = 1e-3, l1_step: float = 0.01, batch_size: int = 32, max_norm: float = 2.0,
+                 gate_bias: float | None = None):
+        super().__init__()
+        for name, value in (("epochs", epochs), ("gate_units", gate_units), ("hidden", hidden),
+                            ("batch_size", batch_size)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        for name, value, most in (("train_subset", train_subset, TRAIN_EXAMPLES),
+                                  ("eval_subset", eval_subset, EVAL_EXAMPLES)):
+            if not 0 <= value <= most:
+                raise ValueError(f"{name} must be in [0, {most}] (0 = all), got {value}")
+        if not 0.0 <= sparsity_target < 1.0:
+            raise ValueError(f"sparsity_target must be in [0, 1) (0 = no sparsity criterion), got {sparsity_target}")
+        for name, value in (("lr", lr), ("kl_lambda", kl_lambda), ("l1_lambda", l1_lambda),
+                            ("l1_step", l1_step), ("max_norm", max_norm)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if gater_lr is not None and not (isinstance(gater_lr, (int, float)) and math.isfinite(gater_lr)
+                                         and gater_lr > 0):
+            raise ValueError(f"gater_lr must be a positive number or None (from the estimator), got {gater_lr!r}")
+        if momentum is not None and not (isinstance(momentum, (int, float)) and 0.0 <= momentum < 1.0):
+            raise ValueError(f"momentum must be in [0, 1) or None (from the estimator), got {momentum!r}")
+        if gate_bias is not None and not (isinstance(gate_bias, (int, float)) and math.isfinite(gate_bias)):
+            raise ValueError(f"gate_bias must be a finite number or None, got {gate_bias!r}")
+        self.epochs, self.train_subset, self.eval_subset = epochs, train_subset, eval_subset
+        self.gate_units, self.hidden, self.sparsity_target = gate_units, hidden, sparsity_target
+        self.lr, self.gater_lr, self.momentum = lr, gater_lr, momentum
+        self.kl_lambda, self.l1_lambda, self.l1_step = kl_lambda, l1_lambda, l1_step
+        self.batch_size, self.max_norm, self.gate_bias = batch_size, max_norm, gate_bias
+        self.trained_model: GaterNet | None = None  # the last model ``fit`` produced (a plain attribute)
+
+    def __setattr__(self, name, value):
+        if name == "trained_model":  # keep it out of this module's children: it is a result
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    @property
+    def units(self) -> int:
+        return self.gate_units
+
+    # -- hyper-parameters read from the estimator's traits -------------------------------------
+    def settings(self, estimator) -> dict[str, object]:
+        """Everything the estimator's traits decide: criterion, learning rates, momentum, gate bias."""
+        activation = getattr(estimator, "activation", "sigmoid")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"estimator {estimator.name or type(estimator).__name__} declares activation "
+                             f"{activation!r}; the gater needs one of {', '.join(ACTIVATIONS)}")
+        backprop = bool(estimator.needs_loss_backprop)
+        target = self.sparsity_target
+        criterion = None if target <= 0 else ("kl" if activation == "sigmoid" else "l1")
+        # Binary units: p_i from sigm(a), their exact mean. Other units trained by back-propagation:
+        # from their output, which carries their training noise (A.2: STS's Beta noise at the input
+        # of the sigmoid is part of the activation the KL sees).
+        kl_on = "output" if (backprop and not estimator.binary_forward) else "logits"
+        gate_bias = self.gate_bias
+        if gate_bias is None:
+            gate_bias = math.log(target / (1 - target)) if (criterion == "kl" and kl_on == "logits") else 0.0
+        return {
+            "activation": activation, "criterion": criterion, "kl_on": kl_on,
+            "gater_lr": self.gater_lr if self.gater_lr is not None else (self.lr if backprop else SCORE_FUNCTION_GATER_LR),
+            "momentum": self.momentum if self.momentum is not None else (DEFAULT_MOMENTUM if backprop else 0.0),
+            "lambda": self.kl_lambda if criterion == "kl" else self.l1_lambda, "gate_bias": gate_bias,
+        }
+
+    def build_model(self, estimator, seed: int) -> GaterNet:
+        """The untrained network for ``seed`` (initialised on the CPU, then moved to the device)."""
+        config = self.settings(estimator)
+        generator = torch.Generator().manual_seed(_stream(seed, 1))
+        model = GaterNet(self.hidden, self.gate_units, config["activation"], self.sparsity_target,
+                         generator, config["gate_bias"])
+        return model.to(self.device)
+
+    def trainer(self, estimator, seed: int) -> "Trainer":
+        """A fresh model for ``seed`` with its optimisers, ready for ``Trainer.step``."""
+        return Trainer(self.build_model(estimator, seed), estimator, self.settings(estimator), self.lr,
+                       self.sparsity_target, self.max_norm, self.l1_step)
+
+    def data(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """train / tune / valid / test (images, labels) on the device, subsets applied."""
+        splits = _load_splits(self.dataset)
+        train = _subset(splits["train"], self.train_subset)
+        valid = _subset(splits["valid"], self.eval_subset)
+        test = _subset(splits["test"], self.eval_subset)
+        device = self.device
+        moved = {name: (x.to(device), y.to(device)) for name, (x, y) in
+                 (("train", train), ("valid", valid), ("test", test))}
+        moved["tune"] = tuple(t[:TUNE_EXAMPLES] for t in moved["train"])
+        return moved
+
+    def batches_per_epoch(self) -> int:
+        examples = self.train_subset or TRAIN_EXAMPLES
+        return math.ceil(examples / self.batch_size)
+
+    def progress_total(self) -> int:
+        return self.epochs * self.batches_per_epoch()
+
+    # -- training --------------------------------------------------------------------------------
+    def fit(self, estimator, seed: int, progress: Callable[[int], None] | None = None) -> Iterator[Record]:
+        """Train for ``epochs``; yield per epoch (``epoch`` = 1, 2, ...): ``train_criterion`` (mean
+        per-example classification negative log-likelihood, nats, over the epoch's mini-batches in
+        training mode, sparsity penalty excluded: our reading of the paper's "training criterion",
+        whose values, 6e-5 to 1e-2, cannot include a KL penalty over 2000 units),
+        ``valid_error`` and ``test_error`` (% misclassified, deterministic test-time gates),
+        ``sparsity_train`` (fraction of exact zeros among the gates fed to the loss in training),
+        ``sparsity_test`` (same for the test-time gates on the test set), ``sparsity_lambda``
+        (the criterion's lambda at the epoch's end, when there is a criterion), ``threshold`` (the
+        tuned logit threshold, with a target), ``epoch_time_s`` (the training pass) and
+        ``eval_time_s`` (tuning and evaluation). First, with epoch None: ``gater_lr`` and
+        ``momentum`` as resolved; last, with epoch None: the final ``threshold`` (with a target)
+        and per example, in multiply-adds as ``problems.conditional`` counts them, at the final test
+        sparsity: ``flops_gater``, ``flops_expert_dense`` and ``flops_expert_sparse`` (expert with the
+        output layer, all units or only the active ones) and ``flops_speedup_bound``. The network
+        being trained is ``self.trained_model``."""
+        estimator.check_units(self.gate_units)
+        device = self.device
+        data = self.data()
+        trainer = self.trainer(estimator, seed)
+        model = self.trained_model = trainer.model
+        x_train, y_train = data["train"]
+        n_train = x_train.shape[0]
+        order_rng = torch.Generator().manual_seed(_stream(seed, 2))
+        yield Record("gater_lr", float(trainer.settings["gater_lr"]))
+        yield Record("momentum", float(trainer.settings["momentum"]))
+
+        test_sparsity = threshold = 0.0
+        for epoch in range(1, self.epochs + 1):
+            _sync(device)
+            began = time.perf_counter()
+            order = torch.randperm(n_train, generator=order_rng).to(device)
+            nll_sum, zeros, elements = trainer.epoch(x_train[order], y_train[order], self.batch_size, progress)
+            _sync(device)
+            epoch_time = time.perf_counter() - began
+
+            began = time.perf_counter()
+            with self._testing(model, estimator):
+                model.tune(data["tune"][0])
+                valid_error, _ = _evaluate(model, *data["valid"])
+                test_error, test_zeros = _evaluate(model, *data["test"])
+            summary = torch.stack([nll_sum / n_train, zeros.to(nll_sum.dtype) / max(elements, 1),
+                                   valid_error, test_error, test_zeros, trainer.lam.to(nll_sum.dtype),
+                                   model.threshold.to(nll_sum.dtype)]).tolist()
+            eval_time = time.perf_counter() - began
+            criterion_value, sparsity_train, valid_err, test_err, test_sparsity, lam_value, threshold = summary
+            yield Record("train_criterion", criterion_value, epoch=epoch)
+            yield Record("valid_error", valid_err, epoch=epoch)
+            yield Record("test_error", test_err, epoch=epoch)
+            yield Record("sparsity_train", sparsity_train, epoch=epoch)
+            yield Record("sparsity_test", test_sparsity, epoch=epoch)
+            if trainer.criterion is not None:
+                yield Record("sparsity_lambda", lam_value, epoch=epoch)
+                yield Record("threshold", threshold, epoch=epoch)
+            yield Record("epoch_time_s", epoch_time, epoch=epoch)
+            yield Record("eval_time_s", eval_time, epoch=epoch)
+
+        if trainer.criterion is not None:
+            yield Record("threshold", threshold)
+        count = flops_per_example(GatedShape(INPUTS, self.hidden, self.gate_units, CLASSES), 1.0 - test_sparsity)
+        yield Record("flops_gater", float(count.gater))
+        yield Record("flops_expert_dense", float(count.dense_expert + count.dense_output))
+        yield Record("flops_expert_sparse", float(count.sparse_expert + count.sparse_output))
+        yield Record("flops_speedup_bound", count.speedup_bound)
+
+    @contextlib.contextmanager
+    def _testing(self, model: GaterNet, estimator):
+        """Deterministic test time: model and estimator in eval mode, the estimator's state frozen."""
+        model.eval()
+        estimator.eval()
+        try:
+            with estimator.frozen(), torch.no_grad():
+                yield
+        finally:
+            model.train()
+            estimator.train()
+
+
+@torch.no_grad()
+def _evaluate(model: GaterNet, x: torch.Tensor, y: torch.Tensor,
+              chunk: int = EVAL_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """(% misclassified, fraction of exact-zero test gates) as device tensors."""
+    wrong = torch.zeros((), device=x.device, dtype=torch.long)
+    zeros = torch.zeros((), device=x.device, dtype=torch.long)
+    for start in range(0, x.shape[0], chunk):
+        xb = x[start:start + chunk]
+        gates = model.test_gates(model.gate_logits(xb))
+        logits = model.classify(gates, model.expert(xb))
+        wrong += (logits.argmax(-1) != y[start:start + chunk]).sum()
+        zeros += (gates == 0).sum()
+    n = x.shape[0]
+    return wrong.double() * (100.0 / n), zeros.double() / (n * model.gater_out.out_features)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _stream(seed: int, stream: int) -> int:
+    """An independent 63-bit seed per (seed, stream): 1 initialisation, 2 data order."""
+    return int(np.random.SeedSequence([seed, stream]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _subset(split, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = split
+    return (x[:n], y[:n]) if n else (x, y)
+
+
+def _load_splits(dataset: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The 50,000 / 10,000 / 10,000 split (float32 images in [0, 1], int64 labels) on the CPU;
+    ``load_dataset`` parses the files once per process."""
+    from problems.datasets import load_dataset
+
+    splits = load_dataset(dataset)
+    return {name: (torch.as_tensor(getattr(splits, name)[0], dtype=torch.float32).reshape(-1, INPUTS),
+                   torch.as_tensor(getattr(splits, name)[1], dtype=torch.long))
+            for name in ("train", "valid", "test")}
+
+
+@register_problem("mnist-gater", "The paper's MNIST conditional-computation gater (sec. 5, appendix A): "
+                                 "learning curves, errors, sparsity")
+class MnistGater(GaterProblem):
+    """Appendix A on MNIST (50,000 train / 10,000 valid / 10,000 test)."""
+
+    dataset = "mnist"
+
+
+@register_problem("fashion-mnist-gater", "The MNIST gater experiment on Fashion-MNIST (same model and training)")
+class FashionMnistGater(GaterProblem):
+    """Appendix A on Fashion-MNIST (50,000 train / 10,000 valid / 10,000 test)."""
+
+    dataset = "fashion-mnist"
+
+
+# -- Fig. 2 ------------------------------------------------------------------------------------------
+# (label, estimator spec, problem parameters): the seven rows of Fig. 2 (right), in its order.
+PAPER_ROWS: tuple[tuple[str, str, dict], ...] = (
+    ("Noisy Rectifier", "noisy-rectifier(std=1.0)", {}),
+    ("Straight-through", "straight-through", {}),
+    ("Smooth Times Stoch.", "sts(beta_noise=40.1)", {}),
+    ("Stoch. Binary Neuron", "reinforce-optimal", {}),
+    ("Baseline Rectifier", "rectifier", {}),
+    ("Baseline Sigmoid+Noise", "sigmoid-noise(std=1.0)", {"gate_units": 200, "sparsity_target": 0.0}),
+    ("Baseline Sigmoid", "sigmoid", {"gate_units": 200, "sparsity_target": 0.0}),
+)
+
+# Published Fig. 2 (right): label -> (training criterion, valid error %, test error %).
+PAPER_TABLE: dict[str, tuple[float, float, float]] = {
+    "Noisy Rectifier": (6.7e-4, 1.52, 1.87),
+    "Straight-through": (3.3e-3, 1.42, 1.39),
+    "Smooth Times Stoch.": (4.4e-3, 1.86, 1.96),
+    "Stoch. Binary Neuron": (9.9e-3, 1.78, 1.89),
+    "Baseline Rectifier": (6.3e-5, 1.66, 1.60),
+    "Baseline Sigmoid+Noise": (1.8e-3, 1.88, 1.87),
+    "Baseline Sigmoid": (3.2e-3, 1.97, 1.92),
+}
