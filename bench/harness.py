@@ -274,8 +274,7 @@ def train(problem, estimator: Estimator, config: RunConfig,
     """A training problem: the problem trains its model with the estimator and reports records."""
     device = torch.device(config.device)
     estimator.rng = seeded_noise(config.seed, 0, device)
-    metrics = [Metric(r.name, float(r.value), None if r.stderr is None else float(r.stderr), r.scope,
-                      r.epoch, r.step)
+    metrics = [dataclasses.replace(r, value=float(r.value), stderr=None if r.stderr is None else float(r.stderr))
                for r in problem.fit(estimator, config.seed, progress)]
     return metrics, {"kind": "training"}
 

@@ -15,20 +15,14 @@ import numpy as np
 import scipy.stats
 import torch
 
+from problems.base import Record
+
 DEFAULT_GROUPS = 32
 
 
-@dataclasses.dataclass
-class Metric:
-    """One stored number. ``scope`` names the part of the gradient or model ('all': the whole);
-    ``epoch`` / ``step`` place it along training or adaptation (None: not tied to one)."""
-
-    name: str
-    value: float
-    stderr: float | None = None
-    scope: str = "all"
-    epoch: int | None = None
-    step: int | None = None
+# One stored number: the same record a training problem yields (name, value, stderr, scope, epoch,
+# step), so the harness stores both kinds without converting between two identical classes.
+Metric = Record
 
 
 def _merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):

@@ -57,24 +57,11 @@ CREATE UNIQUE INDEX IF NOT EXISTS metrics_key
 CREATE INDEX IF NOT EXISTS runs_by_pair ON runs (estimator, problem);
 """
 
-# Version 1 had no epoch/step and a primary key on (run_id, scope, metric): copy into version 2.
-MIGRATIONS = {
-    1: """
-ALTER TABLE metrics RENAME TO metrics_v1;
-CREATE TABLE metrics (
-    run_id INTEGER NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
-    scope TEXT NOT NULL DEFAULT 'all',
-    metric TEXT NOT NULL,
-    epoch INTEGER,
-    step INTEGER,
-    value REAL,
-    stderr REAL
-);
-INSERT INTO metrics (run_id, scope, metric, value, stderr)
-    SELECT run_id, scope, metric, value, stderr FROM metrics_v1;
-DROP TABLE metrics_v1
-""",
-}
+# Version 1 had no epoch/step and a primary key on (run_id, scope, metric): set its metrics table
+# aside, let SCHEMA create the current one, then copy the rows across.
+MIGRATIONS = {1: ("ALTER TABLE metrics RENAME TO metrics_v1",
+                  "INSERT INTO metrics (run_id, scope, metric, value, stderr)"
+                  " SELECT run_id, scope, metric, value, stderr FROM metrics_v1; DROP TABLE metrics_v1")}
 
 
 class StoreError(ValueError):
@@ -151,12 +138,14 @@ class Store:
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             has_tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'metrics'").fetchone()[0]
-            if has_tables:
-                for old in range(max(version, 1), SCHEMA_VERSION):
-                    for statement in filter(str.strip, MIGRATIONS[old].split(";")):
-                        conn.execute(statement)
+            steps = [MIGRATIONS[old] for old in range(max(version, 1), SCHEMA_VERSION)] if has_tables else []
+            for before, _ in steps:
+                conn.execute(before)
             for statement in filter(str.strip, SCHEMA.split(";")):
                 conn.execute(statement)
+            for _, after in steps:
+                for statement in filter(str.strip, after.split(";")):
+                    conn.execute(statement)
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
