@@ -346,6 +346,11 @@ def build_sections(results: Results, filters: dict[str, str | None] | None = Non
     figures, missing = take("learning-curves", "sparsity-curves")
     sections.append(Section("training", "Training problems", tables=training_table(results), figures=figures,
                             missing=missing))
+    from analysis import regulariser  # it imports this module, so not at the top
+
+    mlp = regulariser.section(results)
+    if mlp is not None:  # only when the selection holds runs of a problem named *-mlp
+        sections.append(mlp)
     tables, notes = paper_table(results)
     sections.append(Section("paper", "The paper's Fig. 2 beside ours", text=notes, tables=tables))
     sections.append(Section("absent", "What the reported runs lack",

@@ -190,6 +190,7 @@ def measure(config: RunConfig, progress: Callable[[int], None] | None = None) ->
     else:
         notes["warmup"] = warm_up(problem, estimator, config)
     metrics.extend(sample_metrics(problem, estimator, config, reference, scopes, progress))
+    metrics.extend(reference_metrics(reference, scopes))
 
     exact, reason = exact_estimator_moments(estimator, problem, reference, scopes)
     metrics.extend(exact)
@@ -231,8 +232,8 @@ def adapt(problem, estimator: Estimator, config: RunConfig) -> int:
 
 
 def sample_metrics(problem, estimator: Estimator, config: RunConfig, reference, scopes: dict[str, slice],
-                   progress: Callable[[int], None] | None) -> list[Metric]:
-    """The Monte Carlo metrics: ``config.samples`` frozen estimates on noise stream 0, per scope."""
+                   progress: Callable[[int], None] | None, stream: int = 0) -> list[Metric]:
+    """The Monte Carlo metrics: ``config.samples`` frozen estimates on noise ``stream``, per scope."""
     device = torch.device(config.device)
     units = problem.units
     chunk = chunk_size(config.samples, estimator.loss_evaluations(units), units, problem.dim)
@@ -240,7 +241,7 @@ def sample_metrics(problem, estimator: Estimator, config: RunConfig, reference, 
                                      truth_stderr=None if reference.stderr is None else reference.stderr[part])
                for name, part in scopes.items()}
     seconds, sizes, evaluated = [], [], 0
-    estimator.rng = seeded_noise(config.seed, 0, device)
+    estimator.rng = seeded_noise(config.seed, stream, device)
     with estimator.frozen(), peak_memory(device) as peak:
         for start in range(0, config.samples, chunk):
             rows = min(chunk, config.samples - start)
@@ -269,14 +270,57 @@ def sample_metrics(problem, estimator: Estimator, config: RunConfig, reference, 
     return metrics
 
 
+CHECKPOINT_STREAM = 1000  # noise streams 1000 + k measure the k-th checkpoint
+
+
 def train(problem, estimator: Estimator, config: RunConfig,
           progress: Callable[[int], None] | None) -> tuple[list[Metric], dict[str, str]]:
-    """A training problem: the problem trains its model with the estimator and reports records."""
+    """A training problem: the problem trains its model with the estimator and reports records;
+    at each :class:`~problems.base.Checkpoint` it yields, the gradient metrics of the frozen model
+    are measured here as for a gradient problem (tagged with the checkpoint's epoch / step)."""
     device = torch.device(config.device)
     estimator.rng = seeded_noise(config.seed, 0, device)
-    metrics = [dataclasses.replace(r, value=float(r.value), stderr=None if r.stderr is None else float(r.stderr))
-               for r in problem.fit(estimator, config.seed, progress)]
-    return metrics, {"kind": "training"}
+    metrics: list[Metric] = []
+    notes = {"kind": "training"}
+    checkpoints = 0
+    for item in problem.fit(estimator, config.seed, progress):
+        if isinstance(item, problems.Checkpoint):
+            measured, exact = checkpoint_metrics(item, estimator, config, CHECKPOINT_STREAM + checkpoints)
+            metrics.extend(measured)
+            checkpoints += 1
+            notes["checkpoints"] = (f"{checkpoints} (reference: {'exact' if exact else 'estimated'}, "
+                                    f"{item.samples} estimates each)")
+        else:
+            metrics.append(dataclasses.replace(item, value=float(item.value),
+                                               stderr=None if item.stderr is None else float(item.stderr)))
+    return metrics, notes
+
+
+def reference_metrics(reference, scopes: dict[str, slice]) -> list[Metric]:
+    """For an estimated reference, the norm of its standard errors per scope: the floor below
+    which a measured bias norm cannot be told from the reference's own noise."""
+    if reference.exact:
+        return []
+    return [Metric("reference_stderr_norm", float(torch.linalg.vector_norm(reference.stderr[part])), scope=name)
+            for name, part in scopes.items()]
+
+
+def checkpoint_metrics(checkpoint, estimator: Estimator, config: RunConfig,
+                       stream: int) -> tuple[list[Metric], bool]:
+    """Sample metrics (per scope) of the training estimator, frozen, on the checkpoint's problem,
+    on their own noise stream (the training noise source is restored afterwards); and whether
+    the reference gradient was exact."""
+    probe = checkpoint.problem
+    reference = probe.reference()
+    scopes = {"all": slice(None), **probe.scopes()}
+    settings = dataclasses.replace(config, samples=checkpoint.samples)
+    training_noise = estimator.rng
+    try:
+        measured = sample_metrics(probe, estimator, settings, reference, scopes, progress=None, stream=stream)
+    finally:
+        estimator.rng = training_noise
+    measured.extend(reference_metrics(reference, scopes))
+    return [dataclasses.replace(m, epoch=checkpoint.epoch, step=checkpoint.step) for m in measured], reference.exact
 
 
 def count_bits(estimator: Estimator, problem) -> int | None:

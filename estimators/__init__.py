@@ -10,7 +10,8 @@ ESTIMATORS = Registry(
                      "estimators.noisy_rectifier", "estimators.paper_baselines",
                      "estimators.perturbation", "estimators.exact", "estimators.gumbel",
                      "estimators.gapped_st", "estimators.reinmax", "estimators.slope_annealed_st",
-                     "estimators.antithetic", "estimators.muprop", "estimators.nvil", "estimators.rebar"),
+                     "estimators.antithetic", "estimators.muprop", "estimators.nvil", "estimators.rebar",
+                     "estimators.gaussian_dropout"),
 )
 register_estimator = ESTIMATORS.register
 

@@ -45,6 +45,35 @@ class Record:
     step: int | None = None
 
 
+@dataclasses.dataclass
+class Checkpoint:
+    """A point in training where the harness measures the estimator's gradient, as for any
+    gradient problem: ``problem`` holds the model frozen at that point, ``samples`` is the number of
+    estimates to draw; the harness stores every metric with this ``epoch`` / ``step``."""
+
+    problem: "Problem"
+    samples: int
+    epoch: int | None = None
+    step: int | None = None
+
+
+def parse_sizes(text: str, name: str) -> tuple[int, ...]:
+    """Layer sizes written as positive integers joined by '-' ('8-6-4'); ``name`` is the parameter
+    named in the one-line error."""
+    sizes = []
+    for part in str(text).split("-"):
+        if not part.strip():
+            raise ValueError(f"{name} {text!r} has an empty layer: expected sizes joined by '-', like '8-6-4'")
+        try:
+            size = int(part)
+        except ValueError:
+            raise ValueError(f"{name} must be layer sizes joined by '-', like '8-6-4', got {text!r}") from None
+        if size < 1:
+            raise ValueError(f"{name} {text!r} has an empty layer: every layer needs at least 1 unit")
+        sizes.append(size)
+    return tuple(sizes)
+
+
 class Problem(torch.nn.Module):
     """Base class for every problem family.
 
@@ -116,7 +145,9 @@ class TrainingProblem(Problem):
         raise NotImplementedError
 
     def fit(self, estimator, seed: int,
-            progress: Callable[[int], None] | None = None) -> Iterator[Record]:
+            progress: Callable[[int], None] | None = None) -> Iterator[Record | Checkpoint]:
+        """Yield :class:`Record`s, and :class:`Checkpoint`s where the harness should measure the
+        estimator's gradient of the model as it is at that point."""
         raise NotImplementedError
 
 

@@ -112,10 +112,10 @@ class GaterNet(torch.nn.Module):
             raise ValueError(f"gate activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
         self.activation = activation
         self.target = target
-        self.gater_hidden = _linear(inputs, hidden, generator)
-        self.gater_out = _linear(hidden, gates, generator, bias=gate_bias)
-        self.expert = _linear(inputs, gates, generator)
-        self.output = _linear(gates, classes, generator)
+        self.gater_hidden = seeded_linear(inputs, hidden, generator)
+        self.gater_out = seeded_linear(hidden, gates, generator, bias=gate_bias)
+        self.expert = seeded_linear(inputs, gates, generator)
+        self.output = seeded_linear(gates, classes, generator)
         self.register_buffer("threshold", torch.tensor(float("nan")))
 
     def gater_parameters(self) -> list[torch.nn.Parameter]:
@@ -158,7 +158,7 @@ class GaterNet(torch.nn.Module):
         return self.classify(self.test_gates(self.gate_logits(x)), self.expert(x))
 
 
-def _linear(fan_in: int, fan_out: int, generator: torch.Generator, bias: float = 0.0) -> torch.nn.Linear:
+def seeded_linear(fan_in: int, fan_out: int, generator: torch.Generator, bias: float = 0.0) -> torch.nn.Linear:
     """W ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) from ``generator`` (torch's default range), b = bias."""
     layer = torch.nn.utils.skip_init(torch.nn.Linear, fan_in, fan_out)
     bound = 1.0 / math.sqrt(fan_in)
@@ -378,7 +378,7 @@ class GaterProblem(TrainingProblem):
     def build_model(self, estimator, seed: int) -> GaterNet:
         """The untrained network for ``seed`` (initialised on the CPU, then moved to the device)."""
         config = self.settings(estimator)
-        generator = torch.Generator().manual_seed(_stream(seed, 1))
+        generator = torch.Generator().manual_seed(seed_stream(seed, 1))
         model = GaterNet(self.hidden, self.gate_units, config["activation"], self.sparsity_target,
                          generator, config["gate_bias"])
         return model.to(self.device)
@@ -390,10 +390,10 @@ class GaterProblem(TrainingProblem):
 
     def data(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """train / tune / valid / test (images, labels) on the device, subsets applied."""
-        splits = _load_splits(self.dataset)
-        train = _subset(splits["train"], self.train_subset)
-        valid = _subset(splits["valid"], self.eval_subset)
-        test = _subset(splits["test"], self.eval_subset)
+        splits = load_splits(self.dataset)
+        train = first_examples(splits["train"], self.train_subset)
+        valid = first_examples(splits["valid"], self.eval_subset)
+        test = first_examples(splits["test"], self.eval_subset)
         device = self.device
         moved = {name: (x.to(device), y.to(device)) for name, (x, y) in
                  (("train", train), ("valid", valid), ("test", test))}
@@ -431,17 +431,17 @@ class GaterProblem(TrainingProblem):
         model = self.trained_model = trainer.model
         x_train, y_train = data["train"]
         n_train = x_train.shape[0]
-        order_rng = torch.Generator().manual_seed(_stream(seed, 2))
+        order_rng = torch.Generator().manual_seed(seed_stream(seed, 2))
         yield Record("gater_lr", float(trainer.settings["gater_lr"]))
         yield Record("momentum", float(trainer.settings["momentum"]))
 
         test_sparsity = threshold = 0.0
         for epoch in range(1, self.epochs + 1):
-            _sync(device)
+            synchronize(device)
             began = time.perf_counter()
             order = torch.randperm(n_train, generator=order_rng).to(device)
             nll_sum, zeros, elements = trainer.epoch(x_train[order], y_train[order], self.batch_size, progress)
-            _sync(device)
+            synchronize(device)
             epoch_time = time.perf_counter() - began
 
             began = time.perf_counter()
@@ -502,22 +502,22 @@ def _evaluate(model: GaterNet, x: torch.Tensor, y: torch.Tensor,
     return wrong.double() * (100.0 / n), zeros.double() / (n * model.gater_out.out_features)
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _stream(seed: int, stream: int) -> int:
+def seed_stream(seed: int, stream: int) -> int:
     """An independent 63-bit seed per (seed, stream): 1 initialisation, 2 data order."""
     return int(np.random.SeedSequence([seed, stream]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def _subset(split, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def first_examples(split, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = split
     return (x[:n], y[:n]) if n else (x, y)
 
 
-def _load_splits(dataset: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def load_splits(dataset: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The 50,000 / 10,000 / 10,000 split (float32 images in [0, 1], int64 labels) on the CPU;
     ``load_dataset`` parses the files once per process."""
     from problems.datasets import load_dataset

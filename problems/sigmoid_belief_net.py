@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from problems import register_problem
-from problems.base import MAX_ENUMERATION_UNITS, LossObserver, Problem, Record, Reference, TrainingProblem
+from problems.base import (MAX_ENUMERATION_UNITS, LossObserver, Problem, Record, Reference, TrainingProblem,
+                           parse_sizes)
 
 DEFAULT_WIDTHS = (4, 3, 2)
 LOSSES = ("mlp", "target")
@@ -62,18 +63,7 @@ def parse_widths(widths: str, depth: int, width: int) -> tuple[int, ...]:
         return (width,) * depth
     if not widths:
         return DEFAULT_WIDTHS
-    sizes = []
-    for part in str(widths).split("-"):
-        if not part.strip():
-            raise ValueError(f"widths {widths!r} has an empty layer: expected sizes joined by '-', like '8-6-4'")
-        try:
-            size = int(part)
-        except ValueError:
-            raise ValueError(f"widths must be layer sizes joined by '-', like '8-6-4', got {widths!r}") from None
-        if size < 1:
-            raise ValueError(f"widths {widths!r} has an empty layer: every layer needs at least 1 unit")
-        sizes.append(size)
-    return tuple(sizes)
+    return parse_sizes(widths, "widths")
 
 
 def _generator(*key: int) -> torch.Generator:

@@ -76,7 +76,7 @@ def synthetic(monkeypatch):
         return x, (x - 0.5).matmul(w).argmax(-1)
 
     data = {"train": split(640), "valid": split(200), "test": split(200)}
-    monkeypatch.setattr(gater, "_load_splits", lambda dataset: data)
+    monkeypatch.setattr(gater, "load_splits", lambda dataset: data)
     return data
 
 
@@ -388,7 +388,7 @@ def test_quick_mode_on_mnist(mnist, spec, params):
         assert records[("sparsity_test", 1)] == 0.0
     if spec == "straight-through":
         model = problem.trained_model
-        tune_x = gater._load_splits("mnist")["train"][0][:2000]
+        tune_x = gater.load_splits("mnist")["train"][0][:2000]
         logits = model.gate_logits(tune_x)
         on, k = int((model.test_gates(logits) != 0).sum()), round(0.1 * logits.numel())
         ties = int((logits == model.threshold).sum())  # 4M float32 logits: a few equal values are likely
