@@ -37,6 +37,10 @@ NOISE_CONTROL = "gaussian-dropout"
 PROBLEM_SUFFIX = "-mlp"
 THRESHOLDS = (5.0, 2.0, 1.0, 0.5)  # training error, %
 NOISE_SHARE = "unit_noise_share"   # derived per run and checkpoint: variance / minibatch_variance
+# Derived per run and checkpoint: reference_stderr_norm / ‖g‖, with ‖g‖ = bias_norm / relative_bias.
+REFERENCE_FLOOR = "reference_floor"
+REFERENCE_FLOOR_HEADING = "reference noise floor (relative)"
+RESOLVED = 2.0  # a relative bias above this many times the reference's noise floor counts as resolved
 LAYER = re.compile(r"layer\d+")
 CURVE_METRICS = {"train_error": "training error, mean-field net (%)",
                  "test_error": "test error, mean-field net (%)",
@@ -232,13 +236,34 @@ def _with_noise_share(metrics: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([metrics, shares], ignore_index=True)
 
 
+def _with_reference_floor(metrics: pd.DataFrame) -> pd.DataFrame:
+    """``metrics`` plus REFERENCE_FLOOR rows: per run, scope and checkpoint, the reference's noise
+    floor relative to the true gradient, reference_stderr_norm / ‖g‖ with ‖g‖ = bias_norm /
+    relative_bias (only where both are positive; no standard error). The reference g is itself a
+    Monte Carlo estimate: a relative bias below about this floor cannot be told from its noise."""
+    keys = ["run_id", "scope", "epoch", "step"]
+    noise = metrics[metrics["metric"] == "reference_stderr_norm"]
+    relative = metrics.loc[metrics["metric"] == "relative_bias", keys + ["value"]].rename(columns={"value": "_rel"})
+    norm = metrics.loc[metrics["metric"] == "bias_norm", keys + ["value"]].rename(columns={"value": "_norm"})
+    if noise.empty or relative.empty or norm.empty:
+        return metrics
+    floors = noise.merge(relative, on=keys).merge(norm, on=keys)
+    known = (floors["_rel"] > 0) & (floors["_norm"] > 0)
+    floors = floors[known].assign(value=lambda f: f["value"] * f["_rel"] / f["_norm"])
+    floors = floors[np.isfinite(floors["value"].astype(float))].drop(columns=["_rel", "_norm"])
+    return pd.concat([metrics, floors.assign(metric=REFERENCE_FLOOR, stderr=np.nan)], ignore_index=True)
+
+
 def gradient_curves(metrics: pd.DataFrame) -> pd.DataFrame:
     """Per problem, estimator label, scope, metric of GRADIENT_METRICS (with the derived
-    NOISE_SHARE) and checkpoint position: mean over seeds, sd, n and se (stored standard errors
-    combined over seeds), as :func:`analysis.tables.per_epoch`."""
-    metrics = _with_noise_share(metrics[metrics["metric"].isin([*GRADIENT_METRICS, "minibatch_variance"])])
+    NOISE_SHARE and REFERENCE_FLOOR) and checkpoint position: mean over seeds, sd, n and se
+    (stored standard errors combined over seeds), as :func:`analysis.tables.per_epoch`."""
+    metrics = metrics[metrics["metric"].isin([*GRADIENT_METRICS, "minibatch_variance", "bias_norm",
+                                              "reference_stderr_norm"])]
+    metrics = _with_reference_floor(_with_noise_share(metrics))
     parts = [per_epoch(metrics, metric, scope).assign(metric=metric, scope=scope)
-             for metric in GRADIENT_METRICS for scope in figs._order(metrics.loc[metrics["metric"] == metric, "scope"])]
+             for metric in (*GRADIENT_METRICS, REFERENCE_FLOOR)
+             for scope in figs._order(metrics.loc[metrics["metric"] == metric, "scope"])]
     parts = [part for part in parts if not part.empty]
     if not parts:
         return pd.DataFrame(columns=[*PAIR, "scope", "metric", "axis", "position", "mean", "sd", "n", "se"])
@@ -277,6 +302,14 @@ def _line_panel(ax, part: pd.DataFrame, palette: dict, ylabel: str, may_log: boo
     return floored
 
 
+def _floor_lines(ax, part: pd.DataFrame, palette: dict) -> bool:
+    """REFERENCE_FLOOR of each estimator as a dashed line, no markers; whether any was drawn."""
+    part = part[np.isfinite(part["mean"].astype(float))].sort_values("position")
+    for label, line in part.groupby("estimator_label", sort=False):
+        ax.plot(line["position"], line["mean"].astype(float), linestyle="--", linewidth=1, color=palette[label])
+    return not part.empty
+
+
 def _palette(metrics: pd.DataFrame) -> dict:
     labels = figs._order(metrics["estimator_label"])
     return dict(zip(labels, sns.color_palette("husl", len(labels))))
@@ -294,7 +327,7 @@ def gradient_figure(mlp: Results) -> figs.Figure | figs.Missing:
               if ((table["problem_label"] == problem) & (table["scope"] == scope)).any()]
     names = [m for m in GRADIENT_METRICS if m in set(table["metric"])]
     palette = _palette(mlp.training)
-    floored = False
+    floored = floors = False
     with figs._style():
         figure, axes = figs._new_figure(len(panels), len(names))
         for row, (problem, scope) in enumerate(panels):
@@ -306,12 +339,17 @@ def gradient_figure(mlp: Results) -> figs.Figure | figs.Missing:
                     ax.set_axis_off()
                     continue
                 floored |= _line_panel(ax, part, palette, GRADIENT_METRICS[name], name in LOG_PANELS)
+                if name == "relative_bias":
+                    floors |= _floor_lines(ax, table[(table["problem_label"] == problem) & (table["scope"] == scope)
+                                                     & (table["metric"] == REFERENCE_FLOOR)], palette)
                 figs._title(ax, f"{problem}, {scope}")
         drawn = figs._order(table["estimator_label"])
         handles = [Line2D([], [], marker="o", color=palette[label], label=label) for label in drawn]
         if floored:
             handles.append(Line2D([], [], marker="v", linestyle="none", color="0.3",
                                   label=f"zero (< {figs.ZERO_RELATIVE:g} × panel max), drawn at the floor"))
+        if floors:
+            handles.append(Line2D([], [], linestyle="--", color="0.3", label="reference noise floor (relative)"))
         figure.legend(handles=handles, loc="outside right center", frameon=False, fontsize=7)
     measured = mlp.training.loc[mlp.training["metric"].isin(list(GRADIENT_METRICS)), "run_id"]
     runs = mlp.runs[mlp.runs["run_id"].isin(measured)]
@@ -324,7 +362,11 @@ def gradient_figure(mlp: Results) -> figs.Figure | figs.Missing:
                "mini-batches that the units add. Points: mean over seeds; bars ± 1 standard error from the stored "
                "standard errors combined over seeds (none on the ratio). A panel goes logarithmic when its values "
                f"span more than {figs.LOG_SPAN:g}×; zeros are then drawn at a quarter of its smallest value (▼). "
-               f"{_seed_text(runs).capitalize()}.")
+               + ("Dashed lines in the relative-bias panels: each estimator's reference noise floor, "
+                  "reference_stderr_norm / ‖g‖ (the norm of g's standard errors relative to ‖g‖, mean over seeds); "
+                  f"a relative bias within about {RESOLVED:g}× its floor cannot be told from the reference's own "
+                  "noise. " if floors else "")
+               + f"{_seed_text(runs).capitalize()}.")
     return figs.Figure(key, title, caption, figure)
 
 
@@ -347,13 +389,19 @@ def gradient_tables(mlp: Results) -> list[Table]:
                       key=lambda k: (figs._natural(k[0]), figs._natural(k[1]), k[2]))
         frame = pd.DataFrame({"estimator": [k[0] for k in keys], "scope": [k[1] for k in keys],
                               part["axis"].iloc[0]: [str(int(k[2])) for k in keys]})
-        for name, heading in GRADIENT_METRICS.items():
+        floor = REFERENCE_FLOOR in set(part["metric"])
+        for name, heading in [*GRADIENT_METRICS.items(), (REFERENCE_FLOOR, REFERENCE_FLOOR_HEADING)]:
             if name in set(part["metric"]):
                 frame[heading] = [cells.get((*k, name), "–") for k in keys]
         tables.append(Table(f"Reasons 1 and 3 at the first and last checkpoint: {problem}",
                             "Hidden-layer bias gradient on the fixed probe batch: mean over seeds ± 1 standard error "
                             "(stored standard errors combined over seeds; none on the ratio variance / mini-batch "
-                            "variance).", frame))
+                            "variance)."
+                            + (f" {REFERENCE_FLOOR_HEADING}: reference_stderr_norm / ‖g‖, the norm of the standard "
+                               "errors of the estimated true gradient g relative to ‖g‖ (‖g‖ = bias_norm / "
+                               "relative_bias), mean over seeds; a relative bias within about "
+                               f"{RESOLVED:g}× this floor cannot be told from the reference's own noise; – where "
+                               "not stored." if floor else ""), frame))
     return tables
 
 
@@ -446,6 +494,22 @@ def _first_last(rows: pd.DataFrame, digits: int = 3) -> str:
     return " and ".join(f"{fmt_pm(r.mean, r.se, digits)} at {axis} {int(r.position)}" for r in ends.itertuples())
 
 
+def _floor_text(bias: pd.DataFrame, floor: pd.DataFrame) -> str:
+    """' (at epoch i above 2× the reference's noise floor of f; ...)' for the checkpoints of
+    :func:`_first_last` that have a REFERENCE_FLOOR ('' when none has)."""
+    floors = floor.set_index("position")["mean"].astype(float)
+    ends = bias.iloc[[0, -1]] if len(bias) > 1 else bias.iloc[[0]]
+    said = []
+    for r in ends.itertuples():
+        level = floors.get(r.position, np.nan)
+        if np.isnan(level) or np.isnan(r.mean):
+            continue
+        above = r.mean > RESOLVED * level
+        said.append(f"at {r.axis} {int(r.position)} {'above' if above else 'within'} {RESOLVED:g}× the reference's "
+                    f"noise floor of {fmt(level, 3)}" + ("" if above else ", so not resolved"))
+    return f" ({'; '.join(said)})" if said else ""
+
+
 def _noise_sentences(problem: str, part: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     claim_rows = _named(part, CLAIM)
     variance = _at_checkpoints(table, claim_rows, "variance")
@@ -525,7 +589,9 @@ def _bias_sentence(problem: str, part: pd.DataFrame, table: pd.DataFrame) -> str
     if bias.empty and cosine.empty:
         what = f"{CLAIM} runs are missing" if claim_rows.empty else f"relative_bias and cosine are missing for {CLAIM}"
         return f"{problem}: reason 3 (biased backward pass): not assessed, {what}."
-    said = [f"relative bias {_first_last(bias)}" if not bias.empty else "relative bias missing",
+    floor = _at_checkpoints(table, claim_rows, REFERENCE_FLOOR)
+    said = [f"relative bias {_first_last(bias)}{_floor_text(bias, floor)}" if not bias.empty
+            else "relative bias missing",
             f"mean cosine {_first_last(cosine)}" if not cosine.empty else "cosine missing"]
     n = int(pd.concat([bias, cosine])["n"].max())
     compared = []

@@ -120,7 +120,17 @@ class GradientMoments:
             "cosine": sums["cosine"] / n if truth_norm > 0 else math.nan,
             "sign_agreement": sums["sign_agreement"] / n,
             "sparsity": sums["sparsity"] / n,
+            **self._debiased(n, mean, m2, bias_norm),
         }
+
+    def _debiased(self, n, mean, m2, bias_norm: float) -> dict[str, float]:
+        """Against an estimated reference (independent noise with standard errors s_i), an unbiased
+        estimate of the squared bias: ||mean - truth||^2 - sum_i s_i^2 - sum_i Var(g_i) / n. It
+        can be negative when the bias is below the noise of the two means."""
+        if self.truth_stderr is None or n < 2:
+            return {}
+        noise = float((self.truth_stderr.numpy() ** 2).sum()) + float(m2.sum() / (n - 1) / n)
+        return {"debiased_bias_sq": bias_norm**2 - noise}
 
     def metrics(self, dtype_eps: float = float(torch.finfo(torch.float32).eps)) -> list[Metric]:
         """All metrics with jackknife standard errors, plus the unbiasedness test."""

@@ -501,6 +501,7 @@ BIASED_CASES = [
     ("gapped-st", "bernoulli-quadratic", {}),
     ("reinmax", "bernoulli-blackbox", {"d": 3, "hidden": 16}),  # exact for quadratic losses at tau = 1
     ("slope-annealed-st", "bernoulli-quadratic", {}),
+    ("gaussian-dropout", "bernoulli-blackbox", {"d": 3, "hidden": 16}),  # unbiased for quadratic losses
 ]
 
 

@@ -222,6 +222,41 @@ def test_reference_stderr_widens_the_test():
     assert pvalue(truth, g, truth_stderr=torch.full((2,), 0.1, dtype=torch.float64)) > 1e-3
 
 
+def test_debiased_squared_bias_by_hand():
+    truth, g, _ = sample(n=64, dim=3)
+    stderr = torch.tensor([0.1, 0.2, 0.05], dtype=torch.float64)
+    moments = GradientMoments(truth, 64, truth_stderr=stderr)
+    moments.add(g)
+    value = as_dict(moments.metrics())["debiased_bias_sq"].value
+    x = g.numpy()
+    by_hand = (((x.mean(0) - truth.numpy()) ** 2).sum() - (stderr.numpy() ** 2).sum()
+               - (x.var(0, ddof=1) / 64).sum())
+    assert value == pytest.approx(by_hand, rel=1e-12)
+    exact_reference = GradientMoments(truth, 64)
+    exact_reference.add(g)
+    assert "debiased_bias_sq" not in as_dict(exact_reference.metrics())
+
+
+def test_debiased_squared_bias_is_unbiased_under_reference_noise():
+    # 400 repetitions: estimator bias b = (0.05, -0.05), reference noise sd 0.1 per coordinate;
+    # the raw squared bias norm is inflated by about 2 * 0.1^2 = 0.02, the debiased one is not.
+    rng = np.random.default_rng(1)
+    true_gradient = np.array([1.0, -2.0])
+    bias = np.array([0.05, -0.05])
+    debiased, raw = [], []
+    for _ in range(400):
+        reference = torch.from_numpy(true_gradient + rng.normal(scale=0.1, size=2))
+        g = torch.from_numpy(true_gradient + bias + rng.normal(size=(100, 2)))
+        moments = GradientMoments(reference, 100, truth_stderr=torch.full((2,), 0.1, dtype=torch.float64))
+        moments.add(g)
+        metrics = as_dict(moments.metrics())
+        debiased.append(metrics["debiased_bias_sq"].value)
+        raw.append(metrics["bias_norm"].value ** 2)
+    target = float((bias ** 2).sum())
+    assert scipy.stats.ttest_1samp(debiased, target).pvalue > 1e-3
+    assert scipy.stats.ttest_1samp(raw, target).pvalue < 1e-6
+
+
 # -- exact moments and timing -----------------------------------------------------------------
 
 def test_exact_moments_two_outcomes():

@@ -322,7 +322,38 @@ class TestSigmoidBeliefNet(ProblemContract):
                                    rtol=0, atol=1e-12)
 
 
-CONTRACT_CLASSES = [TestBernoulliTarget, TestBernoulliQuadratic, TestBernoulliBlackbox, TestSigmoidBeliefNet]
+class TestMlpProbe(ProblemContract):
+    """An MLP's Bernoulli hidden layers at fixed weights on a fixed batch: units are laid out
+    example-major (each example's layers side by side); the gradient is w.r.t. the hidden biases."""
+
+    specs = [("mlp-probe", {}),
+             ("mlp-probe", {"widths": "2-2-2", "batch": 2, "classes": 4, "inputs": 3, "data_seed": 3}),
+             ("mlp-probe", {"widths": "5", "batch": 3, "classes": 2})]
+
+    def gradient_tensors(self, problem):
+        return [getattr(problem, f"bias{l}") for l in range(1, len(problem.widths) + 1)]
+
+    def log_prob(self, problem, tensors, h):
+        per_example = h.unflatten(-1, (problem.batch, problem.dim)).split(list(problem.widths), dim=-1)
+        below, total = problem.x, 0
+        for l, (h_l, bias) in enumerate(zip(per_example, tensors)):
+            logits = below @ getattr(problem, f"weight{l + 1}").T + bias
+            total = total + (h_l * F.logsigmoid(logits) + (1 - h_l) * F.logsigmoid(-logits)).sum((-1, -2))
+            below = h_l
+        return total
+
+    def test_loss_by_hand(self, spec):
+        problem = build(spec).to(torch.float64)
+        h = all_configurations(problem.units, torch.float64)[::97][:8]
+        for row in h:
+            last = row.reshape(problem.batch, problem.dim)[:, problem.dim - problem.widths[-1]:]
+            logits = last @ problem.readout_weight.T + problem.readout_bias
+            by_hand = sum(torch.logsumexp(logits[b], 0) - logits[b, problem.y[b]] for b in range(problem.batch))
+            assert float(problem.loss(row)) == pytest.approx(float(by_hand) / problem.batch, abs=1e-12)
+
+
+CONTRACT_CLASSES = [TestBernoulliTarget, TestBernoulliQuadratic, TestBernoulliBlackbox, TestSigmoidBeliefNet,
+                    TestMlpProbe]
 _COVERED = {name for cls in CONTRACT_CLASSES for name, _ in cls.specs}
 
 
