@@ -11,7 +11,9 @@ quantisation, exact pathwise gradient) separates (1) from (2) and (3).
 Runs are matched by estimator name (the ``estimator`` column), never by label; where one name has
 runs with different parameters on a problem, the label with the most runs stands for it.
 :func:`section` builds the report section; :func:`epochs_to_reach`, :func:`quantisation`,
-:func:`gradient_curves` and :func:`conclusions` are the numbers behind it.
+:func:`gradient_curves` and :func:`conclusions` are the numbers behind it. Where the true gradient g
+is itself estimated, its noise floor relative to ‖g‖ (reference_stderr_norm / ‖g‖) is shown beside
+the relative bias, which counts as resolved only above twice that floor.
 """
 from __future__ import annotations
 
@@ -397,7 +399,7 @@ def gradient_tables(mlp: Results) -> list[Table]:
                             "Hidden-layer bias gradient on the fixed probe batch: mean over seeds ± 1 standard error "
                             "(stored standard errors combined over seeds; none on the ratio variance / mini-batch "
                             "variance)."
-                            + (f" {REFERENCE_FLOOR_HEADING}: reference_stderr_norm / ‖g‖, the norm of the standard "
+                            + (f" The column {REFERENCE_FLOOR_HEADING}: reference_stderr_norm / ‖g‖, the norm of the standard "
                                "errors of the estimated true gradient g relative to ‖g‖ (‖g‖ = bias_norm / "
                                "relative_bias), mean over seeds; a relative bias within about "
                                f"{RESOLVED:g}× this floor cannot be told from the reference's own noise; – where "

@@ -28,7 +28,7 @@ DEFAULT_SAMPLES = 100_000
 EXIT_USAGE = 2
 SUMMARY_METRICS = ("bias_norm", "variance", "exact_bias_norm", "exact_variance", "unbiased_pvalue",
                    "loss_evals", "time_per_estimate_s")
-TRAINING_SUMMARY_METRICS = ("train_criterion", "valid_error", "test_error", "sparsity_test", "train_loss",
+TRAINING_SUMMARY_METRICS = ("train_criterion", "train_error", "valid_error", "test_error", "sparsity_test", "train_loss",
                             "trajectory_variance", "epoch_time_s")
 
 

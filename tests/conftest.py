@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLI_TIMEOUT_S = 300
@@ -40,3 +41,31 @@ def cli(tmp_path):
 def db_path(tmp_path) -> Path:
     """A results-database path that does not exist yet."""
     return tmp_path / "results.db"
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a busy shared machine two OpenMP threads can run many times slower on
+    small matrices, and no tested result depends on the thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def synthetic(monkeypatch):
+    """A small stand-in for MNIST (no data set needed): 784 uniform pixels, labels from a fixed
+    linear map; 640 training, 200 validation, 200 test examples, served to every MNIST problem."""
+    from problems import gater
+
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(784, 10, generator=g)
+
+    def split(n):
+        x = torch.rand(n, 784, generator=g)
+        return x, (x - 0.5).matmul(w).argmax(-1)
+
+    data = {"train": split(640), "valid": split(200), "test": split(200)}
+    monkeypatch.setattr(gater, "load_splits", lambda dataset: data)
+    return data

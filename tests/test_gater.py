@@ -21,6 +21,7 @@ from problems.gater import (BatchObjective, GaterNet, adapt_l1_lambda, kl_sparsi
                             kl_sparsity_penalty_logits, l1_sparsity_penalty, tune_threshold)
 from tests.conftest import REPO_ROOT, run_cli
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
 needs_mnist = pytest.mark.skipif(not (DATA_ROOT / "mnist").is_dir(),
                                  reason=f"MNIST IDX files not found in {DATA_ROOT / 'mnist'}")
@@ -50,34 +51,9 @@ def fit(problem, spec: str, seed: int = 0):
     return records, estimator
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: on a busy shared machine two OpenMP threads can run many times slower, and no
-    result here depends on the thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def mnist(monkeypatch):
     monkeypatch.setenv("STOCHGRAD_BENCH_DATA", str(DATA_ROOT))
-
-
-@pytest.fixture
-def synthetic(monkeypatch):
-    """A small learnable stand-in for MNIST: 784 uniform pixels, labels from a fixed linear map."""
-    g = torch.Generator().manual_seed(7)
-    w = torch.randn(784, 10, generator=g)
-
-    def split(n):
-        x = torch.rand(n, 784, generator=g)
-        return x, (x - 0.5).matmul(w).argmax(-1)
-
-    data = {"train": split(640), "valid": split(200), "test": split(200)}
-    monkeypatch.setattr(gater, "load_splits", lambda dataset: data)
-    return data
 
 
 SMALL = {"gate_units": 40, "hidden": 16, "epochs": 2}

@@ -7,7 +7,6 @@ moments, its expected loss equals the Bernoulli one, so its gradient is unbiased
 """
 from __future__ import annotations
 
-import pytest
 import scipy.stats
 import torch
 

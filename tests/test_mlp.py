@@ -8,7 +8,6 @@ synthetic data set (no MNIST needed); the quick mode on MNIST, skipped without i
 """
 from __future__ import annotations
 
-import math
 
 import pytest
 import scipy.stats
@@ -20,11 +19,11 @@ import problems
 from bench.harness import make_config, run
 from bench.store import Store
 from estimators.base import Noise, ReplayNoise, all_configurations
-from problems import gater, mlp
 from problems.base import Checkpoint
 from problems.mlp import MlpProbe, hidden_bias_gradients
 from tests.conftest import REPO_ROOT, run_cli
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
 needs_mnist = pytest.mark.skipif(not (DATA_ROOT / "mnist").is_dir(),
                                  reason=f"MNIST IDX files not found in {DATA_ROOT / 'mnist'}")
@@ -34,29 +33,6 @@ SMALL = {"hidden": "12-10", "epochs": 2, "batch_size": 32, "checkpoints": "0-2",
 PER_EPOCH = {"train_criterion", "train_error", "train_error_sampled", "valid_error", "valid_error_sampled",
              "test_error", "test_error_sampled", "epoch_time_s", "eval_time_s"}
 ALPHA = 1e-3
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def synthetic(monkeypatch):
-    """A small learnable stand-in for MNIST: 784 uniform pixels, labels from a fixed linear map."""
-    g = torch.Generator().manual_seed(7)
-    w = torch.randn(784, 10, generator=g)
-
-    def split(n):
-        x = torch.rand(n, 784, generator=g)
-        return x, (x - 0.5).matmul(w).argmax(-1)
-
-    data = {"train": split(640), "valid": split(200), "test": split(200)}
-    monkeypatch.setattr(gater, "load_splits", lambda dataset: data)
-    return data
 
 
 def seeded(name: str, seed: int = 1234, **params):

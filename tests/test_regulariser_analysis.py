@@ -28,11 +28,18 @@ SECONDS = {CONTROL: 10.0, CLAIM: 20.0, NOISE_CONTROL: 15.0}  # per epoch, plus t
 VARIANCE = {CONTROL: (0.0, 0.0), CLAIM: (1e-2, 4e-3), NOISE_CONTROL: (1e-5, 2e-5)}
 RELATIVE_BIAS = {CONTROL: (0.25, 0.375), CLAIM: (0.5, 0.75), NOISE_CONTROL: (0.125, 0.125)}
 COSINE = {CONTROL: (0.75, 0.5), CLAIM: (0.625, 0.25), NOISE_CONTROL: (0.875, 0.875)}
+# The reference's noise floor relative to ‖g‖ (reference_stderr_norm / ‖g‖), mean over seeds; per seed
+# it is shifted by shift / 8 and ‖g‖ = 2 ** (seed + 1), so a ratio of means would differ from it.
+FLOOR = {CONTROL: (0.0625, 0.0625), CLAIM: (0.125, 0.5), NOISE_CONTROL: (0.25, 0.25)}
+FLOOR_HEADING = "reference noise floor (relative)"
 SE = 0.01
 
 
-def mlp_metrics(name: str, shift: float, seed: int, train: tuple[float, ...] | None = None) -> list[Metric]:
+def mlp_metrics(name: str, shift: float, seed: int, train: tuple[float, ...] | None = None,
+                reference: bool = True) -> list[Metric]:
+    """``reference=False``: no reference_stderr_norm (as with an exact reference)."""
     train = TRAIN[name] if train is None else train
+    norm = 2.0 ** (seed + 1)  # ‖g‖
     out = [Metric("lr", 0.1), Metric("momentum", 0.9)]
     for epoch, error in enumerate(train, start=1):
         test = TEST_FINAL[name] + 0.5 * (len(train) - epoch) + shift
@@ -48,7 +55,11 @@ def mlp_metrics(name: str, shift: float, seed: int, train: tuple[float, ...] | N
             out += [Metric("variance", variance, 0.0 if variance == 0 else variance / 10, scope=scope, epoch=epoch),
                     Metric("minibatch_variance", 1.0 if variance == 0 else 4 * variance, scope=scope, epoch=epoch),
                     Metric("relative_bias", RELATIVE_BIAS[name][index], SE, scope=scope, epoch=epoch),
-                    Metric("cosine", COSINE[name][index], SE, scope=scope, epoch=epoch)]
+                    Metric("cosine", COSINE[name][index], SE, scope=scope, epoch=epoch),
+                    Metric("bias_norm", RELATIVE_BIAS[name][index] * norm, SE, scope=scope, epoch=epoch)]
+            if reference:
+                floor = FLOOR[name][index] + shift / 8
+                out.append(Metric("reference_stderr_norm", floor * norm, scope=scope, epoch=epoch))
     return out
 
 
@@ -60,13 +71,16 @@ def save(store: Store, estimator: str, metrics: list[Metric], seed: int = 0, pro
     return store.save(result, {"torch": "test"}, "abc123", "cpu (test)")
 
 
-def write_store(path, seeds: dict[str, int] | None = None, train: dict[str, tuple] | None = None) -> None:
-    """Runs of the three estimators (by default 3, 3 and 2 seeds) with the curves above."""
+def write_store(path, seeds: dict[str, int] | None = None, train: dict[str, tuple] | None = None,
+                no_reference: tuple[str, ...] = ()) -> None:
+    """Runs of the three estimators (by default 3, 3 and 2 seeds) with the curves above; those in
+    ``no_reference`` without reference_stderr_norm."""
     seeds = {CONTROL: 3, CLAIM: 3, NOISE_CONTROL: 2} if seeds is None else seeds
     with Store(path) as store:
         for name, count in seeds.items():
             for seed, shift in enumerate(OFFSETS[count]):
-                save(store, name, mlp_metrics(name, shift, seed, (train or {}).get(name)), seed=seed)
+                save(store, name, mlp_metrics(name, shift, seed, (train or {}).get(name), name not in no_reference),
+                     seed=seed)
 
 
 @pytest.fixture
@@ -188,8 +202,11 @@ def test_conclusion_when_the_claim_holds(db):
 
     bias = sentence(sentences, "reason 3 (biased backward pass)")
     se = math.sqrt(3 * SE**2) / 3
+    # 0.5 > 2 x 0.125: resolved; 0.75 <= 2 x 0.5: not.
     assert (f"has relative bias {report.fmt_pm(0.5, se, 3)} at epoch 0 and {report.fmt_pm(0.75, se, 3)} at epoch 4 "
-            f"and mean cosine {report.fmt_pm(0.625, se, 3)} at epoch 0 and {report.fmt_pm(0.25, se, 3)} at epoch 4 "
+            "(at epoch 0 above 2× the reference's noise floor of 0.125; at epoch 4 within 2× the reference's noise "
+            f"floor of 0.5, so not resolved) and mean cosine {report.fmt_pm(0.625, se, 3)} at epoch 0 and "
+            f"{report.fmt_pm(0.25, se, 3)} at epoch 4 "
             "(scope all, mean ± s.e. of 3 seeds") in bias
     assert f"{CONTROL}: relative_bias {report.fmt_pm(0.375, se, 3)} at epoch 4" in bias
     assert not any("missing" in s or "not assessed" in s for s in sentences)
@@ -306,6 +323,39 @@ def test_gradient_figure_and_table(db):
     assert row["variance / mini-batch variance"] == "0.25"
     assert row["mean cosine to g"] == report.fmt_pm(0.25, math.sqrt(3 * SE**2) / 3)
     assert frame.loc[(CONTROL, "layer1", "0"), "unit-noise variance (gradient units²)"] == "0 ± 0"
+    # The floor: mean over seeds of reference_stderr_norm / (bias_norm / relative_bias), no standard error.
+    assert list(frame.columns)[-1] == FLOOR_HEADING and "reference_stderr_norm / ‖g‖" in table.caption
+    assert {key: frame.loc[key, FLOOR_HEADING] for key in frame.index if key[1] == "layer1"} == {
+        (NOISE_CONTROL, "layer1", "0"): "0.25", (NOISE_CONTROL, "layer1", "4"): "0.25",
+        (CONTROL, "layer1", "0"): "0.0625", (CONTROL, "layer1", "4"): "0.0625",
+        (CLAIM, "layer1", "0"): "0.125", (CLAIM, "layer1", "4"): "0.5"}
+    assert frame.loc[(CLAIM, "layer2", "4"), FLOOR_HEADING] == "0.5"
+    # In the figure: one dashed line per estimator in the relative-bias panel, said in legend and caption.
+    dashed = [tuple(float(y) for y in line.get_ydata()) for line in bias.lines if line.get_linestyle() == "--"]
+    assert sorted(dashed) == sorted(FLOOR.values())
+    assert not any(line.get_linestyle() == "--" for ax in (variance, cosine, share) for line in ax.lines)
+    assert "reference noise floor (relative)" in legend and "Dashed lines in the relative-bias panels" in figure.caption
+
+
+def test_reference_floor_absent_is_not_said(tmp_path):
+    path = tmp_path / "r.db"
+    write_store(path, no_reference=(CLAIM, CONTROL))
+    mlp = regulariser.mlp_results(load_results(path))
+    bias = sentence(regulariser.conclusions(mlp), "reason 3 (biased backward pass)")
+    assert "noise floor" not in bias and f"{report.fmt_pm(0.75, math.sqrt(3 * SE**2) / 3, 3)} at epoch 4 and " in bias
+    (table,) = regulariser.gradient_tables(mlp)
+    floors = table.frame.set_index(["estimator", "scope", "epoch"])[FLOOR_HEADING]
+    assert floors[(CLAIM, "layer1", "4")] == "–" and floors[(CONTROL, "layer2", "0")] == "–"
+    assert floors[(NOISE_CONTROL, "layer1", "4")] == "0.25"
+
+    path = tmp_path / "exact.db"
+    write_store(path, no_reference=(CLAIM, CONTROL, NOISE_CONTROL))
+    mlp = regulariser.mlp_results(load_results(path))
+    (table,) = regulariser.gradient_tables(mlp)
+    assert FLOOR_HEADING not in table.frame.columns and "reference_stderr_norm" not in table.caption
+    figure = regulariser.gradient_figure(mlp)
+    assert not any(line.get_linestyle() == "--" for ax in figure.figure.axes for line in ax.lines)
+    assert "Dashed" not in figure.caption
 
 
 def test_learning_curves_reuse_the_training_figure(db):
