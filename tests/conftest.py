@@ -14,6 +14,20 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CLI_TIMEOUT_S = 300
 
 
+def fashion_mnist_installed() -> bool:
+    from problems.datasets import DataError, locate
+
+    try:
+        locate("fashion-mnist")
+    except DataError:
+        return False
+    return True
+
+
+needs_fashion_mnist = pytest.mark.skipif(not fashion_mnist_installed(),
+                                         reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+
+
 def cli_env() -> dict[str, str]:
     """The environment for a CLI subprocess: this checkout first on the path, whatever the cwd."""
     env = dict(os.environ)

@@ -19,7 +19,7 @@ from estimators.base import Estimator, Noise, ReplayNoise, attach_gradient
 from problems import gater
 from problems.gater import (BatchObjective, GaterNet, adapt_l1_lambda, kl_sparsity_penalty,
                             kl_sparsity_penalty_logits, l1_sparsity_penalty, tune_threshold)
-from tests.conftest import REPO_ROOT, run_cli
+from tests.conftest import REPO_ROOT, needs_fashion_mnist, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
@@ -371,17 +371,7 @@ def test_quick_mode_on_mnist(mnist, spec, params):
         assert on <= k < on + ties and ties < 10  # exactly 10% on where tuned, up to ties
 
 
-def _fashion_mnist_installed() -> bool:
-    from problems.datasets import DataError, locate
-
-    try:
-        locate("fashion-mnist")
-    except DataError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _fashion_mnist_installed(), reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+@needs_fashion_mnist
 def test_fashion_mnist_gater_trains():
     problem = problems.build_problem("fashion-mnist-gater", {"epochs": 1, "train_subset": 1000, "eval_subset": 1000,
                                                              "gate_units": 200, "hidden": 50})

@@ -21,7 +21,7 @@ from bench.store import Store
 from estimators.base import Noise, ReplayNoise, all_configurations
 from problems.base import Checkpoint
 from problems.mlp import MlpProbe, hidden_bias_gradients
-from tests.conftest import REPO_ROOT, run_cli
+from tests.conftest import REPO_ROOT, needs_fashion_mnist, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
@@ -285,3 +285,13 @@ def test_quick_mode_on_mnist(tmp_path):
     errors = metrics[(metrics["metric"] == "test_error") & (metrics["epoch"] == 2)]
     assert len(errors) == 2 and (errors["value"] < 80).all()  # chance is 90%: sigmoid nets start on a plateau
     assert (metrics[metrics["metric"] == "variance"]["epoch"] == 2).all()
+
+
+@needs_fashion_mnist
+def test_fashion_mnist_mlp_trains_on_fashion_mnist():
+    problem = problems.build_problem("fashion-mnist-mlp", {"hidden": "64", "epochs": 2, "lr": 0.5, "train_subset": 2000,
+                                                           "eval_subset": 1000, "train_eval_subset": 1000,
+                                                           "checkpoints": ""})
+    assert problem.dataset == "fashion-mnist"
+    values = curves(fit(problem, "sigmoid")[0])
+    assert values[("test_error", "all", 2)] < 60  # chance is 90%
