@@ -130,6 +130,13 @@ class TrainingProblem(Problem):
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("_placement", torch.zeros(0), persistent=False)
+        self.trained_model: torch.nn.Module | None = None  # the last model ``fit`` trained
+
+    def __setattr__(self, name, value):
+        if name == "trained_model":  # a result, kept out of the problem's child modules
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     @property
     def device(self) -> torch.device:
@@ -149,6 +156,31 @@ class TrainingProblem(Problem):
         """Yield :class:`Record`s, and :class:`Checkpoint`s where the harness should measure the
         estimator's gradient of the model as it is at that point."""
         raise NotImplementedError
+
+
+class OwnParameterOptimizer:
+    """Adam at ``estimator.adaptation_lr`` on an estimator's own parameters, trained alongside a
+    model (the contract in ``estimators.base``): ``zero_grad`` before a training step, ``step``
+    after its backward pass. The Adam is made at the first ``step`` that finds trainable
+    parameters: estimators create them on first use (per-layer copies on each layer's first use)."""
+
+    def __init__(self, estimator) -> None:
+        self.estimator = estimator
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def zero_grad(self) -> None:
+        if self.estimator.has_parameters:
+            self.estimator.zero_grad()
+
+    def step(self) -> None:
+        if not self.estimator.has_parameters:
+            return
+        if self.optimizer is None:
+            own = [p for p in self.estimator.parameters() if p.requires_grad]
+            if not own:
+                return
+            self.optimizer = torch.optim.Adam(own, lr=self.estimator.adaptation_lr)
+        self.optimizer.step()
 
 
 class BernoulliProblem(Problem):

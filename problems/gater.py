@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from problems import register_problem
-from problems.base import Record, TrainingProblem
+from problems.base import OwnParameterOptimizer, Record, TrainingProblem
 from problems.conditional import GatedShape, flops_per_example
 
 INPUTS = 784
@@ -229,25 +229,19 @@ class Trainer:
         self.max_norm, self.l1_step = max_norm, l1_step
         self.optimizer = sgd([{"params": model.gater_parameters(), "lr": settings["gater_lr"]},
                               {"params": model.main_parameters(), "lr": lr}], lr, settings["momentum"])
-        self.own_optimizer: torch.optim.Optimizer | None = None  # made once the parameters exist
+        self.own_parameters = OwnParameterOptimizer(estimator)
         self.lam = torch.tensor(float(settings["lambda"]), device=model.threshold.device)
         self.weights = model.incoming_weights()
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> BatchObjective:
         estimator = self.estimator
         self.optimizer.zero_grad()
-        if estimator.has_parameters:
-            estimator.zero_grad()
+        self.own_parameters.zero_grad()
         batch = BatchObjective(self.model, estimator, x, y, self.criterion, self.target, self.lam,
                                self.settings["kl_on"])
         batch.objective.backward()
         self.optimizer.step()
-        if estimator.has_parameters:
-            if self.own_optimizer is None:
-                own = [p for p in estimator.parameters() if p.requires_grad]
-                self.own_optimizer = torch.optim.Adam(own, lr=estimator.adaptation_lr) if own else None
-            if self.own_optimizer is not None:
-                self.own_optimizer.step()
+        self.own_parameters.step()
         with torch.no_grad():
             for weight in self.weights:
                 weight.renorm_(2, 0, self.max_norm)
@@ -339,13 +333,6 @@ class GaterProblem(TrainingProblem):
         self.lr, self.gater_lr, self.momentum = lr, gater_lr, momentum
         self.kl_lambda, self.l1_lambda, self.l1_step = kl_lambda, l1_lambda, l1_step
         self.batch_size, self.max_norm, self.gate_bias = batch_size, max_norm, gate_bias
-        self.trained_model: GaterNet | None = None  # the last model ``fit`` produced (a plain attribute)
-
-    def __setattr__(self, name, value):
-        if name == "trained_model":  # keep it out of this module's children: it is a result
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
 
     @property
     def units(self) -> int:

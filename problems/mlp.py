@@ -35,8 +35,8 @@ import torch.nn.functional as F
 
 from estimators.base import Noise
 from problems import gater, register_problem
-from problems.base import (MAX_ENUMERATION_UNITS, Checkpoint, LossObserver, Problem, Record, Reference,
-                           TrainingProblem, parse_sizes)
+from problems.base import (MAX_ENUMERATION_UNITS, Checkpoint, LossObserver, OwnParameterOptimizer, Problem,
+                           Record, Reference, TrainingProblem, parse_sizes)
 
 INPUTS = gater.INPUTS
 CLASSES = gater.CLASSES
@@ -430,13 +430,6 @@ class MlpProblem(TrainingProblem):
         self.checkpoint_epochs = tuple(e for e in parse_checkpoints(checkpoints) if e <= epochs)
         self.probe_batch, self.probe_samples = probe_batch, probe_samples
         self.probe_reference_samples, self.probe_minibatches = probe_reference_samples, probe_minibatches
-        self.trained_model: Mlp | None = None
-
-    def __setattr__(self, name, value):
-        if name == "trained_model":  # a result, not a child module of the problem
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
 
     @property
     def units(self) -> int:
@@ -480,7 +473,7 @@ class MlpProblem(TrainingProblem):
         data = self.data()
         model = self.trained_model = self.build_model(seed)
         optimizer = gater.sgd([{"params": list(model.parameters())}], self.lr, self.momentum)
-        own_optimizer: torch.optim.Optimizer | None = None
+        own_parameters = OwnParameterOptimizer(estimator)
         x_train, y_train = data["train"]
         n_train = x_train.shape[0]
         order_rng = torch.Generator().manual_seed(gater.seed_stream(seed, 2))
@@ -503,17 +496,11 @@ class MlpProblem(TrainingProblem):
                 for index in range(batches):
                     part = slice(index * self.batch_size, (index + 1) * self.batch_size)
                     optimizer.zero_grad()
-                    if estimator.has_parameters:
-                        estimator.zero_grad()
+                    own_parameters.zero_grad()
                     surrogate = model.surrogate(xs[part], ys[part], estimator)
                     surrogate.mean().backward()
                     optimizer.step()
-                    if estimator.has_parameters:
-                        if own_optimizer is None:
-                            own = [p for p in estimator.parameters() if p.requires_grad]
-                            own_optimizer = torch.optim.Adam(own, lr=estimator.adaptation_lr) if own else None
-                        if own_optimizer is not None:
-                            own_optimizer.step()
+                    own_parameters.step()
                     criterion_sum += surrogate.detach().sum()
                     if progress is not None and ((index + 1) % 100 == 0 or index + 1 == batches):
                         progress(index + 1 - reported)
@@ -535,7 +522,7 @@ class MlpProblem(TrainingProblem):
 
     def _errors(self, model: Mlp, estimator, data, noise: Noise) -> dict[str, torch.Tensor]:
         """% misclassified (device scalars), deterministic and sampled, on each evaluation set."""
-        out = {}
+        mean_field, sampled = {}, {}
         with _evaluating(model, estimator, noise):
             for split, name in (("train_eval", "train"), ("valid", "valid"), ("test", "test")):
                 x, y = data[split]
@@ -545,9 +532,9 @@ class MlpProblem(TrainingProblem):
                     xb, yb = x[start:start + EVAL_CHUNK], y[start:start + EVAL_CHUNK]
                     wrong += (model.mean_field(xb, estimator.activation).argmax(-1) != yb).sum()
                     wrong_sampled += model.sampled_errors(xb, yb, estimator).sum()
-                out[f"{name}_error"] = wrong * (100.0 / x.shape[0])
-                out[f"{name}_error_sampled"] = wrong_sampled * (100.0 / x.shape[0])
-        return {name: out[name] for name in sorted(out, key=lambda k: (k.endswith("sampled"), k))}
+                mean_field[f"{name}_error"] = wrong * (100.0 / x.shape[0])
+                sampled[f"{name}_error_sampled"] = wrong_sampled * (100.0 / x.shape[0])
+        return {**mean_field, **sampled}
 
     def _checkpoint(self, model: Mlp, estimator, train: tuple[torch.Tensor, torch.Tensor], epoch: int,
                     generator: torch.Generator, seed: int) -> Iterator[Record | Checkpoint]:

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from problems import register_problem
-from problems.base import (MAX_ENUMERATION_UNITS, LossObserver, Problem, Record, Reference, TrainingProblem,
-                           parse_sizes)
+from problems.base import (MAX_ENUMERATION_UNITS, LossObserver, OwnParameterOptimizer, Problem, Record, Reference,
+                           TrainingProblem, parse_sizes)
 
 DEFAULT_WIDTHS = (4, 3, 2)
 LOSSES = ("mlp", "target")
@@ -506,7 +506,7 @@ class SigmoidBeliefNetTraining(_BeliefNet, TrainingProblem):
         scopes = {"all": slice(0, self.parameter_count), **self.parameter_scopes()}
         first = torch.zeros(self.parameter_count, dtype=torch.float64, device=device)
         second = torch.zeros_like(first)
-        own_optimiser = None
+        own_parameters = OwnParameterOptimizer(estimator)
 
         def train_loss(step: int) -> Record:
             if self.units <= MAX_ENUMERATION_UNITS:
@@ -516,19 +516,14 @@ class SigmoidBeliefNetTraining(_BeliefNet, TrainingProblem):
 
         yield train_loss(0)
         for step in range(1, self.steps + 1):
-            if estimator.has_parameters:
-                for p in estimator.parameters():
-                    p.grad = None
+            own_parameters.zero_grad()
             surrogate = self._surrogate(biases, weights, estimator, self.batch)
             grads = torch.autograd.grad(surrogate.mean(), params, allow_unused=True)
             grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
             for p, g in zip(params, grads):
                 p.grad = g
             optimiser.step()
-            if estimator.has_parameters and any(True for _ in estimator.parameters()):
-                if own_optimiser is None:  # per-layer copies exist once every layer has been used
-                    own_optimiser = torch.optim.Adam(estimator.parameters(), lr=estimator.adaptation_lr)
-                own_optimiser.step()
+            own_parameters.step()
             with torch.no_grad():
                 flat = torch.cat([g.reshape(-1) for g in grads]).to(torch.float64)
                 first.mul_(self.ema_decay).add_((1 - self.ema_decay) * flat)
