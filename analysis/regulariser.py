@@ -181,6 +181,69 @@ def speed_tables(mlp: Results, thresholds: Sequence[float] = THRESHOLDS) -> list
     return tables
 
 
+# -- 2b: generalisation at the best-validation epoch (early stopping, reported, not applied) -------
+BEST_COLUMNS = [*PAIR, "estimator", "run_id", "seed", "best_valid", "best_epoch", "test_at_best", "final_test",
+                "final_valid", "last_epoch"]
+
+
+def best_validation(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per run: its lowest validation error and the epoch of it (the first, on ties), the test
+    error at that epoch, and the final-epoch test and validation errors. Early stopping as a
+    reported quantity: training ran every epoch regardless, so a net that converges later is
+    compared at its own best point."""
+    rows = metrics[metrics["metric"].isin(["valid_error", "test_error"]) & (metrics["scope"] == "all")
+                   & metrics["epoch"].notna()]
+    if rows.empty:
+        return pd.DataFrame(columns=BEST_COLUMNS)
+    wide = rows.pivot_table(index=[*PAIR, "estimator", "run_id", "epoch"], columns="metric", values="value",
+                            aggfunc="first").reset_index()
+    if "valid_error" not in wide or "test_error" not in wide:
+        return pd.DataFrame(columns=BEST_COLUMNS)
+    wide = wide.dropna(subset=["valid_error"]).sort_values(["run_id", "epoch"], kind="stable")
+    seeds = metrics.drop_duplicates("run_id").set_index("run_id")["seed"] if "seed" in metrics else None
+    records = []
+    for run_id, part in wide.groupby("run_id", sort=False):
+        best = part.loc[part["valid_error"].idxmin()]  # idxmin keeps the first (earliest) of ties
+        last = part.iloc[-1]
+        records.append({"problem_label": best["problem_label"], "estimator_label": best["estimator_label"],
+                        "estimator": best["estimator"], "run_id": run_id,
+                        "seed": None if seeds is None else seeds.get(run_id),
+                        "best_valid": float(best["valid_error"]), "best_epoch": int(best["epoch"]),
+                        "test_at_best": float(best["test_error"]), "final_test": float(last["test_error"]),
+                        "final_valid": float(last["valid_error"]), "last_epoch": int(last["epoch"])})
+    return pd.DataFrame.from_records(records, columns=BEST_COLUMNS)
+
+
+def _epochs_text(epochs: pd.Series) -> str:
+    low, high = int(epochs.min()), int(epochs.max())
+    return f"{low}" if low == high else f"{fmt(epochs.mean(), 3)} ({low}–{high})"
+
+
+def generalisation_tables(mlp: Results) -> list[Table]:
+    """Per MLP problem: per estimator, test error at the final epoch and at each run's
+    best-validation epoch (mean ± sd over seeds), and where that epoch lies."""
+    best = best_validation(mlp.training)
+    tables = []
+    for problem in figs._order(best["problem_label"]):
+        part = best[best["problem_label"] == problem]
+        labels = figs._order(part["estimator_label"])
+        by = {label: part[part["estimator_label"] == label] for label in labels}
+        frame = pd.DataFrame({
+            "estimator": labels,
+            "seeds": [str(len(by[label])) for label in labels],
+            "test, final epoch (%)": [_mean_sd(by[label]["final_test"], "") for label in labels],
+            "best valid (%)": [_mean_sd(by[label]["best_valid"], "") for label in labels],
+            "at epoch": [_epochs_text(by[label]["best_epoch"]) for label in labels],
+            "test at best valid (%)": [_mean_sd(by[label]["test_at_best"], "") for label in labels],
+            "last epoch": [_epochs_text(by[label]["last_epoch"]) for label in labels]})
+        tables.append(Table(f"Generalisation at the final and at the best-validation epoch: {problem}",
+                            "Errors of the deterministic mean-field net (%), mean ± 1 standard deviation over "
+                            "seeds. Per run, the best-validation epoch is the first epoch of lowest validation "
+                            "error (early stopping as a reported quantity; every run trained for all its epochs); "
+                            "'at epoch' is the mean (range) of those epochs over seeds.", frame))
+    return tables
+
+
 # -- 3: quantisation -------------------------------------------------------------------------------
 def quantisation(metrics: pd.DataFrame) -> pd.DataFrame:
     """Final-epoch errors of the mean-field and the sampled net, and the per-run gaps (sampled −
@@ -624,6 +687,56 @@ def _variants_sentences(problem: str, part: pd.DataFrame) -> list[str]:
     return out
 
 
+ALPHA = 0.05  # the level at which a Welch's t-test difference in the verdict counts as shown
+
+
+def _welch_pvalue(a: pd.Series, b: pd.Series) -> float:
+    if len(a) < 2 or len(b) < 2:
+        return np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(stats.ttest_ind(a.to_numpy(float), b.to_numpy(float), equal_var=False).pvalue)
+
+
+def _generalisation_sentences(problem: str, part: pd.DataFrame) -> list[str]:
+    """Test error of CLAIM against CONTROL at each run's best-validation epoch, with Welch's
+    t-test, and the verdict on 'generalises better' from the final and the best-validation
+    comparisons together."""
+    best = best_validation(pd.concat([_named(part, CLAIM), _named(part, CONTROL)]))
+    claim, control = (best[best["estimator"] == name] for name in (CLAIM, CONTROL))
+    if claim.empty or control.empty:
+        lacking = " and ".join(name for name, rows in ((CLAIM, claim), (CONTROL, control)) if rows.empty)
+        return [f"{problem}: test error at the best-validation epoch: not assessed, no validation curve for "
+                f"{lacking}."]
+    at_best = (f"{problem}: at each run's best-validation epoch (early stopping, reported only) {CLAIM} has test "
+               f"error {_mean_sd(claim['test_at_best'])} (best epoch {_epochs_text(claim['best_epoch'])}) against "
+               f"{CONTROL}'s {_mean_sd(control['test_at_best'])} (best epoch {_epochs_text(control['best_epoch'])}), "
+               f"mean ± sd over {_seeds(len(claim))} and {_seeds(len(control))}; "
+               f"{welch(claim['test_at_best'], control['test_at_best'])}.")
+    verdicts = []
+    for what, column in (("at the final epoch", "final_test"), ("at the best-validation epoch", "test_at_best")):
+        difference = claim[column].mean() - control[column].mean()
+        pvalue = _welch_pvalue(claim[column], control[column])
+        if np.isnan(pvalue):
+            shown = "not testable (fewer than 2 seeds each, or no spread)"
+        elif pvalue < ALPHA:
+            shown = "shown" if difference < 0 else "contradicted: it is significantly worse"
+        else:
+            shown = "not shown"
+        verdicts.append((what, difference, pvalue, shown))
+    fair = verdicts[1][3]  # the best-validation comparison decides: it does not favour the faster net
+    said = "; ".join(f"{what}: {CLAIM} − {CONTROL} = {fmt(diff, 3)} points (p = {fmt(p, 3)}), {shown}"
+                     for what, diff, p, shown in verdicts)
+    ending = ("holds on this setup" if fair == "shown" else
+              "does not hold on this setup: the binary units generalise worse" if fair.startswith("contradicted")
+              else "is not established on this setup: no significant difference in test error at the "
+                   "best-validation epoch")
+    return [at_best, f"{problem}: verdict on 'binary stochastic units generalise better' (Welch's t-test at "
+                     f"level {ALPHA:g} over seeds, test error of the mean-field net; decided at the "
+                     f"best-validation epoch, the fair comparison when one net converges later) — {said}. "
+                     f"The claim {ending}."]
+
+
 def conclusions(mlp: Results) -> list[str]:
     """Plain sentences, per MLP problem, on the claim (CLAIM against CONTROL) and each reason,
     citing the stored numbers and seed counts; what is missing is said instead."""
@@ -638,6 +751,7 @@ def conclusions(mlp: Results) -> list[str]:
         sentences.append(_speed_sentence(problem, part))
         sentences.append(_final_sentence(problem, part, "train_error", "training error (mean-field net)", "higher"))
         sentences.append(_final_sentence(problem, part, "test_error", "test error (mean-field net)", "lower"))
+        sentences += _generalisation_sentences(problem, part)
         sentences += _noise_sentences(problem, part, gradient[gradient["problem_label"] == problem])
         sentences.append(_quantisation_sentence(problem, part))
         sentences.append(_bias_sentence(problem, part, gradient[gradient["problem_label"] == problem]))
@@ -664,6 +778,7 @@ def section(results: Results, thresholds: Sequence[float] = THRESHOLDS) -> Secti
              f"{NOISE_CONTROL} adds noise of the binary unit's variance without quantising. Sentences below are "
              "generated from the stored numbers.")
     return Section("regulariser", "Binary stochastic units as a regulariser", text=[intro, *conclusions(mlp)],
-                   tables=speed_tables(mlp, thresholds) + quantisation_tables(mlp) + gradient_tables(mlp),
+                   tables=(speed_tables(mlp, thresholds) + generalisation_tables(mlp) + quantisation_tables(mlp)
+                           + gradient_tables(mlp)),
                    figures=[f for f in built if isinstance(f, figs.Figure)],
                    missing=[f for f in built if isinstance(f, figs.Missing)])

@@ -18,8 +18,11 @@ def add_parser(subparsers) -> None:
         "report", allow_abbrev=False, help="write an HTML report (figures, tables, run metadata) and summary.md",
         description=__doc__.splitlines()[0])
     parser.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"results database (default: {DEFAULT_DB})")
-    parser.add_argument("--out", type=Path, required=True,
+    parser.add_argument("--out", type=Path, default=None,
                         help="output directory (created if its parent exists): index.html and summary.md")
+    parser.add_argument("--record", type=Path, default=None,
+                        help="also (or instead of --out) write a reproduction record into this directory: "
+                             "README.md, runs.csv, metrics.csv, summary.md")
     parser.add_argument("--estimators", default=None,
                         help="only these estimators: comma-separated names or specs name(key=value)")
     parser.add_argument("--problems", default=None,
@@ -27,12 +30,19 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=command_report)
 
 
+def _output_directory(option: str, path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {path} is a file; give a directory")
+    if not path.exists() and not path.parent.exists():
+        raise UserError(f"directory {path.parent} does not exist (for {option} {path})")
+
+
 def command_report(args: argparse.Namespace) -> int:
-    out: Path = args.out
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; give a directory")
-    if not out.exists() and not out.parent.exists():
-        raise UserError(f"directory {out.parent} does not exist (for --out {out})")
+    if args.out is None and args.record is None:
+        raise UserError("report: give --out DIR (the HTML report), --record DIR (a reproduction record) or both")
+    for option, path in (("--out", args.out), ("--record", args.record)):
+        if path is not None:
+            _output_directory(option, path)
     from analysis.frames import NoResults, load_results  # the application layer: heavy imports here
     from analysis.report import figure_count, write_report
 
@@ -41,9 +51,23 @@ def command_report(args: argparse.Namespace) -> int:
     except NoResults as exc:
         raise UserError(str(exc)) from None
     filters = {"--estimators": args.estimators, "--problems": args.problems}
-    page, summary, sections = write_report(results, out, filters)
     finished = int((results.runs["status"] == "finished").sum())
-    figures = figure_count(sections)
-    print(f"wrote {page} ({figures} figure{'s' if figures != 1 else ''}) and {summary} from {finished} finished "
-          f"run{'s' if finished != 1 else ''} in {args.db}")
+    runs = f"{finished} finished run{'s' if finished != 1 else ''} in {args.db}"
+    sections = None
+    if args.out is not None:
+        page, summary, sections = write_report(results, args.out, filters)
+        figures = figure_count(sections)
+        print(f"wrote {page} ({figures} figure{'s' if figures != 1 else ''}) and {summary} from {runs}")
+    if args.record is not None:
+        from analysis.record import write_record
+        from analysis.report import build_sections
+
+        words = ["python", "-m", "bench", "report", "--db", str(args.db), "--record", str(args.record)]
+        for option, value in filters.items():
+            if value is not None:
+                words += [option, value]
+        if sections is None:
+            sections = build_sections(results, filters)
+        paths = write_record(results, args.record, sections, args.record.resolve().name, words)
+        print(f"wrote the record {args.record} ({', '.join(p.name for p in paths)}) from {runs}")
     return 0

@@ -1,0 +1,121 @@
+"""Reproduction records: a small folder per finished study, regenerated from a store by one command.
+
+    python -m bench report --db STORE [--estimators ...] [--problems ...] --record results/NAME
+
+A record holds ``runs.csv`` (one row per run the tables use: full specs, seed, status, timings,
+machine), ``metrics.csv`` (their stored values, per epoch where there is one), ``summary.md`` (the
+report's Markdown summary) and ``README.md`` (the command that made the runs, the machine, the
+versions, the dates and the wall time). No database: the CSVs are the numbers, small enough to commit.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import shlex
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from analysis.frames import Results
+from analysis.report import Section, markdown_table, render_markdown
+from bench.specs import format_spec
+
+RECORD_FILES = ("README.md", "runs.csv", "metrics.csv", "summary.md")
+SIGNIFICANT = "%.8g"  # digits kept in the CSVs: far below any standard error the suite reports
+
+
+def runs_frame(results: Results) -> pd.DataFrame:
+    runs = results.runs.sort_values(["problem", "estimator", "seed", "run_id"])
+    return pd.DataFrame({
+        "run_id": runs["run_id"],
+        "estimator": [format_spec(n, p) for n, p in zip(runs["estimator"], runs["estimator_params_dict"])],
+        "problem": [format_spec(n, p) for n, p in zip(runs["problem"], runs["problem_params_dict"])],
+        "seed": runs["seed"], "status": runs["status"], "error": runs["error"],
+        "started_at": runs["started_at"], "finished_at": runs["finished_at"], "wall_time_s": runs["wall_time_s"],
+        "device": runs["device_description"], "git_revision": runs["git_revision"]})
+
+
+def metrics_frame(results: Results) -> pd.DataFrame:
+    columns = ["run_id", "estimator_label", "problem_label", "scope", "metric", "epoch", "step", "value", "stderr"]
+    frame = results.metrics[columns].rename(columns={"estimator_label": "estimator", "problem_label": "problem"})
+    return frame.sort_values(["run_id", "metric", "scope", "epoch", "step"], na_position="first", kind="stable")
+
+
+def run_command(runs: pd.DataFrame) -> list[str]:
+    """``python -m bench run`` lines that recompute these runs: one per problem and seed set."""
+    lines = []
+    specs = runs.assign(estimator_spec=[format_spec(n, p) for n, p in zip(runs["estimator"],
+                                                                           runs["estimator_params_dict"])],
+                        problem_spec=[format_spec(n, p) for n, p in zip(runs["problem"], runs["problem_params_dict"])])
+    for problem, part in specs.groupby("problem_spec", sort=True):
+        estimators = ",".join(dict.fromkeys(part["estimator_spec"]))
+        seeds = ",".join(str(s) for s in sorted(part["seed"].unique()))
+        words = ["python", "-m", "bench", "run", "--estimators", estimators, "--problems", problem, "--seeds", seeds]
+        samples = sorted(part["samples"].unique())
+        if len(samples) == 1 and samples[0]:
+            words += ["--samples", str(samples[0])]
+        lines.append(shlex.join(words))
+    return lines
+
+
+def duration(seconds: float) -> str:
+    """12 s, 3.5 min, 1.52 h."""
+    if seconds < 120:
+        return f"{seconds:.3g} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.3g} min"
+    return f"{seconds / 3600:.3g} h"
+
+
+def _span(runs: pd.DataFrame) -> tuple[str, str, float]:
+    started = pd.to_datetime(runs["started_at"], utc=True, format="ISO8601")
+    finished = pd.to_datetime(runs["finished_at"], utc=True, format="ISO8601")
+    return (started.min().isoformat(timespec="seconds"), finished.max().isoformat(timespec="seconds"),
+            (finished.max() - started.min()).total_seconds())
+
+
+def readme(results: Results, title: str, report_command: Sequence[str]) -> str:
+    runs = results.runs
+    first, last, elapsed = _span(runs)
+    versions = pd.DataFrame([v if isinstance(v, dict) else {} for v in runs["versions"]]).drop_duplicates()
+    machines = sorted(set(runs["device_description"].dropna()))
+    revisions = sorted(set(runs["git_revision"].dropna()))
+    statuses = ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().items())
+    lines = [f"# Reproduction record: {title}", "",
+             f"Regenerated on {dt.date.today().isoformat()} from `{results.source}` by", "", "```",
+             shlex.join(report_command), "```", "",
+             "## The runs", "", f"{len(runs)} runs ({statuses}), computed by:", "", "```",
+             *run_command(runs), "```", "",
+             *(["Problems on MNIST data find it as the README's Data section says (or add `--data-dir DIR`).", ""]
+               if runs["problem"].astype(str).str.contains("mnist").any() else []),
+             "## When, where, how long", "",
+             f"- first run started {first}, last finished {last}: {duration(elapsed)} elapsed;",
+             f"- sum of the runs' wall times {duration(runs['wall_time_s'].sum())} "
+             f"(per run {duration(runs['wall_time_s'].min())} to {duration(runs['wall_time_s'].max())});",
+             f"- machine: {'; '.join(machines) or 'not stored'};",
+             f"- source revision: {', '.join(revisions) or 'not a git checkout'}.", "",
+             "## Versions", "", markdown_table(versions) if not versions.empty else "not stored", "",
+             "## Files", "",
+             "- `runs.csv`: one row per run (full estimator and problem specs, seed, status, timings, machine);",
+             "- `metrics.csv`: every stored value of those runs, long form (per epoch where there is one);",
+             "- `summary.md`: the report's Markdown summary (tables and generated conclusions).", ""]
+    return "\n".join(lines)
+
+
+def write_record(results: Results, directory: str | Path, sections: list[Section], title: str,
+                 report_command: Sequence[str]) -> list[Path]:
+    """Write the record's four files into ``directory`` (created; its parent must exist), each
+    through a temporary file and a rename."""
+    from analysis.report import _atomic_write
+
+    directory = Path(directory)
+    directory.mkdir(exist_ok=True)
+    texts = {"README.md": readme(results, title, report_command),
+             "runs.csv": runs_frame(results).to_csv(index=False, float_format=SIGNIFICANT),
+             "metrics.csv": metrics_frame(results).to_csv(index=False, float_format=SIGNIFICANT),
+             "summary.md": render_markdown(sections, title)}
+    paths = []
+    for name in RECORD_FILES:
+        _atomic_write(directory / name, texts[name])
+        paths.append(directory / name)
+    return paths
