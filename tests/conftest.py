@@ -24,6 +24,25 @@ def fashion_mnist_installed() -> bool:
     return True
 
 
+def find_mnist() -> Path | None:
+    """MNIST for the tests: ``../shared/data/mnist`` beside the checkout, else wherever the
+    loader's own search order finds it ($STOCHGRAD_BENCH_DATA, the user cache); None if nowhere."""
+    from problems.datasets import DataError, locate
+
+    shared = REPO_ROOT.parent / "shared" / "data" / "mnist"
+    if shared.is_dir():
+        return shared
+    try:
+        return locate("mnist")
+    except DataError:
+        return None
+
+
+MNIST_DIR = find_mnist()
+MNIST_DATA_ROOT = None if MNIST_DIR is None else MNIST_DIR.parent  # holds mnist/: what --data-dir takes
+needs_mnist = pytest.mark.skipif(MNIST_DIR is None, reason="MNIST not found in ../shared/data/mnist, "
+                                 "$STOCHGRAD_BENCH_DATA/mnist or the cache (python -m bench data fetch mnist)")
+
 needs_fashion_mnist = pytest.mark.skipif(not fashion_mnist_installed(),
                                          reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 

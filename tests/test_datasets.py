@@ -21,18 +21,16 @@ import pytest
 import torch
 
 from bench import cli
-from conftest import REPO_ROOT, run_cli
+from conftest import MNIST_DIR, REPO_ROOT, needs_mnist, run_cli
 from problems import datasets
 from problems.datasets import DataError, FetchError
 
-MNIST_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist"
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 MNIST_FILES = [f.name for f in datasets.DATASETS["mnist"].files]
 # ../shared/data/mnist/SOURCE.md: label histograms of the 60,000 training and 10,000 test images.
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
-needs_mnist = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"MNIST files not found at {MNIST_DIR}")
 needs_fashion = pytest.mark.skipif(not FASHION_DIR.is_dir(),
                                    reason=f"{FASHION_DIR} absent (apt-get install dataset-fashion-mnist)")
 
@@ -49,8 +47,8 @@ def isolated(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="module")
 def mnist():
-    if not MNIST_DIR.is_dir():
-        pytest.skip(f"MNIST files not found at {MNIST_DIR}")
+    if MNIST_DIR is None:
+        pytest.skip("MNIST not found (../shared/data/mnist, $STOCHGRAD_BENCH_DATA or the cache)")
     return datasets.load_dataset("mnist", MNIST_DIR)
 
 
@@ -59,7 +57,7 @@ def raw_labels(path: Path) -> np.ndarray:
     return np.frombuffer(gzip.decompress(path.read_bytes()), dtype=np.uint8, offset=8).astype(np.int64)
 
 
-def linked_copy(directory: Path, source: Path = MNIST_DIR) -> Path:
+def linked_copy(directory: Path, source: Path | None = MNIST_DIR) -> Path:
     """``directory`` holding symlinks to the four MNIST files (replace one to corrupt it)."""
     directory.mkdir(parents=True, exist_ok=True)
     for name in MNIST_FILES:
@@ -371,3 +369,17 @@ def test_cli_user_mistakes_exit_2_with_one_line(tmp_path, capfd, argv, message):
         assert one_line(err).startswith("error: ")
     else:
         assert one_line(err) == message.format(tmp=tmp_path)
+
+
+@needs_mnist
+def test_tests_find_mnist_by_the_loaders_search_order(monkeypatch, tmp_path):
+    """Without ../shared beside the checkout, the MNIST tests use the loader's search order
+    ($STOCHGRAD_BENCH_DATA here) instead of skipping."""
+    import conftest
+
+    linked_copy(tmp_path / "data" / "mnist")
+    monkeypatch.setattr(conftest, "REPO_ROOT", tmp_path / "elsewhere" / "checkout")
+    monkeypatch.setenv(datasets.ENV_VAR, str(tmp_path / "data"))
+    assert conftest.find_mnist() == tmp_path / "data" / "mnist"
+    monkeypatch.delenv(datasets.ENV_VAR)
+    assert conftest.find_mnist() is None

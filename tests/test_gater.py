@@ -19,12 +19,10 @@ from estimators.base import Estimator, Noise, ReplayNoise, attach_gradient
 from problems import gater
 from problems.gater import (BatchObjective, GaterNet, adapt_l1_lambda, kl_sparsity_penalty,
                             kl_sparsity_penalty_logits, l1_sparsity_penalty, tune_threshold)
-from tests.conftest import REPO_ROOT, needs_fashion_mnist, run_cli
+from tests.conftest import MNIST_DATA_ROOT, REPO_ROOT, needs_fashion_mnist, needs_mnist, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
-needs_mnist = pytest.mark.skipif(not (DATA_ROOT / "mnist").is_dir(),
-                                 reason=f"MNIST IDX files not found in {DATA_ROOT / 'mnist'}")
+DATA_ROOT = MNIST_DATA_ROOT
 QUICK = {"epochs": 1, "train_subset": 2000, "eval_subset": 2000}
 PER_EPOCH = {"train_criterion", "valid_error", "test_error", "sparsity_train", "sparsity_test", "epoch_time_s",
              "eval_time_s"}

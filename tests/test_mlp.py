@@ -21,12 +21,10 @@ from bench.store import Store
 from estimators.base import Noise, ReplayNoise, all_configurations
 from problems.base import Checkpoint
 from problems.mlp import MlpProbe, hidden_bias_gradients
-from tests.conftest import REPO_ROOT, needs_fashion_mnist, run_cli
+from tests.conftest import MNIST_DATA_ROOT, REPO_ROOT, needs_fashion_mnist, needs_mnist, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
-needs_mnist = pytest.mark.skipif(not (DATA_ROOT / "mnist").is_dir(),
-                                 reason=f"MNIST IDX files not found in {DATA_ROOT / 'mnist'}")
+DATA_ROOT = MNIST_DATA_ROOT
 F64 = torch.float64
 SMALL = {"hidden": "12-10", "epochs": 2, "batch_size": 32, "checkpoints": "0-2", "probe_batch": 8,
          "probe_samples": 64, "probe_reference_samples": 16, "probe_minibatches": 8}

@@ -36,3 +36,42 @@ def test_readme_plugin_example_runs(tmp_path, capsys):
     # Unbiased by Corollary 1: the enumerated bias is zero up to float64 rounding.
     assert metrics.at["exact_bias_norm", "value"] < 1e-12
     assert metrics.at["unbiased_pvalue", "value"] > 1e-3
+
+
+def test_readme_problem_plugin_example_runs(tmp_path, capsys):
+    """The 'Writing a problem plugin' example: its closed form equals enumeration, and a run on
+    it computes exact moments."""
+    import importlib.util
+
+    import torch
+
+    import problems
+
+    block = re.search(r"```python\n(# my_problems.py\n.*?)```", README, flags=re.S)
+    assert block, "README problem plugin example not found"
+    plugin = tmp_path / "my_problems.py"
+    plugin.write_text(block.group(1).replace('"bernoulli-linear"', '"readme-linear"'))
+    spec = importlib.util.spec_from_file_location("readme_problems_example", plugin)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+        problem = problems.build_problem("readme-linear", {"d": 4})
+        torch.testing.assert_close(problem.exact_gradient(), problem.enumerate_gradient(), rtol=1e-12, atol=1e-14)
+        db = tmp_path / "r.db"
+        assert main(["run", "--estimators", "reinforce", "--problems", "readme-linear(d=4)", "--samples", "4000",
+                     "--db", str(db), "--quiet"]) == 0
+    finally:
+        problems.PROBLEMS._entries.pop("readme-linear", None)
+    from analysis import load_metrics
+    metrics = load_metrics(db).set_index("metric")
+    assert metrics.at["exact_bias_norm", "value"] < 1e-12
+
+
+def test_readme_tables_are_unbroken():
+    """A blank line inside a Markdown table ends it: every table's rows are contiguous."""
+    lines = README.splitlines()
+    for number, line in enumerate(lines[1:-1], start=1):
+        if not line.strip():
+            above, below = lines[number - 1].lstrip(), lines[number + 1].lstrip()
+            assert not (above.startswith("|") and below.startswith("| `")), \
+                f"README line {number + 1}: a blank line splits a table"
