@@ -24,7 +24,7 @@ if __name__ == "__main__":
     import estimators
     import problems
     from estimators.base import Noise
-    from problems.gater import INPUTS
+    from problems.training import INPUTS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -46,7 +46,7 @@ if __name__ == "__main__":
     plain_model = problem.build_model(estimator, seed=0)
     layers = (plain_model.gater_hidden, plain_model.gater_out, plain_model.expert, plain_model.output)
     settings = problem.settings(estimator)
-    plain_sgd = torch.optim.SGD(  # the same optimiser as the framework's (see problems.gater.sgd)
+    plain_sgd = torch.optim.SGD(  # the same optimiser as the framework's (see problems.training.sgd)
         [{"params": [*layers[0].parameters(), *layers[1].parameters()], "lr": settings["gater_lr"]},
          {"params": [*layers[2].parameters(), *layers[3].parameters()], "lr": problem.lr}],
         lr=problem.lr, momentum=settings["momentum"], fused=bool(trainer.optimizer.defaults.get("fused")))

@@ -22,23 +22,19 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
-from typing import Callable, ClassVar, Iterator
+from typing import Callable, Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from problems import register_problem
-from problems.base import OwnParameterOptimizer, Record, TrainingProblem
+from problems.base import OwnParameterOptimizer, Record
 from problems.conditional import GatedShape, flops_per_example
+from problems.training import (CLASSES, EVAL_CHUNK, EVAL_EXAMPLES, INPUTS, TRAIN_EXAMPLES, MnistTrainingProblem,
+                               Stopwatch, Stream, check_subset, chunked_sums, seeded_generator, seeded_linear, sgd,
+                               train_epoch)
 
-INPUTS = 784
-CLASSES = 10
-TRAIN_EXAMPLES = 50_000  # the split: 50,000 train / 10,000 valid / 10,000 test
-EVAL_EXAMPLES = 10_000
 TUNE_EXAMPLES = 10_000  # training examples the test-time threshold is tuned on
-EVAL_CHUNK = 2_500
 SCORE_FUNCTION_GATER_LR = 1e-3  # A.4: the SBN gater learns 100x slower than the main part
 DEFAULT_MOMENTUM = 0.5
 DEFAULT_EPOCHS = 50
@@ -157,15 +153,19 @@ class GaterNet(torch.nn.Module):
         """Deterministic test-time class logits (dense path)."""
         return self.classify(self.test_gates(self.gate_logits(x)), self.expert(x))
 
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(% misclassified, fraction of exact-zero test gates) as device tensors, in chunks."""
 
-def seeded_linear(fan_in: int, fan_out: int, generator: torch.Generator, bias: float = 0.0) -> torch.nn.Linear:
-    """W ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) from ``generator`` (torch's default range), b = bias."""
-    layer = torch.nn.utils.skip_init(torch.nn.Linear, fan_in, fan_out)
-    bound = 1.0 / math.sqrt(fan_in)
-    with torch.no_grad():
-        layer.weight.copy_(torch.rand(fan_out, fan_in, generator=generator) * (2 * bound) - bound)
-        layer.bias.fill_(bias)
-    return layer
+        def measure(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            gates = self.test_gates(self.gate_logits(xb))
+            logits = self.classify(gates, self.expert(xb))
+            return (logits.argmax(-1) != yb).sum(), (gates == 0).sum()
+
+        counts = [torch.zeros((), device=x.device, dtype=torch.long) for _ in range(2)]
+        wrong, zeros = chunked_sums(measure, x, y, counts)
+        n = x.shape[0]
+        return wrong.double() * (100.0 / n), zeros.double() / (n * self.gater_out.out_features)
 
 
 # -- one mini-batch ------------------------------------------------------------------------------------
@@ -208,15 +208,6 @@ class BatchObjective:
         self.elements = sum(h.numel() for _, h in seen)
 
 
-def sgd(groups: list[dict], lr: float, momentum: float) -> torch.optim.SGD:
-    """SGD with momentum; the fused kernel (one pass over parameters, gradients and momentum
-    buffers: about 9% of a CPU training step saved) where this torch and device have it."""
-    try:
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
-
-
 class Trainer:
     """One run's training state: model, estimator, SGD (gater and main parameter groups), Adam on
     the estimator's own parameters, and the criterion's lambda. ``step`` trains on one mini-batch
@@ -249,31 +240,22 @@ class Trainer:
                 self.lam = adapt_l1_lambda(self.lam, 1 - batch.zeros / batch.elements, self.target, self.l1_step)
         return batch
 
-    def epoch(self, xs: torch.Tensor, ys: torch.Tensor, batch_size: int,
-              progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """One pass over (xs, ys) in order: (sum of per-example NLL, exact-zero gates, gates seen)."""
-        self.model.train()
-        self.estimator.train()
-        nll_sum = torch.zeros((), device=xs.device)
-        zeros = torch.zeros((), device=xs.device, dtype=torch.long)
-        elements = reported = 0
-        batches = math.ceil(xs.shape[0] / batch_size)
-        for index in range(batches):
-            part = slice(index * batch_size, (index + 1) * batch_size)
-            batch = self.step(xs[part], ys[part])
-            nll_sum += batch.nll_sum.detach()
-            zeros += batch.zeros
-            elements += batch.elements
-            if progress is not None and (index + 1) % 100 == 0:
-                progress(index + 1 - reported)
-                reported = index + 1
-        if progress is not None and batches > reported:
-            progress(batches - reported)
-        return nll_sum, zeros, elements
+    def epoch(self, data: tuple[torch.Tensor, torch.Tensor], order: torch.Generator, batch_size: int,
+              progress: Callable[[int], None] | None = None) -> tuple[list, float]:
+        """One pass over ``data`` in a fresh order from ``order``: ((sum of per-example NLL,
+        exact-zero gates, gates seen), wall seconds)."""
+
+        def sums(x: torch.Tensor, y: torch.Tensor) -> tuple:
+            batch = self.step(x, y)
+            return batch.nll_sum.detach(), batch.zeros, batch.elements
+
+        device = self.lam.device
+        start = [torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long), 0]
+        return train_epoch(sums, data, batch_size, order, start, (self.model, self.estimator), progress)
 
 
 # -- the problem ---------------------------------------------------------------------------------------
-class GaterProblem(TrainingProblem):
+class GaterProblem(MnistTrainingProblem):
     """Trains the appendix-A conditional network with the estimator at the gates; per-epoch records.
 
     Parameters (the paper's value, or our choice where it gives none):
@@ -299,8 +281,6 @@ class GaterProblem(TrainingProblem):
     Initialisation: W ~ U(+-1/sqrt(fan_in)), biases 0 (gate biases: ``gate_bias``), from ``seed``.
     """
 
-    dataset: ClassVar[str] = ""
-
     def __init__(self, epochs: int = DEFAULT_EPOCHS, train_subset: int = 0, eval_subset: int = 0,
                  gate_units: int = 2000, hidden: int = 400, sparsity_target: float = 0.1, lr: float = 0.1,
                  gater_lr: float | None = None, momentum: float | None = None, kl_lambda: float = 1e-2,
@@ -311,10 +291,8 @@ class GaterProblem(TrainingProblem):
                             ("batch_size", batch_size)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
-        for name, value, most in (("train_subset", train_subset, TRAIN_EXAMPLES),
-                                  ("eval_subset", eval_subset, EVAL_EXAMPLES)):
-            if not 0 <= value <= most:
-                raise ValueError(f"{name} must be in [0, {most}] (0 = all), got {value}")
+        check_subset("train_subset", train_subset, TRAIN_EXAMPLES)
+        check_subset("eval_subset", eval_subset, EVAL_EXAMPLES)
         if not 0.0 <= sparsity_target < 1.0:
             raise ValueError(f"sparsity_target must be in [0, 1) (0 = no sparsity criterion), got {sparsity_target}")
         for name, value in (("lr", lr), ("kl_lambda", kl_lambda), ("l1_lambda", l1_lambda),
@@ -365,9 +343,8 @@ class GaterProblem(TrainingProblem):
     def build_model(self, estimator, seed: int) -> GaterNet:
         """The untrained network for ``seed`` (initialised on the CPU, then moved to the device)."""
         config = self.settings(estimator)
-        generator = torch.Generator().manual_seed(seed_stream(seed, 1))
         model = GaterNet(self.hidden, self.gate_units, config["activation"], self.sparsity_target,
-                         generator, config["gate_bias"])
+                         seeded_generator(seed, Stream.INIT), config["gate_bias"])
         return model.to(self.device)
 
     def trainer(self, estimator, seed: int) -> "Trainer":
@@ -377,22 +354,9 @@ class GaterProblem(TrainingProblem):
 
     def data(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """train / tune / valid / test (images, labels) on the device, subsets applied."""
-        splits = load_splits(self.dataset)
-        train = first_examples(splits["train"], self.train_subset)
-        valid = first_examples(splits["valid"], self.eval_subset)
-        test = first_examples(splits["test"], self.eval_subset)
-        device = self.device
-        moved = {name: (x.to(device), y.to(device)) for name, (x, y) in
-                 (("train", train), ("valid", valid), ("test", test))}
+        moved = self.splits()
         moved["tune"] = tuple(t[:TUNE_EXAMPLES] for t in moved["train"])
         return moved
-
-    def batches_per_epoch(self) -> int:
-        examples = self.train_subset or TRAIN_EXAMPLES
-        return math.ceil(examples / self.batch_size)
-
-    def progress_total(self) -> int:
-        return self.epochs * self.batches_per_epoch()
 
     # -- training --------------------------------------------------------------------------------
     def fit(self, estimator, seed: int, progress: Callable[[int], None] | None = None) -> Iterator[Record]:
@@ -416,30 +380,24 @@ class GaterProblem(TrainingProblem):
         data = self.data()
         trainer = self.trainer(estimator, seed)
         model = self.trained_model = trainer.model
-        x_train, y_train = data["train"]
-        n_train = x_train.shape[0]
-        order_rng = torch.Generator().manual_seed(seed_stream(seed, 2))
+        n_train = data["train"][0].shape[0]
+        order_rng = seeded_generator(seed, Stream.ORDER)
         yield Record("gater_lr", float(trainer.settings["gater_lr"]))
         yield Record("momentum", float(trainer.settings["momentum"]))
 
         test_sparsity = threshold = 0.0
         for epoch in range(1, self.epochs + 1):
-            synchronize(device)
-            began = time.perf_counter()
-            order = torch.randperm(n_train, generator=order_rng).to(device)
-            nll_sum, zeros, elements = trainer.epoch(x_train[order], y_train[order], self.batch_size, progress)
-            synchronize(device)
-            epoch_time = time.perf_counter() - began
-
-            began = time.perf_counter()
+            (nll_sum, zeros, elements), epoch_time = trainer.epoch(data["train"], order_rng, self.batch_size,
+                                                                   progress)
+            watch = Stopwatch(device)
             with self._testing(model, estimator):
                 model.tune(data["tune"][0])
-                valid_error, _ = _evaluate(model, *data["valid"])
-                test_error, test_zeros = _evaluate(model, *data["test"])
+                valid_error, _ = model.evaluate(*data["valid"])
+                test_error, test_zeros = model.evaluate(*data["test"])
             summary = torch.stack([nll_sum / n_train, zeros.to(nll_sum.dtype) / max(elements, 1),
                                    valid_error, test_error, test_zeros, trainer.lam.to(nll_sum.dtype),
                                    model.threshold.to(nll_sum.dtype)]).tolist()
-            eval_time = time.perf_counter() - began
+            eval_time = watch.seconds()
             criterion_value, sparsity_train, valid_err, test_err, test_sparsity, lam_value, threshold = summary
             yield Record("train_criterion", criterion_value, epoch=epoch)
             yield Record("valid_error", valid_err, epoch=epoch)
@@ -471,48 +429,6 @@ class GaterProblem(TrainingProblem):
         finally:
             model.train()
             estimator.train()
-
-
-@torch.no_grad()
-def _evaluate(model: GaterNet, x: torch.Tensor, y: torch.Tensor,
-              chunk: int = EVAL_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
-    """(% misclassified, fraction of exact-zero test gates) as device tensors."""
-    wrong = torch.zeros((), device=x.device, dtype=torch.long)
-    zeros = torch.zeros((), device=x.device, dtype=torch.long)
-    for start in range(0, x.shape[0], chunk):
-        xb = x[start:start + chunk]
-        gates = model.test_gates(model.gate_logits(xb))
-        logits = model.classify(gates, model.expert(xb))
-        wrong += (logits.argmax(-1) != y[start:start + chunk]).sum()
-        zeros += (gates == 0).sum()
-    n = x.shape[0]
-    return wrong.double() * (100.0 / n), zeros.double() / (n * model.gater_out.out_features)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def seed_stream(seed: int, stream: int) -> int:
-    """An independent 63-bit seed per (seed, stream): 1 initialisation, 2 data order."""
-    return int(np.random.SeedSequence([seed, stream]).generate_state(1, np.uint64)[0] >> 1)
-
-
-def first_examples(split, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = split
-    return (x[:n], y[:n]) if n else (x, y)
-
-
-def load_splits(dataset: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """The 50,000 / 10,000 / 10,000 split (float32 images in [0, 1], int64 labels) on the CPU;
-    ``load_dataset`` parses the files once per process."""
-    from problems.datasets import load_dataset
-
-    splits = load_dataset(dataset)
-    return {name: (torch.as_tensor(getattr(splits, name)[0], dtype=torch.float32).reshape(-1, INPUTS),
-                   torch.as_tensor(getattr(splits, name)[1], dtype=torch.long))
-            for name in ("train", "valid", "test")}
 
 
 @register_problem("mnist-gater", "The paper's MNIST conditional-computation gater (sec. 5, appendix A): "

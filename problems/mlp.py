@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
-from typing import Callable, ClassVar, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import scipy.stats
@@ -34,16 +33,16 @@ import torch
 import torch.nn.functional as F
 
 from estimators.base import Noise
-from problems import gater, register_problem
+from problems import register_problem
 from problems.base import (MAX_ENUMERATION_UNITS, Checkpoint, LossObserver, OwnParameterOptimizer, Problem,
-                           Record, Reference, TrainingProblem, parse_sizes)
+                           Record, Reference, parse_sizes)
+from problems.training import (CLASSES, EVAL_EXAMPLES, INPUTS, TRAIN_EXAMPLES, MnistTrainingProblem, Stopwatch,
+                               Stream, check_subset, chunked_sums, first_examples, seed_stream, seeded_generator,
+                               seeded_linear, sgd, train_epoch)
 
-INPUTS = gater.INPUTS
-CLASSES = gater.CLASSES
 DEFAULT_HIDDEN = "500-500"
 DEFAULT_EPOCHS = 30
 DEFAULT_CHECKPOINTS = "0-5-30"
-EVAL_CHUNK = 2_500
 FLIP_ELEMENTS = 2**24        # values per vectorised step of the flip estimator
 ENUMERATION_ELEMENTS = 2**22  # values per vectorised step of the enumeration
 REFERENCE_METHODS = ("auto", "exact", "sampled")
@@ -112,9 +111,9 @@ class Mlp(torch.nn.Module):
                  classes: int = CLASSES):
         super().__init__()
         sizes = (inputs, *widths)
-        self.hidden = torch.nn.ModuleList(gater.seeded_linear(sizes[l], sizes[l + 1], generator)
+        self.hidden = torch.nn.ModuleList(seeded_linear(sizes[l], sizes[l + 1], generator)
                                           for l in range(len(widths)))
-        self.output = gater.seeded_linear(sizes[-1], classes, generator)
+        self.output = seeded_linear(sizes[-1], classes, generator)
 
     def layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [(layer.weight, layer.bias) for layer in self.hidden]
@@ -167,7 +166,7 @@ class MlpProbe(Problem):
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if classes < 2:
             raise ValueError(f"classes must be at least 2, got {classes}")
-        generator = torch.Generator().manual_seed(gater.seed_stream(data_seed, 0))
+        generator = seeded_generator(data_seed, Stream.PROBE_DATA)
         dims = (inputs, *sizes)
         layers = [(torch.randn(dims[l + 1], dims[l], generator=generator) * (2 / math.sqrt(dims[l])),
                    torch.randn(dims[l + 1], generator=generator) * 0.5) for l in range(len(sizes))]
@@ -251,7 +250,7 @@ class MlpProbe(Problem):
                                                      and sum(self.widths) <= MAX_ENUMERATION_UNITS)
         if exact:
             return Reference(self.exact_gradient().to("cpu", torch.float64))
-        generator = torch.Generator(self.x.device).manual_seed(gater.seed_stream(self.reference_seed, 7))
+        generator = seeded_generator(self.reference_seed, Stream.FLIP_REFERENCE, device=self.x.device)
         samples = torch.stack([self.flip_gradient(generator) for _ in range(self.reference_samples)])
         values = samples.to("cpu", torch.float64).numpy()
         return Reference(torch.from_numpy(values.mean(0)),
@@ -380,7 +379,7 @@ def parse_checkpoints(text: str) -> tuple[int, ...]:
     return tuple(epochs)
 
 
-class MlpProblem(TrainingProblem):
+class MlpProblem(MnistTrainingProblem):
     """Trains the MLP with the estimator at its hidden units; per-epoch learning curves and
     checkpoint probes of the hidden-layer gradient.
 
@@ -399,8 +398,6 @@ class MlpProblem(TrainingProblem):
     ``minibatch_variance``: the variance over ``probe_minibatches`` random mini-batches of the
     estimator's one-draw gradient (unit noise plus mini-batch noise)."""
 
-    dataset: ClassVar[str] = ""
-
     def __init__(self, hidden: str = DEFAULT_HIDDEN, epochs: int = DEFAULT_EPOCHS, lr: float = 0.1,
                  momentum: float = 0.9, batch_size: int = 100, train_subset: int = 0, eval_subset: int = 0,
                  train_eval_subset: int = 10_000, checkpoints: str = DEFAULT_CHECKPOINTS, probe_batch: int = 100,
@@ -414,11 +411,9 @@ class MlpProblem(TrainingProblem):
         for name, value in (("probe_samples", probe_samples), ("probe_minibatches", probe_minibatches)):
             if value < 2:
                 raise ValueError(f"{name} must be at least 2 (a variance needs two draws), got {value}")
-        for name, value, most in (("train_subset", train_subset, gater.TRAIN_EXAMPLES),
-                                  ("eval_subset", eval_subset, gater.EVAL_EXAMPLES),
-                                  ("train_eval_subset", train_eval_subset, gater.TRAIN_EXAMPLES)):
-            if not 0 <= value <= most:
-                raise ValueError(f"{name} must be in [0, {most}] (0 = all), got {value}")
+        check_subset("train_subset", train_subset, TRAIN_EXAMPLES)
+        check_subset("eval_subset", eval_subset, EVAL_EXAMPLES)
+        check_subset("train_eval_subset", train_eval_subset, TRAIN_EXAMPLES)
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"lr must be a positive number, got {lr!r}")
         if not (isinstance(momentum, (int, float)) and 0.0 <= momentum < 1.0):
@@ -439,25 +434,13 @@ class MlpProblem(TrainingProblem):
         for width in self.widths:
             estimator.check_units(width)
 
-    def batches_per_epoch(self) -> int:
-        return math.ceil((self.train_subset or gater.TRAIN_EXAMPLES) / self.batch_size)
-
-    def progress_total(self) -> int:
-        return self.epochs * self.batches_per_epoch()
-
     def build_model(self, seed: int) -> Mlp:
-        generator = torch.Generator().manual_seed(gater.seed_stream(seed, 1))
-        return Mlp(self.widths, generator).to(self.device)
+        return Mlp(self.widths, seeded_generator(seed, Stream.INIT)).to(self.device)
 
     def data(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """train / train_eval / valid / test (images, labels) on the device, subsets applied."""
-        splits = gater.load_splits(self.dataset)
-        device = self.device
-        parts = {"train": gater.first_examples(splits["train"], self.train_subset),
-                 "valid": gater.first_examples(splits["valid"], self.eval_subset),
-                 "test": gater.first_examples(splits["test"], self.eval_subset)}
-        moved = {name: (x.to(device), y.to(device)) for name, (x, y) in parts.items()}
-        moved["train_eval"] = gater.first_examples(moved["train"], self.train_eval_subset)
+        moved = self.splits()
+        moved["train_eval"] = first_examples(moved["train"], self.train_eval_subset)
         return moved
 
     def fit(self, estimator, seed: int, progress: Callable[[int], None] | None = None) -> Iterator[Record | Checkpoint]:
@@ -472,46 +455,34 @@ class MlpProblem(TrainingProblem):
         device = self.device
         data = self.data()
         model = self.trained_model = self.build_model(seed)
-        optimizer = gater.sgd([{"params": list(model.parameters())}], self.lr, self.momentum)
+        optimizer = sgd([{"params": list(model.parameters())}], self.lr, self.momentum)
         own_parameters = OwnParameterOptimizer(estimator)
-        x_train, y_train = data["train"]
-        n_train = x_train.shape[0]
-        order_rng = torch.Generator().manual_seed(gater.seed_stream(seed, 2))
-        evaluation_noise = _noise(seed, 3, device)
-        probe_rng = torch.Generator().manual_seed(gater.seed_stream(seed, 4))
+        n_train = data["train"][0].shape[0]
+        order_rng = seeded_generator(seed, Stream.ORDER)
+        evaluation_noise = _noise(seed, Stream.EVAL_NOISE, device)
+        probe_rng = seeded_generator(seed, Stream.PROBE_BATCHES)
+
+        def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor]:
+            optimizer.zero_grad()
+            own_parameters.zero_grad()
+            surrogate = model.surrogate(x, y, estimator)
+            surrogate.mean().backward()
+            optimizer.step()
+            own_parameters.step()
+            return (surrogate.detach().sum(),)
+
         yield Record("lr", float(self.lr))
         yield Record("momentum", float(self.momentum))
 
         for epoch in range(0, self.epochs + 1):
             if epoch:
-                gater.synchronize(device)
-                began = time.perf_counter()
-                order = torch.randperm(n_train, generator=order_rng).to(device)
-                xs, ys = x_train[order], y_train[order]
-                criterion_sum = torch.zeros((), device=device)
-                model.train()
-                estimator.train()
-                batches = math.ceil(n_train / self.batch_size)
-                reported = 0
-                for index in range(batches):
-                    part = slice(index * self.batch_size, (index + 1) * self.batch_size)
-                    optimizer.zero_grad()
-                    own_parameters.zero_grad()
-                    surrogate = model.surrogate(xs[part], ys[part], estimator)
-                    surrogate.mean().backward()
-                    optimizer.step()
-                    own_parameters.step()
-                    criterion_sum += surrogate.detach().sum()
-                    if progress is not None and ((index + 1) % 100 == 0 or index + 1 == batches):
-                        progress(index + 1 - reported)
-                        reported = index + 1
-                gater.synchronize(device)
-                epoch_time = time.perf_counter() - began
-
-                began = time.perf_counter()
+                (criterion_sum,), epoch_time = train_epoch(step, data["train"], self.batch_size, order_rng,
+                                                           [torch.zeros((), device=device)], (model, estimator),
+                                                           progress)
+                watch = Stopwatch(device)
                 errors = self._errors(model, estimator, data, evaluation_noise)
                 values = torch.stack([criterion_sum / n_train, *errors.values()]).tolist()
-                eval_time = time.perf_counter() - began
+                eval_time = watch.seconds()
                 yield Record("train_criterion", values[0], epoch=epoch)
                 for name, value in zip(errors, values[1:]):
                     yield Record(name, value, epoch=epoch)
@@ -523,15 +494,16 @@ class MlpProblem(TrainingProblem):
     def _errors(self, model: Mlp, estimator, data, noise: Noise) -> dict[str, torch.Tensor]:
         """% misclassified (device scalars), deterministic and sampled, on each evaluation set."""
         mean_field, sampled = {}, {}
+
+        def measure(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return ((model.mean_field(xb, estimator.activation).argmax(-1) != yb).sum(),
+                    model.sampled_errors(xb, yb, estimator).sum())
+
         with _evaluating(model, estimator, noise):
             for split, name in (("train_eval", "train"), ("valid", "valid"), ("test", "test")):
                 x, y = data[split]
-                wrong = torch.zeros((), device=x.device, dtype=torch.float64)
-                wrong_sampled = torch.zeros((), device=x.device, dtype=torch.float64)
-                for start in range(0, x.shape[0], EVAL_CHUNK):
-                    xb, yb = x[start:start + EVAL_CHUNK], y[start:start + EVAL_CHUNK]
-                    wrong += (model.mean_field(xb, estimator.activation).argmax(-1) != yb).sum()
-                    wrong_sampled += model.sampled_errors(xb, yb, estimator).sum()
+                counts = [torch.zeros((), device=x.device, dtype=torch.float64) for _ in range(2)]
+                wrong, wrong_sampled = chunked_sums(measure, x, y, counts)
                 mean_field[f"{name}_error"] = wrong * (100.0 / x.shape[0])
                 sampled[f"{name}_error_sampled"] = wrong_sampled * (100.0 / x.shape[0])
         return {**mean_field, **sampled}
@@ -544,14 +516,14 @@ class MlpProblem(TrainingProblem):
         chosen = torch.randperm(x.shape[0], generator=generator)[:batch].to(x.device)
         readout = (model.output.weight, model.output.bias)
         probe = MlpProbe.at(model.layers(), readout, x[chosen], y[chosen], self.probe_reference_samples,
-                            reference_seed=gater.seed_stream(seed, 100 + epoch))
+                            reference_seed=seed_stream(seed, Stream.CHECKPOINT_REFERENCE + epoch))
         yield Checkpoint(probe, self.probe_samples, epoch=epoch)
 
         draws = torch.stack([torch.randperm(x.shape[0], generator=generator)[:batch]
                              for _ in range(self.probe_minibatches)]).to(x.device)
         gradients = []
         chunk = max(1, 2**21 // (batch * max(self.widths)))
-        with _evaluating(model, estimator, _noise(seed, 200 + epoch, x.device), autograd=True):
+        with _evaluating(model, estimator, _noise(seed, Stream.CHECKPOINT_NOISE + epoch, x.device), autograd=True):
             for start in range(0, self.probe_minibatches, chunk):
                 rows = draws[start:start + chunk]
                 gradients.append(hidden_bias_gradients(model.layers(), readout, x[rows], y[rows], estimator,
@@ -582,7 +554,7 @@ def _evaluating(model: Mlp, estimator, noise: Noise, autograd: bool = False):
 
 
 def _noise(seed: int, stream: int, device: torch.device) -> Noise:
-    return Noise(torch.Generator(device).manual_seed(gater.seed_stream(seed, stream)))
+    return Noise(seeded_generator(seed, stream, device=device))
 
 
 @register_problem("mnist-mlp", "MLP on MNIST with the estimator at every hidden unit (binary units as a "

@@ -26,7 +26,6 @@ import hashlib
 import math
 from typing import Callable, Iterator
 
-import numpy as np
 import scipy.stats
 import torch
 import torch.nn.functional as F
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 from problems import register_problem
 from problems.base import (MAX_ENUMERATION_UNITS, LossObserver, OwnParameterOptimizer, Problem, Record, Reference,
                            TrainingProblem, parse_sizes)
+from problems.training import BeliefNetStream, seeded_generator
 
 DEFAULT_WIDTHS = (4, 3, 2)
 LOSSES = ("mlp", "target")
@@ -66,12 +66,6 @@ def parse_widths(widths: str, depth: int, width: int) -> tuple[int, ...]:
     return parse_sizes(widths, "widths")
 
 
-def _generator(*key: int) -> torch.Generator:
-    """A CPU generator seeded from a tuple of integers (independent streams per key)."""
-    state = int(np.random.SeedSequence([int(k) for k in key]).generate_state(1, np.uint64)[0] >> 1)
-    return torch.Generator().manual_seed(state)
-
-
 def initial_parameters(widths: tuple[int, ...],
                        seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
     """Seeded (biases, weights): biases[l] produces layer l+1, weights[l] = W_l (weights[0] is None).
@@ -79,7 +73,7 @@ def initial_parameters(widths: tuple[int, ...],
     Layer l draws from its own stream, so a deeper net shares its first layers with a shallower one."""
     biases, weights = [], []
     for l, w in enumerate(widths):
-        g = _generator(seed, 0, l)
+        g = seeded_generator(seed, BeliefNetStream.INIT, l)
         if l == 0:
             weights.append(None)
             biases.append(torch.randn(w, generator=g))
@@ -114,7 +108,7 @@ class _BeliefNet:
             raise ValueError(f"hidden_weight must be finite, got {hidden_weight}")
         self.loss_kind, self.hidden_weight, self.data_seed = loss, float(hidden_weight), data_seed
         for l, w in enumerate(self.widths):
-            g = _generator(data_seed, 1, l)
+            g = seeded_generator(data_seed, BeliefNetStream.LOSS, l)
             if loss == "target":
                 self.register_buffer(f"target{l + 1}", torch.rand(w, generator=g))
             else:
@@ -388,7 +382,7 @@ class SigmoidBeliefNet(_BeliefNet, Problem):
         net = copy.deepcopy(self).to("cpu", torch.float64)
         biases, weights = net.biases, net.weights
         K, depth, widths, scopes = REFERENCE_CONTINUATIONS, self.depth, self.widths, self.parameter_scopes()
-        g = _generator(self.data_seed, 2, self.reference_samples)
+        g = seeded_generator(self.data_seed, BeliefNetStream.REFERENCE, self.reference_samples)
         rows = -(-self.reference_samples // REFERENCE_BATCHES)  # per batch
         if rows <= REFERENCE_CHUNK:
             per = REFERENCE_CHUNK // rows
@@ -502,7 +496,7 @@ class SigmoidBeliefNetTraining(_BeliefNet, TrainingProblem):
         optimiser = (torch.optim.Adam(params, lr=self.lr) if self.optimizer == "adam"
                      else torch.optim.SGD(params, lr=self.lr))
         evaluation = torch.Generator(device).manual_seed(
-            int(torch.randint(0, 2**62, (), generator=_generator(seed, 3))))
+            int(torch.randint(0, 2**62, (), generator=seeded_generator(seed, BeliefNetStream.EVALUATION))))
         scopes = {"all": slice(0, self.parameter_count), **self.parameter_scopes()}
         first = torch.zeros(self.parameter_count, dtype=torch.float64, device=device)
         second = torch.zeros_like(first)

@@ -90,7 +90,7 @@ def one_thread():
 def synthetic(monkeypatch):
     """A small stand-in for MNIST (no data set needed): 784 uniform pixels, labels from a fixed
     linear map; 640 training, 200 validation, 200 test examples, served to every MNIST problem."""
-    from problems import gater
+    from problems import training
 
     g = torch.Generator().manual_seed(7)
     w = torch.randn(784, 10, generator=g)
@@ -100,5 +100,5 @@ def synthetic(monkeypatch):
         return x, (x - 0.5).matmul(w).argmax(-1)
 
     data = {"train": split(640), "valid": split(200), "test": split(200)}
-    monkeypatch.setattr(gater, "load_splits", lambda dataset: data)
+    monkeypatch.setattr(training, "load_splits", lambda dataset: data)
     return data

@@ -16,7 +16,7 @@ import estimators
 import problems
 from bench.specs import parse_spec
 from estimators.base import Estimator, Noise, ReplayNoise, attach_gradient
-from problems import gater
+from problems import gater, training
 from problems.gater import (BatchObjective, GaterNet, adapt_l1_lambda, kl_sparsity_penalty,
                             kl_sparsity_penalty_logits, l1_sparsity_penalty, tune_threshold)
 from tests.conftest import MNIST_DATA_ROOT, REPO_ROOT, needs_fashion_mnist, needs_mnist, run_cli
@@ -362,7 +362,7 @@ def test_quick_mode_on_mnist(mnist, spec, params):
         assert records[("sparsity_test", 1)] == 0.0
     if spec == "straight-through":
         model = problem.trained_model
-        tune_x = gater.load_splits("mnist")["train"][0][:2000]
+        tune_x = training.load_splits("mnist")["train"][0][:2000]
         logits = model.gate_logits(tune_x)
         on, k = int((model.test_gates(logits) != 0).sum()), round(0.1 * logits.numel())
         ties = int((logits == model.threshold).sum())  # 4M float32 logits: a few equal values are likely
