@@ -113,7 +113,8 @@ def _title(ax, text: str) -> None:
 
 
 def _ylabel(ax, text: str, width: int = 26) -> None:
-    """A y label wrapped so that it never runs past a short panel (and out of the figure)."""
+    """A y label wrapped so that it never runs past a panel shortened by rotated estimator names
+    (and out of the figure)."""
     ax.set_ylabel("\n".join(textwrap.wrap(text, width, break_on_hyphens=False)) or text)
 
 
@@ -464,7 +465,7 @@ def _sweep(results: Results, key: str, title: str, coordinate: str, xlabel: str,
             elif (part["x"] == part["x"].round()).all():
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel(xlabel)
-            _ylabel(ax, f"{metric} (gradient units²)" + (" (log)" if ax.get_yscale() == "log" else ""))
+            ax.set_ylabel(f"{metric} (gradient units²)" + (" (log)" if ax.get_yscale() == "log" else ""))
             _title(ax, family)
         handles = [Line2D([], [], marker="o", color=palette[e], label=e) for e in estimators_all]
         figure.legend(handles=handles, loc="outside right center", frameon=False, fontsize=7)
@@ -541,7 +542,7 @@ def variance_vs_estimator_parameters(results: Results) -> Figure | Missing:
             elif (table["x"] == table["x"].round()).all():
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel(f"{name} parameter {param}")
-            _ylabel(ax, "variance (gradient units²)")
+            ax.set_ylabel("variance (gradient units²)")
             _title(ax, problem)
             ax.legend(loc="best", fontsize=7)
     used = results.runs[results.runs["run_id"].isin(pd.concat([f[3] for f in found])["run_id"])]
@@ -583,7 +584,7 @@ def variance_per_scope(results: Results) -> Figure | Missing:
                 ax.set_yscale("log")
             ax.set_xticks(range(len(scopes)), scopes, rotation=30, ha="right")
             ax.set_xlabel("gradient scope (parameters producing that stochastic layer)")
-            _ylabel(ax, "variance (gradient units²)")
+            ax.set_ylabel("variance (gradient units²)")
             _title(ax, problem)
         handles = [Line2D([], [], marker="o", color=palette[e], label=e) for e in estimators_all]
         figure.legend(handles=handles, loc="outside right center", frameon=False, fontsize=7)
@@ -621,7 +622,7 @@ def _curves_figure(results: Results, key: str, title: str, names: dict[str, str]
                     ax.set_yscale("log")
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                 ax.set_xlabel(f"training {part['axis'].iloc[0]}")
-                _ylabel(ax, names[metric] + (" (log)" if ax.get_yscale() == "log" else ""))
+                _ylabel(ax, names[metric] + (" (log)" if ax.get_yscale() == "log" else ""), width=36)
                 _title(ax, problem)
         handles = [Line2D([], [], color=palette[e], label=e) for e in estimators_all]
         handles.append(Line2D([], [], color="0.6", linewidth=6, alpha=0.4, label="± 1 sd over seeds"))
