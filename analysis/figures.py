@@ -252,14 +252,16 @@ DETERMINISTIC_SNR = 1e6  # above this the variance is rounding noise: the estima
 
 
 def deterministic_pairs(results: Results) -> dict[tuple[str, str], str]:
-    """(problem, estimator) label pairs whose SNR is infinite or above DETERMINISTIC_SNR in every
-    seed: deterministic estimators (exact, sigmoid, rectifier), whose SNR would flatten the rest."""
-    snr = summarise(results.gradient, "snr")
+    """(problem, estimator) label pairs whose SNR is infinite, undefined (0/0, stored empty) or above
+    DETERMINISTIC_SNR in every seed: deterministic estimators (exact, sigmoid, rectifier), whose
+    SNR would flatten the rest."""
     rows = final_values(results.gradient)
     rows = rows[(rows["metric"] == "snr") & (rows["scope"] == "all")]
-    smallest = rows.groupby(list(PAIR))["value"].min()
-    reason = f"deterministic (SNR infinite or above {DETERMINISTIC_SNR:g}: zero variance up to rounding)"
-    return {pair: reason for pair, value in smallest.items() if value > DETERMINISTIC_SNR} if not snr.empty else {}
+    if rows.empty:
+        return {}
+    apart = rows.groupby(list(PAIR))["value"].agg(lambda v: bool((v.isna() | (v > DETERMINISTIC_SNR)).all()))
+    reason = f"deterministic (SNR infinite, 0/0 or above {DETERMINISTIC_SNR:g}: zero variance up to rounding)"
+    return {pair: reason for pair, flag in apart.items() if flag}
 
 
 def snr_cosine(results: Results) -> Figure | Missing:

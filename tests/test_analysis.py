@@ -265,7 +265,7 @@ def _budget_store(db):
         for name, params, mse, variance, evals, snr in (
                 ("rectifier", {}, 0.09, 0.0, 1.0, math.inf), ("reinforce", {}, 0.05, 0.05, 1.0, 0.5),
                 ("reinforce-loo", {"K": 8}, 0.004, 0.004, 8.0, 2.0), ("straight-through", {}, 3.0, 1.0, 1.0, 3.0),
-                ("exact", {}, 1e-16, 1e-17, 8.0, 4.3e8)):
+                ("exact", {}, 1e-16, 1e-17, 8.0, 4.3e8), ("sigmoid", {}, 0.0, 0.0, 1.0, math.nan)):
             save(store, name, params, [Metric("mse", mse, 1e-4), Metric("variance", variance, 1e-4),
                                        Metric("loss_evals", evals), Metric("time_per_estimate_s", 1e-5),
                                        Metric("snr", snr, 0.01), Metric("cosine", 0.5, 0.01)])
@@ -275,7 +275,8 @@ def _budget_store(db):
 def test_rankings_and_front_use_mse_at_equal_budget(db):
     results = _budget_store(db)
     table = report.cost_adjusted(results)[0].frame
-    assert table["estimator"].tolist() == ["exact", "reinforce-loo(K=8)", "reinforce", "rectifier", "straight-through"]
+    assert table["estimator"].tolist() == ["sigmoid", "exact", "reinforce-loo(K=8)", "reinforce", "rectifier",
+                                           "straight-through"]
     summary = report.estimator_summary(results)[0].frame
     assert summary["estimator"].tolist() == table["estimator"].tolist()  # the summary table is ranked the same way
     figure = figures.mse_frontier(results)
@@ -296,8 +297,8 @@ def test_snr_is_logarithmic_with_deterministic_estimators_set_apart(db):
     assert [t.get_text() for t in snr_ax.get_xticklabels()] == ["reinforce", "reinforce-loo(K=8)", "straight-through"]
     assert drawn_y(snr_ax) == pytest.approx([0.5, 2.0, 3.0])
     assert "deterministic" in figure.caption and "exact on bernoulli-target(d=3)" in figure.caption
-    assert "rectifier on bernoulli-target(d=3)" in figure.caption
-    assert len([t for t in cosine_ax.get_xticklabels()]) == 5  # the cosine panel keeps every estimator
+    assert "rectifier on bernoulli-target(d=3)" in figure.caption and "sigmoid on bernoulli-target(d=3)" in figure.caption
+    assert len([t for t in cosine_ax.get_xticklabels()]) == 6  # the cosine panel keeps every estimator
 
 
 def test_estimator_styles_colour_by_family_and_mark_each_estimator(db):
