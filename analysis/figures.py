@@ -21,8 +21,8 @@ from matplotlib.figure import Figure as MplFigure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from analysis.frames import Results, curves, final_values, labels
-from analysis.tables import PAIR, combined_stderr, summarise
+from analysis.frames import FAMILY_ORDER, OTHER_FAMILY, Results, curves, final_values, labels
+from analysis.tables import DERIVED_PREFIX, PAIR, combined_stderr, derived_rows, summarise
 
 ZERO_RELATIVE = 1e-6      # values below this fraction of a panel's largest count as zero there
 LOG_SPAN = 100.0          # a panel goes logarithmic when its positive values span more than this
@@ -112,6 +112,12 @@ def _title(ax, text: str) -> None:
     ax.set_title("\n".join(textwrap.wrap(text, 48, break_on_hyphens=False)) or text, fontsize=9)
 
 
+def _ylabel(ax, text: str, width: int = 26) -> None:
+    """A y label wrapped so that it never runs past a panel shortened by rotated estimator names
+    (and out of the figure)."""
+    ax.set_ylabel("\n".join(textwrap.wrap(text, width, break_on_hyphens=False)) or text)
+
+
 def _order(labels: Iterable[str]) -> list[str]:
     return sorted(set(labels), key=_natural)
 
@@ -121,7 +127,8 @@ def _natural(text: str):
 
 
 # -- per estimator and problem: bias, variance, SNR, cosine ----------------------------------------
-def _point_panel(ax, table: pd.DataFrame, order: Sequence[str], ylabel: str, palette: dict) -> list[str]:
+def _point_panel(ax, table: pd.DataFrame, order: Sequence[str], ylabel: str, palette: dict,
+                 force_log: bool = False) -> list[str]:
     """Points per estimator (x) and kind (Monte Carlo with error bars, exact), log y when the
     values span decades. Returns notes on values that could not be drawn."""
     notes: list[str] = []
@@ -135,8 +142,12 @@ def _point_panel(ax, table: pd.DataFrame, order: Sequence[str], ylabel: str, pal
         notes.append("not drawn (not finite): " + ", ".join(f"{e} ({v})" for e, v in
                                                            zip(table.loc[bad, "estimator_label"], values[bad])))
     table = table[~bad]
-    zero = _zeros(table["mean"].to_numpy(dtype=float))
-    log = _wants_log(table.loc[~zero, "mean"])
+    if force_log:  # a ratio: zeros are exact zeros, not small against the panel's largest
+        zero = table["mean"].to_numpy(dtype=float) <= 0
+        log = bool((~zero).any())
+    else:
+        zero = _zeros(table["mean"].to_numpy(dtype=float))
+        log = _wants_log(table.loc[~zero, "mean"])
     table["y"] = table["mean"].astype(float)
     if log and zero.any():
         floor = float(table.loc[~zero, "mean"].min()) / 4
@@ -155,7 +166,7 @@ def _point_panel(ax, table: pd.DataFrame, order: Sequence[str], ylabel: str, pal
     ax.set_xticks(range(len(order)), order, rotation=60, ha="right", fontsize=8)
     ax.set_xlim(-0.6, len(order) - 0.4)
     ax.set_xlabel("estimator")
-    ax.set_ylabel(ylabel + (" (log)" if log else ""))
+    _ylabel(ax, ylabel + (" (log)" if log else ""))
     return notes
 
 
@@ -170,9 +181,13 @@ def _kind_legend(figure: MplFigure, palette: dict, exact: bool, zero_marker: boo
 
 
 def _estimator_panels(results: Results, key: str, title: str, columns: Sequence[tuple[str, str | None, str]],
-                      what: str) -> Figure | Missing:
-    """Rows: problems; columns: (Monte Carlo metric, exact metric or None, y label)."""
+                      what: str, log_metrics: Sequence[str] = (), set_apart: dict[str, str] | None = None
+                      ) -> Figure | Missing:
+    """Rows: problems; columns: (Monte Carlo metric, exact metric or None, y label). Metrics in
+    ``log_metrics`` always get a log axis, and leave out the (problem, estimator) pairs that
+    ``set_apart`` maps to a reason (given in the caption)."""
     metrics = results.gradient
+    apart = set_apart or {}
     names = {name for mc, exact, _ in columns for name in (mc, exact) if name}
     present = metrics[metrics["metric"].isin(names) & (metrics["scope"] == "all")]
     if present.empty:
@@ -187,7 +202,10 @@ def _estimator_panels(results: Results, key: str, title: str, columns: Sequence[
             order = _order(at_problem["estimator_label"])
             for col, (mc_name, exact_name, ylabel) in enumerate(columns):
                 parts = []
-                mc = summarise(at_problem, mc_name)
+                drawn = at_problem
+                if mc_name in log_metrics and apart:
+                    drawn = at_problem[[(problem, e) not in apart for e in at_problem["estimator_label"]]]
+                mc = summarise(drawn, mc_name)
                 if not mc.empty:
                     parts.append(mc.assign(kind=KIND_MC))
                 if exact_name:
@@ -200,7 +218,9 @@ def _estimator_panels(results: Results, key: str, title: str, columns: Sequence[
                     ax.set_axis_off()
                     continue
                 table = pd.concat(parts, ignore_index=True)
-                notes += [f"{problem}, {mc_name}: {n}" for n in _point_panel(ax, table, order, ylabel, palette)]
+                panel_order = order if drawn is at_problem else _order(drawn["estimator_label"])
+                notes += [f"{problem}, {mc_name}: {n}" for n in _point_panel(ax, table, panel_order, ylabel, palette,
+                                                                               force_log=mc_name in log_metrics)]
                 zero_marker |= ax.get_yscale() == "log" and bool(_zeros(table["mean"].to_numpy(float)).any())
                 _title(ax, problem)
         _kind_legend(figure, palette, exact_present, zero_marker)
@@ -210,6 +230,9 @@ def _estimator_panels(results: Results, key: str, title: str, columns: Sequence[
                     "they are means over seeds and differ between seeds only for stateful estimators.")
     if notes:
         caption += " " + "; ".join(notes) + "."
+    for reason in sorted(set(apart.values())):
+        pairs = sorted(pair for pair, why in apart.items() if why == reason)
+        caption += f" Not drawn, {reason}: " + "; ".join(f"{e} on {p}" for p, e in pairs) + "."
     return Figure(key, title, caption, figure)
 
 
@@ -225,14 +248,31 @@ def bias_variance(results: Results) -> Figure | Missing:
         "value (diamonds) settles it.")
 
 
+DETERMINISTIC_SNR = 1e6  # above this the variance is rounding noise: the estimator is deterministic
+
+
+def deterministic_pairs(results: Results) -> dict[tuple[str, str], str]:
+    """(problem, estimator) label pairs whose SNR is infinite, undefined (0/0, stored empty) or above
+    DETERMINISTIC_SNR in every seed: deterministic estimators (exact, sigmoid, rectifier), whose
+    SNR would flatten the rest."""
+    rows = final_values(results.gradient)
+    rows = rows[(rows["metric"] == "snr") & (rows["scope"] == "all")]
+    if rows.empty:
+        return {}
+    apart = rows.groupby(list(PAIR))["value"].agg(lambda v: bool((v.isna() | (v > DETERMINISTIC_SNR)).all()))
+    reason = f"deterministic (SNR infinite, 0/0 or above {DETERMINISTIC_SNR:g}: zero variance up to rounding)"
+    return {pair: reason for pair, flag in apart.items() if flag}
+
+
 def snr_cosine(results: Results) -> Figure | Missing:
     return _estimator_panels(
         results, "snr-cosine", "Signal-to-noise ratio and cosine to the true gradient",
         [("snr", None, "SNR (dimensionless)"),
          ("cosine", None, "mean cosine to g (dimensionless)")],
-        "Left: gradient signal-to-noise ratio ‖E ĝ‖ / √(Σᵢ Var ĝᵢ); right: mean over estimates of the "
-        "cosine between one estimate and the true gradient g (1 = always the right direction). "
-        "Mean over seeds, bars ± 1 standard error (jackknife, combined over seeds).")
+        "Left: gradient signal-to-noise ratio ‖E ĝ‖ / √(Σᵢ Var ĝᵢ), on a log axis; right: mean over "
+        "estimates of the cosine between one estimate and the true gradient g (1 = always the right "
+        "direction). Mean over seeds, bars ± 1 standard error (jackknife, combined over seeds).",
+        log_metrics=("snr",), set_apart=deterministic_pairs(results))
 
 
 # -- variance against cost -------------------------------------------------------------------------
@@ -262,22 +302,48 @@ def _unbiased_trait(runs: pd.DataFrame) -> dict[str, str]:
     return out
 
 
-def frontier(results: Results) -> Figure | Missing:
-    key, title = "frontier", "Variance against cost: the frontier"
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*", "d", "H", "8")
+
+
+def estimator_styles(runs: pd.DataFrame) -> dict[str, tuple[tuple, str, str]]:
+    """estimator label -> (colour, marker, family): one colour per family (colour-blind palette,
+    families in FAMILY_ORDER), a distinct marker per estimator within its family."""
+    pairs = runs[["estimator_label", "family"]].drop_duplicates("estimator_label") if "family" in runs else \
+        pd.DataFrame({"estimator_label": runs["estimator_label"].unique(), "family": OTHER_FAMILY})
+    present = [f for f in FAMILY_ORDER if f in set(pairs["family"])]
+    present += sorted(set(pairs["family"]) - set(present))
+    colours = dict(zip(present, sns.color_palette("colorblind", max(len(present), 1))))
+    styles = {}
+    for family in present:
+        members = _order(pairs.loc[pairs["family"] == family, "estimator_label"])
+        for i, label in enumerate(members):
+            styles[label] = (colours[family], MARKERS[i % len(MARKERS)], family)
+    return styles
+
+
+def _style_legend(figure: MplFigure, styles: dict, shown: Iterable[str], extra: Sequence[Line2D]) -> None:
+    """Legend grouped by family: a family heading, then its estimators with their markers."""
+    handles = []
+    for family in dict.fromkeys(styles[label][2] for label in styles if label in set(shown)):
+        handles.append(Line2D([], [], linestyle="none", label=family.upper()))
+        handles += [Line2D([], [], marker=marker, linestyle="none", color=colour, label=label)
+                    for label, (colour, marker, fam) in styles.items() if fam == family and label in set(shown)]
+    figure.legend(handles=[*handles, *extra], loc="outside right center", frameon=False, fontsize=7)
+
+
+def _cost_figure(results: Results, key: str, title: str, metric: str, ylabel: str, what: str) -> Figure | Missing:
+    """Per problem, ``metric`` (mean over seeds) against each stored cost, with the Pareto front."""
     metrics = results.gradient
-    variance = summarise(metrics, "variance")
-    if variance.empty:
-        return Missing(key, title, "no reported gradient-problem run has a variance")
+    values = summarise(pd.concat([metrics, derived_rows(metrics)], ignore_index=True), metric)
+    if values.empty:
+        return Missing(key, title, f"no reported gradient-problem run has what {ylabel} needs")
     costs = [(name, label) for name, label in (("time_per_estimate_s", "time per estimate (µs)"),
                                                ("loss_evals", "loss evaluations per estimate"))
              if not summarise(metrics, name).empty]
     if not costs:
         return Missing(key, title, "no run stored a cost (time_per_estimate_s or loss_evals)")
-    traits = _unbiased_trait(results.runs)
-    problems = _order(variance["problem_label"])
-    estimators_all = _order(variance["estimator_label"])
-    palette = dict(zip(estimators_all, sns.color_palette("husl", len(estimators_all))))
-    markers = {"unbiased": "o", "biased": "X", "trait unknown": "s"}
+    problems = _order(values["problem_label"])
+    styles = estimator_styles(results.runs[results.runs["estimator_label"].isin(values["estimator_label"])])
     zero_drawn = False
     with _style():
         figure, axes = _new_figure(len(problems), len(costs), width=5.0)
@@ -285,7 +351,7 @@ def frontier(results: Results) -> Figure | Missing:
             for col, (cost_name, cost_label) in enumerate(costs):
                 ax = axes[row, col]
                 cost = summarise(metrics[metrics["problem_label"] == problem], cost_name)
-                table = variance[variance["problem_label"] == problem].merge(
+                table = values[values["problem_label"] == problem].merge(
                     cost[["estimator_label", "mean"]].rename(columns={"mean": "cost"}), on="estimator_label")
                 table = table[np.isfinite(table["mean"].astype(float)) & np.isfinite(table["cost"].astype(float))]
                 if cost_name == "time_per_estimate_s":
@@ -293,7 +359,6 @@ def frontier(results: Results) -> Figure | Missing:
                 if table.empty:
                     ax.set_axis_off()
                     continue
-                table["trait"] = table["estimator_label"].map(traits)
                 zero = _zeros(table["mean"].to_numpy(float))
                 log_y = _wants_log(table.loc[~zero, "mean"])
                 table["y"] = table["mean"].astype(float)
@@ -303,8 +368,10 @@ def frontier(results: Results) -> Figure | Missing:
                 front = table.iloc[pareto_front(table["cost"].tolist(), table["mean"].astype(float).tolist())]
                 ax.plot(front["cost"], front["y"], drawstyle="steps-post", color="0.35", linestyle="--",
                         linewidth=1, zorder=1)
-                sns.scatterplot(data=table, x="cost", y="y", hue="estimator_label", style="trait", ax=ax,
-                                palette=palette, markers=markers, s=60, legend=False, zorder=3)
+                for point in table.itertuples():
+                    colour, marker, _ = styles[point.estimator_label]
+                    ax.scatter([point.cost], [point.y], color=colour, marker=marker, s=55, zorder=3,
+                               edgecolors="0.15" if point.Index in front.index else "none", linewidths=0.8)
                 if log_y and zero.any():
                     ax.scatter(table.loc[zero, "cost"], table.loc[zero, "y"], marker="v", s=80, facecolors="none",
                                edgecolors="0.2", zorder=4)
@@ -313,27 +380,40 @@ def frontier(results: Results) -> Figure | Missing:
                 if _wants_log(table["cost"]):
                     ax.set_xscale("log")
                 ax.set_xlabel(cost_label)
-                ax.set_ylabel("variance (gradient units²)" + (" (log)" if log_y else ""))
+                _ylabel(ax, ylabel + (" (log)" if log_y else ""))
                 _title(ax, problem)
-        handles = [Line2D([], [], marker="o", linestyle="none", color=palette[e], label=e) for e in estimators_all]
-        handles += [Line2D([], [], marker=m, linestyle="none", color="0.3", label=t) for t, m in markers.items()
-                    if t in set(traits.values())]
-        handles.append(Line2D([], [], linestyle="--", color="0.35", label="Pareto front (lower-left is better)"))
+        extra = [Line2D([], [], linestyle="--", color="0.35", label="Pareto front (lower-left is better)")]
         if zero_drawn:
-            handles.append(Line2D([], [], marker="v", linestyle="none", markerfacecolor="none", color="0.2",
-                                  label="zero variance, drawn at the floor"))
-        figure.legend(handles=handles, loc="outside right center", frameon=False, fontsize=7)
+            extra.append(Line2D([], [], marker="v", linestyle="none", markerfacecolor="none", color="0.2",
+                                label="zero, drawn at the floor"))
+        _style_legend(figure, styles, values["estimator_label"], extra)
     measured = {"time_per_estimate_s": "the wall-clock time of the estimator and its backward pass",
                 "loss_evals": "the loss evaluations counted by the harness"}
-    caption = ("Variance of one gradient estimate (mean over seeds) against what one estimate costs: "
+    caption = (what + " Cost: "
                + " and ".join(f"{measured[name]} ({'left' if i == 0 and len(costs) > 1 else 'right' if i else 'x'})"
                               for i, (name, _) in enumerate(costs))
-               + ". Colour: estimator; marker: its unbiasedness trait. The dashed line is the Pareto front: "
-               "no estimator is both cheaper and less noisy than a point on it. For a fixed budget B, "
-               "averaging B / cost estimates gives variance × cost / B, so the 'Cost-adjusted variance' "
-               "tables rank by variance × cost; a biased estimator's error does not shrink with averaging. "
-               + _describe_runs(_runs_of(results, metrics[metrics["metric"] == "variance"])))
+               + ". Colour: estimator family; marker: estimator within it (legend). The dashed line is the "
+               "Pareto front (points on it are outlined): no estimator is both cheaper and better than a point "
+               "on it. " + _describe_runs(_runs_of(results, metrics[metrics["metric"] == "variance"])))
     return Figure(key, title, caption, figure)
+
+
+def mse_frontier(results: Results) -> Figure | Missing:
+    return _cost_figure(
+        results, "mse-frontier", "Mean squared error against cost: the frontier", DERIVED_PREFIX + "mse",
+        "MSE of one estimate (gradient units²)",
+        "Mean squared error E‖ĝ − g‖² = variance + ‖bias‖² of one gradient estimate (mean over seeds) "
+        "against what one estimate costs. A budget of B loss evaluations buys B / cost estimates; their "
+        "average has MSE variance × cost / B + ‖bias‖², so the tables rank by MSE × loss evaluations, and "
+        "a biased estimator's ‖bias‖² never averages away.")
+
+
+def frontier(results: Results) -> Figure | Missing:
+    return _cost_figure(
+        results, "frontier", "Variance against cost: the frontier", "variance", "variance (gradient units²)",
+        "Secondary view: the variance of one gradient estimate alone (mean over seeds) against its cost. "
+        "It ignores bias, so a deterministic but biased estimator (zero variance) sits at the bottom; "
+        "the mean-squared-error frontier above ranks them fairly.")
 
 
 # -- variance against settings ---------------------------------------------------------------------
@@ -544,7 +624,7 @@ def _curves_figure(results: Results, key: str, title: str, names: dict[str, str]
                     ax.set_yscale("log")
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                 ax.set_xlabel(f"training {part['axis'].iloc[0]}")
-                ax.set_ylabel(names[metric] + (" (log)" if ax.get_yscale() == "log" else ""))
+                _ylabel(ax, names[metric] + (" (log)" if ax.get_yscale() == "log" else ""), width=36)
                 _title(ax, problem)
         handles = [Line2D([], [], color=palette[e], label=e) for e in estimators_all]
         handles.append(Line2D([], [], color="0.6", linewidth=6, alpha=0.4, label="± 1 sd over seeds"))
@@ -571,7 +651,7 @@ def sparsity_curves(results: Results) -> Figure | Missing:
                           "(0.9 at the paper's 10% target).")
 
 
-BUILDERS = (bias_variance, snr_cosine, frontier, variance_vs_samples, variance_vs_estimator_parameters,
+BUILDERS = (bias_variance, snr_cosine, mse_frontier, frontier, variance_vs_samples, variance_vs_estimator_parameters,
             variance_vs_dimension, variance_vs_depth, variance_vs_width, variance_per_scope, learning_curves,
             sparsity_curves)
 

@@ -104,6 +104,36 @@ def registered_defaults(kind: str, name: str) -> dict[str, Any] | None:
         return None
 
 
+# Fallback only: estimator families by the module that defines the estimator (the README's
+# "family (module)" column). A run whose notes or config store a "family" uses that instead.
+FAMILY_BY_MODULE = {
+    "reinforce": "score function", "antithetic": "score function",
+    "nvil": "control variate", "muprop": "control variate", "rebar": "control variate",
+    "gumbel": "relaxation", "straight_through": "straight-through", "slope_annealed_st": "straight-through",
+    "gapped_st": "straight-through", "reinmax": "straight-through", "perturbation": "perturbation",
+    "exact": "exact", "sts": "non-binary", "noisy_rectifier": "non-binary", "paper_baselines": "non-binary",
+    "gaussian_dropout": "non-binary",
+}
+FAMILY_ORDER = ("exact", "score function", "control variate", "relaxation", "straight-through", "perturbation",
+                "non-binary", "other")
+OTHER_FAMILY = "other"
+
+
+def estimator_family(name: str, stored: dict | None = None) -> str:
+    """The estimator's family: stored with the run where it is, else from the module the built-in
+    estimator is defined in (a registry lookup, nothing is built); 'other' for anything else."""
+    if stored and isinstance(stored.get("family"), str):
+        return stored["family"]
+    import estimators
+
+    try:
+        module = estimators.ESTIMATORS.entry(name).cls.__module__
+    except Exception:  # not registered in this process
+        return OTHER_FAMILY
+    top, _, leaf = module.rpartition(".")
+    return FAMILY_BY_MODULE.get(leaf, OTHER_FAMILY) if top == "estimators" else OTHER_FAMILY
+
+
 def labels(names: pd.Series, params: pd.Series, kind: str) -> pd.Series:
     """``name(k=v,...)`` showing the parameters that differ from the registered defaults or that
     vary between the runs of that name (all of them when the name is not registered)."""
@@ -148,6 +178,9 @@ def prepare(runs: pd.DataFrame, metrics: pd.DataFrame, source: str = "") -> Resu
     runs["estimator_label"] = labels(runs["estimator"], runs["estimator_params_dict"], "estimator")
     runs["problem_label"] = labels(runs["problem"], runs["problem_params_dict"], "problem")
     runs["reference"] = [notes.get("reference", "") for notes in runs["notes"]]
+    runs["family"] = [estimator_family(name, {**config, **notes}) for name, config, notes in
+                      zip(runs["estimator"], runs.get("config", pd.Series([{}] * len(runs), index=runs.index)),
+                          runs["notes"])]
     runs["d"] = [float(p["d"]) if isinstance(p.get("d"), (int, float)) else math.nan for p in runs["problem_params_dict"]]
     shapes = [_network_shape(p) for p in runs["problem_params_dict"]]
     runs["depth"] = [s[0] for s in shapes]
@@ -164,7 +197,7 @@ def prepare(runs: pd.DataFrame, metrics: pd.DataFrame, source: str = "") -> Resu
     runs["training"] = [bool(samples == 0 or positioned.get(run_id, False))
                         for run_id, samples in zip(runs["run_id"], runs["samples"])]
     finished = runs[runs["status"] == "finished"]
-    joined = ["run_id", "estimator_label", "problem_label", "reference", "training", "d", "depth", "width"]
+    joined = ["run_id", "estimator_label", "problem_label", "reference", "training", "d", "depth", "width", "family"]
     metrics = metrics[metrics["run_id"].isin(finished["run_id"])].merge(finished[joined], on="run_id", how="left")
     metrics["training"] = metrics["training"].astype(bool)
     return Results(runs.reset_index(drop=True), metrics.reset_index(drop=True), source)

@@ -3,7 +3,8 @@ summary, built from :class:`analysis.frames.Results`.
 
 The page needs no network: no scripts, styles or fonts from elsewhere. A few lines of inline
 script record, in ``data-*`` attributes of <body>, any error the page raised and every image's
-rendered width, so an automated browser can check that it loaded (the page works without it).
+rendered width, the page's scroll width and the tables wider than their box, so an automated
+browser can check that it loaded and fits (the page works without it).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import pandas as pd
 
 from analysis import figures as figs
 from analysis.frames import Results, final_values, params_include, registered_defaults
-from analysis.tables import PAIR, combined_stderr, summarise
+from analysis.tables import DERIVED_PREFIX, PAIR, combined_stderr, derived_rows, summarise
 from bench.specs import format_spec, parse_spec
 
 SUMMARY_COLUMNS = (  # (metric, exact twin or None, column heading)
@@ -97,51 +98,77 @@ def estimator_summary(results: Results) -> list[Table]:
                 label: fmt(v, 3) for label, v in pvalues.groupby("estimator_label")["value"].min().items()}
         frame = pd.DataFrame(columns)
         frame.insert(0, "runs", [str(int(seeds[label])) if label in seeds else "–" for label in frame.index])
+        ranking = _ranking_frame(at)["mse × evals"]
+        frame.insert(1, "MSE × loss evals", [fmt(ranking.get(label)) for label in frame.index])
         frame = frame.fillna("–").rename_axis("estimator").reset_index()
-        frame = frame.set_index("estimator").loc[figs._order(frame["estimator"])].reset_index()
-        tables.append(Table(problem, "Mean over seeds ± 1 standard error (jackknife over 32 groups, combined "
-                                     "over seeds); exact columns enumerate the estimator's randomness in float64.",
+        ranked = [label for label in ranking.index[ranking.notna()] if label in set(frame["estimator"])]
+        rest = [label for label in figs._order(frame["estimator"]) if label not in ranked]
+        frame = frame.set_index("estimator").loc[ranked + rest].reset_index()
+        tables.append(Table(problem, "Ranked by MSE × loss evaluations per estimate (mean squared error at an equal "
+                                     "budget of loss evaluations, lower is better; see 'Cost-adjusted error'). Mean "
+                                     "over seeds ± 1 standard error (jackknife over 32 groups, combined over seeds); "
+                                     "exact columns enumerate the estimator's randomness in float64. The Monte Carlo "
+                                     "‖bias‖ of an unbiased estimator is its √(variance / n) noise floor: read bias "
+                                     "from p(unbiased) or the exact column.",
                             frame))
     return tables
 
 
+def _ranking_frame(at: pd.DataFrame) -> pd.DataFrame:
+    """Per estimator at one problem (mean over seeds): variance, MSE and their products with the
+    cost of one estimate, ordered by MSE × loss evaluations (then time), the ranking at an equal
+    budget of loss evaluations."""
+    derived = derived_rows(at)
+    both = pd.concat([at, derived], ignore_index=True)
+    columns = {"variance": "variance", "mse": DERIVED_PREFIX + "mse", "mse_se": DERIVED_PREFIX + "mse",
+               "time": "time_per_estimate_s", "evals": "loss_evals"}
+    frame = pd.DataFrame({key: summarise(both, metric).set_index("estimator_label")["se" if key.endswith("_se")
+                                                                                     else "mean"]
+                          for key, metric in columns.items()})
+    frame["mse × evals"] = frame["mse"] * frame["evals"]
+    frame["mse × µs"] = frame["mse"] * frame["time"] * 1e6
+    frame["variance × µs"] = frame["variance"] * frame["time"] * 1e6
+    frame["variance × loss evals"] = frame["variance"] * frame["evals"]
+    return frame.sort_values(["mse × evals", "time"], na_position="last", kind="stable")
+
+
 def cost_adjusted(results: Results) -> list[Table]:
-    """Variance times cost per estimate, the variance of the average at a fixed budget (x budget)."""
+    """Per problem, estimators ranked by MSE × loss evaluations per estimate (the MSE at an equal
+    budget of loss evaluations); variance × cost as a secondary view."""
     metrics = results.gradient
     traits = figs._unbiased_trait(results.runs)
     tables = []
     for problem in figs._order(metrics["problem_label"]):
-        at = metrics[metrics["problem_label"] == problem]
-        variance = summarise(at, "variance").set_index("estimator_label")["mean"]
-        if variance.empty:
+        frame = _ranking_frame(metrics[metrics["problem_label"] == problem])
+        if frame["variance"].isna().all() and frame["mse"].isna().all():
             continue
-        time = summarise(at, "time_per_estimate_s").set_index("estimator_label")["mean"]
-        evals = summarise(at, "loss_evals").set_index("estimator_label")["mean"]
-        frame = pd.DataFrame({"variance": variance, "time": time.reindex(variance.index),
-                              "evals": evals.reindex(variance.index)})
-        frame["variance × µs"] = frame["variance"] * frame["time"] * 1e6
-        frame["variance × loss evals"] = frame["variance"] * frame["evals"]
         on_front = {}
         for column in ("time", "evals"):
-            valid = frame[column].notna() & frame["variance"].notna()
+            valid = frame[column].notna() & frame["mse"].notna()
             idx = frame.index[valid]
-            front = figs.pareto_front(frame.loc[valid, column].tolist(), frame.loc[valid, "variance"].tolist())
+            front = figs.pareto_front(frame.loc[valid, column].tolist(), frame.loc[valid, "mse"].tolist())
             on_front[column] = {idx[i] for i in front}
-        frame = frame.sort_values("variance × loss evals", na_position="last")
         out = pd.DataFrame({
             "estimator": frame.index,
             "unbiased": [traits.get(label, "trait unknown") for label in frame.index],
             "variance": [fmt(v) for v in frame["variance"]],
-            "µs / estimate": [fmt(v * 1e6) for v in frame["time"]],
-            "variance × µs": [fmt(v) for v in frame["variance × µs"]],
+            "MSE": [fmt_pm(v, e, 3) for v, e in zip(frame["mse"], frame["mse_se"])],
+            "MSE × loss evals": [fmt(v) for v in frame["mse × evals"]],
+            "MSE × µs": [fmt(v) for v in frame["mse × µs"]],
             "loss evals": [fmt(v) for v in frame["evals"]],
+            "µs / estimate": [fmt(v * 1e6) for v in frame["time"]],
             "variance × loss evals": [fmt(v) for v in frame["variance × loss evals"]],
+            "variance × µs": [fmt(v) for v in frame["variance × µs"]],
             "Pareto (time / evals)": ["/".join("yes" if label in on_front[c] else "no" for c in ("time", "evals"))
                                       for label in frame.index],
         })
-        tables.append(Table(f"Cost-adjusted variance: {problem}", "Sorted by variance × loss evaluations: the variance of the average of the "
-                                     "estimates one budget buys, times the budget. Lower is better; a biased "
-                                     "estimator's bias does not average away.", out))
+        tables.append(Table(f"Cost-adjusted error: {problem}",
+                            "Ranked by MSE × loss evaluations per estimate (then time): B × the MSE of the average "
+                            "of the estimates a budget of B loss evaluations buys, for an unbiased estimator; a "
+                            "biased one's ‖bias‖² does not average away, so it only falls behind at larger budgets. "
+                            "Lower is better. MSE = variance + ‖bias‖² of one estimate (± 1 s.e.); variance × cost "
+                            "ignores bias and is shown only as a secondary view. Pareto: on the MSE-against-cost "
+                            "front.", out))
     return tables
 
 
@@ -285,13 +312,13 @@ def unfinished_table(results: Results) -> list[Table]:
 
 
 def exact_absent(results: Results) -> list[str]:
-    reasons: dict[str, set[str]] = {}
+    reasons: dict[tuple[str, str], set[str]] = {}
     for run in results.finished.itertuples():
         reason = run.notes.get("exact_moments", "") if isinstance(run.notes, dict) else ""
         if reason.startswith("not computed"):
-            reasons.setdefault(reason.removeprefix("not computed: "), set()).add(run.estimator_label)
-    return [f"Exact bias and variance not computed for {', '.join(sorted(names))}: {reason}."
-            for reason, names in sorted(reasons.items())]
+            reasons.setdefault((reason.removeprefix("not computed: "), run.problem_label), set()).add(run.estimator_label)
+    return [f"Exact bias and variance not computed for {', '.join(sorted(names))} on {problem}: {reason}."
+            for (reason, problem), names in sorted(reasons.items())]
 
 
 def metadata(results: Results, filters: dict[str, str | None]) -> pd.DataFrame:
@@ -336,9 +363,9 @@ def build_sections(results: Results, filters: dict[str, str | None] | None = Non
                             figures=figures, missing=missing))
     figures, missing = take("snr-cosine")
     sections.append(Section("snr", "Signal-to-noise ratio and cosine", figures=figures, missing=missing))
-    figures, missing = take("frontier")
-    sections.append(Section("cost", "Variance against cost", tables=cost_adjusted(results), figures=figures,
-                            missing=missing))
+    figures, missing = take("mse-frontier", "frontier")
+    sections.append(Section("cost", "Variance against cost, and the error at an equal budget",
+                            tables=cost_adjusted(results), figures=figures, missing=missing))
     figures, missing = take("variance-samples", "variance-estimator-parameters", "variance-dimension",
                             "variance-depth", "variance-width", "variance-scopes")
     sections.append(Section("scaling", "How variance scales", tables=adaptation_table(results), figures=figures,
@@ -378,6 +405,11 @@ PAGE_SCRIPT = """(function () {
       return img.complete ? img.naturalWidth : 0; });
     document.body.setAttribute('data-errors', JSON.stringify(errors));
     document.body.setAttribute('data-image-widths', JSON.stringify(widths));
+    document.body.setAttribute('data-page-width', String(document.documentElement.scrollWidth));
+    var wide = Array.prototype.filter.call(document.querySelectorAll('div.table'), function (div) {
+      return div.scrollWidth > div.clientWidth + 1; });
+    document.body.setAttribute('data-overflowing-tables', JSON.stringify(wide.map(function (div) {
+      return div.querySelector('h3') ? div.querySelector('h3').textContent : ''; })));
     document.body.setAttribute('data-loaded', 'true');
   });
 })();"""
@@ -388,8 +420,9 @@ body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans",
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccd; padding-bottom: .2em; margin-top: 2em; }
 h3 { font-size: 1em; margin-bottom: .3em; }
 table.data { border-collapse: collapse; font-size: .82em; margin: .3em 0; }
-table.data th, table.data td { border: 1px solid #d5d8dc; padding: .2em .55em; text-align: right; white-space: nowrap; }
-table.data th { background: #f1f3f5; } table.data td:first-child { text-align: left; }
+table.data th, table.data td { border: 1px solid #d5d8dc; padding: .2em .45em; text-align: right; white-space: nowrap; }
+table.data th { background: #f1f3f5; white-space: normal; vertical-align: bottom; min-width: 3.5em; }
+table.data td:first-child { text-align: left; white-space: normal; min-width: 9em; }
 div.table { overflow-x: auto; } figure { margin: 1.2em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption, .caption { font-size: .85em; color: #444; max-width: 70em; }
 .missing { color: #7a5200; } nav ul { columns: 2; } code { font-size: .9em; }

@@ -81,6 +81,32 @@ def per_epoch(metrics: pd.DataFrame, metric: str, scope: str = "all") -> pd.Data
     return _over_seeds(rows, [*PAIR, "axis", "position"])
 
 
+DERIVED_PREFIX = "derived:"
+
+
+def derived_rows(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Long-form rows of the per-run numbers bench.summary derives from the end-of-run metrics
+    (scope 'all'): ``derived:mse`` (variance + bias² of one estimate, the reference's own noise
+    removed), ``derived:mse_evals`` (MSE × loss evaluations per estimate: the ranking at an equal
+    budget of loss evaluations), ``derived:mse_time`` (MSE × µs per estimate), ``derived:bias_sq``."""
+    from bench.summary import DERIVED, derived_metrics
+
+    rows = final_values(metrics)
+    rows = rows[rows["scope"] == "all"]
+    if rows.empty:
+        return rows
+    value = rows.pivot(index="run_id", columns="metric", values="value")
+    stderr = rows.pivot(index="run_id", columns="metric", values="stderr")
+    samples = rows.groupby("run_id")["samples"].first() if "samples" in rows else pd.Series(dtype=float)
+    value, stderr = derived_metrics(value, stderr, samples)
+    template = rows.drop_duplicates("run_id").set_index("run_id")
+    parts = []
+    for key in DERIVED:
+        part = template.assign(metric=DERIVED_PREFIX + key, value=value[key], stderr=stderr[key])
+        parts.append(part[part["value"].notna()].reset_index())
+    return pd.concat(parts, ignore_index=True)[list(rows.columns)]
+
+
 def pivot(summary: pd.DataFrame, values: str | Sequence[str] = ("mean", "se")) -> pd.DataFrame:
     """Estimators as rows, problems as columns, from a :func:`summarise` frame."""
     return summary.set_index(list(PAIR))[list([values] if isinstance(values, str) else values)].unstack("problem_label")

@@ -17,7 +17,7 @@ import torch
 
 import estimators
 import problems
-from bench import harness, sweep
+from bench import harness, summary, sweep
 from bench.specs import SpecError, format_spec, parse_spec_list
 from bench.errors import UserError
 from bench.store import DEFAULT_DB, Store, StoreError
@@ -26,13 +26,27 @@ from estimators.registry import RegistryError
 DEFAULT_PROBLEMS = "bernoulli-target(d=4,t=0.45),bernoulli-quadratic(d=6),bernoulli-blackbox(d=8)"
 DEFAULT_SAMPLES = 100_000
 EXIT_USAGE = 2
-SUMMARY_METRICS = ("bias_norm", "variance", "exact_bias_norm", "exact_variance", "unbiased_pvalue",
-                   "loss_evals", "time_per_estimate_s")
-TRAINING_SUMMARY_METRICS = ("train_criterion", "train_error", "valid_error", "test_error", "sparsity_test", "train_loss",
-                            "trajectory_variance", "epoch_time_s")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" to an option's help unless the help already names its default or
+    there is none to name (None, False, an empty list)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or default in (None, False, argparse.SUPPRESS) or default == []
+                or "default" in text):
+            return text
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
 
 
 class Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # one line, exit 2, like every other user error
         raise UserError(f"{self.prog}: {message}")
 
@@ -61,6 +75,10 @@ def build_parser() -> Parser:
     run.add_argument("--force", action="store_true", help="recompute runs already in the store")
     run.add_argument("--plugin", action="append", default=[], help="a plugin .py file or module to load")
     run.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
+    run.add_argument("--columns", type=_columns, default=None,
+                     help="summary-table columns, comma-separated (default: "
+                          f"{', '.join(summary.GRADIENT_DEFAULT)}; for training runs: "
+                          f"{', '.join(summary.TRAINING_DEFAULT)}); valid: {', '.join(summary.KNOWN_COLUMNS)}")
 
     export = sub.add_parser("export", allow_abbrev=False, help="write the stored metrics in long form")
     export.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"results database (default: {DEFAULT_DB})")
@@ -97,6 +115,13 @@ def _seeds(text: str) -> list[int]:
     if any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"must be distinct non-negative integers, got {text!r}")
     return seeds
+
+
+def _columns(text: str) -> list[str]:
+    try:
+        return summary.parse_columns(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _load_plugins(targets: Sequence[str]) -> None:
@@ -196,64 +221,21 @@ def command_run(args) -> int:
                                    plugins=args.plugin)
     if not args.quiet:
         with Store(path, create=False) as store:
-            print(summary_table(store, configs))
+            print(summary_table(store, configs, args.columns))
         print(f"\nresults in {path} (python -m bench export --db {path} --format csv --out results.csv)")
     return status
 
 
-def summary_table(store: Store, configs: Sequence[harness.RunConfig]) -> str:
-    """One table for gradient runs (moments) and one for training runs (final-epoch values)."""
-    runs = store.runs()
-    runs = runs[runs["config_key"].isin({c.key for c in configs})]
-    if runs.empty:
-        return "no runs"
-    metrics = store.metrics(runs["run_id"].tolist())
-    metrics = metrics[(metrics["scope"] == "all") & metrics["step"].isna()]
-    training = {run.run_id for run in runs.itertuples() if json.loads(run.notes).get("kind") == "training"
-                or json.loads(run.config).get("samples") == 0}
-    tables = []
-    for kind, names in (("gradient", SUMMARY_METRICS), ("training", TRAINING_SUMMARY_METRICS)):
-        rows = []
-        for run in runs.itertuples():
-            if (run.run_id in training) != (kind == "training"):
-                continue
-            values = metrics[metrics["run_id"] == run.run_id]
-            if kind == "training":  # the last epoch of each curve
-                values = values.sort_values("epoch", na_position="first").groupby("metric").tail(1)
-            values = values.set_index("metric")
-            row = {"estimator": format_spec(run.estimator, _non_default(run.estimator, json.loads(run.estimator_params),
-                                                                         estimators.ESTIMATORS)),
-                   "problem": format_spec(run.problem, _non_default(run.problem, json.loads(run.problem_params),
-                                                                    problems.PROBLEMS) if kind == "training"
-                                          else json.loads(run.problem_params)),
-                   "seed": run.seed}
-            if run.status != "finished":
-                row["note"] = f"{run.status}: {run.error}"
-            for name in names:
-                if name in values.index:
-                    row[name] = _format(name, values.at[name, "value"], values.at[name, "stderr"])
-                else:
-                    row[name] = "-"
-            rows.append(row)
-        if not rows:
-            continue
-        table = pd.DataFrame(rows).rename(columns={"time_per_estimate_s": "us_per_estimate",
-                                                   "unbiased_pvalue": "p(unbiased)"})
-        if kind == "training":
-            table = table.loc[:, (table != "-").any(axis=0)]
-        with pd.option_context("display.width", 250, "display.max_columns", 50, "display.max_colwidth", 60):
-            tables.append(table.to_string(index=False))
-    text = "\n\n".join(tables)
-    reasons: dict[str, set[str]] = {}
-    for run in runs.itertuples():
-        reason = json.loads(run.notes).get("exact_moments", "")
-        if reason.startswith("not computed"):
-            reasons.setdefault(reason.removeprefix("not computed: "), set()).add(run.estimator)
-    if reasons:
-        text += "\n\nexact_bias_norm / exact_variance not computed where shown '-':"
-        for reason, names in sorted(reasons.items()):
-            text += f"\n  {', '.join(sorted(names))}: {reason}"
-    return text
+def summary_table(store: Store, configs: Sequence[harness.RunConfig], columns: Sequence[str] | None = None,
+                  width: int | None = None) -> str:
+    """Per problem, the estimators ranked by MSE at an equal budget of loss evaluations, seeds
+    aggregated, labels showing only non-default parameters (see bench.summary)."""
+    return summary.summary_table(store, configs, columns, width, label=_short_label)
+
+
+def _short_label(name: str, params: dict, kind: str) -> str:
+    registry = estimators.ESTIMATORS if kind == "estimator" else problems.PROBLEMS
+    return format_spec(name, _non_default(name, params, registry))
 
 
 def _non_default(name: str, params: dict, registry) -> dict:
@@ -262,17 +244,6 @@ def _non_default(name: str, params: dict, registry) -> dict:
     except RegistryError:
         return params
     return {k: v for k, v in params.items() if k not in spec or spec[k]["default"] != v}
-
-
-def _format(name: str, value, stderr) -> str:
-    if value is None or pd.isna(value):
-        return "nan"
-    if name == "time_per_estimate_s":
-        value, stderr = value * 1e6, (None if stderr is None or pd.isna(stderr) else stderr * 1e6)
-    text = f"{value:.4g}"
-    if stderr is not None and not pd.isna(stderr):
-        text += f" ± {stderr:.2g}"
-    return text
 
 
 # -- export ----------------------------------------------------------------------------------------
@@ -288,12 +259,21 @@ def command_export(args) -> int:
             raise UserError("parquet export needs pyarrow: pip install 'stochgrad-bench[parquet]'") from None
     with Store(args.db, create=False) as store:
         frame = store.metrics()
+    at = frame.columns.get_loc("problem_params") + 1  # full specs: one column tells settings apart
+    frame.insert(at, "problem_spec", _specs(frame["problem"], frame["problem_params"]))
+    frame.insert(at, "estimator_spec", _specs(frame["estimator"], frame["estimator_params"]))
     if args.format == "csv":
         frame.to_csv(args.out, index=False)
     else:
         frame.to_parquet(args.out, index=False)
     print(f"wrote {len(frame)} rows from {args.db} to {args.out}")
     return 0
+
+
+def _specs(names: pd.Series, params: pd.Series) -> list[str]:
+    """name(k=v,...) with every stored parameter, the form ``run --estimators`` accepts."""
+    cache: dict[tuple[str, str], str] = {}
+    return [cache.setdefault((n, p), format_spec(n, json.loads(p))) for n, p in zip(names, params)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -206,9 +206,11 @@ def test_scoped_variance_and_frontier(db):
         save(store, "reinforce", {}, [Metric("variance", 3.0, 0.1), Metric("variance", 1.0, 0.1, scope="layer1"),
                                       Metric("variance", 2.0, 0.1, scope="layer2"),
                                       Metric("variance", 1.5, 0.1, scope="layer2.weight"),
-                                      Metric("loss_evals", 1.0), Metric("time_per_estimate_s", 2e-6)],
+                                      Metric("loss_evals", 1.0), Metric("time_per_estimate_s", 2e-6),
+                                      Metric("mse", 3.0, 0.1)],  # unbiased: MSE = variance
              problem="sigmoid-belief-net", problem_params=problem)
         save(store, "reinforce-loo", {"K": 4}, [Metric("variance", 0.3, 0.1), Metric("loss_evals", 4.0),
+                                                Metric("mse", 0.3, 0.1),
                                                 Metric("time_per_estimate_s", 8e-6)],
              problem="sigmoid-belief-net", problem_params=problem)
     results = load_results(db)
@@ -252,3 +254,72 @@ def test_adaptation_table_compares_before_and_after(db):
     se = math.sqrt(2 * 0.2**2) / 2
     assert row["variance before adaptation"] == report.fmt_pm(5.0, se) == "5 ± 0.14"
     assert row["variance after adaptation"] == "1.5 ± 0.071" and row["ratio after / before"] == "0.3"
+
+
+# -- rankings on MSE at an equal budget, SNR, estimator families ------------------------------------
+def _budget_store(db):
+    """At an equal budget of loss evaluations reinforce-loo(K=8) (MSE 0.004 x 8) beats reinforce
+    (0.05 x 1), which beats the zero-variance but biased rectifier (0.09 x 1); exact is
+    deterministic (SNR 4.3e8, rounding noise)."""
+    with Store(db) as store:
+        for name, params, mse, variance, evals, snr in (
+                ("rectifier", {}, 0.09, 0.0, 1.0, math.inf), ("reinforce", {}, 0.05, 0.05, 1.0, 0.5),
+                ("reinforce-loo", {"K": 8}, 0.004, 0.004, 8.0, 2.0), ("straight-through", {}, 3.0, 1.0, 1.0, 3.0),
+                ("exact", {}, 1e-16, 1e-17, 8.0, 4.3e8), ("sigmoid", {}, 0.0, 0.0, 1.0, math.nan)):
+            save(store, name, params, [Metric("mse", mse, 1e-4), Metric("variance", variance, 1e-4),
+                                       Metric("loss_evals", evals), Metric("time_per_estimate_s", 1e-5),
+                                       Metric("snr", snr, 0.01), Metric("cosine", 0.5, 0.01)])
+    return load_results(db)
+
+
+def test_rankings_and_front_use_mse_at_equal_budget(db):
+    results = _budget_store(db)
+    table = report.cost_adjusted(results)[0].frame
+    assert table["estimator"].tolist() == ["sigmoid", "exact", "reinforce-loo(K=8)", "reinforce", "rectifier",
+                                           "straight-through"]
+    summary = report.estimator_summary(results)[0].frame
+    assert summary["estimator"].tolist() == table["estimator"].tolist()  # the summary table is ranked the same way
+    figure = figures.mse_frontier(results)
+    assert "Mean squared error" in figure.title
+    evals_ax = figure.figure.axes[1]
+    front = [line for line in evals_ax.lines if line.get_linestyle() == "--"][0]
+    assert 0.09 not in [round(y, 6) for y in front.get_ydata()]  # the biased rectifier is not on the MSE front
+    legend = [t.get_text() for legend in figure.figure.legends for t in legend.get_texts()]
+    assert {"SCORE FUNCTION", "NON-BINARY", "EXACT", "STRAIGHT-THROUGH"} <= set(legend)
+    assert {"reinforce", "reinforce-loo(K=8)", "rectifier", "straight-through", "exact"} <= set(legend)
+
+
+def test_snr_is_logarithmic_with_deterministic_estimators_set_apart(db):
+    results = _budget_store(db)
+    figure = figures.snr_cosine(results)
+    snr_ax, cosine_ax = figure.figure.axes[:2]
+    assert snr_ax.get_yscale() == "log"
+    assert [t.get_text() for t in snr_ax.get_xticklabels()] == ["reinforce", "reinforce-loo(K=8)", "straight-through"]
+    assert drawn_y(snr_ax) == pytest.approx([0.5, 2.0, 3.0])
+    assert "deterministic" in figure.caption and "exact on bernoulli-target(d=3)" in figure.caption
+    assert "rectifier on bernoulli-target(d=3)" in figure.caption and "sigmoid on bernoulli-target(d=3)" in figure.caption
+    assert len([t for t in cosine_ax.get_xticklabels()]) == 6  # the cosine panel keeps every estimator
+
+
+def test_estimator_styles_colour_by_family_and_mark_each_estimator(db):
+    with Store(db) as store:
+        for name, params in (("reinforce", {}), ("reinforce-loo", {"K": 8}), ("arm", {}), ("rectifier", {}),
+                             ("not-registered-here", {})):
+            save(store, name, params, [Metric("variance", 1.0)])
+        save(store, "not-registered-either", {}, [Metric("variance", 1.0)], notes={"family": "score function"})
+    runs = load_results(db).runs
+    family = dict(zip(runs["estimator_label"], runs["family"]))
+    assert family == {"reinforce": "score function", "reinforce-loo(K=8)": "score function", "arm": "score function",
+                      "rectifier": "non-binary", "not-registered-here": "other",
+                      "not-registered-either": "score function"}  # stored family first, then the module
+    styles = figures.estimator_styles(runs)
+    score = [styles[label] for label in ("arm", "not-registered-either", "reinforce", "reinforce-loo(K=8)")]
+    assert len({colour for colour, _, _ in score}) == 1 and len({marker for _, marker, _ in score}) == 4
+    assert styles["rectifier"][0] != styles["reinforce"][0] != styles["not-registered-here"][0]
+
+
+def test_exact_absent_names_the_problem(db):
+    with Store(db) as store:
+        save(store, "reinforce", {}, [Metric("variance", 1.0)], notes={"exact_moments": "not computed: 2^40 outcomes"})
+    text = report.exact_absent(load_results(db))
+    assert text == ["Exact bias and variance not computed for reinforce on bernoulli-target(d=3): 2^40 outcomes."]

@@ -261,12 +261,12 @@ def sweep(tmp_path_factory):
 def test_run_prints_summary_and_stores_runs(sweep):
     assert_succeeded(sweep.first)
     lines = sweep.first.stdout.splitlines()
-    header = lines[0].split()
-    assert header[:3] == ["estimator", "problem", "seed"] and "bias_norm" in header and "p(unbiased)" in header
-    rows = [line.split() for line in lines[1:5]]
-    assert sorted((row[0], row[2]) for row in rows) == [("reinforce", "0"), ("reinforce", "1"),
-                                                        ("straight-through", "0"), ("straight-through", "1")]
-    assert all(row[1].startswith("bernoulli-target(d=3") for row in rows)
+    # One block per problem; seeds aggregated; ranked by MSE at an equal budget of loss evaluations.
+    assert lines[0].startswith("bernoulli-target(d=3): ranked by MSE×evals")
+    header = lines[1].split()
+    assert header[:3] == ["#", "estimator", "seed"[:4] + "s"] and "p(unbiased)" in header and "bias_norm" not in header
+    rows = [line.split() for line in lines[2:4]]
+    assert [(row[1], row[2]) for row in rows] == [("reinforce", "2"), ("straight-through", "2")]
     assert str(sweep.db) in sweep.first.stdout
 
     runs = sweep.runs_first
@@ -611,3 +611,152 @@ def test_user_error_in_a_real_process(tmp_path, results_template, argv, fragment
     result = run_cli(*[a.replace("{db}", str(db)) for a in argv], cwd=tmp_path)
     check_user_error(result.returncode, result.stdout, result.stderr, fragments)
     assert snapshot(tmp_path) == before
+
+
+# -- the summary table after run ---------------------------------------------------------------------
+TARGET3 = {"d": 3, "t": 0.45, "logit": 0.0}
+LONG_PROBLEM = {"d": 6, "data_seed": 12345}
+
+
+def _summary_store(db: Path) -> list:
+    """Hand-chosen numbers: at an equal budget of loss evaluations reinforce-loo(K=8) (MSE 0.004 x 8)
+    beats reinforce (0.05 x 1), which beats the zero-variance but biased rectifier (0.09 x 1), though
+    ranking by variance x cost would put the rectifier first. Two seeds each; one run failed, one
+    has no exact moments."""
+    from bench.harness import RunConfig, RunResult
+    from bench.metrics import Metric
+    from bench.store import Store
+
+    def metrics(mse, variance, bias, evals, p, se=0.001):
+        return [Metric("mse", mse, se), Metric("variance", variance, se), Metric("bias_norm", bias, 1e-4),
+                Metric("loss_evals", evals), Metric("unbiased_pvalue", p), Metric("time_per_estimate_s", 1e-5, 1e-7)]
+
+    table = [("rectifier", {}, 0.09, 0.0, 0.3, 1.0, 0.0), ("reinforce", {}, 0.05, 0.05, 0.007, 1.0, 0.4),
+             ("reinforce-loo", {"K": 8}, 0.004, 0.004, 0.002, 8.0, 0.6)]
+    configs = []
+    with Store(db) as store:
+        for problem, params in (("bernoulli-target", TARGET3), ("bernoulli-quadratic", LONG_PROBLEM)):
+            for name, est_params, mse, variance, bias, evals, p in table:
+                for seed in (0, 1):
+                    config = RunConfig(name, est_params, problem, params, seed, 1000)
+                    notes = {"exact_moments": "not computed: 2^40 outcomes"} if name == "reinforce-loo" else {}
+                    shift = 0.001 * seed  # seeds differ: the table shows their mean
+                    store.save(RunResult(config, "finished", metrics(mse + shift, variance + shift, bias, evals, p),
+                                         notes, "t0", "t1", 0.1), {}, None, "cpu")
+                    configs.append(config)
+        failed = RunConfig("reinforce", {}, "bernoulli-target", TARGET3, 2, 1000)
+        store.save(RunResult(failed, "failed", [], {}, "t0", "t1", 0.1, "RuntimeError: boom"), {}, None, "cpu")
+        configs.append(failed)
+    return configs
+
+
+def _blocks(text: str) -> dict[str, list[list[str]]]:
+    """Problem title -> table rows split into cells (the header row first)."""
+    blocks = {}
+    for block in text.split("\n\n"):
+        lines = block.splitlines()
+        if len(lines) > 1 and lines[1].startswith("#"):
+            blocks[lines[0].split(":")[0]] = [line.split() for line in lines[1:] if not line.startswith("  ")]
+    return blocks
+
+
+def test_summary_ranks_by_mse_at_equal_budget_and_aggregates_seeds(tmp_path):
+    from bench.cli import summary_table
+    from bench.store import Store
+
+    configs = _summary_store(tmp_path / "r.db")
+    with Store(tmp_path / "r.db", create=False) as store:
+        text = summary_table(store, configs, width=100)
+    assert max(map(len, text.splitlines())) <= 100, text
+    blocks = _blocks(text)
+    # Short labels: only the parameters that differ from the registered defaults.
+    assert set(blocks) == {"bernoulli-target(d=3)", "bernoulli-quadratic(data_seed=12345)"}, text
+    header, *rows = blocks["bernoulli-target(d=3)"]
+    assert header[:3] == ["#", "estimator", "seeds"] and "MSE×evals" in header and "p(unbiased)" in header
+    assert "bias_norm" not in text and "‖bias‖" not in text  # the raw norm includes the noise floor
+    assert [row[1] for row in rows] == ["reinforce-loo(K=8)", "reinforce", "rectifier"]  # one row per estimator
+    assert [row[0] for row in rows] == ["1", "2", "3"]
+    assert [row[2] for row in rows] == ["2", "2/3", "2"]  # seeds; one reinforce run failed
+    column = header.index("MSE×evals")
+    assert rows[0][column] == "0.036±0.006"  # mean over seeds 0.0045 x 8; se sqrt(2 x 0.001²) / 2 x 8
+    assert "reinforce seed 2 failed: RuntimeError: boom" in text
+    # Exact-moment notes name the estimator and the problem.
+    assert "reinforce-loo(K=8) on bernoulli-target(d=3): 2^40 outcomes" in text
+    assert "reinforce-loo(K=8) on bernoulli-quadratic(data_seed=12345): 2^40 outcomes" in text
+
+
+def test_summary_fits_the_terminal_and_columns_are_chosen(tmp_path, monkeypatch):
+    from bench.cli import summary_table
+    from bench.store import Store
+
+    configs = _summary_store(tmp_path / "r.db")
+    with Store(tmp_path / "r.db", create=False) as store:
+        monkeypatch.setenv("COLUMNS", "60")
+        narrow = summary_table(store, configs)
+        chosen = summary_table(store, configs, columns=["variance", "bias_sq"], width=100)
+    assert max(map(len, narrow.splitlines())) <= 60, narrow
+    assert "not shown, to fit 60 columns" in narrow
+    header = _blocks(chosen)["bernoulli-target(d=3)"][0]
+    assert header == ["#", "estimator", "seeds", "variance", "bias²"]
+    rows = _blocks(chosen)["bernoulli-target(d=3)"][1:]
+    assert [row[1] for row in rows] == ["reinforce-loo(K=8)", "reinforce", "rectifier"]  # still ranked by MSE
+    # Debiased bias²: ‖mean − g‖² − variance / n, 0.3² − 0.0005 / 1000 for the rectifier.
+    assert rows[2][4].startswith("0.09")
+
+
+def test_run_rejects_unknown_summary_columns(invoke, tmp_path):
+    code, out, err = invoke([*RUN, "--columns", "mse_evals,variace", "--db", str(tmp_path / "r.db")], tmp_path)
+    check_user_error(code, out, err, ["--columns", "'variace'", "did you mean variance"])
+    assert not (tmp_path / "r.db").exists()
+
+
+@pytest.mark.parametrize("command, fragments", [
+    (["run", "--help"], ["(default: 100000)", "(default: 10000)", "(default: cpu)", "(default: all)"]),
+    (["paper", "--help"], ["(default: 1)", "(default: mnist)"]),
+    (["report", "--help"], ["(default: bench-results/results.db)"]),
+])
+def test_help_shows_defaults(command, fragments, capsys):
+    from bench.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(command)
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for fragment in fragments:
+        assert fragment in text, (fragment, text)
+
+
+# -- export: full specs, and the README's pandas example -----------------------------------------------
+def test_readme_pandas_example_gives_the_final_values(tmp_path, monkeypatch, one_thread):
+    """nvil stores its variance twice (step=0 before adaptation, then final); reinforce-loo runs at
+    two K. The README's example must give the final value of each setting, not a mix."""
+    from bench import harness
+    from bench.cli import main
+    from bench.store import Store
+
+    db = tmp_path / "r.db"
+    specs = [("nvil", {}), ("reinforce-loo", {"K": 2}), ("reinforce-loo", {"K": 4})]
+    with Store(db) as store:
+        for name, params in specs:
+            result = harness.run(harness.make_config(name, params, "bernoulli-target", {"d": 3}, 0, 500, warmup=256))
+            assert result.status == "finished", result.error
+            store.save(result, {}, None, "cpu")
+        stored = store.metrics()
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "--db", str(db), "--format", "csv", "--out", "results.csv"]) == 0
+    block = re.search(r"### `export`.*?```python\n(.*?)```", (Path(__file__).parent.parent / "README.md").read_text(),
+                      flags=re.S)
+    assert block, "no pandas example in the README's export section"
+    namespace: dict = {}
+    exec(block.group(1), namespace)
+    table = namespace["table"]
+    variance = stored[(stored["metric"] == "variance") & (stored["scope"] == "all")]
+    nvil = variance[variance["estimator"] == "nvil"]
+    final, before = nvil.loc[nvil["step"].isna(), "value"].item(), nvil.loc[nvil["step"] == 0, "value"].item()
+    assert final != pytest.approx(before, rel=1e-3)  # else the test could not tell them apart
+    problem = "bernoulli-target(d=3,logit=0.0,t=0.45)"
+    nvil_spec = next(s for s in table.index.get_level_values("estimator_spec") if s.startswith("nvil"))
+    assert table.at[(nvil_spec, problem), "variance"] == pytest.approx(final, rel=1e-12)
+    for k in (2, 4):
+        loo = variance[(variance["estimator"] == "reinforce-loo") & variance["estimator_params"].str.contains(f'"K": {k}')]
+        assert table.at[(f"reinforce-loo(K={k})", problem), "variance"] == pytest.approx(loo["value"].item(), rel=1e-12)

@@ -165,7 +165,7 @@ def test_figures_are_embedded_and_absences_reported(report_dir):
     page = (report_dir / "index.html").read_text()
     summary = (report_dir / "summary.md").read_text()
     images = re.findall(r"<img alt='[^']*' src='data:image/png;base64,([A-Za-z0-9+/=]+)'>", page)
-    assert len(images) == page.count("<img") == summary.count("*Figure in index.html:") == 6
+    assert len(images) == page.count("<img") == summary.count("*Figure in index.html:") == 7
     for data in images:
         png = base64.b64decode(data)
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
@@ -174,6 +174,7 @@ def test_figures_are_embedded_and_absences_reported(report_dir):
     assert not re.search(r"(?:src|href)\s*=\s*['\"]?(?:https?:)?//", page)  # nothing fetched from elsewhere
     assert "@import" not in page and "<link" not in page
     for figure in ("Bias and variance per estimator and problem", "Variance against cost: the frontier",
+                   "Mean squared error against cost: the frontier",
                    "Variance against the number of units d", "Signal-to-noise ratio and cosine to the true gradient",
                    "Learning curves of training problems", "Sparsity curves of training problems"):
         assert f"<b>{figure}.</b>" in page
@@ -187,7 +188,8 @@ def test_figures_are_embedded_and_absences_reported(report_dir):
 def test_page_loads_in_a_headless_browser(report_dir, tmp_path):
     command = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", (report_dir / "index.html").as_uri()]
+               "--window-size=1400,900", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}",
+               "--dump-dom", (report_dir / "index.html").as_uri()]
     dom = subprocess.run(command, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL).stdout
     body = re.search(r"<body([^>]*)>", dom)
     assert body, f"no <body> in the dumped DOM: {dom[:300]!r}"
@@ -197,6 +199,31 @@ def test_page_loads_in_a_headless_browser(report_dir, tmp_path):
     widths = json.loads(attributes["data-image-widths"])
     page = (report_dir / "index.html").read_text()
     assert len(widths) == page.count("<img") and all(w > 300 for w in widths), widths
+    # At a 1400 px wide window nothing overflows: not the page, not a table inside its box.
+    assert int(attributes["data-page-width"]) <= 1400
+    assert json.loads(attributes["data-overflowing-tables"].replace("&quot;", '"')) == []
+
+
+def test_figure_text_is_not_clipped(store_path):
+    """Every tick label, axis label, title and legend entry lies inside its figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from analysis.figures import Figure, all_figures
+    from analysis.frames import load_results
+
+    for built in all_figures(load_results(store_path)):
+        if not isinstance(built, Figure):
+            continue
+        canvas = FigureCanvasAgg(built.figure)
+        canvas.draw()
+        renderer, box = canvas.get_renderer(), built.figure.bbox
+        drawn = [(ax.get_title() or ax.get_ylabel(), ax.get_tightbbox(renderer)) for ax in built.figure.axes
+                 if ax.axison]  # ticks, tick labels, axis labels and title as drawn
+        drawn += [("legend", legend.get_window_extent(renderer)) for legend in built.figure.legends]
+        drawn += [(t.get_text(), t.get_window_extent(renderer)) for t in built.figure.texts if t.get_text()]
+        for what, extent in drawn:
+            assert (extent.x0 >= box.x0 - 1 and extent.y0 >= box.y0 - 1 and extent.x1 <= box.x1 + 1
+                    and extent.y1 <= box.y1 + 1), (built.key, what, extent, box)
 
 
 @pytest.mark.parametrize("case", ["missing-db", "empty-db", "no-match", "bad-spec", "no-parent", "out-is-file"])

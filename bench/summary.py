@@ -1,0 +1,285 @@
+"""The table ``python -m bench run`` prints: per problem, the estimators ranked by mean squared
+error at an equal budget of loss evaluations, seeds aggregated, sized to fit the terminal.
+
+The ranking numbers are derived per run from stored metrics (:func:`derived_metrics`, shared with
+the report): MSE = E‖ĝ − g‖² of one estimate (variance + squared bias), and MSE × loss evaluations
+per estimate, the cost-normalised error (for an unbiased estimator, B × the MSE of the average a
+budget of B loss evaluations buys; a biased estimator's squared bias does not average away, so it
+only gets worse at larger budgets). Over seeds a value is the mean of the runs' values, its
+standard error sqrt(sum se_i^2) / n from the runs' own (jackknife) errors, else the spread between
+seeds / sqrt(n). Full detail (every metric, seed, scope, epoch) stays in ``python -m bench export``.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import shutil
+import textwrap
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from bench.specs import format_spec
+
+DEFAULT_WIDTH = 100
+MAX_LABEL = 32  # estimator labels longer than this are cut with '…' when the table must shrink
+
+# Derived per-run numbers (not stored): key -> description.
+DERIVED = {
+    "mse": "mean squared error ‖ĝ − g‖² of one estimate (variance + bias²; the reference's own noise removed)",
+    "mse_evals": "MSE × loss evaluations per estimate (equal budget of loss evaluations; lower is better)",
+    "mse_time": "MSE × µs per estimate (equal wall time)",
+    "bias_sq": "squared bias with the Monte Carlo noise removed, ‖mean − g‖² − variance/n (can be < 0)",
+}
+# Column key -> (heading, value scale, how seeds combine: 'mean' or 'bonferroni').
+HEADINGS = {
+    "mse_evals": ("MSE×evals", 1.0), "mse": ("MSE", 1.0), "mse_time": ("MSE×µs", 1.0),
+    "bias_sq": ("bias²", 1.0), "unbiased_pvalue": ("p(unbiased)", 1.0), "bias_z_max": ("max|z|", 1.0),
+    "variance": ("variance", 1.0), "bias_norm": ("‖bias‖ MC", 1.0), "exact_variance": ("exact var", 1.0),
+    "exact_bias_norm": ("exact‖bias‖", 1.0), "loss_evals": ("evals", 1.0),
+    "time_per_estimate_s": ("µs/est", 1e6), "snr": ("SNR", 1.0), "cosine": ("cosine", 1.0),
+    "sign_agreement": ("sign agr.", 1.0), "sparsity": ("sparsity", 1.0), "relative_bias": ("rel. bias", 1.0),
+    "peak_memory_bytes": ("peak MB", 1e-6), "debiased_bias_sq": ("bias² (stored)", 1.0),
+    "train_criterion": ("train crit.", 1.0), "train_error": ("train %", 1.0), "valid_error": ("valid %", 1.0),
+    "test_error": ("test %", 1.0), "sparsity_train": ("train sparsity", 1.0),
+    "sparsity_test": ("test sparsity", 1.0), "train_loss": ("train loss", 1.0),
+    "trajectory_variance": ("traj. var", 1.0), "epoch_time_s": ("s/epoch", 1.0),
+}
+GRADIENT_DEFAULT = ("mse_evals", "mse", "unbiased_pvalue", "loss_evals", "time_per_estimate_s")
+TRAINING_DEFAULT = ("valid_error", "test_error", "train_error", "train_criterion", "train_loss", "sparsity_test",
+                    "trajectory_variance", "epoch_time_s")
+TRAINING_RANK = ("valid_error", "test_error", "train_criterion", "train_loss")
+KNOWN_COLUMNS = tuple(HEADINGS)
+
+
+def parse_columns(text: str) -> list[str]:
+    """``--columns a,b,c``: known column keys, in order; raises ValueError naming close matches."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise ValueError("give at least one column name")
+    for name in names:
+        if name not in HEADINGS:
+            close = difflib.get_close_matches(name, KNOWN_COLUMNS, n=3)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise ValueError(f"unknown column {name!r}; {hint}valid: {', '.join(KNOWN_COLUMNS)}")
+    return list(dict.fromkeys(names))
+
+
+def terminal_width() -> int:
+    return shutil.get_terminal_size((DEFAULT_WIDTH, 24)).columns
+
+
+# -- derived numbers, per run ----------------------------------------------------------------------
+def _column(frame: pd.DataFrame, name: str) -> pd.Series:
+    return frame[name].astype(float) if name in frame else pd.Series(np.nan, index=frame.index, dtype=float)
+
+
+def derived_metrics(value: pd.DataFrame, stderr: pd.DataFrame, samples: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Add the DERIVED columns to wide frames (index: run, columns: metric) of end-of-run values
+    and standard errors; ``samples`` is each run's number of estimates."""
+    value, stderr = value.copy(), stderr.copy()
+    v, s = (lambda name: _column(value, name)), (lambda name: _column(stderr, name))
+    n = samples.reindex(value.index).astype(float)
+    # Squared bias without the noise of the two means: stored for estimated references, else
+    # ‖mean − g‖² − Σ Var / n (the reference is exact).
+    raw = v("bias_norm") ** 2 - v("variance") / n
+    value["bias_sq"] = v("debiased_bias_sq").fillna(raw)
+    stderr["bias_sq"] = s("debiased_bias_sq").fillna(2 * v("bias_norm") * s("bias_norm"))
+    # MSE: the stored Monte Carlo mean of ‖ĝ − g‖², less the reference's own noise Σ s_i² when the
+    # reference is estimated; else variance + debiased bias².
+    value["mse"] = (v("mse") - v("reference_stderr_norm").fillna(0.0) ** 2).fillna(v("variance") + value["bias_sq"])
+    stderr["mse"] = s("mse").where(v("mse").notna(), np.sqrt(s("variance") ** 2 + stderr["bias_sq"] ** 2))
+    for key, cost, scale in (("mse_evals", "loss_evals", 1.0), ("mse_time", "time_per_estimate_s", 1e6)):
+        value[key] = value["mse"] * v(cost) * scale
+        stderr[key] = stderr["mse"] * v(cost) * scale
+    return value, stderr
+
+
+def over_seeds(values: pd.Series, errors: pd.Series, how: str = "mean") -> tuple[float, float]:
+    """(value, standard error) of one (estimator, problem) over its seeds."""
+    values, errors = values.astype(float), errors.astype(float)
+    good = values.notna()
+    if not good.any():
+        return math.nan, math.nan
+    values, errors = values[good], errors[good]
+    if how == "bonferroni":  # a p-value: smallest over seeds, corrected for how many were tested
+        return float(min(1.0, values.min() * len(values))), math.nan
+    if errors.notna().all():
+        return float(values.mean()), float(np.sqrt((errors**2).sum()) / len(values))
+    return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
+
+
+def _fmt(value: float, error: float, scale: float = 1.0, digits: int = 3) -> str:
+    if value is None or not np.isfinite(value):
+        return "-" if value is None or math.isnan(value) else ("inf" if value > 0 else "-inf")
+    text = f"{value * scale:.{digits}g}"
+    if error is not None and np.isfinite(error) and error > 0:
+        error *= scale
+        text += "±" + (np.format_float_positional(error, precision=1, unique=False, fractional=False).rstrip(".")
+                       if 1e-3 <= error < 1e4 else f"{error:.0e}")
+    return text
+
+
+# -- the table ------------------------------------------------------------------------------------
+def _final_rows(metrics: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, metric) of scope 'all': the end-of-run value (no epoch, no step), else
+    the last epoch, then the last step."""
+    rows = metrics[metrics["scope"] == "all"].assign(
+        _end=lambda f: f["epoch"].isna() & f["step"].isna(),
+        _epoch=lambda f: f["epoch"].astype("Float64").fillna(-1.0),
+        _step=lambda f: f["step"].astype("Float64").fillna(-1.0))
+    rows = rows.sort_values(["_end", "_epoch", "_step"], kind="stable")
+    return rows.groupby(["run_id", "metric"], sort=False).tail(1)
+
+
+def summary_table(store, configs: Sequence, columns: Sequence[str] | None = None, width: int | None = None,
+                  label: Callable[[str, dict, str], str] | None = None) -> str:
+    """The text printed after ``run``: one block per problem, estimators ranked, seeds aggregated.
+
+    ``label(name, params, kind)`` shortens a spec (default: every parameter)."""
+    width = width or terminal_width()
+    label = label or (lambda name, params, kind: format_spec(name, params))
+    runs = store.runs()
+    runs = runs[runs["config_key"].isin({c.key for c in configs})]
+    if runs.empty:
+        return "no runs"
+    runs = runs.assign(notes_dict=[json.loads(n) for n in runs["notes"]],
+                       config_dict=[json.loads(c) for c in runs["config"]])
+    runs["training"] = [notes.get("kind") == "training" or config.get("samples") == 0
+                        for notes, config in zip(runs["notes_dict"], runs["config_dict"])]
+    runs["estimator_label"] = [label(n, json.loads(p), "estimator") for n, p in zip(runs["estimator"], runs["estimator_params"])]
+    runs["problem_label"] = [label(n, json.loads(p), "problem") for n, p in zip(runs["problem"], runs["problem_params"])]
+    finished = runs[runs["status"] == "finished"]
+    metrics = store.metrics(finished["run_id"].tolist()) if len(finished) else None
+    final = _final_rows(metrics) if metrics is not None and len(metrics) else pd.DataFrame(
+        columns=["run_id", "metric", "value", "stderr"])
+    value = final.pivot(index="run_id", columns="metric", values="value")
+    stderr = final.pivot(index="run_id", columns="metric", values="stderr")
+    value, stderr = derived_metrics(value, stderr, finished.set_index("run_id")["samples"])
+
+    blocks, legend = [], set()
+    for training in (False, True):
+        part = runs[runs["training"] == training]
+        for problem in sorted(part["problem_label"].unique()):
+            block, used = _problem_block(part[part["problem_label"] == problem], problem, value, stderr, training,
+                                         columns, width)
+            blocks.append(block)
+            legend |= used
+    text = "\n\n".join(blocks)
+    notes = _legend(legend, width) + exact_notes(runs, width)
+    return text + ("\n\n" + "\n".join(notes) if notes else "")
+
+
+def _problem_block(runs: pd.DataFrame, problem: str, value: pd.DataFrame, stderr: pd.DataFrame, training: bool,
+                   columns: Sequence[str] | None, width: int) -> tuple[str, set[str]]:
+    wanted = list(columns or (TRAINING_DEFAULT if training else GRADIENT_DEFAULT))
+    rows = []
+    for estimator, group in runs.groupby("estimator_label", sort=False):
+        done = group[group["status"] == "finished"]
+        ids = [i for i in done["run_id"] if i in value.index]
+        row = {"estimator": estimator, "seeds": f"{len(done)}" if len(done) == len(group) else f"{len(done)}/{len(group)}"}
+        for key in dict.fromkeys([*wanted, *(TRAINING_RANK if training else ("mse_evals", "time_per_estimate_s"))]):
+            if key not in value.columns or not ids:
+                row[key] = (math.nan, math.nan)
+                continue
+            how = "bonferroni" if key == "unbiased_pvalue" else "mean"
+            mean, se = over_seeds(value.loc[ids, key], stderr.loc[ids, key], how)
+            if training and len(ids) > 1:  # training: the spread between seeds is what matters
+                se = float(value.loc[ids, key].astype(float).std(ddof=1))
+            row[key] = (mean, se)
+        rows.append(row)
+    if training:
+        rank_key = next((k for k in TRAINING_RANK if any(np.isfinite(r[k][0]) for r in rows)), None)
+        title = f"{problem}: training" + (f", ranked by {HEADINGS[rank_key][0]}" if rank_key else "")
+    else:
+        rank_key = "mse_evals"
+        title = f"{problem}: ranked by MSE×evals, then time"
+
+    def order(r):
+        key = r[rank_key][0] if rank_key else math.nan
+        time = r["time_per_estimate_s"][0] if "time_per_estimate_s" in r else math.nan
+        return (not np.isfinite(key), key if np.isfinite(key) else 0.0, time if np.isfinite(time) else math.inf)
+
+    rows.sort(key=order)
+    shown = [k for k in wanted if any(np.isfinite(r[k][0]) for r in rows)]
+    table = {"#": [str(i + 1) if np.isfinite(r[rank_key][0]) else "-" for i, r in enumerate(rows)]} if rank_key else {}
+    table["estimator"] = [r["estimator"] for r in rows]
+    table["seeds"] = [r["seeds"] for r in rows]
+    for key in shown:
+        heading, scale = HEADINGS[key]
+        table[heading] = [_fmt(*r[key], scale=scale, digits=2 if key == "unbiased_pvalue" else 3) for r in rows]
+    lines, dropped = _render(table, width)
+    used = {key for key in shown if HEADINGS[key][0] in lines[0]}
+    text = textwrap.wrap(title, width) + lines
+    if dropped:
+        text += textwrap.wrap(f"(not shown, to fit {width} columns: {', '.join(dropped)}; choose with --columns)",
+                              width, initial_indent="  ", subsequent_indent="  ")
+    unfinished = runs[runs["status"] != "finished"]
+    for run in unfinished.itertuples():
+        text += textwrap.wrap(f"{run.estimator_label} seed {run.seed} {run.status}: {run.error}", width,
+                              initial_indent="  ", subsequent_indent="    ")
+    return "\n".join(text), used
+
+
+def _render(table: dict[str, list[str]], width: int) -> tuple[list[str], list[str]]:
+    """Left-aligned estimator, right-aligned numbers; drops columns from the right (then cuts the
+    estimator labels) until the lines fit ``width``. Returns (lines, dropped headings)."""
+    table = dict(table)
+    dropped: list[str] = []
+
+    def widths():
+        return {k: max(len(k), *(len(v) for v in vals)) if vals else len(k) for k, vals in table.items()}
+
+    def total():
+        return sum(widths().values()) + 2 * (len(table) - 1)
+
+    keep = 4 if "#" in table else 3  # '#', estimator, seeds and the ranking column always stay
+    while total() > width and len(table) > keep:
+        last = list(table)[-1]
+        dropped.insert(0, last)
+        del table[last]
+    if total() > width:
+        room = max(12, widths()["estimator"] - (total() - width))
+        table["estimator"] = [v if len(v) <= room else v[:room - 1] + "…" for v in table["estimator"]]
+    w = widths()
+    lines = []
+    for i in range(-1, len(table["estimator"])):
+        cells = []
+        for key, values in table.items():
+            text = key if i < 0 else values[i]
+            cells.append(text.ljust(w[key]) if key == "estimator" else text.rjust(w[key]))
+        lines.append("  ".join(cells).rstrip())
+    return lines, dropped
+
+
+def _legend(used: set[str], width: int) -> list[str]:
+    explained = {
+        "mse_evals": DERIVED["mse_evals"], "mse": DERIVED["mse"], "mse_time": DERIVED["mse_time"],
+        "bias_sq": DERIVED["bias_sq"],
+        "unbiased_pvalue": "test of E ĝ = g (largest per-coordinate |t|, Bonferroni over coordinates and seeds)",
+        "loss_evals": "loss evaluations per estimate", "time_per_estimate_s": "wall time per estimate (µs)",
+    }
+    text = ("Mean over seeds ± 1 standard error (training: ± 1 sd between seeds). "
+            + "; ".join(f"{HEADINGS[k][0]}: {explained[k]}" for k in explained if k in used)
+            + ". Every metric, seed and scope: python -m bench export.")
+    return textwrap.wrap(text, width)
+
+
+def exact_notes(runs: pd.DataFrame, width: int) -> list[str]:
+    """Why exact moments are missing, per reason, naming each estimator and problem."""
+    reasons: dict[str, dict[str, set[str]]] = {}
+    for run in runs[runs["status"] == "finished"].itertuples():
+        reason = run.notes_dict.get("exact_moments", "")
+        if reason.startswith("not computed"):
+            by_problem = reasons.setdefault(reason.removeprefix("not computed: "), {})
+            by_problem.setdefault(run.problem_label, set()).add(run.estimator_label)
+    if not reasons:
+        return []
+    lines = ["", "Exact bias and variance not computed for:"]
+    for reason, by_problem in sorted(reasons.items()):
+        for problem, names in sorted(by_problem.items()):
+            lines += textwrap.wrap(f"{', '.join(sorted(names))} on {problem}: {reason}", width,
+                                   initial_indent="  ", subsequent_indent="    ")
+    return lines
