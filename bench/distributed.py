@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import socket
@@ -166,7 +167,8 @@ def local_cluster(workers: int, gpu: bool = False, dashboard_address: str | None
 
     with dask.config.set({"distributed.scheduler.allowed-failures": RETRIES}):
         return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                            dashboard_address=dashboard_address, resources={"GPU": 1} if gpu else None)
+                            dashboard_address=dashboard_address, resources={"GPU": 1} if gpu else None,
+                            silence_logs=logging.ERROR)  # not a slow worker's shut-down warnings
 
 
 def resources(config: harness.RunConfig) -> dict[str, int] | None:
