@@ -334,6 +334,19 @@ def test_option_mistakes_are_one_line(tmp_path, capsys, monkeypatch, args, messa
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
 
 
+@needs_dask
+def test_paper_sends_its_runs_to_the_scheduler_and_leaves_the_data_to_the_workers(tmp_path, capsys, monkeypatch):
+    """No MNIST here is no reason to stop: the cluster's workers may have it."""
+    monkeypatch.setattr(dask_sweep, "CONNECT_TIMEOUT_S", 2)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "nothing"))
+    assert main(["paper", "--quick", "--quiet", "--data-dir", str(tmp_path / "on-the-workers"),
+                 "--scheduler", "tcp://127.0.0.1:9", "--db", str(tmp_path / "r.db")]) == 2
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in capsys.readouterr().err
+    assert main(["paper", "--quick", "--jobs", "2", "--dask-workers", "2", "--db", str(tmp_path / "r.db")]) == 2
+    assert "--jobs and --dask-workers exclude each other" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 @needs_dask
 def test_driver_killed_then_the_same_command_resumes(tmp_path):
