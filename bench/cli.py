@@ -17,7 +17,7 @@ import torch
 
 import estimators
 import problems
-from bench import harness, summary, sweep
+from bench import distributed, harness, summary, sweep
 from bench.specs import SpecError, format_spec, parse_spec_list
 from bench.errors import UserError
 from bench.store import DEFAULT_DB, Store, StoreError
@@ -79,6 +79,7 @@ def build_parser() -> Parser:
                      help="summary-table columns, comma-separated (default: "
                           f"{', '.join(summary.GRADIENT_DEFAULT)}; for training runs: "
                           f"{', '.join(summary.TRAINING_DEFAULT)}); valid: {', '.join(summary.KNOWN_COLUMNS)}")
+    distributed.add_options(run)
 
     export = sub.add_parser("export", allow_abbrev=False, help="write the stored metrics in long form")
     export.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"results database (default: {DEFAULT_DB})")
@@ -171,14 +172,15 @@ def command_list(args) -> int:
 
 
 # -- run -------------------------------------------------------------------------------------------
-def _device(text: str) -> str:
+def _device(text: str, here: bool = True) -> str:
+    """The canonical device name; ``here``: it must exist on this machine (not so for a Dask cluster's)."""
     try:
         device = torch.device(text)
     except RuntimeError:
         raise UserError(f"invalid --device {text!r}: valid: cpu, cuda, cuda:N") from None
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"invalid --device {text!r}: valid: cpu, cuda, cuda:N")
-    if device.type == "cuda":
+    if device.type == "cuda" and here:
         if not torch.cuda.is_available():
             raise UserError("--device cuda: CUDA is not available on this machine (torch "
                             f"{torch.__version__}); use --device cpu")
@@ -198,7 +200,7 @@ def _expand(text: str, registry) -> list[tuple[str, dict]]:
 
 def plan(args) -> list[harness.RunConfig]:
     """Every run of the sweep, validated and with defaults filled in; raises on user error."""
-    device = _device(args.device)
+    device = _device(args.device, here=getattr(args, "scheduler", None) is None)
     estimator_specs = _expand(args.estimators, estimators.ESTIMATORS)
     problem_specs = _expand(args.problems, problems.PROBLEMS)
     configs = []
@@ -212,13 +214,14 @@ def plan(args) -> list[harness.RunConfig]:
 
 def command_run(args) -> int:
     _load_plugins(args.plugin)
+    executor = distributed.sweep_options(args)
     if args.data_dir is not None:
-        if not args.data_dir.is_dir():
+        if not args.data_dir.is_dir() and args.scheduler is None:  # a cluster's workers may see other disks
             raise UserError(f"--data-dir {args.data_dir} is not a directory")
         os.environ["STOCHGRAD_BENCH_DATA"] = str(args.data_dir.resolve())
     configs = plan(args)
     status, path = sweep.run_sweep(configs, args.db, jobs=args.jobs, force=args.force, quiet=args.quiet,
-                                   plugins=args.plugin)
+                                   plugins=args.plugin, **executor)
     if not args.quiet:
         with Store(path, create=False) as store:
             print(summary_table(store, configs, args.columns))

@@ -229,3 +229,130 @@ class Store:
         query += " ORDER BY r.run_id, m.scope, m.metric, m.epoch, m.step"
         frame = pd.read_sql_query(query, self.connection, params=params)
         return frame.astype({"epoch": "Int64", "step": "Int64"})
+
+
+# =================================================================================================
+# Merging stores (``python -m bench merge``). Kept in one block, apart from the code above.
+# Sources are only read: each is copied (SQLite backup) into a temporary file, upgraded there when
+# it is an older version, then its runs are copied into the destination in one transaction.
+# =================================================================================================
+import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
+import tempfile  # noqa: E402
+from typing import Iterator  # noqa: E402
+
+# Times and memory differ between machines running the same config; they are not compared.
+MACHINE_DEPENDENT_SUFFIXES = ("_s", "_bytes")
+METRIC_COLUMNS = ("scope", "metric", "epoch", "step", "value", "stderr")
+
+
+@dataclasses.dataclass
+class MergeReport:
+    """What merging one source did: runs copied, already present, and one line per conflict."""
+
+    source: Path
+    copied: int = 0
+    replaced: int = 0  # a failed or skipped destination run replaced by the source's finished one
+    present: int = 0
+    conflicts: list[str] = dataclasses.field(default_factory=list)
+
+
+def _read_only_uri(path: Path) -> str:
+    uri = f"file:{urllib.request.pathname2url(str(path.resolve()))}?mode=ro"
+    if not path.with_name(path.name + "-wal").exists():
+        uri += "&immutable=1"
+    return uri
+
+
+def check_merge_source(path: Path) -> None:
+    """Refuse (StoreError, one line) a source that is not a results database of a version we read."""
+    check_path(path, create=False)
+    probe = sqlite3.connect(_read_only_uri(path), uri=True, timeout=60)
+    try:
+        version = probe.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        probe.close()
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"{path} was written by a newer stochgrad-bench (schema {version}, "
+                         f"this one reads up to {SCHEMA_VERSION}); upgrade stochgrad-bench")
+
+
+@contextlib.contextmanager
+def snapshot(path: Path) -> Iterator[Store]:
+    """A private, current-version copy of the store at ``path`` (which is left as it is)."""
+    check_merge_source(path)
+    with tempfile.TemporaryDirectory(prefix="stochgrad-merge-") as folder:
+        copy = Path(folder) / "source.db"
+        source = sqlite3.connect(_read_only_uri(path), uri=True, timeout=60)
+        target = sqlite3.connect(copy)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+            source.close()
+        with Store(copy, create=False) as store:  # upgrades the copy of an older version
+            yield store
+
+
+def _numbers(connection: sqlite3.Connection, run_id: int) -> list[tuple]:
+    rows = connection.execute(f"SELECT {', '.join(METRIC_COLUMNS)} FROM metrics WHERE run_id = ?", (run_id,))
+    return sorted((row for row in rows if not row[1].endswith(MACHINE_DEPENDENT_SUFFIXES)),
+                  key=lambda row: tuple((value is None, value) for value in row))
+
+
+def _difference(mine: list[tuple], theirs: list[tuple]) -> str:
+    """The first metric that differs, in words."""
+    ours = {row[:4]: row[4:] for row in mine}
+    other = {row[:4]: row[4:] for row in theirs}
+    for key in sorted(set(ours) | set(other), key=lambda k: tuple((v is None, v) for v in k)):
+        if ours.get(key) != other.get(key):
+            scope, metric, epoch, step = key
+            where = "".join(f" {name} {value}" for name, value in (("epoch", epoch), ("step", step))
+                            if value is not None)
+            here = "absent" if key not in ours else f"{ours[key][0]!r}"
+            there = "absent" if key not in other else f"{other[key][0]!r}"
+            return f"{metric} ({scope}{where}) {here} here, {there} in the source"
+    return "the same metrics"
+
+
+def merge_store(destination: Store, source_path: Path) -> MergeReport:
+    """Copy the runs of ``source_path`` missing from ``destination``, keyed by config hash, in one
+    transaction. A finished run already present is kept; if its numbers (times and memory aside)
+    differ from the source's, that is reported as a conflict and the destination's run kept."""
+    report = MergeReport(source_path)
+    conn = destination.connection
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(runs)") if row[1] != "run_id"]
+    with snapshot(source_path) as source:
+        src = source.connection
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for row in src.execute(f"SELECT run_id, {', '.join(columns)} FROM runs ORDER BY run_id").fetchall():
+                run = dict(zip(["run_id", *columns], row))
+                existing = conn.execute("SELECT run_id, status FROM runs WHERE config_key = ?",
+                                        (run["config_key"],)).fetchone()
+                if existing is not None:
+                    if existing[1] == "finished" or run["status"] != "finished":
+                        report.present += 1
+                        if existing[1] == run["status"] == "finished":
+                            mine, theirs = _numbers(conn, existing[0]), _numbers(src, run["run_id"])
+                            if mine != theirs:
+                                report.conflicts.append(
+                                    f"conflict: {run['estimator']} {run['estimator_params']} on {run['problem']} "
+                                    f"{run['problem_params']} seed {run['seed']} (key {run['config_key'][:12]}): "
+                                    f"{_difference(mine, theirs)}; kept the destination's run")
+                        continue
+                    conn.execute("DELETE FROM runs WHERE run_id = ?", (existing[0],))
+                    report.replaced += 1
+                else:
+                    report.copied += 1
+                cursor = conn.execute(f"INSERT INTO runs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                                      [run[c] for c in columns])
+                conn.executemany(
+                    f"INSERT INTO metrics (run_id, {', '.join(METRIC_COLUMNS)}) VALUES (?{', ?' * len(METRIC_COLUMNS)})",
+                    ((cursor.lastrowid, *metric) for metric in src.execute(
+                        f"SELECT {', '.join(METRIC_COLUMNS)} FROM metrics WHERE run_id = ?", (run["run_id"],))))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return report

@@ -17,7 +17,7 @@ import torch
 
 import estimators
 import problems
-from bench import harness
+from bench import distributed, harness
 from bench.store import DEFAULT_DB, Store
 from estimators.registry import load_plugin
 
@@ -66,8 +66,12 @@ def _results(configs: Sequence[harness.RunConfig], jobs: int,
 
 
 def run_sweep(configs: Sequence[harness.RunConfig], db: Path | None = None, jobs: int = 1,
-              force: bool = False, quiet: bool = False, plugins: Sequence[str] = ()) -> tuple[int, Path]:
-    """Run ``configs`` into the store; returns (exit status: 1 if any run failed, store path)."""
+              force: bool = False, quiet: bool = False, plugins: Sequence[str] = (),
+              scheduler: str | None = None, dask_workers: int | None = None) -> tuple[int, Path]:
+    """Run ``configs`` into the store; returns (exit status: 1 if any run failed, store path).
+
+    With ``scheduler`` (an address) or ``dask_workers`` the runs go to a Dask cluster
+    (:mod:`bench.distributed`); this process still saves every result."""
     from tqdm.auto import tqdm
 
     with open_store(db) as store:
@@ -80,7 +84,11 @@ def run_sweep(configs: Sequence[harness.RunConfig], db: Path | None = None, jobs
                   "not recomputed (use --force)", file=sys.stderr)
         failed = 0
         bar = tqdm(total=len(todo), unit="run", disable=True if quiet else None, file=sys.stderr)
-        for result in _results(todo, jobs, plugins):
+        if scheduler is not None or dask_workers:
+            results = distributed.results(todo, plugins, scheduler, dask_workers, quiet)
+        else:
+            results = _results(todo, jobs, plugins)
+        for result in results:
             config = result.config
             store.save(result, versions, revision, description)
             if result.status == "failed":

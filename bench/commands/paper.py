@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import harness
+from bench import distributed, harness
 from bench.cli import _device, _positive_int, _seeds
 from bench.summary import terminal_width
 from bench.errors import UserError
@@ -45,12 +45,13 @@ def add_parser(subparsers) -> None:
                         help="smoke test: 1 epoch on the first 2,000 training examples, errors on 2,000 valid/test")
     parser.add_argument("--force", action="store_true", help="recompute runs already in the store")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    distributed.add_options(parser)
     parser.set_defaults(func=command_paper)
 
 
 def plan(args) -> list[tuple[str, harness.RunConfig]]:
     """(row label, config) for every row x seed, validated, defaults filled in."""
-    device = _device(args.device)
+    device = _device(args.device, here=args.scheduler is None)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
     overrides = dict(QUICK) if args.quick else {}
     if args.epochs is not None:
@@ -66,15 +67,18 @@ def plan(args) -> list[tuple[str, harness.RunConfig]]:
     return planned
 
 
-def check_data(dataset: str, data_dir: Path | None) -> None:
-    """Point the loader at ``data_dir`` (workers inherit the environment) and fail early, in one
-    line, when the data set is not there."""
+def check_data(dataset: str, data_dir: Path | None, here: bool = True) -> None:
+    """Point the loader at ``data_dir`` (workers inherit the environment, Dask workers are sent it)
+    and fail early, in one line, when the data set is not there; not ``here``: the runs go to a Dask
+    cluster whose workers may see other disks, and a worker without the data fails its runs."""
     from problems.datasets import ENV_VAR, DataError, load_dataset
 
     if data_dir is not None:
-        if not data_dir.is_dir():
+        if not data_dir.is_dir() and here:
             raise UserError(f"--data-dir {data_dir} is not a directory")
         os.environ[ENV_VAR] = str(data_dir.resolve())
+    if not here:
+        return
     try:
         load_dataset(dataset)  # parsed and md5-checked once; in-process runs reuse it
     except DataError as exc:
@@ -84,11 +88,12 @@ def check_data(dataset: str, data_dir: Path | None) -> None:
 def command_paper(args) -> int:
     from bench.sweep import run_sweep
 
+    executor = distributed.sweep_options(args)
     planned = plan(args)
-    check_data(args.dataset, args.data_dir)
+    check_data(args.dataset, args.data_dir, here=args.scheduler is None)
     began = time.perf_counter()
     status, db = run_sweep([config for _, config in planned], args.db, jobs=args.jobs, force=args.force,
-                           quiet=args.quiet)
+                           quiet=args.quiet, **executor)
     wall = time.perf_counter() - began
     with Store(db, create=False) as store:
         table, run_time = paper_table(store, planned)
@@ -103,7 +108,9 @@ def command_paper(args) -> int:
     print(textwrap.fill("Ours: mean ± sd over seeds of the last epoch; below each row, the estimator and the "
                         "published MNIST numbers (paper). Errors in %; criterion = training NLL (nats per example); "
                         "sparsity = fraction of test-time gates exactly zero.", width))
-    print(textwrap.fill(f"wall time {wall:.1f} s for {len(planned)} runs (jobs {args.jobs}); the stored runs took "
+    where = (f"Dask at {args.scheduler}" if args.scheduler else f"{args.dask_workers} Dask workers"
+             if args.dask_workers else f"jobs {args.jobs}")
+    print(textwrap.fill(f"wall time {wall:.1f} s for {len(planned)} runs ({where}); the stored runs took "
                         f"{run_time:.1f} s of run time; results in {db}", width, break_on_hyphens=False))
     return status
 
