@@ -420,7 +420,8 @@ body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans",
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccd; padding-bottom: .2em; margin-top: 2em; }
 h3 { font-size: 1em; margin-bottom: .3em; }
 table.data { border-collapse: collapse; font-size: .82em; margin: .3em 0; }
-table.data th, table.data td { border: 1px solid #d5d8dc; padding: .2em .45em; text-align: right; white-space: nowrap; }
+table.data th, table.data td { border: 1px solid #d5d8dc; padding: .2em .45em; text-align: right; }
+table.data td { white-space: normal; overflow-wrap: anywhere; }  /* "1.2e-05 ± 3e-07" may wrap: no table wider than the page */
 table.data th { background: #f1f3f5; white-space: normal; vertical-align: bottom; min-width: 3.5em; }
 table.data td:first-child { text-align: left; white-space: normal; min-width: 9em; }
 div.table { overflow-x: auto; } figure { margin: 1.2em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
