@@ -26,6 +26,7 @@ from estimators.registry import RegistryError
 DEFAULT_PROBLEMS = "bernoulli-target(d=4,t=0.45),bernoulli-quadratic(d=6),bernoulli-blackbox(d=8)"
 DEFAULT_SAMPLES = 100_000
 EXIT_USAGE = 2
+DEFAULT_THREADS = 1  # measured: see README "Performance"
 SUMMARY_METRICS = ("bias_norm", "variance", "exact_bias_norm", "exact_variance", "unbiased_pvalue",
                    "loss_evals", "time_per_estimate_s")
 TRAINING_SUMMARY_METRICS = ("train_criterion", "train_error", "valid_error", "test_error", "sparsity_test", "train_loss",
@@ -55,7 +56,10 @@ def build_parser() -> Parser:
     run.add_argument("--warmup", type=_non_negative_int, default=harness.DEFAULT_WARMUP,
                      help="estimates that adapt a stateful estimator's running statistics before measuring")
     run.add_argument("--jobs", type=_positive_int, default=1,
-                     help="worker processes running configs in parallel (each gets cores/jobs threads)")
+                     help="worker processes running configs in parallel (each gets --threads threads)")
+    run.add_argument("--threads", type=_positive_int, default=DEFAULT_THREADS,
+                     help=f"torch threads per process (default: {DEFAULT_THREADS}, fastest for these small "
+                          "problems; recorded in each run's notes)")
     run.add_argument("--data-dir", type=Path, default=None,
                      help="directory holding datasets (sets STOCHGRAD_BENCH_DATA for this run)")
     run.add_argument("--force", action="store_true", help="recompute runs already in the store")
@@ -193,7 +197,7 @@ def command_run(args) -> int:
         os.environ["STOCHGRAD_BENCH_DATA"] = str(args.data_dir.resolve())
     configs = plan(args)
     status, path = sweep.run_sweep(configs, args.db, jobs=args.jobs, force=args.force, quiet=args.quiet,
-                                   plugins=args.plugin)
+                                   plugins=args.plugin, threads=args.threads)
     if not args.quiet:
         with Store(path, create=False) as store:
             print(summary_table(store, configs))
