@@ -166,6 +166,22 @@ def test_run_sets_and_records_the_thread_count(tmp_path, option, threads):
     assert torch.get_num_threads() == before  # restored after the sweep
 
 
+def test_paper_passes_threads_to_the_sweep(monkeypatch, tmp_path):
+    from bench import sweep
+    from bench.commands import paper
+
+    seen = {}
+
+    def stop(configs, db, **options):
+        seen.update(options)
+        raise KeyboardInterrupt  # ends the command here (exit 130), nothing trained
+
+    monkeypatch.setattr(paper, "check_data", lambda dataset, data_dir: None)
+    monkeypatch.setattr(sweep, "run_sweep", stop)
+    assert cli.main(["paper", "--quick", "--threads", "3", "--db", str(tmp_path / "r.db")]) == 130
+    assert seen["threads"] == 3
+
+
 def test_threads_must_be_positive(tmp_path, capsys):
     assert cli.main(["run", "--threads", "0", "--db", str(tmp_path / "r.db")]) == cli.EXIT_USAGE
     err = capsys.readouterr().err
