@@ -42,6 +42,9 @@ class HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: {shown.replace('%', '%%')})"
 
 
+DEFAULT_THREADS = 1  # measured: see README "Performance"
+
+
 class Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
@@ -69,7 +72,10 @@ def build_parser() -> Parser:
     run.add_argument("--warmup", type=_non_negative_int, default=harness.DEFAULT_WARMUP,
                      help="estimates that adapt a stateful estimator's running statistics before measuring")
     run.add_argument("--jobs", type=_positive_int, default=1,
-                     help="worker processes running configs in parallel (each gets cores/jobs threads)")
+                     help="worker processes running configs in parallel (each gets --threads threads)")
+    run.add_argument("--threads", type=_positive_int, default=DEFAULT_THREADS,
+                     help=f"torch threads per process (default: {DEFAULT_THREADS}, fastest for these small "
+                          "problems; recorded in each run's notes)")
     run.add_argument("--data-dir", type=Path, default=None,
                      help="directory holding datasets (sets STOCHGRAD_BENCH_DATA for this run)")
     run.add_argument("--force", action="store_true", help="recompute runs already in the store")
@@ -221,7 +227,7 @@ def command_run(args) -> int:
         os.environ["STOCHGRAD_BENCH_DATA"] = str(args.data_dir.resolve())
     configs = plan(args)
     status, path = sweep.run_sweep(configs, args.db, jobs=args.jobs, force=args.force, quiet=args.quiet,
-                                   plugins=args.plugin, **executor)
+                                   plugins=args.plugin, threads=args.threads, **executor)
     if not args.quiet:
         with Store(path, create=False) as store:
             print(summary_table(store, configs, args.columns))

@@ -240,20 +240,23 @@ def _lost(config: harness.RunConfig, future, submitted: str) -> harness.RunResul
 
 
 def results(configs: Sequence[harness.RunConfig], plugins: Sequence[str] = (), scheduler: str | None = None,
-            workers: int | None = None, quiet: bool = False) -> Iterator[harness.RunResult]:
+            workers: int | None = None, quiet: bool = False,
+            threads: int | None = None) -> Iterator[harness.RunResult]:
     """Results as they finish (like ``sweep._results``), one for every config. Stopping early
-    (Ctrl-C, or the caller closing the generator) cancels what has not finished."""
+    (Ctrl-C, or the caller closing the generator) cancels what has not finished. ``threads``:
+    torch threads per run (None: the cluster's own choice, see :func:`_client`)."""
     if not configs:
         return
     from distributed import as_completed
 
     gpu = any(resources(c) for c in configs)
     data_dir = os.environ.get(ENV_VAR)
-    with _client(scheduler, workers, gpu, quiet) as (client, threads), \
+    with _client(scheduler, workers, gpu, quiet) as (client, cluster_threads), \
             tempfile.TemporaryDirectory(prefix="stochgrad-plugins-") as folder:
         if gpu:
             _check_gpu_workers(client, scheduler or client.scheduler.address)
         shipped = _ship_plugins(client, plugins, Path(folder))
+        threads = threads or cluster_threads
         token, submitted = uuid.uuid4().hex[:8], harness.now()
         futures = {client.submit(run_on_worker, config, shipped, data_dir, threads, pure=False,
                                  key=f"{TASK_PREFIX}-{config.key[:16]}-{token}", retries=RETRIES,

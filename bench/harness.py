@@ -7,6 +7,7 @@ import datetime as dt
 import hashlib
 import json
 import math
+import os
 import platform
 import subprocess
 import time
@@ -19,7 +20,7 @@ import torch
 import estimators
 import problems
 from bench.memory import peak_memory
-from bench.metrics import GradientMoments, Metric, exact_moments, time_metric
+from bench.metrics import ExactMoments, GradientMoments, Metric, check_exact, time_metrics
 from bench.specs import format_spec
 from estimators.base import Estimator, Noise, NotEnumerable, ReplayNoise
 
@@ -28,7 +29,11 @@ MIN_CHUNKS = 8
 MAX_ENUMERATION_BITS = 20
 ENUMERATION_ELEMENTS = 2**24
 DEFAULT_WARMUP = 10_000
-ADAPTATION_BATCH = 64
+STATE_BATCH = 64  # estimates per call while running statistics or own parameters adapt
+ADAPTATION_BATCH = STATE_BATCH
+TIMING_ROWS = 1024  # estimates per timed call (fewer when --samples or memory is smaller)
+TIMING_REPEATS = 5  # timed calls, after one untimed warm-up call
+COUPLING_ROWS = 4  # rows of the replayed batches that check examples are independent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,33 +185,66 @@ def measure(config: RunConfig, progress: Callable[[int], None] | None = None) ->
 
     metrics: list[Metric] = []
     if estimator.has_parameters:
-        before = sample_metrics(problem, estimator, config, reference, scopes, progress=None)
-        before += exact_estimator_moments(estimator, problem, reference, scopes)[0]
+        before, before_notes = gradient_metrics(problem, estimator, config, reference, scopes, progress=None)
         metrics.extend(dataclasses.replace(m, step=0) for m in before)
+        notes.update({f"{key} (step=0)": value for key, value in before_notes.items() if key.startswith("exact")})
         steps = adapt(problem, estimator, config)
         notes["adaptation"] = (f"{steps} Adam steps of {ADAPTATION_BATCH} estimates at lr "
                                f"{estimator.adaptation_lr}; rows with step=0 are before adaptation")
         notes["warmup"] = f"{steps * ADAPTATION_BATCH} estimates (own parameters adapted, then frozen)"
     else:
         notes["warmup"] = warm_up(problem, estimator, config)
-    metrics.extend(sample_metrics(problem, estimator, config, reference, scopes, progress))
+    measured, measured_notes = gradient_metrics(problem, estimator, config, reference, scopes, progress)
+    metrics.extend(measured)
+    notes.update(measured_notes)
     metrics.extend(reference_metrics(reference, scopes))
-
-    exact, reason = exact_estimator_moments(estimator, problem, reference, scopes)
-    metrics.extend(exact)
-    notes["exact_moments"] = reason
     return metrics, notes
 
 
+def gradient_metrics(problem, estimator: Estimator, config: RunConfig, reference, scopes: dict[str, slice],
+                     progress: Callable[[int], None] | None) -> tuple[list[Metric], dict[str, str]]:
+    """Monte Carlo metrics, then exact moments when the randomness can be enumerated, checked
+    against the Monte Carlo ones: exact moments that disagree are withheld (the notes say why)."""
+    metrics, sampled = sample_metrics(problem, estimator, config, reference, scopes, progress)
+    notes = {"timing": timing_note(timing_rows(problem, estimator, config.samples))}
+    exact, notes["exact_moments"] = enumerate_exact(estimator, problem, reference)
+    if exact is None:
+        return metrics, notes
+    variance = next(m for m in metrics if m.name == "variance" and m.scope == "all")
+    check = check_exact(sampled, exact, variance, float(torch.finfo(problem.dtype).eps))
+    metrics.append(Metric("exact_check_pvalue", check.pvalue))
+    notes["exact_check"] = check.note()
+    if check.agrees:
+        metrics.extend(exact.metrics(reference.gradient, scopes))
+    else:
+        notes["exact_moments"] += "; withheld: they disagree with this run's Monte Carlo moments (see exact_check)"
+    return metrics, notes
+
+
+def timing_note(rows: int) -> str:
+    """What time_per_estimate_s is, with the thread count and the machine's load when measured."""
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "unknown"
+    return (f"median (and min, max) over {TIMING_REPEATS} timed calls of {rows} estimates after one "
+            f"warm-up call; {torch.get_num_threads()} torch thread(s); load average {load} "
+            f"(1, 5, 15 min) on {os.cpu_count()} cores")
+
+
 def warm_up(problem, estimator: Estimator, config: RunConfig) -> str:
-    """Let a stateful estimator's running statistics settle (noise stream 1) before measuring."""
+    """Let a stateful estimator's running statistics settle (noise stream 1) before measuring.
+
+    The statistics advance once per call, so the calls have a fixed size (STATE_BATCH estimates),
+    not the measurement's chunk size: the frozen state, and with it every metric, does not depend
+    on ``--samples``, and a ``decay`` per call means the same in every run."""
     device = torch.device(config.device)
     estimator.rng = seeded_noise(config.seed, 1, device)
-    warmup = config.warmup if estimator.stateful else min(16, config.samples)
-    chunk = chunk_size(config.samples, estimator.loss_evaluations(problem.units), problem.units, problem.dim)
-    for start in range(0, warmup, chunk):
-        problem.sample_gradients(estimator, min(chunk, warmup - start))
-    return f"{warmup} estimates" + (" (state adapted, then frozen)" if estimator.stateful else "")
+    if not estimator.stateful:
+        rows = min(16, config.samples)
+        problem.sample_gradients(estimator, rows)
+        return f"{rows} estimates"
+    calls = math.ceil(config.warmup / STATE_BATCH)
+    for _ in range(calls):
+        problem.sample_gradients(estimator, STATE_BATCH)
+    return f"{calls * STATE_BATCH} estimates in calls of {STATE_BATCH} (state adapted, then frozen)"
 
 
 def adapt(problem, estimator: Estimator, config: RunConfig) -> int:
@@ -232,42 +270,66 @@ def adapt(problem, estimator: Estimator, config: RunConfig) -> int:
 
 
 def sample_metrics(problem, estimator: Estimator, config: RunConfig, reference, scopes: dict[str, slice],
-                   progress: Callable[[int], None] | None, stream: int = 0) -> list[Metric]:
-    """The Monte Carlo metrics: ``config.samples`` frozen estimates on noise ``stream``, per scope."""
+                   progress: Callable[[int], None] | None, stream: int = 0,
+                   timed: bool = True) -> tuple[list[Metric], GradientMoments]:
+    """The Monte Carlo metrics: ``config.samples`` frozen estimates on noise ``stream``, per scope,
+    and the accumulated moments of the whole gradient. When ``timed``, the time per estimate is
+    measured afterwards, apart from the accumulation (see :func:`time_estimates`)."""
     device = torch.device(config.device)
     units = problem.units
     chunk = chunk_size(config.samples, estimator.loss_evaluations(units), units, problem.dim)
     moments = {name: GradientMoments(reference.gradient[part], config.samples,
                                      truth_stderr=None if reference.stderr is None else reference.stderr[part])
                for name, part in scopes.items()}
-    seconds, sizes, evaluated = [], [], 0
+    evaluated = 0
     estimator.rng = seeded_noise(config.seed, stream, device)
     with estimator.frozen(), peak_memory(device) as peak:
         for start in range(0, config.samples, chunk):
             rows = min(chunk, config.samples - start)
             probe = LossProbe(rows, device)
-            _sync(device)
-            began = time.perf_counter()
             estimates = problem.sample_gradients(estimator, rows, probe)
-            _sync(device)
-            seconds.append(time.perf_counter() - began)
-            sizes.append(rows)
             evaluated += probe.evaluations
             sparsity = probe.sparsity()
             for name, part in scopes.items():
                 moments[name].add(estimates[:, part], sparsity if name == "all" else None)
             if progress is not None:
                 progress(rows)
+        if timed:
+            rows = timing_rows(problem, estimator, config.samples)
+            seconds = time_estimates(problem, estimator, rows, device)
     eps = float(torch.finfo(problem.dtype).eps)
     metrics = []
     for name, accumulated in moments.items():
         metrics.extend(dataclasses.replace(m, scope=name) for m in accumulated.metrics(eps)
                        if not (m.name == "sparsity" and math.isnan(m.value)))
     metrics.append(Metric("loss_evals", evaluated / config.samples))
-    metrics.append(time_metric(seconds, sizes))
+    if timed:
+        metrics.extend(time_metrics(seconds, rows))
     if peak.bytes is not None:
         metrics.append(Metric("peak_memory_bytes", float(peak.bytes)))
-    return metrics
+    return metrics, moments["all"]
+
+
+def timing_rows(problem, estimator: Estimator, samples: int) -> int:
+    """Estimates per timed call: TIMING_ROWS, fewer when the run has fewer or memory allows fewer."""
+    units = problem.units
+    return min(TIMING_ROWS, samples, chunk_size(TIMING_ROWS * MIN_CHUNKS, estimator.loss_evaluations(units),
+                                                units, problem.dim))
+
+
+def time_estimates(problem, estimator: Estimator, rows: int, device: torch.device,
+                   repeats: int = TIMING_REPEATS) -> list[float]:
+    """Wall-clock seconds of ``repeats`` calls of ``rows`` estimates (estimator and backward pass,
+    no metrics), after one untimed warm-up call; draws from the estimator's current noise."""
+    problem.sample_gradients(estimator, rows)
+    seconds = []
+    for _ in range(repeats):
+        _sync(device)
+        began = time.perf_counter()
+        problem.sample_gradients(estimator, rows)
+        _sync(device)
+        seconds.append(time.perf_counter() - began)
+    return seconds
 
 
 CHECKPOINT_STREAM = 1000  # noise streams 1000 + k measure the k-th checkpoint
@@ -316,7 +378,8 @@ def checkpoint_metrics(checkpoint, estimator: Estimator, config: RunConfig,
     settings = dataclasses.replace(config, samples=checkpoint.samples)
     training_noise = estimator.rng
     try:
-        measured = sample_metrics(probe, estimator, settings, reference, scopes, progress=None, stream=stream)
+        measured, _ = sample_metrics(probe, estimator, settings, reference, scopes, progress=None, stream=stream,
+                                     timed=False)  # the training's cost is its epoch_time_s
     finally:
         estimator.rng = training_noise
     measured.extend(reference_metrics(reference, scopes))
@@ -334,50 +397,88 @@ def count_bits(estimator: Estimator, problem) -> int | None:
 
 def exact_estimator_moments(estimator: Estimator, problem, reference,
                             scopes: dict[str, slice] | None = None) -> tuple[list[Metric], str]:
-    """Exact bias and variance by replaying every outcome of a discrete randomness, when small.
+    """Exact bias norm and variance per scope (see :func:`enumerate_exact`), and why not if absent."""
+    exact, reason = enumerate_exact(estimator, problem, reference)
+    return ([] if exact is None else exact.metrics(reference.gradient, scopes)), reason
+
+
+COUPLED = "examples coupled (estimate of one example changes with the others' draws)"
+
+
+def enumerate_exact(estimator: Estimator, problem, reference) -> tuple[ExactMoments | None, str]:
+    """Exact mean and variance by replaying every outcome of a discrete randomness, when small.
 
     Runs on float64 copies of the problem and the (frozen) estimator, so exact zeros are zeros.
-    Outcomes are replayed in blocks; with more than one block, a first pass gives the mean and a
-    second the variance about it (the frozen estimator is deterministic given its bits)."""
-    scopes = {"all": slice(None)} if scopes is None else scopes
+    Outcomes are replayed in blocks, one outcome per example; that is only the estimator that was
+    sampled when examples are independent, so coupling is checked first. With more than one block,
+    a first pass gives the mean and a second the variance about it (the frozen estimator is
+    deterministic given its bits)."""
     if not reference.exact:
-        return [], "not computed: the reference gradient is itself estimated"
+        return None, "not computed: the reference gradient is itself estimated"
     if not estimator.enumerable:
-        return [], "not computed: continuous randomness (no finite set of outcomes)"
+        return None, "not computed: continuous randomness (no finite set of outcomes)"
     problem = copy.deepcopy(problem).to(torch.float64)
     estimator = copy.deepcopy(estimator).to(torch.float64)
     try:
         bits = count_bits(estimator, problem)
     except NotEnumerable as exc:
-        return [], f"not computed: {exc}"
+        return None, f"not computed: {exc}"
     if bits is None:
-        return [], "not computed: continuous randomness (no finite set of outcomes)"
+        return None, "not computed: continuous randomness (no finite set of outcomes)"
     if bits > MAX_ENUMERATION_BITS:
-        return [], f"not computed: 2^{bits} outcomes exceed 2^{MAX_ENUMERATION_BITS}"
+        return None, f"not computed: 2^{bits} outcomes exceed 2^{MAX_ENUMERATION_BITS}"
     device = next(iter(problem.buffers()), torch.empty(0)).device
+
+    def replay(configs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        noise = ReplayNoise(configs)
+        estimator.rng = noise
+        with estimator.frozen():
+            estimates = problem.sample_gradients(estimator, configs.shape[0]).detach().to(torch.float64)
+        if noise.offset != bits:
+            raise NotEnumerable(f"the estimator drew {noise.offset} bits, not the {bits} counted")
+        return estimates, torch.exp(noise.log_prob)
+
+    try:
+        if coupled(replay, bits, device):
+            return None, f"not computed: {COUPLED}"
+    except NotEnumerable as exc:
+        return None, f"not computed: {exc}"
     block = max(1, min(2**bits, ENUMERATION_ELEMENTS // max(1, problem.dim, bits)))
 
     def blocks():
         for start in range(0, 2**bits, block):
             codes = torch.arange(start, min(start + block, 2**bits), device=device).unsqueeze(1)
-            configs = ((codes >> torch.arange(bits, device=device)) & 1).to(torch.float64)
-            replay = ReplayNoise(configs)
-            estimator.rng = replay
-            with estimator.frozen():
-                estimates = problem.sample_gradients(estimator, configs.shape[0]).detach().to(torch.float64)
-            if replay.offset != bits:
-                raise NotEnumerable(f"the estimator drew {replay.offset} bits, not the {bits} counted")
-            yield estimates, torch.exp(replay.log_prob)
+            yield replay(((codes >> torch.arange(bits, device=device)) & 1).to(torch.float64))
 
     try:
         if block >= 2**bits:  # one block: replay once, read twice
             cached = list(blocks())
-            metrics = exact_moments(lambda: cached, reference.gradient, scopes)
+            exact = ExactMoments.enumerate(lambda: cached)
         else:
-            metrics = exact_moments(blocks, reference.gradient, scopes)
+            exact = ExactMoments.enumerate(blocks)
     except NotEnumerable as exc:
-        return [], f"not computed: {exc}"
-    return metrics, f"computed in float64 over 2^{bits} outcomes"
+        return None, f"not computed: {exc}"
+    return exact, f"computed in float64 over 2^{bits} outcomes"
+
+
+def coupled(replay: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], bits: int,
+            device: torch.device) -> bool:
+    """Does one example's estimate depend on the other examples' draws (or on how many there
+    are)? Replays one fixed row alone, then in a batch of COUPLING_ROWS with other rows, then with
+    every bit of those other rows flipped; an independent estimator gives that row the same estimate
+    all three times (up to float64 rounding)."""
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.randint(0, 2, (COUPLING_ROWS, bits), generator=generator).to(device, torch.float64)
+    first, others = draws[:1], draws[1:]
+    alone = replay(first)[0][0]
+    with_others = replay(torch.cat([first, others]))[0][0]
+    with_flipped = replay(torch.cat([first, 1 - others]))[0][0]
+    tolerance = 1e-9 * float(alone.abs().max()) if alone.numel() and alone.isfinite().all() else 0.0
+
+    def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return bool(torch.allclose(a, b, rtol=1e-9, atol=tolerance, equal_nan=True))
+
+    return not (same(alone, with_others) and same(alone, with_flipped))
 
 
 def environment() -> dict[str, Any]:
@@ -423,7 +524,7 @@ def git_revision() -> str | None:
 def device_description(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
-    return f"{device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"{device} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"  # threads: run notes
 
 
 def now() -> str:
@@ -441,4 +542,5 @@ def run(config: RunConfig, progress: Callable[[int], None] | None = None) -> Run
         metrics, notes, status, error = [], {}, "skipped", str(exc)
     except Exception as exc:  # recorded with the run; the sweep goes on
         metrics, notes, status, error = [], {}, "failed", f"{type(exc).__name__}: {exc}"
+    notes["threads"] = str(torch.get_num_threads())  # torch intra-op threads this run had
     return RunResult(config, status, metrics, notes, started, now(), time.perf_counter() - began, error)

@@ -96,6 +96,11 @@ class GradientMoments:
         self.position = stop
 
     # -- statistics --------------------------------------------------------------------------
+    def pooled(self) -> tuple[float, np.ndarray, np.ndarray]:
+        """(n, mean, per-coordinate variance) over every sample added."""
+        n, mean, m2, _ = self._pooled(np.ones(self.groups, dtype=bool))
+        return n, mean, m2 / (n - 1) if n > 1 else np.full_like(m2, np.nan)
+
     def _pooled(self, keep: np.ndarray):
         n, mean, m2 = 0.0, np.zeros_like(self.mean[0]), np.zeros_like(self.m2[0])
         for k in np.flatnonzero(keep):
@@ -176,37 +181,113 @@ class GradientMoments:
         return [Metric("bias_z_max", z_max), Metric("unbiased_pvalue", pvalue)]
 
 
+@dataclasses.dataclass(frozen=True)
+class ExactMoments:
+    """An estimator's exact mean and per-coordinate variance (float64, from enumeration)."""
+
+    mean: torch.Tensor
+    variance: torch.Tensor
+
+    @classmethod
+    def enumerate(cls, blocks: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]) -> "ExactMoments":
+        """``blocks()`` yields (estimates (S, dim), probabilities (S,)) over all outcomes; it is
+        called twice (mean first, then the variance about it, which stays exact where a one-pass
+        E[g^2] - E[g]^2 would cancel)."""
+        total, mean = 0.0, None
+        for estimates, probability in blocks():
+            g, w = estimates.detach().to(torch.float64), probability.detach().to(torch.float64)
+            part = (w.unsqueeze(1) * g).sum(0)
+            mean = part if mean is None else mean + part
+            total += float(w.sum())
+        if mean is None or not math.isclose(total, 1.0, rel_tol=1e-9):
+            raise ValueError(f"enumerated probabilities sum to {total}, not 1")
+        variance = torch.zeros_like(mean)
+        for estimates, probability in blocks():
+            g, w = estimates.detach().to(torch.float64), probability.detach().to(torch.float64)
+            variance += (w.unsqueeze(1) * (g - mean) ** 2).sum(0)
+        return cls(mean.cpu(), variance.cpu())
+
+    def metrics(self, truth: torch.Tensor, scopes: dict[str, slice] | None = None) -> list[Metric]:
+        """Exact bias norm and variance (trace) per scope."""
+        scopes = {"all": slice(None)} if scopes is None else scopes
+        truth = truth.detach().to("cpu", torch.float64)
+        metrics = []
+        for name, part in scopes.items():
+            metrics.append(Metric("exact_bias_norm", float(torch.linalg.vector_norm(self.mean[part] - truth[part])),
+                                  scope=name))
+            metrics.append(Metric("exact_variance", float(self.variance[part].sum()), scope=name))
+        return metrics
+
+
 def exact_moments(blocks: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]], truth: torch.Tensor,
                   scopes: dict[str, slice] | None = None) -> list[Metric]:
-    """Exact bias norm and variance (per scope) from every outcome of an estimator's randomness.
-
-    ``blocks()`` yields (estimates (S, dim), probabilities (S,)) over all outcomes; it is called
-    twice (mean first, then the variance about it, which stays exact where a one-pass
-    E[g^2] - E[g]^2 would cancel)."""
-    scopes = {"all": slice(None)} if scopes is None else scopes
-    total, mean = 0.0, None
-    for estimates, probability in blocks():
-        g, w = estimates.detach().to(torch.float64), probability.detach().to(torch.float64)
-        part = (w.unsqueeze(1) * g).sum(0)
-        mean = part if mean is None else mean + part
-        total += float(w.sum())
-    if mean is None or not math.isclose(total, 1.0, rel_tol=1e-9):
-        raise ValueError(f"enumerated probabilities sum to {total}, not 1")
-    variance = torch.zeros_like(mean)
-    for estimates, probability in blocks():
-        g, w = estimates.detach().to(torch.float64), probability.detach().to(torch.float64)
-        variance += (w.unsqueeze(1) * (g - mean) ** 2).sum(0)
-    truth = truth.to(mean.device, torch.float64)
-    metrics = []
-    for name, part in scopes.items():
-        metrics.append(Metric("exact_bias_norm", float(torch.linalg.vector_norm(mean[part] - truth[part])), scope=name))
-        metrics.append(Metric("exact_variance", float(variance[part].sum()), scope=name))
-    return metrics
+    """Exact bias norm and variance (per scope) from every outcome of an estimator's randomness
+    (see :meth:`ExactMoments.enumerate`)."""
+    return ExactMoments.enumerate(blocks).metrics(truth, scopes)
 
 
-def time_metric(chunk_seconds: list[float], chunk_sizes: list[int]) -> Metric:
-    """Seconds per estimate, with the standard error of the per-chunk rates (scipy.stats.sem)."""
-    total = sum(chunk_seconds) / sum(chunk_sizes)
-    rates = np.array(chunk_seconds) / np.array(chunk_sizes)
-    stderr = float(scipy.stats.sem(rates)) if len(rates) > 1 else math.nan
-    return Metric("time_per_estimate_s", total, stderr)
+EXACT_CHECK_ALPHA = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class ExactCheck:
+    """Exact moments tested against the Monte Carlo ones of the same run."""
+
+    pvalue: float
+    worst: str  # the comparison with the largest |z|, in words
+
+    @property
+    def agrees(self) -> bool:
+        return self.pvalue >= EXACT_CHECK_ALPHA
+
+    def note(self) -> str:
+        verdict = "agrees" if self.agrees else "disagrees"
+        return (f"{verdict}: {self.worst}; p = {self.pvalue:.3g} (Bonferroni over the mean's coordinates "
+                f"and the variance; flagged below {EXACT_CHECK_ALPHA:g})")
+
+
+def check_exact(sampled: GradientMoments, exact: ExactMoments, variance: Metric,
+                dtype_eps: float = float(torch.finfo(torch.float32).eps)) -> ExactCheck:
+    """Do the exact moments describe the estimator that was sampled? z of the Monte Carlo mean of
+    each coordinate against the exact mean (t test, the Monte Carlo standard error), and of the
+    Monte Carlo variance against the exact one (normal, its jackknife standard error ``variance``);
+    the smallest two-sided p-value is Bonferroni-corrected over the dim + 1 tests, so a correct
+    estimator is flagged with probability at most EXACT_CHECK_ALPHA (asymptotically). Standard
+    errors get a floor of 8 ``dtype_eps`` relative to the values (sampled in float32, enumerated in
+    float64; for the variance, the square of that), so rounding alone is not flagged."""
+    n, mean, var = sampled.pooled()
+    exact_mean, exact_var = exact.mean.numpy(), exact.variance.numpy()
+    rounding = 8 * dtype_eps * (np.abs(exact_mean) + np.sqrt(exact_var))  # per coordinate
+    se = np.sqrt(np.nan_to_num(var / n) + rounding**2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z_mean = np.where(se > 0, (mean - exact_mean) / se, np.where(mean == exact_mean, 0.0, np.inf))
+    total = float(exact_var.sum())
+    jackknife = 0.0 if variance.stderr is None or math.isnan(variance.stderr) else variance.stderr
+    variance_se = math.hypot(jackknife, float((rounding**2).sum()) + 8 * dtype_eps * total)
+    if variance_se > 0:
+        z_var = (variance.value - total) / variance_se
+    else:
+        z_var = 0.0 if variance.value == total else math.inf
+    p_mean = 2 * scipy.stats.t.sf(np.abs(z_mean), max(n - 1, 1))
+    p_var = 2 * scipy.stats.norm.sf(abs(z_var))
+    tests = exact_mean.size + 1
+    pvalue = float(min(1.0, tests * min(float(p_mean.min()), float(p_var))))
+    k = int(np.argmax(np.abs(z_mean)))
+    if abs(z_var) >= abs(z_mean[k]):
+        worst = (f"exact_variance {total:.4g} vs Monte Carlo {variance.value:.4g} ± {variance_se:.2g} "
+                 f"({abs(z_var):.1f} s.e.)")
+    else:
+        worst = (f"exact mean of coordinate {k} {exact_mean[k]:.4g} vs Monte Carlo {mean[k]:.4g} ± {se[k]:.2g} "
+                 f"({abs(z_mean[k]):.1f} s.e.)")
+    return ExactCheck(pvalue, worst)
+
+
+def time_metrics(call_seconds: list[float], rows: int) -> list[Metric]:
+    """Seconds per estimate from repeated timed calls of ``rows`` estimates each (after a warm-up
+    call), the way timeit and asv report: the median as ``time_per_estimate_s``, and the fastest and
+    slowest calls as its spread. No standard error: on a shared machine repeats are not independent
+    draws of one distribution, so the spread is stated instead."""
+    per_estimate = np.asarray(call_seconds, dtype=float) / rows
+    return [Metric("time_per_estimate_s", float(np.median(per_estimate))),
+            Metric("time_per_estimate_min_s", float(per_estimate.min())),
+            Metric("time_per_estimate_max_s", float(per_estimate.max()))]

@@ -45,14 +45,20 @@ def _start_worker(plugins: Sequence[str], threads: int) -> None:
     load_plugins(plugins)
 
 
-def _results(configs: Sequence[harness.RunConfig], jobs: int,
-             plugins: Sequence[str]) -> Iterator[harness.RunResult]:
-    """Results as they finish: in order in-process, in completion order with worker processes."""
+def _results(configs: Sequence[harness.RunConfig], jobs: int, plugins: Sequence[str],
+             threads: int | None = None) -> Iterator[harness.RunResult]:
+    """Results as they finish: in order in-process, in completion order with worker processes.
+    ``threads``: torch threads per process (None: in-process unchanged, workers cores // jobs)."""
     if jobs <= 1:
-        for config in configs:
-            yield harness.run(config)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads or previous)
+        try:
+            for config in configs:
+                yield harness.run(config)
+        finally:
+            torch.set_num_threads(previous)
         return
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     context = multiprocessing.get_context("spawn")  # torch is not fork-safe once threads exist
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
                                                 initargs=(tuple(plugins), threads)) as pool:
@@ -67,11 +73,13 @@ def _results(configs: Sequence[harness.RunConfig], jobs: int,
 
 def run_sweep(configs: Sequence[harness.RunConfig], db: Path | None = None, jobs: int = 1,
               force: bool = False, quiet: bool = False, plugins: Sequence[str] = (),
-              scheduler: str | None = None, dask_workers: int | None = None) -> tuple[int, Path]:
+              threads: int | None = None, scheduler: str | None = None,
+              dask_workers: int | None = None) -> tuple[int, Path]:
     """Run ``configs`` into the store; returns (exit status: 1 if any run failed, store path).
-
-    With ``scheduler`` (an address) or ``dask_workers`` the runs go to a Dask cluster
-    (:mod:`bench.distributed`); this process still saves every result."""
+    ``threads``: torch intra-op threads per process (None: cores // jobs in workers, unchanged
+    in-process); each run records the count it had in its notes. With ``scheduler`` (an address)
+    or ``dask_workers`` the runs go to a Dask cluster (:mod:`bench.distributed`); this process
+    still saves every result."""
     from tqdm.auto import tqdm
 
     with open_store(db) as store:
@@ -85,9 +93,9 @@ def run_sweep(configs: Sequence[harness.RunConfig], db: Path | None = None, jobs
         failed = 0
         bar = tqdm(total=len(todo), unit="run", disable=True if quiet else None, file=sys.stderr)
         if scheduler is not None or dask_workers:
-            results = distributed.results(todo, plugins, scheduler, dask_workers, quiet)
+            results = distributed.results(todo, plugins, scheduler, dask_workers, quiet, threads)
         else:
-            results = _results(todo, jobs, plugins)
+            results = _results(todo, jobs, plugins, threads)
         for result in results:
             config = result.config
             store.save(result, versions, revision, description)

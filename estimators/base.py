@@ -8,6 +8,13 @@ that needs K evaluations stacks them on a leading axis and calls ``loss_fn`` onc
 
 All randomness goes through ``self.rng`` (a :class:`Noise`), so a harness can seed it, or replay a
 chosen sample (:class:`ReplayNoise`) to get exact values and exact moments by enumeration.
+
+Examples are independent: the estimate for one example depends on its logits, the loss and its own
+draws only, never on the other examples' draws or on how many there are (no batch statistics such
+as a batch-mean baseline inside one call; running statistics carried between calls are fine, as
+they are frozen while measured). The harness checks this before enumerating; an estimator that
+couples examples still gets Monte Carlo metrics (which then depend on the chunk size) but no exact
+moments.
 """
 from __future__ import annotations
 

@@ -53,7 +53,11 @@ class Reinforce(ScoreFunctionEstimator):
 
 @register_estimator("reinforce-ma", "REINFORCE with an exponential moving-average baseline of the loss")
 class ReinforceMovingAverage(ScoreFunctionEstimator):
-    """(h - sigm(a)) (L - Lbar) with Lbar an EMA of past mean losses (Corollary 1, constant Lbar)."""
+    """(h - sigm(a)) (L - Lbar) with Lbar an EMA of past mean losses (Corollary 1, constant Lbar).
+
+    The average advances once per call, by ``decay``: per training step, or per batch of 64
+    estimates in the harness's warm-up (a fixed size, so the frozen Lbar is the same whatever
+    ``--samples``)."""
 
     stateful = True
 
@@ -77,7 +81,11 @@ class ReinforceMovingAverage(ScoreFunctionEstimator):
 @register_estimator("reinforce-optimal",
                     "REINFORCE with the paper's per-unit minimum-variance baseline (eq. 10)")
 class ReinforceOptimalBaseline(ScoreFunctionEstimator):
-    """Lbar_i = E[(h_i - sigm(a_i))^2 L] / E[(h_i - sigm(a_i))^2], two EMAs per unit (eq. 10)."""
+    """Lbar_i = E[(h_i - sigm(a_i))^2 L] / E[(h_i - sigm(a_i))^2], two EMAs per unit (eq. 10).
+
+    Both averages advance once per call, by ``decay``, with that call's batch means: per training
+    step, or per batch of 64 estimates in the harness's warm-up (a fixed size, so the frozen
+    baseline is the same whatever ``--samples``)."""
 
     stateful = True
 

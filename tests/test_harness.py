@@ -2,6 +2,7 @@
 parameters, training problems with per-epoch records, bit counting, grids and worker processes."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -192,12 +193,14 @@ def test_worker_processes_store_the_same_numbers_as_in_process(tmp_path):
     configs = [harness.make_config(name, {}, "bernoulli-target", {"d": 3}, seed, 2000)
                for name in ("reinforce", "straight-through") for seed in (0, 1)]
     frames = []
-    for jobs in (1, 2):
-        status, path = sweep.run_sweep(configs, tmp_path / f"jobs{jobs}.db", jobs=jobs, quiet=True)
+    for jobs in (1, 2):  # each worker gets the --threads count, and every run records the count it had
+        status, path = sweep.run_sweep(configs, tmp_path / f"jobs{jobs}.db", jobs=jobs, quiet=True, threads=2)
         assert status == 0
         with Store(path, create=False) as store:
             frame = store.metrics()
-        frame = frame[~frame["metric"].isin(["time_per_estimate_s", "peak_memory_bytes"])]
+            assert [json.loads(notes)["threads"] for notes in store.runs()["notes"]] == ["2"] * len(configs)
+        frame = frame[~frame["metric"].isin(["time_per_estimate_s", "time_per_estimate_min_s", "time_per_estimate_max_s",
+                                               "peak_memory_bytes"])]
         frames.append(frame.sort_values(["estimator", "seed", "scope", "metric"])[
             ["estimator", "seed", "scope", "metric", "value"]].reset_index(drop=True))
     assert frames[0].equals(frames[1])

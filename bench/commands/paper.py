@@ -38,6 +38,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--seeds", type=_seeds, default=None, help="comma-separated seeds (default: 0,1,2; 0 with --quick)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--jobs", type=_positive_int, default=1, help="runs trained at once in worker processes")
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="torch threads per process (default: cores / jobs; recorded in each run's notes)")
     parser.add_argument("--db", type=Path, default=None, help="results database (default: bench-results/results.db)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="directory holding mnist/ or fashion-mnist/ (sets STOCHGRAD_BENCH_DATA for this run)")
@@ -93,7 +95,7 @@ def command_paper(args) -> int:
     check_data(args.dataset, args.data_dir, here=args.scheduler is None)
     began = time.perf_counter()
     status, db = run_sweep([config for _, config in planned], args.db, jobs=args.jobs, force=args.force,
-                           quiet=args.quiet, **executor)
+                           quiet=args.quiet, threads=args.threads, **executor)
     wall = time.perf_counter() - began
     with Store(db, create=False) as store:
         table, run_time = paper_table(store, planned)
