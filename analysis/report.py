@@ -313,12 +313,17 @@ def unfinished_table(results: Results) -> list[Table]:
 
 def exact_absent(results: Results) -> list[str]:
     reasons: dict[tuple[str, str], set[str]] = {}
+    withheld = []
     for run in results.finished.itertuples():
-        reason = run.notes.get("exact_moments", "") if isinstance(run.notes, dict) else ""
+        notes = run.notes if isinstance(run.notes, dict) else {}
+        reason = notes.get("exact_moments", "")
         if reason.startswith("not computed"):
             reasons.setdefault((reason.removeprefix("not computed: "), run.problem_label), set()).add(run.estimator_label)
+        elif "withheld" in reason:
+            withheld.append(f"Exact bias and variance withheld for {run.estimator_label} on {run.problem_label} seed "
+                            f"{run.seed}: {notes.get('exact_check', 'they disagree with the Monte Carlo moments')}.")
     return [f"Exact bias and variance not computed for {', '.join(sorted(names))} on {problem}: {reason}."
-            for (reason, problem), names in sorted(reasons.items())]
+            for (reason, problem), names in sorted(reasons.items())] + sorted(withheld)
 
 
 def metadata(results: Results, filters: dict[str, str | None]) -> pd.DataFrame:

@@ -270,16 +270,24 @@ def _legend(used: set[str], width: int) -> list[str]:
 def exact_notes(runs: pd.DataFrame, width: int) -> list[str]:
     """Why exact moments are missing, per reason, naming each estimator and problem."""
     reasons: dict[str, dict[str, set[str]]] = {}
+    withheld: list[str] = []
     for run in runs[runs["status"] == "finished"].itertuples():
         reason = run.notes_dict.get("exact_moments", "")
         if reason.startswith("not computed"):
             by_problem = reasons.setdefault(reason.removeprefix("not computed: "), {})
             by_problem.setdefault(run.problem_label, set()).add(run.estimator_label)
-    if not reasons:
-        return []
-    lines = ["", "Exact bias and variance not computed for:"]
-    for reason, by_problem in sorted(reasons.items()):
-        for problem, names in sorted(by_problem.items()):
-            lines += textwrap.wrap(f"{', '.join(sorted(names))} on {problem}: {reason}", width,
-                                   initial_indent="  ", subsequent_indent="    ")
+        elif "withheld" in reason:
+            withheld.append(f"{run.estimator_label} on {run.problem_label} seed {run.seed}: "
+                            f"{run.notes_dict.get('exact_check', 'exact and Monte Carlo moments disagree')}")
+    lines = []
+    if reasons:
+        lines += ["", "Exact bias and variance not computed for:"]
+        for reason, by_problem in sorted(reasons.items()):
+            for problem, names in sorted(by_problem.items()):
+                lines += textwrap.wrap(f"{', '.join(sorted(names))} on {problem}: {reason}", width,
+                                       initial_indent="  ", subsequent_indent="    ")
+    if withheld:
+        lines += ["", "Exact bias and variance WITHHELD (they disagree with the Monte Carlo moments):"]
+        for text in sorted(withheld):
+            lines += textwrap.wrap(text, width, initial_indent="  ", subsequent_indent="    ")
     return lines

@@ -211,3 +211,25 @@ def test_exact_moments_of_a_stateful_estimator_do_not_depend_on_samples():
     first = values(run("reinforce-optimal", "bernoulli-quadratic", {"d": 4}, 2_000, warmup=3000))
     second = values(run("reinforce-optimal", "bernoulli-quadratic", {"d": 4}, 30_000, warmup=3000))
     assert first["exact_variance"] == second["exact_variance"]
+
+
+def test_withheld_exact_moments_are_said_in_the_summary_and_the_report(monkeypatch, tmp_path):
+    """A disagreement is flagged where users read numbers: the run summary and the report."""
+    from analysis.frames import load_results
+    from analysis.report import exact_absent
+    from bench.summary import summary_table
+
+    real = metrics.ExactMoments.enumerate.__func__
+    monkeypatch.setattr(metrics.ExactMoments, "enumerate",
+                        classmethod(lambda cls, blocks: dataclasses.replace(real(cls, blocks),
+                                                                            variance=real(cls, blocks).variance * 1.1)))
+    result = run("reinforce", "bernoulli-quadratic", {"d": 6}, 20_000)
+    db = tmp_path / "r.db"
+    with Store(db) as store:
+        store.save(result, {"torch": "test"}, None, "cpu (test)")
+        text = summary_table(store, [result.config], width=100)
+    said = exact_absent(load_results(db))
+    assert any(s.startswith("Exact bias and variance withheld for reinforce on bernoulli-quadratic") and
+               "disagrees: exact_variance" in s for s in said), said
+    assert "Exact bias and variance WITHHELD" in text, text
+    assert "reinforce on bernoulli-quadratic(d=6,data_seed=0) seed 0: disagrees: exact_variance" in " ".join(text.split())
