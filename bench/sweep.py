@@ -35,7 +35,8 @@ from bench.errors import UserError
 from bench.store import DEFAULT_DB, Store
 from estimators.registry import load_plugin
 
-WORKER_MEMORY_BYTES = 2**30  # per-worker estimate for --jobs capping: ~0.4 GB idle (torch) + a run
+WORKER_MEMORY_GIB = 1.0  # per-worker estimate for capping --jobs: ~0.35 GB with torch loaded + a run
+WORKER_MEMORY_ENV = "STOCHGRAD_BENCH_WORKER_MEMORY_GIB"  # overrides it (big runs: more; tests: less)
 STARTUP_FAILURES = 3  # workers in a row that die before they are ready: give up
 STOP_GRACE_S = 2.0  # a terminated worker gets this long before SIGKILL
 _PR_SET_PDEATHSIG = 1
@@ -75,18 +76,31 @@ def available_memory() -> int | None:
         return None
 
 
-def capped_jobs(jobs: int, runs: int) -> tuple[int, str | None]:
-    """``jobs`` capped at the number of runs and at available memory / WORKER_MEMORY_BYTES;
+def worker_memory_gib() -> float:
+    """The per-worker memory estimate: $STOCHGRAD_BENCH_WORKER_MEMORY_GIB, else WORKER_MEMORY_GIB."""
+    text = os.environ.get(WORKER_MEMORY_ENV)
+    if text is None:
+        return WORKER_MEMORY_GIB
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise UserError(f"{WORKER_MEMORY_ENV} must be a positive number of GiB, got {text!r}")
+    return value
+
+
+def capped_jobs(jobs: int, runs: int, per_worker_gib: float = WORKER_MEMORY_GIB) -> tuple[int, str | None]:
+    """``jobs`` capped at the number of runs and at available memory / ``per_worker_gib``;
     returns (jobs, why it was capped, or None)."""
     capped, reasons = jobs, []
     if capped > max(1, runs):
         capped = max(1, runs)
         reasons.append(f"{runs} run(s) to do")
-    memory = available_memory()
-    if memory is not None and capped > 1 and capped * WORKER_MEMORY_BYTES > memory:
-        capped = max(1, memory // WORKER_MEMORY_BYTES)
-        reasons.append(f"{memory / 2**30:.1f} GiB of memory available, about "
-                       f"{WORKER_MEMORY_BYTES / 2**30:g} GiB per worker")
+    memory, per_worker = available_memory(), per_worker_gib
+    if memory is not None and capped > 1 and capped * per_worker * 2**30 > memory:
+        capped = max(1, min(capped, int(memory // (per_worker * 2**30))))
+        reasons.append(f"{memory / 2**30:.1f} GiB of memory available, about {per_worker:g} GiB per worker")
     return capped, "; ".join(reasons) or None
 
 
@@ -268,6 +282,7 @@ def run_sweep(configs: Sequence[harness.RunConfig], db: Path | None = None, jobs
     says so); a run longer than ``run_timeout`` seconds is killed and stored as failed."""
     from tqdm.auto import tqdm
 
+    per_worker_gib = worker_memory_gib()
     with open_store(db) as store:
         done = set() if force else store.finished_keys(c.key for c in configs)
         todo = [c for c in configs if c.key not in done]
@@ -276,7 +291,7 @@ def run_sweep(configs: Sequence[harness.RunConfig], db: Path | None = None, jobs
         if done and not quiet:
             print(f"{len(configs) - len(todo)} of {len(configs)} runs already in {store.path}; "
                   "not recomputed (use --force)", file=sys.stderr)
-        workers, why = capped_jobs(jobs, len(todo))
+        workers, why = capped_jobs(jobs, len(todo), per_worker_gib)
         if why:
             print(f"warning: --jobs {jobs} capped at {workers} ({why})", file=sys.stderr)
         failed = 0

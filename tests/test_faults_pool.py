@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench import harness, sweep
+from bench.errors import UserError
 from conftest import cli_command, cli_env, run_cli
 
 FAULT_PLUGIN = '''
@@ -58,6 +59,14 @@ class Fault(Estimator):
 TINY = ("--problems", "bernoulli-target(d=2)", "--samples", "500", "--quiet")
 GONE_WITHIN_S = 10.0
 PROGRESS_TIMEOUT_S = 120.0
+WORKER_MEMORY_ENV = "STOCHGRAD_BENCH_WORKER_MEMORY_GIB"
+
+
+@pytest.fixture(autouse=True)
+def small_worker_memory(monkeypatch):
+    """Two workers whatever the other processes on this machine hold: the --jobs memory cap counts
+    a worker as 0.01 GiB (CLI subprocesses inherit the environment)."""
+    monkeypatch.setenv(WORKER_MEMORY_ENV, "0.01")
 
 
 @pytest.fixture
@@ -243,12 +252,33 @@ def test_jobs_capped_at_the_runs_to_do(tmp_path):
 
 def test_jobs_capped_at_available_memory(tmp_path, monkeypatch, capsys, one_thread):
     """With 2.5 GiB available and 1 GiB per worker, --jobs 4 runs 2 workers; with 0.5 GiB, in-process."""
+    monkeypatch.delenv(WORKER_MEMORY_ENV)
     monkeypatch.setattr(sweep, "available_memory", lambda: int(2.5 * 2**30))
     assert sweep.capped_jobs(4, 10) == (2, "2.5 GiB of memory available, about 1 GiB per worker")
     assert sweep.capped_jobs(2, 10) == (2, None)
+    assert sweep.capped_jobs(8, 10, 0.5) == (5, "2.5 GiB of memory available, about 0.5 GiB per worker")
+    monkeypatch.setenv(WORKER_MEMORY_ENV, "0.5")
+    assert sweep.worker_memory_gib() == 0.5
+    monkeypatch.setenv(WORKER_MEMORY_ENV, "lots")
+    with pytest.raises(UserError, match="STOCHGRAD_BENCH_WORKER_MEMORY_GIB must be a positive number of GiB"):
+        sweep.run_sweep([], tmp_path / "never.db")
+    assert not (tmp_path / "never.db").exists()
+    monkeypatch.delenv(WORKER_MEMORY_ENV)
     monkeypatch.setattr(sweep, "available_memory", lambda: 2**29)
     configs = [harness.make_config("reinforce", {}, "bernoulli-target", {"d": 2}, seed, 500) for seed in (0, 1)]
     status, _ = sweep.run_sweep(configs, tmp_path / "results.db", jobs=4, quiet=True)
     assert status == 0
     assert capsys.readouterr().err.splitlines() == [
         "warning: --jobs 4 capped at 1 (2 run(s) to do; 0.5 GiB of memory available, about 1 GiB per worker)"]
+
+
+def test_workers_that_die_while_starting_are_one_line_error(tmp_path):
+    """A plugin that kills every worker process on import: after three such deaths, one line, exit 2."""
+    plugin = tmp_path / "deadly_plugin.py"
+    plugin.write_text("import multiprocessing, os\n\nif multiprocessing.parent_process() is not None:\n"
+                      "    os._exit(5)\n")
+    result = run_cli("run", "--plugin", plugin, "--estimators", "reinforce", *TINY, "--seeds", "0,1",
+                     "--jobs", "2", "--db", tmp_path / "results.db", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: worker processes die while starting (worker died: exit code 5); try --jobs 1"]
