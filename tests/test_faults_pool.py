@@ -116,6 +116,13 @@ def alive(pid: int) -> bool:
         return False
 
 
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def children(pid: int) -> set[int]:
     """Direct children of ``pid``: the workers and multiprocessing's resource tracker."""
     try:
@@ -151,22 +158,37 @@ def sleepers(cwd: Path) -> set[int]:
     return {int(path.name.split("-")[1]) for path in cwd.glob("started-*")}
 
 
+class Sweep(subprocess.Popen):
+    """A ``python -m bench`` process; ``family()`` records its children, killed at the end even
+    when a test fails (an implementation that leaves orphans must not leave them on the machine)."""
+
+    recorded: set[int]
+
+    def family(self) -> set[int]:
+        found = children(self.pid)
+        self.recorded |= found
+        return found
+
+
 @contextlib.contextmanager
 def started(args, cwd: Path):
-    """A ``python -m bench`` process with Ctrl-C handled as usual (even if this shell ignores it);
-    it and every sleeping worker are killed on the way out."""
+    """A sweep with Ctrl-C handled as usual (even if this shell ignores it); it, its recorded
+    children and every sleeping worker are killed on the way out."""
     ignoring = signal.signal(signal.SIGINT, signal.default_int_handler)  # caught here: default after exec
     try:  # (no preexec_fn: it can deadlock a child forked from a process with threads)
-        process = subprocess.Popen(cli_command(*args), cwd=cwd, env=cli_env(), stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        process = Sweep(cli_command(*args), cwd=cwd, env=cli_env(), stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     finally:
         signal.signal(signal.SIGINT, ignoring)
+    process.recorded = set()
     try:
         yield process
     finally:
-        for pid in {process.pid} | sleepers(cwd) | (children(process.pid) if process.poll() is None else set()):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        process.kill()
+        for pid in sleepers(cwd) | process.recorded:
+            if alive(pid) and "multiprocessing" in command_line(pid):  # not a reused pid
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         process.communicate(timeout=30)
 
 
@@ -213,7 +235,7 @@ def test_workers_die_with_a_killed_parent(plugin):
     """kill -9 of the parent while both workers sleep in a run: workers and resource tracker go too."""
     with started(fault_sweep(plugin, "sleep", "--seeds", "0,1", "--jobs", "2"), plugin.parent) as process:
         wait_until(lambda: len(sleepers(plugin.parent)) == 2, process, "both workers started their runs")
-        family = children(process.pid)
+        family = process.family()
         assert sleepers(plugin.parent) <= family
         process.kill()
         process.wait(timeout=30)
@@ -228,7 +250,7 @@ def test_signal_to_the_parent_stops_the_sweep_and_keeps_finished_runs(plugin, si
     with started(fault_sweep(plugin, "sleep|none", "--jobs", "2"), plugin.parent) as process:
         wait_until(lambda: sleepers(plugin.parent) and ("finished", None) in stored(db).values(), process,
                    "one run finished and the other started")
-        workers = children(process.pid)
+        workers = process.family()
         process.send_signal(signum)
         try:
             _, stderr = process.communicate(timeout=GONE_WITHIN_S)
