@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -72,10 +75,13 @@ def build_parser() -> Parser:
     run.add_argument("--warmup", type=_non_negative_int, default=harness.DEFAULT_WARMUP,
                      help="estimates that adapt a stateful estimator's running statistics before measuring")
     run.add_argument("--jobs", type=_positive_int, default=1,
-                     help="worker processes running configs in parallel (each gets --threads threads)")
+                     help="worker processes running configs in parallel (each gets --threads threads; "
+                          "capped at the runs to do and at 1 GiB of available memory per worker)")
     run.add_argument("--threads", type=_positive_int, default=DEFAULT_THREADS,
                      help=f"torch threads per process (default: {DEFAULT_THREADS}, fastest for these small "
                           "problems; recorded in each run's notes)")
+    run.add_argument("--run-timeout", type=_positive_float, default=None, metavar="SECONDS",
+                     help="a run taking longer is killed and stored as failed; the sweep goes on")
     run.add_argument("--data-dir", type=Path, default=None,
                      help="directory holding datasets (sets STOCHGRAD_BENCH_DATA for this run)")
     run.add_argument("--force", action="store_true", help="recompute runs already in the store")
@@ -112,6 +118,16 @@ def _int_at_least(minimum: int, kind: str):
 
 _positive_int = _int_at_least(1, "positive")
 _non_negative_int = _int_at_least(0, "non-negative")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
 
 
 def _seeds(text: str) -> list[int]:
@@ -227,7 +243,8 @@ def command_run(args) -> int:
         os.environ["STOCHGRAD_BENCH_DATA"] = str(args.data_dir.resolve())
     configs = plan(args)
     status, path = sweep.run_sweep(configs, args.db, jobs=args.jobs, force=args.force, quiet=args.quiet,
-                                   plugins=args.plugin, threads=args.threads, **executor)
+                                   plugins=args.plugin, threads=args.threads, run_timeout=args.run_timeout,
+                                   **executor)
     if not args.quiet:
         with Store(path, create=False) as store:
             print(summary_table(store, configs, args.columns))
@@ -285,7 +302,21 @@ def _specs(names: pd.Series, params: pd.Series) -> list[str]:
     return [cache.setdefault((n, p), format_spec(n, json.loads(p))) for n, p in zip(names, params)]
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, handled like Ctrl-C: workers stop, finished runs stay stored."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    handled = (signal.SIGTERM, signal.SIGHUP) if threading.current_thread() is threading.main_thread() else ()
+    previous = {signum: signal.signal(signum, _terminate) for signum in handled}
     try:
         args = build_parser().parse_args(argv)
         builtin = {"list": command_list, "run": command_run, "export": command_export}
@@ -293,9 +324,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UserError, RegistryError, SpecError, StoreError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("interrupted; finished runs are stored and the same command resumes", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+        print(f"{what}; finished runs are stored and the same command resumes", file=sys.stderr)
+        return 128 + signum
     except BrokenPipeError:  # output piped into e.g. `head`, which closed early
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

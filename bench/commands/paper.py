@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench import distributed, harness
-from bench.cli import _device, _positive_int, _seeds
+from bench.cli import _device, _positive_float, _positive_int, _seeds
 from bench.summary import terminal_width
 from bench.errors import UserError
 from bench.specs import parse_spec
@@ -40,6 +40,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--jobs", type=_positive_int, default=1, help="runs trained at once in worker processes")
     parser.add_argument("--threads", type=_positive_int, default=None,
                         help="torch threads per process (default: cores / jobs; recorded in each run's notes)")
+    parser.add_argument("--run-timeout", type=_positive_float, default=None, metavar="SECONDS",
+                        help="a run taking longer is killed and stored as failed; the others go on")
     parser.add_argument("--db", type=Path, default=None, help="results database (default: bench-results/results.db)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="directory holding mnist/ or fashion-mnist/ (sets STOCHGRAD_BENCH_DATA for this run)")
@@ -95,7 +97,7 @@ def command_paper(args) -> int:
     check_data(args.dataset, args.data_dir, here=args.scheduler is None)
     began = time.perf_counter()
     status, db = run_sweep([config for _, config in planned], args.db, jobs=args.jobs, force=args.force,
-                           quiet=args.quiet, threads=args.threads, **executor)
+                           quiet=args.quiet, threads=args.threads, run_timeout=args.run_timeout, **executor)
     wall = time.perf_counter() - began
     with Store(db, create=False) as store:
         table, run_time = paper_table(store, planned)
