@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import io
 import os
-import shutil
 import sqlite3
 import subprocess
 import threading
