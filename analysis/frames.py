@@ -168,13 +168,33 @@ def _network_shape(params: dict) -> tuple[float, float]:
     return positive(params.get("depth")), positive(params.get("width"))
 
 
+def _parse_json(text) -> dict | None:
+    """A stored JSON object; {} for an empty cell, None when it is not a JSON object."""
+    if not isinstance(text, str) or not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def prepare(runs: pd.DataFrame, metrics: pd.DataFrame, source: str = "") -> Results:
     """Parse and join the raw ``Store.runs()`` and ``Store.metrics()`` frames."""
     runs = runs.copy()
+    unreadable: dict[int, list[str]] = {}
     for column in ("estimator_params", "problem_params", "config", "versions", "notes"):
         if column in runs:
-            runs[f"{column}_dict" if column.endswith("params") else column] = [
-                json.loads(text) if isinstance(text, str) and text else {} for text in runs[column]]
+            parsed = []
+            for index, text in runs[column].items():
+                value = _parse_json(text)
+                if value is None:
+                    unreadable.setdefault(index, []).append(column)
+                parsed.append(value or {})
+            runs[f"{column}_dict" if column.endswith("params") else column] = parsed
+    for index, columns in unreadable.items():  # a damaged or hand-edited row: shown, never measured
+        runs.loc[index, "status"] = "unreadable"
+        runs.loc[index, "error"] = f"stored {', '.join(columns)} is not valid JSON; the run is left out"
     runs["estimator_label"] = labels(runs["estimator"], runs["estimator_params_dict"], "estimator")
     runs["problem_label"] = labels(runs["problem"], runs["problem_params_dict"], "problem")
     runs["reference"] = [notes.get("reference", "") for notes in runs["notes"]]

@@ -18,6 +18,7 @@ import pandas as pd
 
 from analysis.frames import Results
 from analysis.report import Section, markdown_table, render_markdown
+from bench.files import write_text_atomically
 from bench.specs import format_spec
 
 RECORD_FILES = ("README.md", "runs.csv", "metrics.csv", "summary.md")
@@ -106,8 +107,6 @@ def write_record(results: Results, directory: str | Path, sections: list[Section
                  report_command: Sequence[str]) -> list[Path]:
     """Write the record's four files into ``directory`` (created; its parent must exist), each
     through a temporary file and a rename."""
-    from analysis.report import _atomic_write
-
     directory = Path(directory)
     directory.mkdir(exist_ok=True)
     texts = {"README.md": readme(results, title, report_command),
@@ -116,6 +115,6 @@ def write_record(results: Results, directory: str | Path, sections: list[Section
              "summary.md": render_markdown(sections, title)}
     paths = []
     for name in RECORD_FILES:
-        _atomic_write(directory / name, texts[name])
+        write_text_atomically(directory / name, texts[name])
         paths.append(directory / name)
     return paths

@@ -22,6 +22,8 @@ import pandas as pd
 from analysis import figures as figs
 from analysis.frames import Results, final_values, params_include, registered_defaults
 from analysis.tables import DERIVED_PREFIX, PAIR, combined_stderr, derived_rows, summarise
+from bench.errors import UserError
+from bench.files import write_text_atomically
 from bench.specs import format_spec, parse_spec
 
 SUMMARY_COLUMNS = (  # (metric, exact twin or None, column heading)
@@ -354,9 +356,36 @@ def metadata(results: Results, filters: dict[str, str | None]) -> pd.DataFrame:
 
 
 # -- assembling ------------------------------------------------------------------------------------
+def _escape_dollars(value):
+    return value.replace("$", r"\$") if isinstance(value, str) else value
+
+
+def mathtext_safe(results: Results) -> Results:
+    """A copy for drawing figures, in which every '$' of stored names, labels and parameters is
+    escaped: matplotlib reads text between two '$' as mathtext and fails on what is not."""
+    runs, metrics = results.runs.copy(), results.metrics.copy()
+    for frame in (runs, metrics):
+        for column in ("estimator", "problem", "estimator_label", "problem_label"):
+            if column in frame:
+                frame[column] = frame[column].map(_escape_dollars)
+    for column in ("estimator_params_dict", "problem_params_dict"):
+        if column in runs:
+            runs[column] = [{_escape_dollars(k): _escape_dollars(v) for k, v in params.items()}
+                            if isinstance(params, dict) else params for params in runs[column]]
+    return Results(runs, metrics, results.source)
+
+
+def _plain_text(item):
+    """Titles, captions and reasons go to HTML and Markdown, not matplotlib: undo the escaping."""
+    for field in ("title", "caption", "reason"):
+        if isinstance(getattr(item, field, None), str):
+            setattr(item, field, getattr(item, field).replace(r"\$", "$"))
+    return item
+
+
 def build_sections(results: Results, filters: dict[str, str | None] | None = None) -> list[Section]:
     filters = filters or {}
-    built = {figure.key: figure for figure in figs.all_figures(results)}
+    built = {figure.key: _plain_text(figure) for figure in figs.all_figures(mathtext_safe(results))}
 
     def take(*keys):
         return ([built[k] for k in keys if isinstance(built[k], figs.Figure)],
@@ -462,9 +491,14 @@ def render_html(sections: list[Section], title: str) -> str:
     return "\n".join(parts)
 
 
+def markdown_text(value) -> str:
+    """Stored names and errors as Markdown text: raw HTML in them (a <script>) is shown, not run."""
+    return html.escape(str(value), quote=False)
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
     def cell(value) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
+        return markdown_text(value).replace("|", "\\|").replace("\n", " ")
 
     lines = ["| " + " | ".join(cell(c) for c in frame.columns) + " |",
              "| " + " | ".join("---" for _ in frame.columns) + " |"]
@@ -473,16 +507,17 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def render_markdown(sections: list[Section], title: str) -> str:
-    parts = [f"# {title}", ""]
+    md = markdown_text
+    parts = [f"# {md(title)}", ""]
     for section in sections:
-        parts += [f"## {section.title}", ""]
-        parts += [text + "\n" for text in section.text]
+        parts += [f"## {md(section.title)}", ""]
+        parts += [md(text) + "\n" for text in section.text]
         for figure in section.figures:
-            parts += [f"*Figure in index.html: {figure.title}.* {figure.caption}", ""]
+            parts += [f"*Figure in index.html: {md(figure.title)}.* {md(figure.caption)}", ""]
         if section.key != "absent":
-            parts += [f"*Not drawn: {m.title}: {m.reason}.*\n" for m in section.missing]
+            parts += [f"*Not drawn: {md(m.title)}: {md(m.reason)}.*\n" for m in section.missing]
         for table in section.tables:
-            parts += [f"### {table.title}", "", markdown_table(table.frame), "", f"_{table.caption}_", ""]
+            parts += [f"### {md(table.title)}", "", markdown_table(table.frame), "", f"_{md(table.caption)}_", ""]
     return "\n".join(parts).rstrip() + "\n"
 
 
@@ -490,7 +525,10 @@ def write_report(results: Results, out: str | Path, filters: dict[str, str | Non
                  title: str = "stochgrad-bench report") -> tuple[Path, Path, list[Section]]:
     """Write ``out/index.html`` and ``out/summary.md`` (``out`` is created; its parent must exist)."""
     out = Path(out)
-    out.mkdir(exist_ok=True)
+    try:
+        out.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the report directory {out}: {exc.strerror or exc}") from None
     sections = build_sections(results, filters)
     page, summary = out / "index.html", out / "summary.md"
     _atomic_write(page, render_html(sections, title))
@@ -501,9 +539,7 @@ def write_report(results: Results, out: str | Path, filters: dict[str, str | Non
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)
+    write_text_atomically(path, text)  # a temporary file beside it, renamed; removed on failure
 
 
 def figure_count(sections: Iterable[Section]) -> int:

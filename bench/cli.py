@@ -21,8 +21,9 @@ import torch
 import estimators
 import problems
 from bench import distributed, harness, summary, sweep
-from bench.specs import SpecError, format_spec, parse_spec_list
+from bench.specs import MAX_GRID, SpecError, format_spec, parse_spec_list
 from bench.errors import UserError
+from bench.files import write_atomically
 from bench.store import DEFAULT_DB, Store, StoreError
 from estimators.registry import RegistryError
 
@@ -46,6 +47,9 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 DEFAULT_THREADS = 1  # measured: see README "Performance"
+MAX_SEED = 2**63
+PLUGIN_HELP = ("a plugin .py file or module to load; it runs as ordinary Python code with your permissions, "
+               "so load only plugins you trust")
 
 
 class Parser(argparse.ArgumentParser):
@@ -63,7 +67,7 @@ def build_parser() -> Parser:
 
     listing = sub.add_parser("list", allow_abbrev=False, help="estimators and problems, with traits, parameters and source")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
-    listing.add_argument("--plugin", action="append", default=[], help="a plugin .py file or module to load")
+    listing.add_argument("--plugin", action="append", default=[], help=PLUGIN_HELP)
 
     run = sub.add_parser("run", allow_abbrev=False, help="measure estimators on problems and store the results")
     run.add_argument("--estimators", default="all", help="'all' or comma-separated specs name(key=value,...)")
@@ -85,7 +89,7 @@ def build_parser() -> Parser:
     run.add_argument("--data-dir", type=Path, default=None,
                      help="directory holding datasets (sets STOCHGRAD_BENCH_DATA for this run)")
     run.add_argument("--force", action="store_true", help="recompute runs already in the store")
-    run.add_argument("--plugin", action="append", default=[], help="a plugin .py file or module to load")
+    run.add_argument("--plugin", action="append", default=[], help=PLUGIN_HELP)
     run.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
     run.add_argument("--columns", type=_columns, default=None,
                      help="summary-table columns, comma-separated (default: "
@@ -96,7 +100,7 @@ def build_parser() -> Parser:
     export = sub.add_parser("export", allow_abbrev=False, help="write the stored metrics in long form")
     export.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"results database (default: {DEFAULT_DB})")
     export.add_argument("--format", choices=("csv", "parquet"), required=True)
-    export.add_argument("--out", type=Path, required=True, help="output file")
+    export.add_argument("--out", type=Path, required=True, help="output file, or - for standard output")
 
     from bench import commands
     commands.add_parsers(sub)
@@ -137,6 +141,8 @@ def _seeds(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"must be comma-separated non-negative integers, got {text!r}") from None
     if any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"must be distinct non-negative integers, got {text!r}")
+    if any(seed >= MAX_SEED for seed in seeds):  # the store keeps seeds as 64-bit integers
+        raise argparse.ArgumentTypeError(f"must be below 2^63 = {MAX_SEED}, got {text!r}")
     return seeds
 
 
@@ -225,6 +231,10 @@ def plan(args) -> list[harness.RunConfig]:
     device = _device(args.device, here=getattr(args, "scheduler", None) is None)
     estimator_specs = _expand(args.estimators, estimators.ESTIMATORS)
     problem_specs = _expand(args.problems, problems.PROBLEMS)
+    size = len(estimator_specs) * len(problem_specs) * len(args.seeds)
+    if size > MAX_GRID:
+        raise UserError(f"the sweep has {size:,} runs ({len(estimator_specs)} estimator specs x {len(problem_specs)} "
+                        f"problem specs x {len(args.seeds)} seeds), more than the limit of {MAX_GRID:,}; split it")
     configs = []
     for problem, problem_params in problem_specs:
         for estimator, estimator_params in estimator_specs:
@@ -274,10 +284,14 @@ def _non_default(name: str, params: dict, registry) -> dict:
 
 # -- export ----------------------------------------------------------------------------------------
 def command_export(args) -> int:
-    if not args.out.parent.exists():
-        raise UserError(f"directory {args.out.parent} does not exist (for --out {args.out})")
-    if args.out.is_dir():
-        raise UserError(f"--out {args.out} is a directory; give a file name")
+    """Write the metrics in long form to a file (through a temporary file and a rename, so a
+    failure leaves no partial file) or, with ``--out -``, to standard output."""
+    to_stdout = str(args.out) == "-"
+    if not to_stdout:
+        if not args.out.parent.exists():
+            raise UserError(f"directory {args.out.parent} does not exist (for --out {args.out})")
+        if args.out.is_dir():
+            raise UserError(f"--out {args.out} is a directory; give a file name")
     if args.format == "parquet":
         try:
             import pyarrow  # noqa: F401
@@ -288,18 +302,34 @@ def command_export(args) -> int:
     at = frame.columns.get_loc("problem_params") + 1  # full specs: one column tells settings apart
     frame.insert(at, "problem_spec", _specs(frame["problem"], frame["problem_params"]))
     frame.insert(at, "estimator_spec", _specs(frame["estimator"], frame["estimator_params"]))
-    if args.format == "csv":
-        frame.to_csv(args.out, index=False)
+
+    def write(handle) -> None:
+        if args.format == "csv":
+            handle.write(frame.to_csv(index=False).encode("utf-8"))
+        else:
+            frame.to_parquet(handle, index=False)
+
+    if to_stdout:
+        write(sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+        print(f"wrote {len(frame)} rows from {args.db} to standard output", file=sys.stderr)
     else:
-        frame.to_parquet(args.out, index=False)
-    print(f"wrote {len(frame)} rows from {args.db} to {args.out}")
+        write_atomically(args.out, write)
+        print(f"wrote {len(frame)} rows from {args.db} to {args.out}")
     return 0
 
 
 def _specs(names: pd.Series, params: pd.Series) -> list[str]:
     """name(k=v,...) with every stored parameter, the form ``run --estimators`` accepts."""
     cache: dict[tuple[str, str], str] = {}
-    return [cache.setdefault((n, p), format_spec(n, json.loads(p))) for n, p in zip(names, params)]
+
+    def spec(name: str, text: str) -> str:
+        try:
+            return format_spec(name, json.loads(text))
+        except (TypeError, ValueError, AttributeError):  # a damaged or crafted row: say so, do not crash
+            return f"{name}(unreadable parameters)"
+
+    return [cache.setdefault((n, p), spec(n, p)) for n, p in zip(names, params)]
 
 
 class Terminated(KeyboardInterrupt):

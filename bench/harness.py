@@ -82,6 +82,37 @@ class Incompatible(ValueError):
     """The estimator cannot run on this problem (e.g. too many units to enumerate)."""
 
 
+class InvalidEstimates(ValueError):
+    """An estimator or problem produced a surrogate or estimates that are not what the contract
+    says (wrong shape, NaN or inf); the run is stored as failed with this message."""
+
+
+def check_surrogate(estimator: Estimator, args: tuple, surrogate) -> None:
+    """Forward hook: the surrogate holds one value per example, shape ``logits.shape[:-1]``
+    (a stacked, unreduced surrogate would silently scale the gradient by its extra size)."""
+    logits = args[0] if args else None
+    if not isinstance(logits, torch.Tensor):
+        return
+    shape = tuple(surrogate.shape) if isinstance(surrogate, torch.Tensor) else None
+    if shape != tuple(logits.shape[:-1]):
+        found = f"shape {shape}" if shape is not None else f"a {type(surrogate).__name__}"
+        raise InvalidEstimates(f"surrogate of {found} for logits of shape {tuple(logits.shape)}: the estimator "
+                               f"must return one value per example, shape {tuple(logits.shape[:-1])}")
+
+
+def check_estimates(estimates: torch.Tensor, rows: int, dim: int) -> None:
+    """A chunk of estimates is (rows, dim) and finite: NaN or inf never become stored numbers."""
+    if tuple(estimates.shape) != (rows, dim):
+        raise InvalidEstimates(f"estimates of shape {tuple(estimates.shape)}, expected ({rows}, {dim})")
+    finite = torch.isfinite(estimates).all(1)
+    if not bool(finite.all()):
+        bad = estimates[~finite]
+        nan = int(torch.isnan(bad).any(1).sum())
+        inf = int((~finite).sum()) - nan
+        kinds = ", ".join(f"{n} {kind}" for n, kind in ((nan, "NaN"), (inf, "inf")) if n)
+        raise InvalidEstimates(f"estimates not finite: {kinds} of {rows}")
+
+
 def make_config(estimator: str, estimator_params: dict, problem: str, problem_params: dict, seed: int,
                 samples: int, device: str = "cpu", warmup: int = DEFAULT_WARMUP) -> RunConfig:
     """Validate the specs by building them once, and fill in every default parameter.
@@ -176,6 +207,7 @@ def measure(config: RunConfig, progress: Callable[[int], None] | None = None) ->
     device = torch.device(config.device)
     problem = problems.build_problem(config.problem, config.problem_params).to(device)
     estimator = estimators.build_estimator(config.estimator, config.estimator_params).to(device)
+    estimator.register_forward_hook(check_surrogate)
     check_compatible(estimator, problem)
     if problem.trains_model:
         return train(problem, estimator, config, progress)
@@ -288,6 +320,7 @@ def sample_metrics(problem, estimator: Estimator, config: RunConfig, reference, 
             rows = min(chunk, config.samples - start)
             probe = LossProbe(rows, device)
             estimates = problem.sample_gradients(estimator, rows, probe)
+            check_estimates(estimates, rows, problem.dim)
             evaluated += probe.evaluations
             sparsity = probe.sparsity()
             for name, part in scopes.items():
@@ -540,6 +573,8 @@ def run(config: RunConfig, progress: Callable[[int], None] | None = None) -> Run
         status, error = "finished", None
     except Incompatible as exc:
         metrics, notes, status, error = [], {}, "skipped", str(exc)
+    except InvalidEstimates as exc:
+        metrics, notes, status, error = [], {}, "failed", str(exc)
     except Exception as exc:  # recorded with the run; the sweep goes on
         metrics, notes, status, error = [], {}, "failed", f"{type(exc).__name__}: {exc}"
     notes["threads"] = str(torch.get_num_threads())  # torch intra-op threads this run had

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import ast
 import itertools
+import math
 import re
 from typing import Any
 
 SPEC = re.compile(r"^\s*([A-Za-z0-9_.-]+)\s*(?:\((.*)\))?\s*$", re.S)
+MAX_GRID = 100_000  # specs one list may expand to; counted before anything is expanded
 
 
 class SpecError(ValueError):
@@ -58,6 +60,21 @@ def parse_spec(text: str) -> tuple[str, dict[str, Any]]:
 
 def parse_spec_grid(text: str) -> list[tuple[str, dict[str, Any]]]:
     """A spec whose values may be grids 'a|b': every combination, in order (last key fastest)."""
+    name, choices = _grid_choices(text)
+    _check_grid_size(math.prod(len(options) for options in choices.values()), text)
+    keys = list(choices)
+    return [(name, dict(zip(keys, values))) for values in itertools.product(*choices.values())]
+
+
+def _check_grid_size(size: int, text: str) -> None:
+    if size > MAX_GRID:
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise SpecError(f"{shown!r} is a grid of {size:,} specs, more than the limit of {MAX_GRID:,}; "
+                        f"split the sweep into smaller grids")
+
+
+def _grid_choices(text: str) -> tuple[str, dict[str, list[Any]]]:
+    """The name and, per parameter, its list of values (one for a plain value)."""
     match = SPEC.match(text)
     if not match or not match.group(1):
         raise SpecError(f"malformed spec {text!r}: expected name or name(key=value,...)")
@@ -74,8 +91,7 @@ def parse_spec_grid(text: str) -> list[tuple[str, dict[str, Any]]]:
             if any(not option.strip() for option in options):
                 raise SpecError(f"empty value in grid {item!r} in {text!r}: expected key=a|b|c")
             choices[key.strip()] = [parse_value(option) for option in options]
-    keys = list(choices)
-    return [(name, dict(zip(keys, values))) for values in itertools.product(*choices.values())]
+    return name, choices
 
 
 def parse_spec_list(text: str) -> list[tuple[str, dict[str, Any]]]:
@@ -83,6 +99,8 @@ def parse_spec_list(text: str) -> list[tuple[str, dict[str, Any]]]:
     items = [item for item in split_top_level(text)]
     if not text.strip() or any(not item for item in items):
         raise SpecError(f"empty name in list {text!r}")
+    grids = [_grid_choices(item) for item in items]
+    _check_grid_size(sum(math.prod(len(options) for options in choices.values()) for _, choices in grids), text)
     return [spec for item in items for spec in parse_spec_grid(item)]
 
 

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
+import stat
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterable
@@ -64,32 +67,130 @@ MIGRATIONS = {1: ("ALTER TABLE metrics RENAME TO metrics_v1",
                   " SELECT run_id, scope, metric, value, stderr FROM metrics_v1; DROP TABLE metrics_v1")}
 
 
+# Every schema object a store of ours may hold (v1 stores have the metrics primary-key index).
+# A store with anything else (a trigger, a view, another table) was not made by us: refused.
+EXPECTED_OBJECTS = {("table", "runs"), ("table", "metrics"), ("table", "sqlite_sequence"),
+                    ("index", "metrics_key"), ("index", "runs_by_pair"), ("index", "sqlite_autoindex_runs_1"),
+                    ("index", "sqlite_autoindex_metrics_1")}
+# SQLite result codes (primary, low byte) that mean the storage failed, not the program.
+STORAGE_ERRORS = {3: "SQLITE_PERM", 8: "SQLITE_READONLY", 10: "SQLITE_IOERR", 11: "SQLITE_CORRUPT",
+                  13: "SQLITE_FULL", 14: "SQLITE_CANTOPEN", 26: "SQLITE_NOTADB"}
+CREATION_WAIT_S = 2.0  # how long a reader waits for a store that another process is creating
+
+
 class StoreError(ValueError):
     """The path is not usable as a results database; the message is one line."""
 
 
-def check_path(path: Path, create: bool) -> None:
-    """Refuse a missing directory, a directory, or a file that is not one of our databases."""
-    if path.exists():
-        if path.is_dir():
-            raise StoreError(f"{path} is a directory, not a results database file")
-        with path.open("rb") as handle:
-            header = handle.read(100)
-        if len(header) == 0:
-            if not create:
-                raise StoreError(f"{path} is an empty file, not a results database")
-            return
-        if not header.startswith(SQLITE_MAGIC):
-            raise StoreError(f"{path} is not a results database (not an SQLite file)")
-        # Ask SQLite, not the raw header: committed pages may still sit in the WAL file. Without
-        # a WAL file, open it immutable so the probe leaves no -wal/-shm files beside a file that
-        # turns out not to be ours; quote the path so '?', '#' and '%' in it stay part of it.
-        wal = path.with_name(path.name + "-wal")
-        uri = f"file:{urllib.request.pathname2url(str(path.resolve()))}?mode=ro"
-        if not wal.exists():
-            uri += "&immutable=1"
+class StorageFailure(StoreError, sqlite3.OperationalError):
+    """SQLite could not write the file (disk full, I/O error, read-only, damaged): one line
+    naming the cause and the path; still an OperationalError for callers that catch those."""
+
+
+def recovery_hint(path: Path) -> str:
+    return (f"restore it from a backup, or salvage what is readable with "
+            f"`sqlite3 {path} .recover | sqlite3 recovered.db`")
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISFIFO, "named pipe (FIFO)"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return kind
+    return "special file"
+
+
+def _stat(path: Path, create: bool) -> os.stat_result | None:
+    """The file's status (symbolic links followed), or None for a path where a new store may be
+    made; every other case is a one-line StoreError."""
+    try:
+        return path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise StoreError(f"{path} is a symbolic link to {os.readlink(path)}, which does not exist") from None
+    except OSError as exc:  # a symlink loop, a name too long, a path through a file, no permission
+        raise StoreError(f"cannot use {path} as a results database: {exc.strerror}") from None
+    if not create:
+        raise StoreError(f"results database {path} does not exist")
+    try:
+        parent = path.parent.stat()
+    except FileNotFoundError:
+        raise StoreError(f"directory {path.parent} does not exist (for --db {path})") from None
+    except OSError as exc:
+        raise StoreError(f"cannot use {path} as a results database: {exc.strerror}") from None
+    if not stat.S_ISDIR(parent.st_mode):
+        raise StoreError(f"{path.parent} is not a directory (for --db {path})")
+    return None
+
+
+def _read_header(path: Path, create: bool) -> bytes:
+    """The first 100 bytes; a reader waits briefly on an empty file (a store being created)."""
+    deadline = time.monotonic() + (0 if create else CREATION_WAIT_S)
+    while True:
         try:
-            probe = sqlite3.connect(uri, uri=True, timeout=60)
+            with path.open("rb") as handle:
+                header = handle.read(100)
+        except OSError as exc:
+            raise StoreError(f"cannot read results database {path}: {exc.strerror}") from None
+        if header or time.monotonic() >= deadline:
+            return header
+        time.sleep(0.05)
+
+
+def _check_size(path: Path, header: bytes) -> None:
+    """A file cut short (a copy that ended early, a full disk) is found by its size, which
+    quick_check alone does not always see: a whole number of pages, and, with no write-ahead log
+    holding newer pages, exactly the page count the header records."""
+    if len(header) < 100:
+        raise StoreError(f"{path} is damaged (shorter than an SQLite header); {recovery_hint(path)}")
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    size = path.stat().st_size
+    if page_size < 512 or size % page_size:
+        raise StoreError(f"{path} is damaged (its size, {size} bytes, is not a whole number of "
+                         f"{page_size}-byte pages: it was cut short); {recovery_hint(path)}")
+    pages, valid_for, changes = (int.from_bytes(header[a:a + 4], "big") for a in (28, 92, 24))
+    wal = path.with_name(path.name + "-wal")
+    if valid_for == changes and pages and not (wal.exists() and wal.stat().st_size) and size != pages * page_size:
+        raise StoreError(f"{path} is damaged (the header records {pages} pages, the file holds "
+                         f"{size // page_size}); {recovery_hint(path)}")
+
+
+def _uri(path: Path, read_only: bool) -> str:
+    """An SQLite URI for ``path`` (quoted, so '?', '#' and '%' stay part of it). Read-only opens
+    are immutable when no write-ahead log exists: nothing is then created beside the file (a
+    read-only mode=ro open of a WAL store leaves -wal and -shm files), so it works in read-only
+    directories and mounts."""
+    uri = f"file:{urllib.request.pathname2url(str(path.resolve()))}"
+    if not read_only:
+        return uri + "?mode=rw"
+    wal = path.with_name(path.name + "-wal")
+    return uri + ("?mode=ro" if wal.exists() else "?mode=ro&immutable=1")
+
+
+def check_path(path: Path, create: bool) -> None:
+    """Refuse anything but a regular file that is one of our databases, or a new path (or an
+    empty file) where ``create`` may start one. Every refusal is one line; nothing is written."""
+    status = _stat(path, create)
+    if status is None:
+        return
+    if stat.S_ISDIR(status.st_mode):
+        raise StoreError(f"{path} is a directory, not a results database file")
+    if not stat.S_ISREG(status.st_mode):
+        raise StoreError(f"{path} is a {_file_kind(status.st_mode)}, not a results database file")
+    header = _read_header(path, create)
+    if len(header) == 0:
+        if not create:
+            raise StoreError(f"{path} is an empty file, not yet a results database (if a run is creating "
+                             f"it, try again once it has stored a run)")
+        return
+    if not header.startswith(SQLITE_MAGIC):
+        raise StoreError(f"{path} is not a results database (not an SQLite file)")
+    _check_size(path, header)
+    deadline = time.monotonic() + (0 if create else CREATION_WAIT_S)
+    while True:
+        try:
+            probe = sqlite3.connect(_uri(path, read_only=True), uri=True, timeout=60)
             try:
                 app_id = probe.execute("PRAGMA application_id").fetchone()[0]
                 tables = probe.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
@@ -97,13 +198,11 @@ def check_path(path: Path, create: bool) -> None:
                 probe.close()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{path} is not a readable results database ({exc})") from None
-        if app_id != APPLICATION_ID and not (create and app_id == 0 and tables == 0):
+        if app_id == APPLICATION_ID or (create and app_id == 0 and tables == 0):
+            return
+        if app_id != 0 or tables != 0 or time.monotonic() >= deadline:  # else: being created, wait
             raise StoreError(f"{path} is an SQLite file but not a stochgrad-bench results database")
-        return
-    if not create:
-        raise StoreError(f"results database {path} does not exist")
-    if not path.parent.exists():
-        raise StoreError(f"directory {path.parent} does not exist (for --db {path})")
+        time.sleep(0.05)
 
 
 def _finite(value: float | None) -> float | None:
@@ -114,15 +213,16 @@ def _finite(value: float | None) -> float | None:
 
 
 class Store:
-    """A results database; use as a context manager."""
+    """A results database; use as a context manager. ``create=False`` opens it read-only (for
+    export and report): nothing is written and nothing is created beside it."""
 
     def __init__(self, path: Path | str, create: bool = True):
         self.path = Path(path)
+        self.read_only = not create
         check_path(self.path, create)
-        self.connection = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        self.connection.execute("PRAGMA foreign_keys = ON")
-        self.connection.execute("PRAGMA busy_timeout = 60000")
+        self.connection = self._connect(self.read_only)
         try:
+            self._verify()
             self._check_version()
             if create:
                 self._initialise()
@@ -130,27 +230,68 @@ class Store:
             self.connection.close()
             raise
 
+    def _connect(self, read_only: bool) -> sqlite3.Connection:
+        try:
+            exists = self.path.exists()
+            connection = sqlite3.connect(_uri(self.path, read_only) if exists else self.path, uri=exists,
+                                         timeout=60, isolation_level=None)
+            connection.execute("PRAGMA trusted_schema = OFF")
+            connection.execute("PRAGMA foreign_keys = ON")
+            connection.execute("PRAGMA busy_timeout = 60000")
+        except sqlite3.Error as exc:
+            raise self._storage_error("open", exc) from None
+        return connection
+
+    def _storage_error(self, action: str, exc: sqlite3.Error) -> StoreError:
+        detail = " ".join(str(exc).split())
+        if (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF in (11, 26) or "malformed" in detail:
+            return StoreError(f"{self.path} is damaged ({detail}); nothing was written to it; {recovery_hint(self.path)}")
+        return StoreError(f"cannot {action} results database {self.path}: {detail}")
+
+    def _verify(self) -> None:
+        """Before anything is read or written: SQLite's quick integrity check, and no schema
+        object we did not create (a trigger could rewrite stored results behind our back)."""
+        try:
+            problems = [row[0] for row in self.connection.execute("PRAGMA quick_check")]
+            objects = set(self.connection.execute(
+                "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_stat%'").fetchall())
+        except sqlite3.DatabaseError as exc:
+            raise self._storage_error("read", exc) from None
+        if problems != ["ok"]:
+            raise StoreError(f"{self.path} is damaged (quick_check: {'; '.join(problems[:3])}); nothing was "
+                             f"written to it; {recovery_hint(self.path)}")
+        foreign = sorted(objects - EXPECTED_OBJECTS)
+        if foreign:
+            names = ", ".join(f"{kind} {name}" for kind, name in foreign[:5])
+            raise StoreError(f"{self.path} holds schema objects stochgrad-bench does not create ({names}); "
+                             f"refusing to use it")
+
     def _initialise(self) -> None:
         """Create the schema, or upgrade an older one in the same transaction (all or nothing)."""
         conn = self.connection
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            has_tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'metrics'").fetchone()[0]
-            steps = [MIGRATIONS[old] for old in range(max(version, 1), SCHEMA_VERSION)] if has_tables else []
-            for before, _ in steps:
-                conn.execute(before)
-            for statement in filter(str.strip, SCHEMA.split(";")):
-                conn.execute(statement)
-            for _, after in steps:
-                for statement in filter(str.strip, after.split(";")):
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                has_tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'metrics'").fetchone()[0]
+                steps = [MIGRATIONS[old] for old in range(max(version, 1), SCHEMA_VERSION)] if has_tables else []
+                for before, _ in steps:
+                    conn.execute(before)
+                for statement in filter(str.strip, SCHEMA.split(";")):
                     conn.execute(statement)
-            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
+                for _, after in steps:
+                    for statement in filter(str.strip, after.split(";")):
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+        except sqlite3.Error as exc:
+            if _storage_failure(exc):
+                raise StorageFailure(str(self._storage_error("write to", exc))) from None
             raise
 
     def _check_version(self) -> None:
@@ -158,8 +299,17 @@ class Store:
         if version > SCHEMA_VERSION:
             raise StoreError(f"{self.path} was written by a newer stochgrad-bench (schema {version}, "
                              f"this one reads up to {SCHEMA_VERSION}); upgrade stochgrad-bench")
-        if 0 < version < SCHEMA_VERSION:
-            self._initialise()  # upgrades in one transaction; the stored numbers are all kept
+        if 0 < version < SCHEMA_VERSION:  # upgrades in one transaction; the stored numbers are all kept
+            if not self.read_only:
+                self._initialise()
+                return
+            self.connection.close()  # a reader upgrades through a writable connection, then reads
+            self.connection = self._connect(read_only=False)
+            try:
+                self._initialise()
+            finally:
+                self.connection.close()
+            self.connection = self._connect(read_only=True)
 
     def close(self) -> None:
         self.connection.close()
@@ -184,36 +334,53 @@ class Store:
 
     def save(self, result: RunResult, versions: dict[str, Any], git_revision: str | None,
              device_description: str) -> int:
-        """Write (or replace) one run and all its metrics atomically; return its run_id."""
+        """Write (or replace) one run and all its metrics atomically; return its run_id. A storage
+        failure (disk full, I/O error) leaves the store as it was and is a one-line StoreError."""
         c = result.config
+        if not -2**63 <= c.seed < 2**63:
+            raise StoreError(f"seed {c.seed} cannot be stored (seeds are 64-bit integers)")
         conn = self.connection
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute("DELETE FROM runs WHERE config_key = ?", (c.key,))
-            cursor = conn.execute(
-                "INSERT INTO runs (config_key, estimator, estimator_params, problem, problem_params, seed,"
-                " samples, device, device_description, config, versions, git_revision, started_at,"
-                " finished_at, wall_time_s, status, error, notes)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (c.key, c.estimator, json.dumps(c.estimator_params, sort_keys=True), c.problem,
-                 json.dumps(c.problem_params, sort_keys=True), c.seed, c.samples, c.device,
-                 device_description, json.dumps(c.as_dict(), sort_keys=True), json.dumps(versions, sort_keys=True),
-                 git_revision, result.started_at, result.finished_at, result.wall_time_s, result.status,
-                 result.error, json.dumps(result.notes, sort_keys=True)))
-            run_id = int(cursor.lastrowid)
-            conn.executemany(
-                "INSERT INTO metrics (run_id, scope, metric, epoch, step, value, stderr) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(run_id, m.scope, m.name, m.epoch, m.step, _finite(m.value), _finite(m.stderr))
-                 for m in result.metrics])
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("DELETE FROM runs WHERE config_key = ?", (c.key,))
+                cursor = conn.execute(
+                    "INSERT INTO runs (config_key, estimator, estimator_params, problem, problem_params, seed,"
+                    " samples, device, device_description, config, versions, git_revision, started_at,"
+                    " finished_at, wall_time_s, status, error, notes)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (c.key, c.estimator, json.dumps(c.estimator_params, sort_keys=True), c.problem,
+                     json.dumps(c.problem_params, sort_keys=True), c.seed, c.samples, c.device,
+                     device_description, json.dumps(c.as_dict(), sort_keys=True),
+                     json.dumps(versions, sort_keys=True), git_revision, result.started_at, result.finished_at,
+                     result.wall_time_s, result.status, result.error, json.dumps(result.notes, sort_keys=True)))
+                run_id = int(cursor.lastrowid)
+                conn.executemany(
+                    "INSERT INTO metrics (run_id, scope, metric, epoch, step, value, stderr)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(run_id, m.scope, m.name, m.epoch, m.step, _finite(m.value), _finite(m.stderr))
+                     for m in result.metrics])
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+        except sqlite3.Error as exc:
+            if _storage_failure(exc):
+                raise StorageFailure(f"could not save the run to {self.path}: {' '.join(str(exc).split())}; "
+                                 "runs saved before are intact") from None
             raise
         return run_id
 
     # -- reading ---------------------------------------------------------------------------
+    def _query(self, query: str, params: list[Any] | None = None) -> pd.DataFrame:
+        try:
+            return pd.read_sql_query(query, self.connection, params=params)
+        except (sqlite3.DatabaseError, pd.errors.DatabaseError) as exc:
+            cause = exc.__cause__ if isinstance(exc.__cause__, sqlite3.Error) else exc
+            raise self._storage_error("read", cause) from None
+
     def runs(self) -> pd.DataFrame:
-        return pd.read_sql_query("SELECT * FROM runs ORDER BY run_id", self.connection)
+        return self._query("SELECT * FROM runs ORDER BY run_id")
 
     def metrics(self, run_ids: Iterable[int] | None = None) -> pd.DataFrame:
         """Long form: one row per (run, scope, metric, epoch, step) with the run's identifying
@@ -227,8 +394,26 @@ class Store:
             query += f" WHERE r.run_id IN ({','.join('?' * len(ids))})"
             params = ids
         query += " ORDER BY r.run_id, m.scope, m.metric, m.epoch, m.step"
-        frame = pd.read_sql_query(query, self.connection, params=params)
+        frame = self._query(query, params)
         return frame.astype({"epoch": "Int64", "step": "Int64"})
+
+
+def _storage_failure(exc: sqlite3.Error) -> bool:
+    """Whether SQLite failed because of the storage (full, unwritable, damaged), not the program."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in STORAGE_ERRORS
+    return any(text in str(exc) for text in ("disk is full", "disk I/O error", "readonly database", "malformed"))
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back if a transaction is still open. SQLite has already rolled back after some
+    errors (SQLITE_FULL among them); a second ROLLBACK would fail and hide the real cause."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
 
 
 # =================================================================================================
@@ -257,17 +442,10 @@ class MergeReport:
     conflicts: list[str] = dataclasses.field(default_factory=list)
 
 
-def _read_only_uri(path: Path) -> str:
-    uri = f"file:{urllib.request.pathname2url(str(path.resolve()))}?mode=ro"
-    if not path.with_name(path.name + "-wal").exists():
-        uri += "&immutable=1"
-    return uri
-
-
 def check_merge_source(path: Path) -> None:
     """Refuse (StoreError, one line) a source that is not a results database of a version we read."""
     check_path(path, create=False)
-    probe = sqlite3.connect(_read_only_uri(path), uri=True, timeout=60)
+    probe = sqlite3.connect(_uri(path, read_only=True), uri=True, timeout=60)
     try:
         version = probe.execute("PRAGMA user_version").fetchone()[0]
     finally:
@@ -283,7 +461,7 @@ def snapshot(path: Path) -> Iterator[Store]:
     check_merge_source(path)
     with tempfile.TemporaryDirectory(prefix="stochgrad-merge-") as folder:
         copy = Path(folder) / "source.db"
-        source = sqlite3.connect(_read_only_uri(path), uri=True, timeout=60)
+        source = sqlite3.connect(_uri(path, read_only=True), uri=True, timeout=60)
         target = sqlite3.connect(copy)
         try:
             source.backup(target)
@@ -353,6 +531,6 @@ def merge_store(destination: Store, source_path: Path) -> MergeReport:
                         f"SELECT {', '.join(METRIC_COLUMNS)} FROM metrics WHERE run_id = ?", (run["run_id"],))))
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
     return report

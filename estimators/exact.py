@@ -6,6 +6,10 @@ import torch
 from estimators import register_estimator
 from estimators.base import Estimator, LossFn, all_configurations
 
+# Elements of the largest tensor one call holds: configurations x batch x units (2^28 float32
+# numbers are 1 GiB; the loss and the weights hold a few of them). Checked before allocating.
+MAX_ELEMENTS = 2**28
+
 
 @register_estimator("exact", "Exact gradient of E[L] by enumerating all 2^units configurations (small layers)")
 class Exact(Estimator):
@@ -26,13 +30,20 @@ class Exact(Estimator):
     def loss_evaluations(self, units: int) -> int:
         return 2**units
 
-    def check_units(self, units: int) -> None:
+    def check_units(self, units: int, examples: int = 1) -> None:
+        """Refuse, before anything is allocated, more units than ``max_units`` or an enumeration
+        whose tensors would exceed MAX_ELEMENTS numbers."""
         if units > self.max_units:
             raise ValueError(f"exact enumeration over 2^{units} configurations exceeds max_units={self.max_units}")
+        elements = 2**units * units * examples
+        if elements > MAX_ELEMENTS:
+            raise ValueError(f"exact enumeration over 2^{units} configurations of {units} units"
+                             f"{f' for {examples} examples' if examples > 1 else ''} needs tensors of {elements:,} "
+                             f"numbers, more than the limit of 2^{MAX_ELEMENTS.bit_length() - 1}; use fewer units")
 
     def forward(self, logits: torch.Tensor, loss_fn: LossFn) -> torch.Tensor:
         units = logits.shape[-1]
-        self.check_units(units)
+        self.check_units(units, logits[..., 0].numel())
         configs = all_configurations(units, logits.dtype, logits.device)
         h = configs.reshape(2**units, *([1] * (logits.ndim - 1)), units).expand(2**units, *logits.shape)
         log_p = torch.nn.functional.logsigmoid(logits)

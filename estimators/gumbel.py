@@ -23,9 +23,10 @@ from estimators.base import PathwiseEstimator
 
 
 def check_temperature(tau: float) -> float:
-    """The relaxations' temperature: a finite number > 0."""
-    if not (math.isfinite(tau) and tau > 0):
-        raise ValueError(f"tau must be a finite number > 0, got {tau}")
+    """The relaxations' temperature: a finite number > 0 and not subnormal in float32 (a
+    temperature below float32's smallest normal number underflows to 0 there: x / 0 is NaN)."""
+    if not (math.isfinite(tau) and tau >= torch.finfo(torch.float32).tiny):
+        raise ValueError(f"tau must be a finite number > 0 (at least {torch.finfo(torch.float32).tiny:.3g}), got {tau}")
     return float(tau)
 
 

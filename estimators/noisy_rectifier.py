@@ -8,6 +8,8 @@ from estimators import register_estimator
 from estimators.base import PathwiseEstimator
 
 NOISES = ("gaussian", "logistic")
+# Beyond this, std * z (|z| < 20 for every draw) is no longer finite in float32 sums of logits.
+MAX_STD = 1e30
 
 
 @register_estimator("noisy-rectifier", "Noisy rectifier h = max(0, a + z), Gaussian or logistic z (sec. 2.1)")
@@ -25,8 +27,8 @@ class NoisyRectifier(PathwiseEstimator):
         super().__init__()
         if noise not in NOISES:
             raise ValueError(f"noise must be one of {', '.join(NOISES)}, got {noise!r}")
-        if not std >= 0:
-            raise ValueError(f"std must be >= 0, got {std}")
+        if not 0 <= std <= MAX_STD:
+            raise ValueError(f"std must be in [0, {MAX_STD:g}], got {std}")
         if not 0.0 <= target_rate < 1.0:
             raise ValueError(f"target_rate must be in [0, 1) (0 turns the control off), got {target_rate}")
         if not 0.0 <= rate_decay < 1.0:

@@ -7,6 +7,7 @@ import torch
 
 from estimators import register_estimator
 from estimators.base import PathwiseEstimator
+from estimators.noisy_rectifier import MAX_STD
 
 
 @register_estimator("sigmoid", "Deterministic sigmoid h = sigm(a): the mean-field baseline (Baseline Sigmoid)")
@@ -29,8 +30,8 @@ class SigmoidNoise(PathwiseEstimator):
 
     def __init__(self, std: float = 1.0):
         super().__init__()
-        if not std >= 0:
-            raise ValueError(f"std must be >= 0, got {std}")
+        if not 0 <= std <= MAX_STD:
+            raise ValueError(f"std must be in [0, {MAX_STD:g}], got {std}")
         self.std = std
 
     def sample(self, logits: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,8 @@ differences, both with common random numbers u for h = 1[u < sigm(a)] on either 
 only loss values; their bias is O(c^2) from the perturbation size."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from estimators import register_estimator
@@ -10,8 +12,9 @@ from estimators.base import Estimator, LossFn, attach_gradient, reduce_to_batch
 
 
 def _check_step(name: str, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
+    """A perturbation size: finite and at least float32's smallest normal number."""
+    if not (math.isfinite(value) and value >= torch.finfo(torch.float32).tiny):
+        raise ValueError(f"{name} must be > 0 and finite (at least {torch.finfo(torch.float32).tiny:.3g}), got {value}")
 
 
 @register_estimator("spsa", "SPSA: (L(a + c D) - L(a - c D)) / (2 c D_i), D Rademacher; 2 evaluations")

@@ -13,6 +13,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import inspect
+import math
 import re
 import sys
 import typing
@@ -81,7 +82,31 @@ def constructor_parameters(cls: type) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
+# Every float parameter must be a normal float32 number or 0: computations run in float32 by
+# default, where anything smaller becomes 0 and anything larger becomes inf (then NaN).
+FLOAT_TINY = 1.1754943508222875e-38
+FLOAT_HUGE = 3.4028234663852886e38
+INT_LIMIT = 2**63  # integers are stored and handed to torch as 64-bit integers
+
+
+def _declared_type(annotation: Any, default: Any) -> tuple[Any, bool]:
+    """(bool/int/float/str or the annotation itself, whether None is allowed): ``X | None`` and
+    ``Optional[X]`` unwrap to X; an unannotated parameter takes the type of its default."""
+    args = typing.get_args(annotation)
+    if args and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else Any), True
+    if annotation is Any and default is not None and type(default) in (bool, int, float):
+        return type(default), False
+    return annotation, False
+
+
+def _coerce(value: Any, annotation: Any, where: str, default: Any = None) -> Any:
+    """Check ``value`` against the parameter's declared type; one message format for all of them:
+    '<name>: <param> must be <what>, got <value>'."""
+    annotation, optional = _declared_type(annotation, default)
+    if value is None and optional:
+        return None
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -93,11 +118,22 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     if annotation is int:
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
             raise RegistryError(f"{where} must be an integer, got {value!r}")
+        if not -INT_LIMIT <= value < INT_LIMIT:
+            raise RegistryError(f"{where} must be an integer that fits in 64 bits, got {value!r}")
         return int(value)
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RegistryError(f"{where} must be a number, got {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise RegistryError(f"{where} must be a finite number, got {value!r}")
+        if number != 0 and not FLOAT_TINY <= abs(number) <= FLOAT_HUGE:
+            raise RegistryError(f"{where} must be 0 or of magnitude between {FLOAT_TINY:.2g} and {FLOAT_HUGE:.2g} "
+                                f"(a normal float32 number), got {value!r}")
+        return number
     if annotation is str:
         return str(value)
     return value
@@ -191,10 +227,12 @@ class Registry:
             if key not in spec:
                 valid = ", ".join(spec) or "none"
                 raise RegistryError(f"{self.kind} {name!r} has no parameter {key!r}: valid: {valid}")
-        coerced = {k: _coerce(v, hints.get(k, Any), f"{name}: {k}") for k, v in params.items()}
+        coerced = {k: _coerce(v, hints.get(k, Any), f"{name}: {k}", spec[k]["default"]) for k, v in params.items()}
         try:
             instance = entry.cls(**coerced)
-        except (ValueError, TypeError, OverflowError) as exc:
+        except ValueError as exc:  # the class's own range check: '<param> must be ..., got ...'
+            raise RegistryError(f"{name}: {' '.join(str(exc).split())}") from None
+        except (TypeError, OverflowError) as exc:
             raise RegistryError(f"{name}: {_one_line(exc)}") from None
         except (RuntimeError, MemoryError) as exc:  # e.g. an allocation far too large for memory
             raise RegistryError(f"{name}: cannot be built with {params}: {_one_line(exc)}") from None

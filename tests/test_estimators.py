@@ -781,7 +781,7 @@ BAD_PARAMETERS = [
     ("st-gumbel", {"tau": -1.0}, "tau must be a finite number > 0"),
     ("gumbel-rao", {"K": 0}, "K must be at least 1"),
     ("gapped-st", {"gap": -1.0}, "gap must be a finite number >= 0"),
-    ("reinmax", {"tau": float("nan")}, "tau must be a finite number > 0"),
+    ("reinmax", {"tau": float("nan")}, "tau must be a finite number"),  # the registry's check, before the class's
     ("slope-annealed-st", {"max_slope": 0.5}, "max_slope must be finite and >= slope"),
     ("rebar", {"temperature": 0.0}, "temperature must be a finite number > 0"),
     ("relax", {"temperature": -1.0}, "temperature must be a finite number > 0"),

@@ -387,7 +387,7 @@ def test_every_builtin_problem_has_a_contract_class():
     ("bernoulli-target", {"t": 1.5}, "t must be in [0, 1]"),
     ("bernoulli-target", {"t": -0.1}, "t must be in [0, 1]"),
     ("bernoulli-target", {"d": 0}, "d must be at least 1"),
-    ("bernoulli-target", {"logit": float("inf")}, "logit must be finite"),
+    ("bernoulli-target", {"logit": float("inf")}, "logit must be a finite number"),  # the registry's check
     ("bernoulli-quadratic", {"d": 0}, "d must be at least 1"),
     ("bernoulli-blackbox", {"d": 21}, "d must be at most 20"),
     ("bernoulli-blackbox", {"hidden": 0}, "hidden must be at least 1"),

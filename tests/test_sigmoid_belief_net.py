@@ -76,7 +76,7 @@ def test_spec_strings_reach_the_problem():
     ("sigmoid-belief-net", {"width": 3}, "depth must be at least 1"),
     ("sigmoid-belief-net", {"depth": -1, "width": 3}, "depth must be at least 1"),
     ("sigmoid-belief-net", {"loss": "hinge"}, "loss must be one of mlp, target"),
-    ("sigmoid-belief-net", {"hidden_weight": float("nan")}, "hidden_weight must be finite"),
+    ("sigmoid-belief-net", {"hidden_weight": float("nan")}, "hidden_weight must be a finite number"),
     ("sigmoid-belief-net", {"depth": 3, "width": 8, "reference_method": "exact"}, "too many to enumerate"),
     ("sigmoid-belief-net", {"reference_method": "guess"}, "reference_method must be one of"),
     ("sigmoid-belief-net", {"reference_samples": 10}, "reference_samples must be at least 64"),
