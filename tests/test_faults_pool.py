@@ -212,13 +212,13 @@ def test_dead_worker_fails_its_run_and_the_sweep_goes_on(plugin, action, jobs, r
 # -- a run that hangs ------------------------------------------------------------------------------
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_run_timeout_kills_the_run_and_the_sweep_goes_on(plugin, jobs):
-    began = time.monotonic()
+    # The plugin sleeps 300 s; the command's own limit (240 s, generous for a loaded machine's
+    # start-up) is below that, so finishing at all shows the sleep was cut short.
     result = run_cli(*fault_sweep(plugin, "sleep|none", "--run-timeout", "1.5", "--jobs", jobs), cwd=plugin.parent,
-                     timeout=PROGRESS_TIMEOUT_S)
+                     timeout=2 * PROGRESS_TIMEOUT_S)
     assert result.returncode == 1, result.stderr
     assert by_action(plugin.parent / "results.db") == {"sleep": [("failed", "timed out after 1.5 s")],
                                                         "none": [("finished", None)]}
-    assert time.monotonic() - began < PROGRESS_TIMEOUT_S / 2  # the 300 s sleep was cut short
     assert sleepers(plugin.parent) and not any(alive(pid) for pid in sleepers(plugin.parent))
 
 
