@@ -288,17 +288,22 @@ def pareto_front(cost: Sequence[float], variance: Sequence[float]) -> list[int]:
 
 
 def _unbiased_trait(runs: pd.DataFrame) -> dict[str, str]:
-    """estimator label -> 'unbiased' / 'biased' from the registered estimator (built with the
-    run's parameters, so instance-level traits count), 'unknown' when it cannot be built here."""
+    """estimator label -> 'unbiased' / 'biased' from the traits stored with the run (read from the
+    instance, so parameters that change a trait count); for runs stored without traits, from the
+    estimator built here with the run's parameters; 'trait unknown' when it cannot be built here."""
     import estimators
 
     out = {}
-    for label, params, name in runs[["estimator_label", "estimator_params_dict", "estimator"]].drop_duplicates(
-            "estimator_label").itertuples(index=False):
-        try:
-            out[label] = "unbiased" if estimators.build_estimator(name, params).unbiased else "biased"
-        except Exception:  # not registered in this process (plugin) or no longer valid
-            out[label] = "trait unknown"
+    columns = ["estimator_label", "estimator_params_dict", "estimator"]
+    stored = runs["traits"] if "traits" in runs else pd.Series(None, index=runs.index, dtype=object)
+    for (label, params, name), traits in zip(runs[columns].itertuples(index=False), stored):
+        if isinstance(traits, dict) and isinstance(traits.get("unbiased"), bool):
+            out[label] = "unbiased" if traits["unbiased"] else "biased"
+        elif label not in out:
+            try:
+                out[label] = "unbiased" if estimators.build_estimator(name, params).unbiased else "biased"
+            except Exception:  # not registered in this process (plugin) or no longer valid
+                out[label] = "trait unknown"
     return out
 
 
@@ -434,7 +439,8 @@ def _sweep(results: Results, key: str, title: str, coordinate: str, xlabel: str,
         return Missing(key, title, f"no reported gradient-problem run has {noun}")
     params = rows["run_id"].map(runs["problem_params_dict"])
     rows = rows.assign(family=labels(rows["problem"], params.map(
-        lambda p: {k: v for k, v in p.items() if k not in drop_params}), "problem"))
+        lambda p: {k: v for k, v in p.items() if k not in drop_params}), "problem",
+        rows["run_id"].map(runs["problem_defaults"]) if "problem_defaults" in runs else None))
     grouped = rows.groupby(["family", "estimator_label", "x"], sort=True)
     table = grouped["value"].agg(mean="mean", n="count").reset_index()
     table["se"] = grouped["stderr"].apply(combined_stderr).to_numpy()

@@ -16,8 +16,10 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from bench.runinfo import is_training, stored_defaults, stored_family, stored_traits
 from bench.specs import format_spec, parse_spec_list
 from bench.store import Store
+from estimators.families import FAMILY_BY_MODULE, FAMILY_ORDER, OTHER_FAMILY, family_of  # noqa: F401
 
 POSITION_COLUMNS = ("epoch", "step")
 
@@ -92,8 +94,8 @@ def params_include(stored: dict, wanted: dict) -> bool:
 
 
 def registered_defaults(kind: str, name: str) -> dict[str, Any] | None:
-    """Registered default parameters of ``name`` (None when it is not registered here, e.g. a
-    plugin that this process has not loaded)."""
+    """Registered default parameters of ``name`` in this process (None when it is not registered
+    here, e.g. a plugin not loaded). Only for runs stored without their defaults (see prepare)."""
     import estimators
     import problems
 
@@ -104,48 +106,35 @@ def registered_defaults(kind: str, name: str) -> dict[str, Any] | None:
         return None
 
 
-# Fallback only: estimator families by the module that defines the estimator (the README's
-# "family (module)" column). A run whose notes or config store a "family" uses that instead.
-FAMILY_BY_MODULE = {
-    "reinforce": "score function", "antithetic": "score function",
-    "nvil": "control variate", "muprop": "control variate", "rebar": "control variate",
-    "gumbel": "relaxation", "straight_through": "straight-through", "slope_annealed_st": "straight-through",
-    "gapped_st": "straight-through", "reinmax": "straight-through", "perturbation": "perturbation",
-    "exact": "exact", "sts": "non-binary", "noisy_rectifier": "non-binary", "paper_baselines": "non-binary",
-    "gaussian_dropout": "non-binary",
-}
-FAMILY_ORDER = ("exact", "score function", "control variate", "relaxation", "straight-through", "perturbation",
-                "non-binary", "other")
-OTHER_FAMILY = "other"
-
-
 def estimator_family(name: str, stored: dict | None = None) -> str:
-    """The estimator's family: stored with the run where it is, else from the module the built-in
-    estimator is defined in (a registry lookup, nothing is built); 'other' for anything else."""
-    if stored and isinstance(stored.get("family"), str):
-        return stored["family"]
+    """The estimator's family: stored with the run where it is, else (runs stored before that) from
+    the estimator class registered here (see estimators.families); 'other' for anything else."""
+    family = stored_family(stored)
+    if family is not None:
+        return family
     import estimators
 
     try:
-        module = estimators.ESTIMATORS.entry(name).cls.__module__
+        return family_of(estimators.ESTIMATORS.entry(name).cls)
     except Exception:  # not registered in this process
         return OTHER_FAMILY
-    top, _, leaf = module.rpartition(".")
-    return FAMILY_BY_MODULE.get(leaf, OTHER_FAMILY) if top == "estimators" else OTHER_FAMILY
 
 
-def labels(names: pd.Series, params: pd.Series, kind: str) -> pd.Series:
-    """``name(k=v,...)`` showing the parameters that differ from the registered defaults or that
-    vary between the runs of that name (all of them when the name is not registered)."""
+def labels(names: pd.Series, params: pd.Series, kind: str, defaults: pd.Series | None = None) -> pd.Series:
+    """``name(k=v,...)`` showing the parameters that differ from the defaults or that vary between
+    the runs of that name. ``defaults`` (aligned with ``names``): the defaults each run stored, None
+    for runs stored without; a name none of whose runs stored them uses the registry here (every
+    parameter is shown when the name is not registered)."""
     out = pd.Series("", index=names.index, dtype=object)
     for name in names.unique():
         rows = names == name
-        defaults = registered_defaults(kind, name)
+        stored = [d for d in (defaults[rows] if defaults is not None else []) if isinstance(d, dict)]
+        named = stored[-1] if stored else registered_defaults(kind, name)  # the latest run's, if several
         dicts = params[rows]
         varying = {key for key in set().union(*dicts) if len({json.dumps(d.get(key), sort_keys=True) for d in dicts}) > 1}
         for index, values in dicts.items():
             shown = {k: v for k, v in values.items()
-                     if defaults is None or k in varying or k not in defaults or defaults[k] != v}
+                     if named is None or k in varying or k not in named or named[k] != v}
             out[index] = format_spec(name, shown)
     return out
 
@@ -195,8 +184,12 @@ def prepare(runs: pd.DataFrame, metrics: pd.DataFrame, source: str = "") -> Resu
     for index, columns in unreadable.items():  # a damaged or hand-edited row: shown, never measured
         runs.loc[index, "status"] = "unreadable"
         runs.loc[index, "error"] = f"stored {', '.join(columns)} is not valid JSON; the run is left out"
-    runs["estimator_label"] = labels(runs["estimator"], runs["estimator_params_dict"], "estimator")
-    runs["problem_label"] = labels(runs["problem"], runs["problem_params_dict"], "problem")
+    for kind in ("estimator", "problem"):  # what the run stored; None for runs stored before that
+        runs[f"{kind}_defaults"] = [stored_defaults(notes, kind) for notes in runs["notes"]]
+    runs["traits"] = [stored_traits(notes) for notes in runs["notes"]]
+    runs["estimator_label"] = labels(runs["estimator"], runs["estimator_params_dict"], "estimator",
+                                     runs["estimator_defaults"])
+    runs["problem_label"] = labels(runs["problem"], runs["problem_params_dict"], "problem", runs["problem_defaults"])
     runs["reference"] = [notes.get("reference", "") for notes in runs["notes"]]
     runs["family"] = [estimator_family(name, {**config, **notes}) for name, config, notes in
                       zip(runs["estimator"], runs.get("config", pd.Series([{}] * len(runs), index=runs.index)),
@@ -211,11 +204,11 @@ def prepare(runs: pd.DataFrame, metrics: pd.DataFrame, source: str = "") -> Resu
         if column not in metrics:
             metrics[column] = pd.NA
         metrics[column] = metrics[column].astype("Int64")
-    # A training run has values at an epoch or a step; a gradient run at most the step-0 values
-    # measured before its estimator's own parameters were adapted.
+    # The stored kind. Runs stored without one: a training run has values at an epoch or a step;
+    # a gradient run at most the step-0 values measured before its own parameters were adapted.
     positioned = (metrics["epoch"].notna() | metrics["step"].fillna(0).ne(0)).groupby(metrics["run_id"]).any()
-    runs["training"] = [bool(samples == 0 or positioned.get(run_id, False))
-                        for run_id, samples in zip(runs["run_id"], runs["samples"])]
+    runs["training"] = [is_training(notes, bool(samples == 0 or positioned.get(run_id, False)))
+                        for run_id, samples, notes in zip(runs["run_id"], runs["samples"], runs["notes"])]
     finished = runs[runs["status"] == "finished"]
     joined = ["run_id", "estimator_label", "problem_label", "reference", "training", "d", "depth", "width", "family"]
     metrics = metrics[metrics["run_id"].isin(finished["run_id"])].merge(finished[joined], on="run_id", how="left")

@@ -21,6 +21,7 @@ import estimators
 import problems
 from bench.memory import peak_memory
 from bench.metrics import ExactMoments, GradientMoments, Metric, check_exact, time_metrics
+from bench.runinfo import DESCRIBED, describe
 from bench.specs import format_spec
 from estimators.base import Estimator, Noise, NotEnumerable, ReplayNoise
 
@@ -71,7 +72,7 @@ class RunResult:
     config: RunConfig
     status: str
     metrics: list[Metric]
-    notes: dict[str, str]
+    notes: dict[str, Any]  # strings, and the estimator / problem description (see bench.runinfo)
     started_at: str
     finished_at: str
     wall_time_s: float
@@ -202,17 +203,25 @@ def check_compatible(estimator: Estimator, problem: problems.Problem) -> None:
         raise Incompatible(str(exc)) from None
 
 
-def measure(config: RunConfig, progress: Callable[[int], None] | None = None) -> tuple[list[Metric], dict[str, str]]:
-    """Compute every metric of one run. Raises Incompatible when the pair cannot run."""
+def measure(config: RunConfig, progress: Callable[[int], None] | None = None,
+            notes: dict[str, Any] | None = None) -> tuple[list[Metric], dict[str, Any]]:
+    """Compute every metric of one run. Raises Incompatible when the pair cannot run.
+
+    ``notes`` (a new dict if not given) first receives the description of the built estimator and
+    problem (:func:`bench.runinfo.describe`), so a run that is skipped or fails keeps it too."""
+    notes = {} if notes is None else notes
     device = torch.device(config.device)
     problem = problems.build_problem(config.problem, config.problem_params).to(device)
     estimator = estimators.build_estimator(config.estimator, config.estimator_params).to(device)
     estimator.register_forward_hook(check_surrogate)
+    notes.update(describe(estimator, problem, config.estimator, config.problem))
     check_compatible(estimator, problem)
     if problem.trains_model:
-        return train(problem, estimator, config, progress)
+        metrics, trained = train(problem, estimator, config, progress)
+        notes.update(trained)
+        return metrics, notes
     reference = problem.reference()
-    notes: dict[str, str] = {"reference": "exact" if reference.exact else "estimated"}
+    notes["reference"] = "exact" if reference.exact else "estimated"
     scopes = {"all": slice(None), **problem.scopes()}
 
     metrics: list[Metric] = []
@@ -376,7 +385,7 @@ def train(problem, estimator: Estimator, config: RunConfig,
     device = torch.device(config.device)
     estimator.rng = seeded_noise(config.seed, 0, device)
     metrics: list[Metric] = []
-    notes = {"kind": "training"}
+    notes: dict[str, str] = {}
     checkpoints = 0
     for item in problem.fit(estimator, config.seed, progress):
         if isinstance(item, problems.Checkpoint):
@@ -568,14 +577,17 @@ def run(config: RunConfig, progress: Callable[[int], None] | None = None) -> Run
     """Measure one run; a bug in an estimator or problem gives status 'failed', not an exception."""
     started = now()
     began = time.perf_counter()
+    notes: dict[str, Any] = {}
     try:
-        metrics, notes = measure(config, progress)
+        metrics, notes = measure(config, progress, notes)
         status, error = "finished", None
     except Incompatible as exc:
-        metrics, notes, status, error = [], {}, "skipped", str(exc)
+        metrics, status, error = [], "skipped", str(exc)
     except InvalidEstimates as exc:
-        metrics, notes, status, error = [], {}, "failed", str(exc)
+        metrics, status, error = [], "failed", str(exc)
     except Exception as exc:  # recorded with the run; the sweep goes on
-        metrics, notes, status, error = [], {}, "failed", f"{type(exc).__name__}: {exc}"
+        metrics, status, error = [], "failed", f"{type(exc).__name__}: {exc}"
+    if status != "finished":  # keep only the description of the estimator and problem
+        notes = {key: notes[key] for key in DESCRIBED if key in notes}
     notes["threads"] = str(torch.get_num_threads())  # torch intra-op threads this run had
     return RunResult(config, status, metrics, notes, started, now(), time.perf_counter() - began, error)

@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from bench.runinfo import is_training, stored_defaults
 from bench.specs import format_spec
 
 DEFAULT_WIDTH = 100
@@ -138,19 +139,28 @@ def summary_table(store, configs: Sequence, columns: Sequence[str] | None = None
                   label: Callable[[str, dict, str], str] | None = None) -> str:
     """The text printed after ``run``: one block per problem, estimators ranked, seeds aggregated.
 
-    ``label(name, params, kind)`` shortens a spec (default: every parameter)."""
+    Labels leave out the parameters equal to the defaults stored with the run; for runs stored
+    without them, ``label(name, params, kind)`` shortens a spec (default: every parameter)."""
     width = width or terminal_width()
-    label = label or (lambda name, params, kind: format_spec(name, params))
+    fallback = label or (lambda name, params, kind: format_spec(name, params))
+
+    def label(name: str, params: dict, kind: str, notes: dict) -> str:
+        defaults = stored_defaults(notes, kind)
+        if defaults is None:
+            return fallback(name, params, kind)
+        return format_spec(name, {k: v for k, v in params.items() if k not in defaults or defaults[k] != v})
+
     runs = store.runs()
     runs = runs[runs["config_key"].isin({c.key for c in configs})]
     if runs.empty:
         return "no runs"
     runs = runs.assign(notes_dict=[json.loads(n) for n in runs["notes"]],
                        config_dict=[json.loads(c) for c in runs["config"]])
-    runs["training"] = [notes.get("kind") == "training" or config.get("samples") == 0
+    runs["training"] = [is_training(notes, config.get("samples") == 0)  # the guess: runs stored without a kind
                         for notes, config in zip(runs["notes_dict"], runs["config_dict"])]
-    runs["estimator_label"] = [label(n, json.loads(p), "estimator") for n, p in zip(runs["estimator"], runs["estimator_params"])]
-    runs["problem_label"] = [label(n, json.loads(p), "problem") for n, p in zip(runs["problem"], runs["problem_params"])]
+    for kind in ("estimator", "problem"):
+        runs[f"{kind}_label"] = [label(n, json.loads(p), kind, notes) for n, p, notes in
+                                 zip(runs[kind], runs[f"{kind}_params"], runs["notes_dict"])]
     finished = runs[runs["status"] == "finished"]
     metrics = store.metrics(finished["run_id"].tolist()) if len(finished) else None
     final = _final_rows(metrics) if metrics is not None and len(metrics) else pd.DataFrame(
