@@ -1,5 +1,7 @@
 """The bias/variance report: a self-contained HTML page (figures embedded as PNG) and a Markdown
-summary, built from :class:`analysis.frames.Results`.
+summary, built from :class:`analysis.frames.Results`. Experiments' sections (the paper's Fig. 2,
+the regulariser study) are made by the experiments layer above and handed in by the caller
+(``experiment_sections``): analysis never imports experiments.
 
 The page needs no network: no scripts, styles or fonts from elsewhere. A few lines of inline
 script record, in ``data-*`` attributes of <body>, any error the page raised and every image's
@@ -14,17 +16,16 @@ import datetime as dt
 import html
 import math
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from analysis import figures as figs
-from analysis.frames import Results, final_values, params_include, registered_defaults
+from analysis.frames import Results, final_values
 from analysis.tables import DERIVED_PREFIX, PAIR, combined_stderr, derived_rows, summarise
 from bench.errors import UserError
 from bench.files import write_text_atomically
-from bench.specs import format_spec, parse_spec
 
 SUMMARY_COLUMNS = (  # (metric, exact twin or None, column heading)
     ("bias_norm", "exact_bias_norm", "‖bias‖"),
@@ -218,91 +219,6 @@ def training_table(results: Results) -> list[Table]:
     return tables
 
 
-def _paper_rows() -> tuple[tuple, dict[str, tuple]] | str:
-    """(PAPER_ROWS, published numbers) from problems.gater, or why they are not available."""
-    try:
-        from problems import gater
-    except ImportError:
-        return "The gater problem (problems/gater.py) is not installed here."
-    except Exception as exc:  # a broken module must not take the rest of the report down
-        return f"problems.gater could not be imported ({type(exc).__name__}: {exc})."
-    rows, table = getattr(gater, "PAPER_ROWS", None), getattr(gater, "PAPER_TABLE", None)
-    if not rows:
-        return "problems/gater.py defines no PAPER_ROWS."
-    return rows, published_numbers(table)
-
-
-def published_numbers(table) -> dict[str, tuple]:
-    """label -> (train criterion, valid %, test %) from a mapping of tuples or of dicts, or rows."""
-    out: dict[str, tuple] = {}
-    if isinstance(table, dict):
-        items = table.items()
-    elif table:
-        items = ((row[0], tuple(row[1:])) for row in table)
-    else:
-        items = ()
-    for label, values in items:
-        if isinstance(values, dict):
-            values = tuple(values.get(k) for k in ("train_criterion", "valid_error", "test_error"))
-        out[label] = tuple(values)[:3]
-    return out
-
-
-def paper_table(results: Results) -> tuple[list[Table], list[str]]:
-    """The paper's Fig. 2 (right) beside ours: per gater setting, one row per PAPER_ROWS entry.
-
-    Gater runs are those of problems named ``*gater`` (mnist-gater, fashion-mnist-gater); a run
-    belongs to a row when its estimator and problem parameters include the row's. One table per
-    setting: the problem parameters no row sets (those that differ from the defaults are shown)."""
-    loaded = _paper_rows()
-    runs = results.finished
-    gater_runs = runs[runs["problem"].str.endswith("gater")]
-    if isinstance(loaded, str):
-        return [], [loaded]
-    if gater_runs.empty:
-        return [], ["No gater runs in this store (python -m bench paper runs the seven rows of Fig. 2)."]
-    rows, published = loaded
-    final = final_values(results.training)
-    final = final[final["scope"] == "all"]
-    row_keys = {key for _, _, problem_params in rows for key in problem_params}
-    matched: dict[str, dict[str, list[int]]] = {}
-    for label, spec, problem_params in rows:
-        name, params = parse_spec(spec) if isinstance(spec, str) else spec
-        hits = gater_runs[[r.estimator == name and params_include(r.estimator_params_dict, params)
-                           and params_include(r.problem_params_dict, problem_params)
-                           for r in gater_runs.itertuples()]]
-        for run in hits.itertuples():
-            defaults = registered_defaults("problem", run.problem) or {}
-            shared = {k: v for k, v in run.problem_params_dict.items()  # the setting all rows share
-                      if k not in row_keys and (k not in defaults or defaults[k] != v)}
-            setting = format_spec(run.problem, shared)
-            matched.setdefault(setting, {}).setdefault(label, []).append(run.run_id)
-    if not matched:
-        return [], ["This store has gater runs, but none with the estimators and settings of the paper's rows."]
-    tables = []
-    for setting, by_label in sorted(matched.items()):
-        records = []
-        for label, _, _ in rows:
-            paper = published.get(label, (None, None, None))
-            ids = by_label.get(label, [])
-            ours = final[final["run_id"].isin(ids)]
-
-            def mean_sd(metric):
-                values = ours.loc[ours["metric"] == metric, "value"]
-                return fmt_pm(values.mean(), values.std() if len(values) > 1 else None) if len(values) else "–"
-
-            records.append({"model": label, "seeds": str(len(ids)),
-                            "train criterion (paper)": fmt(paper[0]), "train criterion (ours)": mean_sd("train_criterion"),
-                            "valid % (paper)": fmt(paper[1]), "valid % (ours)": mean_sd("valid_error"),
-                            "test % (paper)": fmt(paper[2]), "test % (ours)": mean_sd("test_error"),
-                            "test sparsity (ours)": mean_sd("sparsity_test")})
-        tables.append(Table(f"Fig. 2 (right) vs {setting}",
-                            "Paper: Bengio, Léonard & Courville (2013), Fig. 2 (right), MNIST. Ours: final values, "
-                            "mean ± 1 standard deviation over seeds. The paper's training criterion may be defined "
-                            "differently from ours (see problems/gater.py).", pd.DataFrame(records)))
-    return tables, []
-
-
 def unfinished_table(results: Results) -> list[Table]:
     runs = results.runs[results.runs["status"] != "finished"]
     if runs.empty:
@@ -375,6 +291,20 @@ def mathtext_safe(results: Results) -> Results:
     return Results(runs, metrics, results.source)
 
 
+def plain_sections(sections: Sequence[Section]) -> list[Section]:
+    """Sections built from :func:`mathtext_safe` results, with '$' restored in what goes to HTML
+    and Markdown (text, tables, figure titles and captions); the figures keep it escaped."""
+    for section in sections:
+        section.text = [text.replace(r"\$", "$") for text in section.text]
+        for table in section.tables:
+            table.title, table.caption = table.title.replace(r"\$", "$"), table.caption.replace(r"\$", "$")
+            table.frame = table.frame.map(lambda v: v.replace(r"\$", "$") if isinstance(v, str) else v)
+            table.frame.columns = [c.replace(r"\$", "$") if isinstance(c, str) else c for c in table.frame.columns]
+        for item in [*section.figures, *section.missing]:
+            _plain_text(item)
+    return list(sections)
+
+
 def _plain_text(item):
     """Titles, captions and reasons go to HTML and Markdown, not matplotlib: undo the escaping."""
     for field in ("title", "caption", "reason"):
@@ -383,7 +313,10 @@ def _plain_text(item):
     return item
 
 
-def build_sections(results: Results, filters: dict[str, str | None] | None = None) -> list[Section]:
+def build_sections(results: Results, filters: dict[str, str | None] | None = None,
+                   experiment_sections: Sequence[Section] = ()) -> list[Section]:
+    """The report's sections; ``experiment_sections`` (from the experiments layer above, e.g.
+    ``experiments.report_sections``) go after the training section, before what the runs lack."""
     filters = filters or {}
     built = {figure.key: _plain_text(figure) for figure in figs.all_figures(mathtext_safe(results))}
 
@@ -407,13 +340,7 @@ def build_sections(results: Results, filters: dict[str, str | None] | None = Non
     figures, missing = take("learning-curves", "sparsity-curves")
     sections.append(Section("training", "Training problems", tables=training_table(results), figures=figures,
                             missing=missing))
-    from analysis import regulariser  # it imports this module, so not at the top
-
-    mlp = regulariser.section(results)
-    if mlp is not None:  # only when the selection holds runs of a problem named *-mlp
-        sections.append(mlp)
-    tables, notes = paper_table(results)
-    sections.append(Section("paper", "The paper's Fig. 2 beside ours", text=notes, tables=tables))
+    sections += experiment_sections
     sections.append(Section("absent", "What the reported runs lack",
                             text=[f"{m.title}: not drawn, {m.reason}." for s in sections for m in s.missing]
                             + exact_absent(results), tables=unfinished_table(results)))
@@ -522,14 +449,15 @@ def render_markdown(sections: list[Section], title: str) -> str:
 
 
 def write_report(results: Results, out: str | Path, filters: dict[str, str | None] | None = None,
-                 title: str = "stochgrad-bench report") -> tuple[Path, Path, list[Section]]:
+                 title: str = "stochgrad-bench report",
+                 experiment_sections: Sequence[Section] = ()) -> tuple[Path, Path, list[Section]]:
     """Write ``out/index.html`` and ``out/summary.md`` (``out`` is created; its parent must exist)."""
     out = Path(out)
     try:
         out.mkdir(exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create the report directory {out}: {exc.strerror or exc}") from None
-    sections = build_sections(results, filters)
+    sections = build_sections(results, filters, experiment_sections)
     page, summary = out / "index.html", out / "summary.md"
     _atomic_write(page, render_html(sections, title))
     _atomic_write(summary, render_markdown(sections, title))

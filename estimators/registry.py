@@ -60,11 +60,11 @@ def loading_source(source: str) -> Iterator[None]:
         _current_source.pop()
 
 
-def _source_of(cls: type) -> str:
+def _source_of(cls: type, builtin_modules: tuple[str, ...] = ()) -> str:
     if _current_source:
         return _current_source[-1]
     top = cls.__module__.split(".")[0]
-    if top in ("estimators", "problems"):
+    if top in ("estimators", "problems") or cls.__module__ in builtin_modules:
         return BUILTIN
     return f"module {cls.__module__}"
 
@@ -140,7 +140,7 @@ def _coerce(value: Any, annotation: Any, where: str, default: Any = None) -> Any
 
 
 class Registry:
-    """Names to classes for one kind ('estimator' or 'problem'), plus its entry-point group."""
+    """Names to classes for one kind ('estimator', 'problem', 'experiment'), plus its entry-point group."""
 
     def __init__(self, kind: str, group: str, builtin_modules: tuple[str, ...]):
         self.kind = kind
@@ -164,7 +164,7 @@ class Registry:
                 raise ValueError(f"{self.kind} {name!r} is already registered by {existing.source}")
             cls.name = name
             cls.description = text
-            self._entries[name] = Entry(name, cls, text, _source_of(cls))
+            self._entries[name] = Entry(name, cls, text, _source_of(cls, self.builtin_modules))
             return cls
 
         return decorator

@@ -444,27 +444,3 @@ class FashionMnistGater(GaterProblem):
     """Appendix A on Fashion-MNIST (50,000 train / 10,000 valid / 10,000 test)."""
 
     dataset = "fashion-mnist"
-
-
-# -- Fig. 2 ------------------------------------------------------------------------------------------
-# (label, estimator spec, problem parameters): the seven rows of Fig. 2 (right), in its order.
-PAPER_ROWS: tuple[tuple[str, str, dict], ...] = (
-    ("Noisy Rectifier", "noisy-rectifier(std=1.0)", {}),
-    ("Straight-through", "straight-through", {}),
-    ("Smooth Times Stoch.", "sts(beta_noise=40.1)", {}),
-    ("Stoch. Binary Neuron", "reinforce-optimal", {}),
-    ("Baseline Rectifier", "rectifier", {}),
-    ("Baseline Sigmoid+Noise", "sigmoid-noise(std=1.0)", {"gate_units": 200, "sparsity_target": 0.0}),
-    ("Baseline Sigmoid", "sigmoid", {"gate_units": 200, "sparsity_target": 0.0}),
-)
-
-# Published Fig. 2 (right): label -> (training criterion, valid error %, test error %).
-PAPER_TABLE: dict[str, tuple[float, float, float]] = {
-    "Noisy Rectifier": (6.7e-4, 1.52, 1.87),
-    "Straight-through": (3.3e-3, 1.42, 1.39),
-    "Smooth Times Stoch.": (4.4e-3, 1.86, 1.96),
-    "Stoch. Binary Neuron": (9.9e-3, 1.78, 1.89),
-    "Baseline Rectifier": (6.3e-5, 1.66, 1.60),
-    "Baseline Sigmoid+Noise": (1.8e-3, 1.88, 1.87),
-    "Baseline Sigmoid": (3.2e-3, 1.97, 1.92),
-}

@@ -16,7 +16,8 @@ import estimators
 import problems
 from bench.specs import parse_spec
 from estimators.base import Estimator, Noise, ReplayNoise, attach_gradient
-from problems import gater, training
+from experiments import paper_fig2
+from problems import training
 from problems.gater import (BatchObjective, GaterNet, adapt_l1_lambda, kl_sparsity_penalty,
                             kl_sparsity_penalty_logits, l1_sparsity_penalty, tune_threshold)
 from tests.conftest import MNIST_DATA_ROOT, REPO_ROOT, needs_fashion_mnist, needs_mnist, run_cli
@@ -323,12 +324,12 @@ def test_bad_parameters_are_one_line_errors(params, fragment):
 
 
 def test_paper_rows_are_the_seven_of_figure_2():
-    assert [label for label, _, _ in gater.PAPER_ROWS] == list(gater.PAPER_TABLE)
-    assert len(gater.PAPER_ROWS) == 7
-    for label, spec, params in gater.PAPER_ROWS:
+    assert [label for label, _, _ in paper_fig2.PAPER_ROWS] == list(paper_fig2.PAPER_TABLE)
+    assert len(paper_fig2.PAPER_ROWS) == 7
+    for label, spec, params in paper_fig2.PAPER_ROWS:
         estimators.build_estimator(*parse_spec(spec))
         problems.build_problem("mnist-gater", params)
-    assert gater.PAPER_TABLE["Straight-through"] == (3.3e-3, 1.42, 1.39)
+    assert paper_fig2.PAPER_TABLE["Straight-through"] == (3.3e-3, 1.42, 1.39)
 
 
 # -- MNIST ---------------------------------------------------------------------------------------------
@@ -386,11 +387,11 @@ def test_paper_command_quick_prints_all_seven_rows(mnist, tmp_path, monkeypatch)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert max(map(len, lines)) <= 100, "\n".join(lines)  # fits the terminal
-    for label, spec, _ in gater.PAPER_ROWS:
+    for label, spec, _ in paper_fig2.PAPER_ROWS:
         at = next(i for i, line in enumerate(lines) if line.strip().startswith(label + " "))
         line, paper = lines[at], lines[at + 1]  # ours; below it the estimator and the paper's numbers
         assert "1/1" in line and spec in paper and "paper" in paper
-        _, valid, test = gater.PAPER_TABLE[label]
+        _, valid, test = paper_fig2.PAPER_TABLE[label]
         assert f"{valid:.2f}" in paper and f"{test:.2f}" in paper
         criterion, valid_error, test_error, sparsity = map(float, line.split()[-4:])  # one seed: no "± sd"
         assert 0 < criterion < 2.5 and 0 <= valid_error < 80 and 0 <= test_error < 80 and 0 <= sparsity < 1

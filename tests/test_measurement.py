@@ -168,7 +168,7 @@ def test_run_sets_and_records_the_thread_count(tmp_path, option, threads):
 
 def test_paper_passes_threads_to_the_sweep(monkeypatch, tmp_path):
     from bench import sweep
-    from bench.commands import paper
+    from bench.commands import reproduce
 
     seen = {}
 
@@ -176,7 +176,7 @@ def test_paper_passes_threads_to_the_sweep(monkeypatch, tmp_path):
         seen.update(options)
         raise KeyboardInterrupt  # ends the command here (exit 130), nothing trained
 
-    monkeypatch.setattr(paper, "check_data", lambda dataset, data_dir: None)
+    monkeypatch.setattr(reproduce, "check_data", lambda datasets, data_dir, here=True: None)
     monkeypatch.setattr(sweep, "run_sweep", stop)
     assert cli.main(["paper", "--quick", "--threads", "3", "--db", str(tmp_path / "r.db")]) == 130
     assert seen["threads"] == 3

@@ -48,7 +48,7 @@ def installed(tmp_path_factory) -> tuple[Path, dict[str, str], Path]:
 
 def test_wheel_holds_every_subpackage(installed):
     """Every package directory of the checkout (one with __init__.py) is in the wheel."""
-    expected = {str(p.parent.relative_to(REPO_ROOT)) for top in ("bench", "estimators", "problems", "analysis")
+    expected = {str(p.parent.relative_to(REPO_ROOT)) for top in ("bench", "estimators", "problems", "analysis", "experiments")
                 for p in (REPO_ROOT / top).rglob("__init__.py") if "__pycache__" not in p.parts}
     names = zipfile.ZipFile(installed[2]).namelist()
     packaged = {str(Path(n).parent) for n in names if n.endswith("__init__.py")}
@@ -68,7 +68,7 @@ def test_installed_package_is_not_the_checkout(installed, tmp_path):
     assert "site-packages" in result.stdout
 
 
-@pytest.mark.parametrize("args", [["--help"], ["paper", "--help"], ["report", "--help"], ["list"]],
+@pytest.mark.parametrize("args", [["--help"], ["paper", "--help"], ["report", "--help"], ["list"], ["reproduce", "--list"]],
                          ids=lambda a: " ".join(a))
 def test_installed_commands_answer(installed, tmp_path, args):
     result = _run(installed, tmp_path, "-m", "bench", *args)

@@ -1,4 +1,4 @@
-"""analysis.regulariser: binary stochastic units as a regulariser (problems named *-mlp), on stores
+"""experiments.mlp_regulariser (formerly analysis.regulariser): binary stochastic units as a regulariser (problems named *-mlp), on stores
 written through Store.save with hand-made learning curves and checkpoint metrics."""
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import math
 import pytest
 from scipy import stats
 
-from analysis import figures, regulariser, report
+import experiments
+from analysis import figures, report
 from analysis.frames import load_results
-from analysis.regulariser import CLAIM, CONTROL, NOISE_CONTROL, epochs_to_reach, quantisation
+from experiments import mlp_regulariser as regulariser
+from experiments.mlp_regulariser import CLAIM, CONTROL, NOISE_CONTROL, epochs_to_reach, quantisation
 from bench.harness import RunConfig, RunResult
 from bench.metrics import Metric
 from bench.store import Store
@@ -369,7 +371,8 @@ def test_learning_curves_reuse_the_training_figure(db):
 
 def test_report_has_the_section_only_with_mlp_runs(db, tmp_path):
     results = load_results(db)
-    page, summary, sections = report.write_report(results, tmp_path / "out")
+    page, summary, sections = report.write_report(results, tmp_path / "out",
+                                                 experiment_sections=experiments.report_sections(results))
     keys = [s.key for s in sections]
     assert keys[keys.index("training") + 1] == "regulariser"
     section = sections[keys.index("regulariser")]
@@ -388,7 +391,8 @@ def test_report_has_the_section_only_with_mlp_runs(db, tmp_path):
         save(store, "reinforce", [Metric("variance", 1.0, 0.1)], problem="bernoulli-target",
              problem_params={"d": 3, "t": 0.45, "logit": 0.0}, samples=1000)
         save(store, CLAIM, [Metric("train_error", 1.0, epoch=1)], problem="toy-gater")  # a training run, no MLP
-    page, summary, sections = report.write_report(load_results(other), tmp_path / "out2")
+    page, summary, sections = report.write_report(load_results(other), tmp_path / "out2",
+                                                 experiment_sections=experiments.report_sections(load_results(other)))
     assert "regulariser" not in [s.key for s in sections]
     assert "regulariser" not in page.read_text() and "as a regulariser" not in summary.read_text()
     assert regulariser.section(load_results(other)) is None

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from scipy import stats
 
-from analysis import regulariser
+from experiments import mlp_regulariser as regulariser
 from analysis.frames import load_results
-from analysis.regulariser import CLAIM, CONTROL, best_validation
+from experiments.mlp_regulariser import CLAIM, CONTROL, best_validation
 from bench.harness import RunConfig, RunResult
 from bench.metrics import Metric
 from bench.store import Store

@@ -16,12 +16,13 @@ import torch
 
 import bench.commands
 import problems
-from analysis.report import fmt, fmt_pm, published_numbers
+from analysis.report import fmt, fmt_pm
 from analysis.tables import load_metrics
 from bench import harness
 from bench.cli import main
 from bench.store import Store
 from conftest import run_cli
+from experiments.paper_fig2 import PAPER_TABLE, published_numbers
 from problems.base import Record, TrainingProblem
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -150,13 +151,10 @@ def test_training_and_paper_sections(store_path, report_dir):
     assert fmt_pm(mean, sd) in cells
     assert "*Figure in index.html: Learning curves of training problems.*" in summary
     assert "*Figure in index.html: Sparsity curves of training problems.*" in summary
-    gater = pytest.importorskip("problems.gater")
-    if not getattr(gater, "PAPER_ROWS", None):
-        pytest.skip("problems.gater has no PAPER_ROWS yet")
     heading = "Fig. 2 (right) vs toy-gater(epochs=3,lr=0.5)"
     row = table_row(summary, heading, "Straight-through")
     assert row[1] == "2" and fmt_pm(mean, sd) in row
-    assert row[2] == fmt(published_numbers(gater.PAPER_TABLE)["Straight-through"][0]) == "0.0033"
+    assert row[2] == fmt(published_numbers(PAPER_TABLE)["Straight-through"][0]) == "0.0033"
     assert "1.42" in row and "1.39" in row
     assert table_row(summary, heading, "Stoch. Binary Neuron")[1] == "0"  # reinforce-optimal was not run
 

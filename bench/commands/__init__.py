@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import importlib
 
-COMMAND_MODULES = ("bench.commands.data", "bench.commands.merge", "bench.commands.paper", "bench.commands.report")
+COMMAND_MODULES = ("bench.commands.data", "bench.commands.merge", "bench.commands.paper", "bench.commands.report",
+                   "bench.commands.reproduce")
 
 
 def add_parsers(subparsers) -> None:

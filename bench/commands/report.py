@@ -44,7 +44,8 @@ def command_report(args: argparse.Namespace) -> int:
         if path is not None:
             _output_directory(option, path)
     from analysis.frames import NoResults, load_results  # the application layer: heavy imports here
-    from analysis.report import figure_count, write_report
+    from analysis.report import figure_count, mathtext_safe, plain_sections, write_report
+    from experiments import report_sections
 
     try:
         results = load_results(args.db, args.estimators, args.problems)
@@ -54,8 +55,10 @@ def command_report(args: argparse.Namespace) -> int:
     finished = int((results.runs["status"] == "finished").sum())
     runs = f"{finished} finished run{'s' if finished != 1 else ''} in {args.db}"
     sections = None
+    # The registered experiments' sections (analysis never imports them), '$' safe in figures.
+    extra = plain_sections(report_sections(mathtext_safe(results)))
     if args.out is not None:
-        page, summary, sections = write_report(results, args.out, filters)
+        page, summary, sections = write_report(results, args.out, filters, experiment_sections=extra)
         figures = figure_count(sections)
         print(f"wrote {page} ({figures} figure{'s' if figures != 1 else ''}) and {summary} from {runs}")
     if args.record is not None:
@@ -67,7 +70,7 @@ def command_report(args: argparse.Namespace) -> int:
             if value is not None:
                 words += [option, value]
         if sections is None:
-            sections = build_sections(results, filters)
+            sections = build_sections(results, filters, experiment_sections=extra)
         paths = write_record(results, args.record, sections, args.record.resolve().name, words)
         print(f"wrote the record {args.record} ({', '.join(p.name for p in paths)}) from {runs}")
     return 0

@@ -8,7 +8,9 @@ error. Three proposed reasons: (1) noise in the gradient, (2) information lost b
 :data:`NOISE_CONTROL` (h = p + sqrt(p(1-p)) eps: the binary unit's mean and variance, no
 quantisation, exact pathwise gradient) separates (1) from (2) and (3).
 
-Runs are matched by estimator name (the ``estimator`` column), never by label; where one name has
+:class:`MlpRegulariser` (``python -m bench reproduce mlp-regulariser``) declares the runs: the three
+estimators on ``mnist-mlp`` over seeds. The report section reads any stored ``*-mlp`` runs. Runs
+are matched by estimator name (the ``estimator`` column), never by label; where one name has
 runs with different parameters on a problem, the label with the most runs stands for it.
 :func:`section` builds the report section; :func:`epochs_to_reach`, :func:`quantisation`,
 :func:`gradient_curves` and :func:`conclusions` are the numbers behind it. Where the true gradient g
@@ -18,8 +20,9 @@ the relative bias, which counts as resolved only above twice that floor.
 from __future__ import annotations
 
 import re
+import textwrap
 import warnings
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -32,6 +35,10 @@ from analysis import figures as figs
 from analysis.frames import Results, final_values
 from analysis.report import Section, Table, fmt, fmt_pm
 from analysis.tables import PAIR, per_epoch
+from bench import harness
+from bench.store import Store
+from experiments import register_experiment
+from experiments.base import Experiment, Planned, plan_run, planned_results, text_table
 
 CLAIM = "straight-through-sigmoid"
 CONTROL = "sigmoid"
@@ -703,6 +710,8 @@ def _generalisation_sentences(problem: str, part: pd.DataFrame) -> list[str]:
     t-test, and the verdict on 'generalises better' from the final and the best-validation
     comparisons together."""
     best = best_validation(pd.concat([_named(part, CLAIM), _named(part, CONTROL)]))
+    if best.empty:  # no validation curves at all (a problem that does not record them): nothing to say
+        return []
     claim, control = (best[best["estimator"] == name] for name in (CLAIM, CONTROL))
     if claim.empty or control.empty:
         lacking = " and ".join(name for name, rows in ((CLAIM, claim), (CONTROL, control)) if rows.empty)
@@ -782,3 +791,73 @@ def section(results: Results, thresholds: Sequence[float] = THRESHOLDS) -> Secti
                            + gradient_tables(mlp)),
                    figures=[f for f in built if isinstance(f, figs.Figure)],
                    missing=[f for f in built if isinstance(f, figs.Missing)])
+
+
+# -- the experiment: its runs and its terminal table -------------------------------------------------
+ESTIMATORS = (CONTROL, CLAIM, NOISE_CONTROL)  # the table's row order
+PROBLEM = "mnist-mlp"
+# The quick setting (a smoke test, seconds per run): a 64-64 net, 2 epochs on 2,000 examples, one
+# small gradient checkpoint at the last epoch.
+QUICK = {"hidden": "64-64", "epochs": 2, "lr": 0.5, "train_subset": 2000, "eval_subset": 1000,
+         "train_eval_subset": 1000, "checkpoints": "2", "probe_batch": 16, "probe_samples": 32,
+         "probe_reference_samples": 8, "probe_minibatches": 8}
+TABLE_METRICS = {"train_error": "train %", "test_error": "test %", "train_error_sampled": "train % sampled"}
+
+
+@register_experiment("mlp-regulariser")
+class MlpRegulariser(Experiment):
+    """Binary stochastic hidden units as a regulariser: MNIST MLPs with sigmoid, binary and noisy units"""
+
+    source = ("Hinton (2012), Neural Networks for Machine Learning, lecture 9: a qualitative claim (slower "
+              "training, higher training error, lower test error), no published numbers")
+    published: dict = {}
+    quick_help = "smoke test: a 64-64 net, 2 epochs on 2,000 examples, one small gradient checkpoint"
+
+    def runs(self, quick: bool, seeds: Sequence[int], device: str, **settings: Any) -> list[Planned]:
+        return [plan_run(name, name, PROBLEM, seed, device, problem_params=QUICK if quick else None)
+                for name in ESTIMATORS for seed in seeds]
+
+    def sections(self, results: Results) -> list[Section]:
+        found = section(results)
+        return [] if found is None else [found]
+
+    def table(self, store: Store, planned: Sequence[Planned], quick: bool, width: int) -> str:
+        results = planned_results(store, planned)
+        first = planned[0].config
+        seeds = sorted({p.config.seed for p in planned})
+        heading = (f"Binary units as a regulariser on {first.problem}: hidden {first.problem_params['hidden']}, "
+                   f"{first.problem_params['epochs']} epoch(s), seeds {','.join(map(str, seeds))}, device "
+                   f"{harness.device_description(first.device)}"
+                   + (" (--quick smoke test: 2,000 examples, a 64-64 net)" if quick else ""))
+        caption = ("Final epoch, mean ± sd over seeds; errors (%) of the mean-field net (hidden units replaced by "
+                   "their means), 'sampled' with units drawn as in training; 'test at best valid': at each run's "
+                   "lowest validation error. The report (python -m bench report) has the full section.")
+        mlp = mlp_results(results)
+        verdicts = [] if mlp is None else ["Verdict on " + s.split(": verdict on ", 1)[1] for s in conclusions(mlp)
+                                           if ": verdict on " in s]  # the heading names the problem
+        frame, failures = terminal_rows(results)
+        return "\n".join([textwrap.fill(heading, width), text_table(frame),
+                          *(textwrap.fill(f, width, initial_indent="  ", subsequent_indent="    ") for f in failures),
+                          textwrap.fill(caption, width), *(textwrap.fill(v, width, break_on_hyphens=False) for v in verdicts)])
+
+
+def terminal_rows(results: Results) -> tuple[pd.DataFrame, list[str]]:
+    """One row per estimator of ESTIMATORS: finished / stored seeds, final-epoch errors and the
+    test error at the best-validation epoch (mean ± sd over the finished seeds); and a line per
+    run that did not finish."""
+    metrics = results.training
+    best = best_validation(metrics) if not metrics.empty else pd.DataFrame(columns=BEST_COLUMNS)
+    rows, failures = [], []
+    for label in ESTIMATORS:
+        runs = results.runs[results.runs["estimator"] == label]
+        finished = runs[runs["status"] == "finished"]
+        row = {"estimator": label, "seeds": f"{len(finished)}/{len(runs)}"}
+        mine = metrics[metrics["estimator"] == label] if not metrics.empty else metrics
+        for metric, heading in TABLE_METRICS.items():
+            values = _final(mine, metric) if not mine.empty else pd.Series(dtype=float)
+            row[heading] = _mean_sd(values, "") if len(values) else "–"
+        at_best = best.loc[best["estimator"] == label, "test_at_best"].astype(float)
+        row["test at best valid"] = _mean_sd(at_best, "") if len(at_best) else "–"
+        rows.append(row)
+        failures += [f"{label} seed {r.seed} {r.status}: {r.error}" for r in runs[runs["status"] != "finished"].itertuples()]
+    return pd.DataFrame(rows), failures

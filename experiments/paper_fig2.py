@@ -1,0 +1,232 @@
+"""The paper's Fig. 2 (right): the seven gaters of the MNIST conditional-computation experiment
+(Bengio, Léonard & Courville 2013, sec. 5), each row an ``mnist-gater`` (or
+``fashion-mnist-gater``) training run over seeds, beside the published numbers.
+
+``python -m bench paper`` (its shorthand, with ``--dataset`` and ``--epochs``) and ``python -m
+bench reproduce paper-fig2`` run it; the report's section "The paper's Fig. 2 beside ours" reads
+any stored gater runs, whichever command made them.
+"""
+from __future__ import annotations
+
+import textwrap
+from typing import Any, Sequence
+
+import pandas as pd
+
+from analysis.frames import Results, final_values, params_include, registered_defaults
+from analysis.report import Section, Table, fmt, fmt_pm
+from bench import harness
+from bench.specs import format_spec, parse_spec
+from bench.store import Store
+from experiments import register_experiment
+from experiments.base import Experiment, Planned, plan_run
+from problems.gater import DEFAULT_EPOCHS
+
+SOURCE = ("Bengio, Léonard & Courville (2013), Estimating or Propagating Gradients Through Stochastic Neurons "
+          "for Conditional Computation, arXiv:1308.3432, Fig. 2 (right), MNIST")
+
+# (label, estimator spec, problem parameters): the seven rows of Fig. 2 (right), in its order.
+PAPER_ROWS: tuple[tuple[str, str, dict], ...] = (
+    ("Noisy Rectifier", "noisy-rectifier(std=1.0)", {}),
+    ("Straight-through", "straight-through", {}),
+    ("Smooth Times Stoch.", "sts(beta_noise=40.1)", {}),
+    ("Stoch. Binary Neuron", "reinforce-optimal", {}),
+    ("Baseline Rectifier", "rectifier", {}),
+    ("Baseline Sigmoid+Noise", "sigmoid-noise(std=1.0)", {"gate_units": 200, "sparsity_target": 0.0}),
+    ("Baseline Sigmoid", "sigmoid", {"gate_units": 200, "sparsity_target": 0.0}),
+)
+
+# Published Fig. 2 (right): label -> (training criterion, valid error %, test error %).
+PAPER_TABLE: dict[str, tuple[float, float, float]] = {
+    "Noisy Rectifier": (6.7e-4, 1.52, 1.87),
+    "Straight-through": (3.3e-3, 1.42, 1.39),
+    "Smooth Times Stoch.": (4.4e-3, 1.86, 1.96),
+    "Stoch. Binary Neuron": (9.9e-3, 1.78, 1.89),
+    "Baseline Rectifier": (6.3e-5, 1.66, 1.60),
+    "Baseline Sigmoid+Noise": (1.8e-3, 1.88, 1.87),
+    "Baseline Sigmoid": (3.2e-3, 1.97, 1.92),
+}
+
+QUICK = {"epochs": 1, "train_subset": 2000, "eval_subset": 2000}
+FINAL_METRICS = ("train_criterion", "valid_error", "test_error", "sparsity_test")
+
+
+@register_experiment("paper-fig2")
+class PaperFig2(Experiment):
+    """The paper's Fig. 2 (right): seven MNIST gaters beside the published numbers"""
+
+    source = SOURCE
+    published = PAPER_TABLE
+    quick_help = "smoke test: 1 epoch on the first 2,000 training examples, errors on 2,000 valid/test"
+
+    def runs(self, quick: bool, seeds: Sequence[int], device: str, dataset: str = "mnist",
+             epochs: int | None = None, **settings: Any) -> list[Planned]:
+        """Every row x seed on ``{dataset}-gater``; ``epochs`` overrides the default (1 with ``quick``)."""
+        overrides = dict(QUICK) if quick else {}
+        if epochs is not None:
+            overrides["epochs"] = epochs
+        return [plan_run(label, spec, f"{dataset}-gater", seed, device, problem_params={**params, **overrides})
+                for label, spec, params in PAPER_ROWS for seed in seeds]
+
+    def sections(self, results: Results) -> list[Section]:
+        tables, notes = report_tables(results)
+        return [Section("paper", "The paper's Fig. 2 beside ours", text=notes, tables=tables)]
+
+    def table(self, store: Store, planned: Sequence[Planned], quick: bool, width: int) -> str:
+        first = planned[0].config
+        seeds = sorted({p.config.seed for p in planned})
+        heading = textwrap.fill(
+            f"Fig. 2 (right) re-run on {first.problem}: {first.problem_params['epochs']} epoch(s), seeds "
+            f"{','.join(map(str, seeds))}, device {harness.device_description(first.device)}"
+            + (" (--quick smoke test: 2,000 examples, not comparable with the paper)" if quick else ""), width)
+        caption = textwrap.fill("Ours: mean ± sd over seeds of the last epoch; below each row, the estimator and the "
+                                "published MNIST numbers (paper). Errors in %; criterion = training NLL (nats per "
+                                "example); sparsity = fraction of test-time gates exactly zero.", width)
+        return "\n".join([heading, render(store_table(store, planned), width), caption])
+
+
+# -- the report section ------------------------------------------------------------------------------
+def published_numbers(table) -> dict[str, tuple]:
+    """label -> (train criterion, valid %, test %) from a mapping of tuples or of dicts, or rows."""
+    out: dict[str, tuple] = {}
+    if isinstance(table, dict):
+        items = table.items()
+    elif table:
+        items = ((row[0], tuple(row[1:])) for row in table)
+    else:
+        items = ()
+    for label, values in items:
+        if isinstance(values, dict):
+            values = tuple(values.get(k) for k in ("train_criterion", "valid_error", "test_error"))
+        out[label] = tuple(values)[:3]
+    return out
+
+
+def report_tables(results: Results, rows=PAPER_ROWS, table=PAPER_TABLE) -> tuple[list[Table], list[str]]:
+    """The paper's Fig. 2 (right) beside ours: per gater setting, one row per PAPER_ROWS entry.
+
+    Gater runs are those of problems named ``*gater`` (mnist-gater, fashion-mnist-gater); a run
+    belongs to a row when its estimator and problem parameters include the row's. One table per
+    setting: the problem parameters no row sets (those that differ from the defaults are shown)."""
+    runs = results.finished
+    gater_runs = runs[runs["problem"].str.endswith("gater")]
+    if gater_runs.empty:
+        return [], ["No gater runs in this store (python -m bench paper runs the seven rows of Fig. 2)."]
+    published = published_numbers(table)
+    final = final_values(results.training)
+    final = final[final["scope"] == "all"]
+    row_keys = {key for _, _, problem_params in rows for key in problem_params}
+    matched: dict[str, dict[str, list[int]]] = {}
+    for label, spec, problem_params in rows:
+        name, params = parse_spec(spec) if isinstance(spec, str) else spec
+        hits = gater_runs[[r.estimator == name and params_include(r.estimator_params_dict, params)
+                           and params_include(r.problem_params_dict, problem_params)
+                           for r in gater_runs.itertuples()]]
+        for run in hits.itertuples():
+            defaults = registered_defaults("problem", run.problem) or {}
+            shared = {k: v for k, v in run.problem_params_dict.items()  # the setting all rows share
+                      if k not in row_keys and (k not in defaults or defaults[k] != v)}
+            setting = format_spec(run.problem, shared)
+            matched.setdefault(setting, {}).setdefault(label, []).append(run.run_id)
+    if not matched:
+        return [], ["This store has gater runs, but none with the estimators and settings of the paper's rows."]
+    tables = []
+    for setting, by_label in sorted(matched.items()):
+        records = []
+        for label, _, _ in rows:
+            paper = published.get(label, (None, None, None))
+            ids = by_label.get(label, [])
+            ours = final[final["run_id"].isin(ids)]
+
+            def mean_sd(metric):
+                values = ours.loc[ours["metric"] == metric, "value"]
+                return fmt_pm(values.mean(), values.std() if len(values) > 1 else None) if len(values) else "–"
+
+            records.append({"model": label, "seeds": str(len(ids)),
+                            "train criterion (paper)": fmt(paper[0]), "train criterion (ours)": mean_sd("train_criterion"),
+                            "valid % (paper)": fmt(paper[1]), "valid % (ours)": mean_sd("valid_error"),
+                            "test % (paper)": fmt(paper[2]), "test % (ours)": mean_sd("test_error"),
+                            "test sparsity (ours)": mean_sd("sparsity_test")})
+        tables.append(Table(f"Fig. 2 (right) vs {setting}",
+                            "Paper: Bengio, Léonard & Courville (2013), Fig. 2 (right), MNIST. Ours: final values, "
+                            "mean ± 1 standard deviation over seeds. The paper's training criterion may be defined "
+                            "differently from ours (see problems/gater.py).", pd.DataFrame(records)))
+    return tables, []
+
+
+# -- the terminal table ------------------------------------------------------------------------------
+def store_table(store: Store, planned: Sequence[Planned]) -> pd.DataFrame:
+    """One row per paper row: mean ± sd over seeds of the final-epoch metrics, and the paper's."""
+    runs = store.runs()
+    label_of = {p.config.key: p.label for p in planned}
+    runs = runs[runs["config_key"].isin(label_of)]
+    metrics = store.metrics(runs["run_id"].tolist()) if len(runs) else pd.DataFrame(
+        columns=["run_id", "metric", "value", "epoch"])
+    final = _final_epoch(metrics)
+    rows = []
+    for label, spec, _ in PAPER_ROWS:
+        mine = runs[runs["config_key"].map(label_of) == label]
+        row = {"model": label, "estimator": spec}
+        finished = mine[mine["status"] == "finished"]
+        row["seeds"] = f"{len(finished)}/{len(mine)}" if len(mine) else "0"
+        values = final[final["run_id"].isin(finished["run_id"])]
+        for metric in FINAL_METRICS:
+            series = values.loc[values["metric"] == metric, "value"].astype(float)
+            row[metric] = _mean_sd(series, metric)
+        paper = PAPER_TABLE[label]
+        row["paper train"], row["paper valid"], row["paper test"] = f"{paper[0]:.1e}", f"{paper[1]:.2f}", f"{paper[2]:.2f}"
+        unfinished = mine[mine["status"] != "finished"]
+        if len(unfinished):
+            row["note"] = "; ".join(f"seed {r.seed} {r.status}: {r.error}" for r in unfinished.itertuples())
+        rows.append(row)
+    return pd.DataFrame(rows).fillna("").rename(columns={
+        "train_criterion": "train criterion", "valid_error": "valid %", "test_error": "test %",
+        "sparsity_test": "test sparsity"})
+
+
+OURS = ("train criterion", "valid %", "test %", "test sparsity")
+PAPER = ("paper train", "paper valid", "paper test")
+
+
+def render(table: pd.DataFrame, width: int) -> str:
+    """Two lines per paper row, to stay within ``width`` (at least 90) columns: the model, seeds
+    and our numbers; below it, indented, the estimator spec and the paper's numbers under ours."""
+    first = [max(len("model / estimator"), *(len(m) for m in table["model"]), *(2 + len(e) for e in table["estimator"]))]
+    first.append(max(len("seeds"), len("paper"), *(len(s) for s in table["seeds"])))
+    numbers = [max(len(c), *(len(v) for v in table[c]), *(len(v) for v in table[p]) if p else [0])
+               for c, p in zip(OURS, (*PAPER, None))]
+    widths = first + numbers
+
+    def line(cells):
+        return "  ".join([cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]).rstrip()
+
+    out = [line(["model / estimator", "seeds", *OURS])]
+    for row in table.to_dict("records"):
+        out.append(line([row["model"], row["seeds"], *(row[c] for c in OURS)]))
+        out.append(line(["  " + row["estimator"], "paper", *(row[p] for p in PAPER)]))
+        if row.get("note"):
+            out += textwrap.wrap(row["note"], max(width, 40), initial_indent="    ", subsequent_indent="      ")
+    return "\n".join(out)
+
+
+def _final_epoch(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Each run's per-epoch metrics at its last epoch."""
+    curves = metrics[metrics["epoch"].notna()]
+    if curves.empty:
+        return curves
+    last = curves.groupby("run_id")["epoch"].transform("max")
+    return curves[curves["epoch"] == last]
+
+
+def _mean_sd(series: pd.Series, metric: str) -> str:
+    if series.empty:
+        return "-"
+    pattern = "{:.2e}" if metric == "train_criterion" else ("{:.3f}" if metric == "sparsity_test" else "{:.2f}")
+    text = pattern.format(series.mean())
+    if len(series) > 1:
+        text += " ± " + pattern.format(series.std(ddof=1))
+    return text
+
+
+__all__ = ["DEFAULT_EPOCHS", "PAPER_ROWS", "PAPER_TABLE", "PaperFig2", "QUICK", "SOURCE",
+           "published_numbers", "render", "report_tables", "store_table"]
