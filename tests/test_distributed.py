@@ -195,7 +195,7 @@ def test_same_numbers_as_in_process_and_where_each_run_ran(cluster, tmp_path, on
 
 @needs_dask
 def test_runs_sharing_the_host_are_counted(cluster, tmp_path, probe):
-    configs = [probe_config("probe-sleepy", seed, seconds=1.5) for seed in (0, 1)]
+    configs = [probe_config("probe-sleepy", seed, seconds=6.0) for seed in (0, 1)]
     assert sweep.run_sweep(configs, tmp_path / "r.db", quiet=True, plugins=[str(probe)],
                            scheduler=cluster.scheduler_address)[0] == 0
     notes = [json.loads(row[2]) for row in stored(tmp_path / "r.db").values()]

@@ -131,13 +131,38 @@ def test_source_that_is_the_destination_is_refused(tmp_path, capsys):
     assert status == 2 and "is the destination" in err
 
 
-def test_each_source_is_one_transaction(tmp_path, capsys):
+class FailingConnection:
+    """The destination's connection, failing the ``fail_at``-th metrics insert (a trigger would do
+    it in SQL, but stores with objects we did not create are refused)."""
+
+    def __init__(self, connection, fail_at: int):
+        self._connection, self._left = connection, fail_at
+
+    def executemany(self, *args):
+        self._left -= 1
+        if self._left == 0:
+            raise sqlite3.IntegrityError("full")
+        return self._connection.executemany(*args)
+
+    def __getattr__(self, name):
+        return getattr(self._connection, name)
+
+
+def test_each_source_is_one_transaction(tmp_path, capsys, monkeypatch):
     """A source that fails half-way leaves none of its runs; an earlier source stays merged."""
+    import bench.commands.merge as merge_command
+
     first, second = make_store(tmp_path / "a.db", [0]), make_store(tmp_path / "b.db", [1, 2, 3])
     dst = make_store(tmp_path / "dst.db", [])
-    con = sqlite3.connect(dst)  # the third run of the second source cannot be written
-    con.execute("CREATE TRIGGER refuse BEFORE INSERT ON runs WHEN NEW.seed = 3 BEGIN SELECT RAISE(ABORT, 'full'); END")
-    con.close()
+    real = merge_command.merge_store
+    calls = iter(range(1, 100))
+
+    def merge_failing(destination, source):  # the third run of the second source cannot be written
+        if next(calls) == 2:
+            destination.connection = FailingConnection(destination.connection, fail_at=3)
+        return real(destination, source)
+
+    monkeypatch.setattr(merge_command, "merge_store", merge_failing)
     with pytest.raises(sqlite3.IntegrityError):
         main(["merge", str(first), str(second), "--into", str(dst)])
     assert raw(dst, "SELECT seed FROM runs") == [(0,)]
