@@ -9,8 +9,8 @@ from typing import Sequence
 import estimators
 import problems
 from bench import distributed, harness, summary, sweep
-from bench.commands.arguments import (add_plugin_option, device, load_plugins, non_negative_int, positive_float,
-                                      positive_int, seeds)
+from bench.commands import arguments
+from bench.commands.arguments import add_plugin_option, load_plugins, non_negative_int, positive_float, positive_int, seeds
 from bench.errors import UserError
 from bench.specs import MAX_GRID, format_spec, parse_spec_list
 from bench.store import DEFAULT_DB, Store
@@ -70,7 +70,7 @@ def _expand(text: str, registry) -> list[tuple[str, dict]]:
 
 def plan(args) -> list[harness.RunConfig]:
     """Every run of the sweep, validated and with defaults filled in; raises on user error."""
-    device = device(args.device, here=getattr(args, "scheduler", None) is None)
+    device = arguments.device(args.device, here=getattr(args, "scheduler", None) is None)
     estimator_specs = _expand(args.estimators, estimators.ESTIMATORS)
     problem_specs = _expand(args.problems, problems.PROBLEMS)
     size = len(estimator_specs) * len(problem_specs) * len(args.seeds)
