@@ -276,35 +276,33 @@ def warm_up(problem, estimator: Estimator, config: RunConfig) -> str:
     The statistics advance once per call, so the calls have a fixed size (STATE_BATCH estimates),
     not the measurement's chunk size: the frozen state, and with it every metric, does not depend
     on ``--samples``, and a ``decay`` per call means the same in every run."""
-    device = torch.device(config.device)
-    estimator.rng = seeded_noise(config.seed, 1, device)
-    if not estimator.stateful:
-        rows = min(16, config.samples)
-        problem.sample_gradients(estimator, rows)
-        return f"{rows} estimates"
-    calls = math.ceil(config.warmup / STATE_BATCH)
-    for _ in range(calls):
-        problem.sample_gradients(estimator, STATE_BATCH)
+    with estimator.drawing_from(seeded_noise(config.seed, 1, torch.device(config.device))):
+        if not estimator.stateful:
+            rows = min(16, config.samples)
+            problem.sample_gradients(estimator, rows)
+            return f"{rows} estimates"
+        calls = math.ceil(config.warmup / STATE_BATCH)
+        for _ in range(calls):
+            problem.sample_gradients(estimator, STATE_BATCH)
     return f"{calls * STATE_BATCH} estimates in calls of {STATE_BATCH} (state adapted, then frozen)"
 
 
 def adapt(problem, estimator: Estimator, config: RunConfig) -> int:
     """The adaptation phase of an estimator with its own parameters: Adam steps on the objective
     it accumulates into its parameters' grads (see Estimator), on noise stream 1. Returns steps."""
-    device = torch.device(config.device)
-    estimator.rng = seeded_noise(config.seed, 1, device)
     steps = math.ceil(config.warmup / ADAPTATION_BATCH)
     optimizer = None
-    for _ in range(steps):
-        for parameter in estimator.parameters():
-            parameter.grad = None
-        problem.sample_gradients(estimator, ADAPTATION_BATCH)
-        if optimizer is None:  # parameters may be created lazily on the first call
-            parameters = [p for p in estimator.parameters() if p.requires_grad]
-            if not parameters:
-                break
-            optimizer = torch.optim.Adam(parameters, lr=estimator.adaptation_lr)
-        optimizer.step()
+    with estimator.drawing_from(seeded_noise(config.seed, 1, torch.device(config.device))):
+        for _ in range(steps):
+            for parameter in estimator.parameters():
+                parameter.grad = None
+            problem.sample_gradients(estimator, ADAPTATION_BATCH)
+            if optimizer is None:  # parameters may be created lazily on the first call
+                parameters = [p for p in estimator.parameters() if p.requires_grad]
+                if not parameters:
+                    break
+                optimizer = torch.optim.Adam(parameters, lr=estimator.adaptation_lr)
+            optimizer.step()
     for parameter in estimator.parameters():
         parameter.grad = None
     return steps
@@ -323,8 +321,8 @@ def sample_metrics(problem, estimator: Estimator, config: RunConfig, reference, 
                                      truth_stderr=None if reference.stderr is None else reference.stderr[part])
                for name, part in scopes.items()}
     evaluated = 0
-    estimator.rng = seeded_noise(config.seed, stream, device)
-    with estimator.frozen(), peak_memory(device) as peak:
+    noise = seeded_noise(config.seed, stream, device)
+    with estimator.drawing_from(noise), estimator.frozen(), peak_memory(device) as peak:
         for start in range(0, config.samples, chunk):
             rows = min(chunk, config.samples - start)
             probe = LossProbe(rows, device)
@@ -382,21 +380,20 @@ def train(problem, estimator: Estimator, config: RunConfig,
     """A training problem: the problem trains its model with the estimator and reports records;
     at each :class:`~problems.base.Checkpoint` it yields, the gradient metrics of the frozen model
     are measured here as for a gradient problem (tagged with the checkpoint's epoch / step)."""
-    device = torch.device(config.device)
-    estimator.rng = seeded_noise(config.seed, 0, device)
     metrics: list[Metric] = []
     notes: dict[str, str] = {}
     checkpoints = 0
-    for item in problem.fit(estimator, config.seed, progress):
-        if isinstance(item, problems.Checkpoint):
-            measured, exact = checkpoint_metrics(item, estimator, config, CHECKPOINT_STREAM + checkpoints)
-            metrics.extend(measured)
-            checkpoints += 1
-            notes["checkpoints"] = (f"{checkpoints} (reference: {'exact' if exact else 'estimated'}, "
-                                    f"{item.samples} estimates each)")
-        else:
-            metrics.append(dataclasses.replace(item, value=float(item.value),
-                                               stderr=None if item.stderr is None else float(item.stderr)))
+    with estimator.drawing_from(seeded_noise(config.seed, 0, torch.device(config.device))):
+        for item in problem.fit(estimator, config.seed, progress):
+            if isinstance(item, problems.Checkpoint):
+                measured, exact = checkpoint_metrics(item, estimator, config, CHECKPOINT_STREAM + checkpoints)
+                metrics.extend(measured)
+                checkpoints += 1
+                notes["checkpoints"] = (f"{checkpoints} (reference: {'exact' if exact else 'estimated'}, "
+                                        f"{item.samples} estimates each)")
+            else:
+                metrics.append(dataclasses.replace(item, value=float(item.value),
+                                                   stderr=None if item.stderr is None else float(item.stderr)))
     return metrics, notes
 
 
@@ -412,18 +409,14 @@ def reference_metrics(reference, scopes: dict[str, slice]) -> list[Metric]:
 def checkpoint_metrics(checkpoint, estimator: Estimator, config: RunConfig,
                        stream: int) -> tuple[list[Metric], bool]:
     """Sample metrics (per scope) of the training estimator, frozen, on the checkpoint's problem,
-    on their own noise stream (the training noise source is restored afterwards); and whether
+    on their own noise stream (the training's noise source is back in place afterwards); and whether
     the reference gradient was exact."""
     probe = checkpoint.problem
     reference = probe.reference()
     scopes = {"all": slice(None), **probe.scopes()}
     settings = dataclasses.replace(config, samples=checkpoint.samples)
-    training_noise = estimator.rng
-    try:
-        measured, _ = sample_metrics(probe, estimator, settings, reference, scopes, progress=None, stream=stream,
-                                     timed=False)  # the training's cost is its epoch_time_s
-    finally:
-        estimator.rng = training_noise
+    measured, _ = sample_metrics(probe, estimator, settings, reference, scopes, progress=None, stream=stream,
+                                 timed=False)  # the training's cost is its epoch_time_s
     measured.extend(reference_metrics(reference, scopes))
     return [dataclasses.replace(m, epoch=checkpoint.epoch, step=checkpoint.step) for m in measured], reference.exact
 
@@ -431,8 +424,7 @@ def checkpoint_metrics(checkpoint, estimator: Estimator, config: RunConfig,
 def count_bits(estimator: Estimator, problem) -> int | None:
     """Bernoulli bits one estimate consumes, found by running one; None if it uses continuous noise."""
     counter = CountingNoise(torch.Generator(next(iter(problem.buffers()), torch.empty(0)).device).manual_seed(0))
-    estimator.rng = counter
-    with estimator.frozen():
+    with estimator.drawing_from(counter), estimator.frozen():
         problem.sample_gradients(estimator, 1)
     return None if counter.continuous else counter.bits
 
@@ -473,8 +465,7 @@ def enumerate_exact(estimator: Estimator, problem, reference) -> tuple[ExactMome
 
     def replay(configs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         noise = ReplayNoise(configs)
-        estimator.rng = noise
-        with estimator.frozen():
+        with estimator.drawing_from(noise), estimator.frozen():
             estimates = problem.sample_gradients(estimator, configs.shape[0]).detach().to(torch.float64)
         if noise.offset != bits:
             raise NotEnumerable(f"the estimator drew {noise.offset} bits, not the {bits} counted")

@@ -171,8 +171,7 @@ def test_estimator_layer_copies_share_noise_and_freezing_but_not_state():
     estimator(torch.zeros(8, 2), loss)
     second(torch.zeros(8, 5), loss)
     assert estimator.numerator.shape == (2,) and second.numerator.shape == (5,)
-    estimator.rng = harness.seeded_noise(0, 0, torch.device("cpu"))
-    with estimator.frozen():
+    with estimator.drawing_from(harness.seeded_noise(0, 0, torch.device("cpu"))), estimator.frozen():
         assert estimator.layer(1).rng is estimator.rng and not estimator.layer(1).update_state
     assert estimator.layer(1).update_state
     with pytest.raises(ValueError, match="layer index"):
