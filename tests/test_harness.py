@@ -10,7 +10,7 @@ import torch
 
 import estimators
 import problems
-from bench import harness, sweep
+from bench import enumeration, harness, sweep
 from bench.specs import SpecError, parse_spec, parse_spec_list
 from bench.store import Store
 from estimators.base import Estimator, attach_gradient
@@ -156,7 +156,7 @@ def test_exact_moments_in_blocks_equal_one_block(monkeypatch):
     problem = problems.build_problem("bernoulli-quadratic", {"d": 5})
     estimator = estimators.build_estimator("reinforce-loo", {"K": 2})
     whole, _ = harness.exact_estimator_moments(estimator, problem, problem.reference())
-    monkeypatch.setattr(harness, "ENUMERATION_ELEMENTS", 7 * 5)  # blocks of 7 outcomes
+    monkeypatch.setattr(enumeration, "ENUMERATION_ELEMENTS", 7 * 5)  # blocks of 7 outcomes
     split, reason = harness.exact_estimator_moments(estimator, problem, problem.reference())
     assert reason == "computed in float64 over 2^10 outcomes"
     for a, b in zip(whole, split):
