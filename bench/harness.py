@@ -1,17 +1,14 @@
-"""Runs one (estimator, problem, seed, samples) measurement: streamed estimates, metrics, exact moments."""
+"""Runs one (estimator, problem, seed, samples) measurement: streamed estimates, metrics, exact moments.
+
+The run's configuration and provenance live in :mod:`bench.runconfig`, exact enumeration in
+:mod:`bench.enumeration`; their public names are re-exported here, so ``harness.run``,
+``harness.RunConfig`` and ``harness.make_config`` stay the one entry point."""
 from __future__ import annotations
 
-import copy
 import dataclasses
-import datetime as dt
-import hashlib
-import json
 import math
 import os
-import platform
-import subprocess
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -19,64 +16,24 @@ import torch
 
 import estimators
 import problems
+from bench.enumeration import enumerate_exact
 from bench.memory import peak_memory
-from bench.metrics import ExactMoments, GradientMoments, Metric, check_exact, time_metrics
+from bench.metrics import GradientMoments, Metric, check_exact, time_metrics
+from bench.runconfig import RunConfig, RunResult, now
 from bench.runinfo import DESCRIBED, describe
-from bench.specs import format_spec
-from estimators.base import Estimator, Noise, NotEnumerable, ReplayNoise
+from estimators.base import Estimator, Noise
+
+# Re-exported: callers use harness.make_config, harness.RunConfig, harness.count_bits, ...
+from bench.enumeration import (COUPLED, COUPLING_ROWS, ENUMERATION_ELEMENTS, MAX_ENUMERATION_BITS,  # noqa: E402,F401
+                               CountingNoise, count_bits, coupled, exact_estimator_moments)
+from bench.runconfig import DEFAULT_WARMUP, device_description, environment, git_revision, make_config  # noqa: E402,F401
 
 CHUNK_ELEMENTS = 2**21
 MIN_CHUNKS = 8
-MAX_ENUMERATION_BITS = 20
-ENUMERATION_ELEMENTS = 2**24
-DEFAULT_WARMUP = 10_000
 STATE_BATCH = 64  # estimates per call while running statistics or own parameters adapt
 ADAPTATION_BATCH = STATE_BATCH
 TIMING_ROWS = 1024  # estimates per timed call (fewer when --samples or memory is smaller)
 TIMING_REPEATS = 5  # timed calls, after one untimed warm-up call
-COUPLING_ROWS = 4  # rows of the replayed batches that check examples are independent
-
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """Everything that determines a run's numbers; its hash identifies the run in the store."""
-
-    estimator: str
-    estimator_params: dict[str, Any]
-    problem: str
-    problem_params: dict[str, Any]
-    seed: int
-    samples: int
-    device: str = "cpu"
-    warmup: int = DEFAULT_WARMUP
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @property
-    def key(self) -> str:
-        text = json.dumps(self.as_dict(), sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()
-
-    @property
-    def estimator_spec(self) -> str:
-        return format_spec(self.estimator, self.estimator_params)
-
-    @property
-    def problem_spec(self) -> str:
-        return format_spec(self.problem, self.problem_params)
-
-
-@dataclasses.dataclass
-class RunResult:
-    config: RunConfig
-    status: str
-    metrics: list[Metric]
-    notes: dict[str, Any]  # strings, and the estimator / problem description (see bench.runinfo)
-    started_at: str
-    finished_at: str
-    wall_time_s: float
-    error: str | None = None
 
 
 class Incompatible(ValueError):
@@ -112,20 +69,6 @@ def check_estimates(estimates: torch.Tensor, rows: int, dim: int) -> None:
         inf = int((~finite).sum()) - nan
         kinds = ", ".join(f"{n} {kind}" for n, kind in ((nan, "NaN"), (inf, "inf")) if n)
         raise InvalidEstimates(f"estimates not finite: {kinds} of {rows}")
-
-
-def make_config(estimator: str, estimator_params: dict, problem: str, problem_params: dict, seed: int,
-                samples: int, device: str = "cpu", warmup: int = DEFAULT_WARMUP) -> RunConfig:
-    """Validate the specs by building them once, and fill in every default parameter.
-
-    A training problem has no sample budget or warmup (its schedule is in its own parameters),
-    so both are stored as 0 and do not split otherwise identical runs."""
-    est = estimators.build_estimator(estimator, estimator_params)
-    prob = problems.build_problem(problem, problem_params)
-    if prob.trains_model:
-        samples, warmup = 0, 0
-    return RunConfig(estimator, estimators.ESTIMATORS.resolved_params(est), problem,
-                     problems.PROBLEMS.resolved_params(prob), seed, samples, device, warmup)
 
 
 def chunk_size(samples: int, evaluations: int, units: int, dim: int = 0) -> int:
@@ -167,33 +110,6 @@ class LossProbe:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-class CountingNoise(Noise):
-    """Draws like :class:`Noise` and counts the Bernoulli bits per estimate (one estimate at a
-    time); notes whether any continuous randomness was asked for."""
-
-    def __init__(self, generator: torch.Generator):
-        super().__init__(generator)
-        self.bits = 0
-        self.continuous = False
-
-    def bernoulli(self, probs, shape=None):
-        shape = probs.shape if shape is None else torch.Size(shape)
-        self.bits += math.prod(shape)
-        return (super().uniform(shape, probs) < probs).to(probs.dtype)
-
-    def uniform(self, shape, like):
-        self.continuous = True
-        return super().uniform(shape, like)
-
-    def normal(self, shape, like):
-        self.continuous = True
-        return super().normal(shape, like)
-
-    def beta(self, alpha, beta, shape, like):
-        self.continuous = True
-        return super().beta(alpha, beta, shape, like)
 
 
 def check_compatible(estimator: Estimator, problem: problems.Problem) -> None:
@@ -276,35 +192,33 @@ def warm_up(problem, estimator: Estimator, config: RunConfig) -> str:
     The statistics advance once per call, so the calls have a fixed size (STATE_BATCH estimates),
     not the measurement's chunk size: the frozen state, and with it every metric, does not depend
     on ``--samples``, and a ``decay`` per call means the same in every run."""
-    device = torch.device(config.device)
-    estimator.rng = seeded_noise(config.seed, 1, device)
-    if not estimator.stateful:
-        rows = min(16, config.samples)
-        problem.sample_gradients(estimator, rows)
-        return f"{rows} estimates"
-    calls = math.ceil(config.warmup / STATE_BATCH)
-    for _ in range(calls):
-        problem.sample_gradients(estimator, STATE_BATCH)
+    with estimator.drawing_from(seeded_noise(config.seed, 1, torch.device(config.device))):
+        if not estimator.stateful:
+            rows = min(16, config.samples)
+            problem.sample_gradients(estimator, rows)
+            return f"{rows} estimates"
+        calls = math.ceil(config.warmup / STATE_BATCH)
+        for _ in range(calls):
+            problem.sample_gradients(estimator, STATE_BATCH)
     return f"{calls * STATE_BATCH} estimates in calls of {STATE_BATCH} (state adapted, then frozen)"
 
 
 def adapt(problem, estimator: Estimator, config: RunConfig) -> int:
     """The adaptation phase of an estimator with its own parameters: Adam steps on the objective
     it accumulates into its parameters' grads (see Estimator), on noise stream 1. Returns steps."""
-    device = torch.device(config.device)
-    estimator.rng = seeded_noise(config.seed, 1, device)
     steps = math.ceil(config.warmup / ADAPTATION_BATCH)
     optimizer = None
-    for _ in range(steps):
-        for parameter in estimator.parameters():
-            parameter.grad = None
-        problem.sample_gradients(estimator, ADAPTATION_BATCH)
-        if optimizer is None:  # parameters may be created lazily on the first call
-            parameters = [p for p in estimator.parameters() if p.requires_grad]
-            if not parameters:
-                break
-            optimizer = torch.optim.Adam(parameters, lr=estimator.adaptation_lr)
-        optimizer.step()
+    with estimator.drawing_from(seeded_noise(config.seed, 1, torch.device(config.device))):
+        for _ in range(steps):
+            for parameter in estimator.parameters():
+                parameter.grad = None
+            problem.sample_gradients(estimator, ADAPTATION_BATCH)
+            if optimizer is None:  # parameters may be created lazily on the first call
+                parameters = [p for p in estimator.parameters() if p.requires_grad]
+                if not parameters:
+                    break
+                optimizer = torch.optim.Adam(parameters, lr=estimator.adaptation_lr)
+            optimizer.step()
     for parameter in estimator.parameters():
         parameter.grad = None
     return steps
@@ -323,8 +237,8 @@ def sample_metrics(problem, estimator: Estimator, config: RunConfig, reference, 
                                      truth_stderr=None if reference.stderr is None else reference.stderr[part])
                for name, part in scopes.items()}
     evaluated = 0
-    estimator.rng = seeded_noise(config.seed, stream, device)
-    with estimator.frozen(), peak_memory(device) as peak:
+    noise = seeded_noise(config.seed, stream, device)
+    with estimator.drawing_from(noise), estimator.frozen(), peak_memory(device) as peak:
         for start in range(0, config.samples, chunk):
             rows = min(chunk, config.samples - start)
             probe = LossProbe(rows, device)
@@ -382,21 +296,20 @@ def train(problem, estimator: Estimator, config: RunConfig,
     """A training problem: the problem trains its model with the estimator and reports records;
     at each :class:`~problems.base.Checkpoint` it yields, the gradient metrics of the frozen model
     are measured here as for a gradient problem (tagged with the checkpoint's epoch / step)."""
-    device = torch.device(config.device)
-    estimator.rng = seeded_noise(config.seed, 0, device)
     metrics: list[Metric] = []
     notes: dict[str, str] = {}
     checkpoints = 0
-    for item in problem.fit(estimator, config.seed, progress):
-        if isinstance(item, problems.Checkpoint):
-            measured, exact = checkpoint_metrics(item, estimator, config, CHECKPOINT_STREAM + checkpoints)
-            metrics.extend(measured)
-            checkpoints += 1
-            notes["checkpoints"] = (f"{checkpoints} (reference: {'exact' if exact else 'estimated'}, "
-                                    f"{item.samples} estimates each)")
-        else:
-            metrics.append(dataclasses.replace(item, value=float(item.value),
-                                               stderr=None if item.stderr is None else float(item.stderr)))
+    with estimator.drawing_from(seeded_noise(config.seed, 0, torch.device(config.device))):
+        for item in problem.fit(estimator, config.seed, progress):
+            if isinstance(item, problems.Checkpoint):
+                measured, exact = checkpoint_metrics(item, estimator, config, CHECKPOINT_STREAM + checkpoints)
+                metrics.extend(measured)
+                checkpoints += 1
+                notes["checkpoints"] = (f"{checkpoints} (reference: {'exact' if exact else 'estimated'}, "
+                                        f"{item.samples} estimates each)")
+            else:
+                metrics.append(dataclasses.replace(item, value=float(item.value),
+                                                   stderr=None if item.stderr is None else float(item.stderr)))
     return metrics, notes
 
 
@@ -412,165 +325,16 @@ def reference_metrics(reference, scopes: dict[str, slice]) -> list[Metric]:
 def checkpoint_metrics(checkpoint, estimator: Estimator, config: RunConfig,
                        stream: int) -> tuple[list[Metric], bool]:
     """Sample metrics (per scope) of the training estimator, frozen, on the checkpoint's problem,
-    on their own noise stream (the training noise source is restored afterwards); and whether
+    on their own noise stream (the training's noise source is back in place afterwards); and whether
     the reference gradient was exact."""
     probe = checkpoint.problem
     reference = probe.reference()
     scopes = {"all": slice(None), **probe.scopes()}
     settings = dataclasses.replace(config, samples=checkpoint.samples)
-    training_noise = estimator.rng
-    try:
-        measured, _ = sample_metrics(probe, estimator, settings, reference, scopes, progress=None, stream=stream,
-                                     timed=False)  # the training's cost is its epoch_time_s
-    finally:
-        estimator.rng = training_noise
+    measured, _ = sample_metrics(probe, estimator, settings, reference, scopes, progress=None, stream=stream,
+                                 timed=False)  # the training's cost is its epoch_time_s
     measured.extend(reference_metrics(reference, scopes))
     return [dataclasses.replace(m, epoch=checkpoint.epoch, step=checkpoint.step) for m in measured], reference.exact
-
-
-def count_bits(estimator: Estimator, problem) -> int | None:
-    """Bernoulli bits one estimate consumes, found by running one; None if it uses continuous noise."""
-    counter = CountingNoise(torch.Generator(next(iter(problem.buffers()), torch.empty(0)).device).manual_seed(0))
-    estimator.rng = counter
-    with estimator.frozen():
-        problem.sample_gradients(estimator, 1)
-    return None if counter.continuous else counter.bits
-
-
-def exact_estimator_moments(estimator: Estimator, problem, reference,
-                            scopes: dict[str, slice] | None = None) -> tuple[list[Metric], str]:
-    """Exact bias norm and variance per scope (see :func:`enumerate_exact`), and why not if absent."""
-    exact, reason = enumerate_exact(estimator, problem, reference)
-    return ([] if exact is None else exact.metrics(reference.gradient, scopes)), reason
-
-
-COUPLED = "examples coupled (estimate of one example changes with the others' draws)"
-
-
-def enumerate_exact(estimator: Estimator, problem, reference) -> tuple[ExactMoments | None, str]:
-    """Exact mean and variance by replaying every outcome of a discrete randomness, when small.
-
-    Runs on float64 copies of the problem and the (frozen) estimator, so exact zeros are zeros.
-    Outcomes are replayed in blocks, one outcome per example; that is only the estimator that was
-    sampled when examples are independent, so coupling is checked first. With more than one block,
-    a first pass gives the mean and a second the variance about it (the frozen estimator is
-    deterministic given its bits)."""
-    if not reference.exact:
-        return None, "not computed: the reference gradient is itself estimated"
-    if not estimator.enumerable:
-        return None, "not computed: continuous randomness (no finite set of outcomes)"
-    problem = copy.deepcopy(problem).to(torch.float64)
-    estimator = copy.deepcopy(estimator).to(torch.float64)
-    try:
-        bits = count_bits(estimator, problem)
-    except NotEnumerable as exc:
-        return None, f"not computed: {exc}"
-    if bits is None:
-        return None, "not computed: continuous randomness (no finite set of outcomes)"
-    if bits > MAX_ENUMERATION_BITS:
-        return None, f"not computed: 2^{bits} outcomes exceed 2^{MAX_ENUMERATION_BITS}"
-    device = next(iter(problem.buffers()), torch.empty(0)).device
-
-    def replay(configs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        noise = ReplayNoise(configs)
-        estimator.rng = noise
-        with estimator.frozen():
-            estimates = problem.sample_gradients(estimator, configs.shape[0]).detach().to(torch.float64)
-        if noise.offset != bits:
-            raise NotEnumerable(f"the estimator drew {noise.offset} bits, not the {bits} counted")
-        return estimates, torch.exp(noise.log_prob)
-
-    try:
-        if coupled(replay, bits, device):
-            return None, f"not computed: {COUPLED}"
-    except NotEnumerable as exc:
-        return None, f"not computed: {exc}"
-    block = max(1, min(2**bits, ENUMERATION_ELEMENTS // max(1, problem.dim, bits)))
-
-    def blocks():
-        for start in range(0, 2**bits, block):
-            codes = torch.arange(start, min(start + block, 2**bits), device=device).unsqueeze(1)
-            yield replay(((codes >> torch.arange(bits, device=device)) & 1).to(torch.float64))
-
-    try:
-        if block >= 2**bits:  # one block: replay once, read twice
-            cached = list(blocks())
-            exact = ExactMoments.enumerate(lambda: cached)
-        else:
-            exact = ExactMoments.enumerate(blocks)
-    except NotEnumerable as exc:
-        return None, f"not computed: {exc}"
-    return exact, f"computed in float64 over 2^{bits} outcomes"
-
-
-def coupled(replay: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], bits: int,
-            device: torch.device) -> bool:
-    """Does one example's estimate depend on the other examples' draws (or on how many there
-    are)? Replays one fixed row alone, then in a batch of COUPLING_ROWS with other rows, then with
-    every bit of those other rows flipped; an independent estimator gives that row the same estimate
-    all three times (up to float64 rounding)."""
-    generator = torch.Generator().manual_seed(0)
-    draws = torch.randint(0, 2, (COUPLING_ROWS, bits), generator=generator).to(device, torch.float64)
-    first, others = draws[:1], draws[1:]
-    alone = replay(first)[0][0]
-    with_others = replay(torch.cat([first, others]))[0][0]
-    with_flipped = replay(torch.cat([first, 1 - others]))[0][0]
-    tolerance = 1e-9 * float(alone.abs().max()) if alone.numel() and alone.isfinite().all() else 0.0
-
-    def same(a: torch.Tensor, b: torch.Tensor) -> bool:
-        return bool(torch.allclose(a, b, rtol=1e-9, atol=tolerance, equal_nan=True))
-
-    return not (same(alone, with_others) and same(alone, with_flipped))
-
-
-def environment() -> dict[str, Any]:
-    """Package versions and the git revision of the source tree, when it is a checkout."""
-    import importlib.metadata
-
-    import pandas
-    import scipy
-
-    def version(dist: str) -> str:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            return "not installed"
-
-    return {
-        "stochgrad-bench": version("stochgrad-bench"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "pandas": pandas.__version__,
-        "platform": platform.platform(),
-    }
-
-
-def git_revision() -> str | None:
-    root = Path(__file__).resolve().parent.parent
-    if not (root / ".git").exists():
-        return None
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                              text=True, timeout=10)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10)
-        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def device_description(device: str) -> str:
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
-    return f"{device} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"  # threads: run notes
-
-
-def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def run(config: RunConfig, progress: Callable[[int], None] | None = None) -> RunResult:

@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from bench.harness import RunResult
+from bench.runconfig import RunResult
 
 APPLICATION_ID = 0x53474231  # "SGB1", stamped in the SQLite header (PRAGMA application_id)
 SCHEMA_VERSION = 2

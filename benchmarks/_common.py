@@ -25,8 +25,9 @@ MAX_ELEMENTS = 2**26  # unit values one timed call may hold (512 MB in float64)
 
 def prepared(estimator_spec: str, problem_name: str, problem_params: dict, batch: int,
              layers: tuple[int, ...] | None = None):
-    """(problem, estimator) ready for ``problem.sample_gradients(estimator, batch)``: the estimator
-    seeded, called once (lazy state and parameters exist, first-call costs paid), then frozen.
+    """(problem, estimator, noise) ready for ``with estimator.drawing_from(noise):
+    problem.sample_gradients(estimator, batch)``: the estimator called once on the seeded ``noise``
+    (lazy state and parameters exist, first-call costs paid), then frozen.
 
     ``layers``: the widths of stacked stochastic layers. A multi-evaluation estimator at every
     layer evaluates the layers below it for each of its evaluations, so the evaluations multiply;
@@ -45,8 +46,9 @@ def prepared(estimator_spec: str, problem_name: str, problem_params: dict, batch
     if evaluations * batch * max(layers) > MAX_ELEMENTS:
         raise NotImplementedError(f"{estimator_spec} on {problem_name}: {evaluations:.3g} nested loss evaluations "
                                   f"per estimate, too many to time")
-    estimator.rng = seeded_noise(0, 0, torch.device("cpu"))
-    problem.sample_gradients(estimator, batch)
+    noise = seeded_noise(0, 0, torch.device("cpu"))
+    with estimator.drawing_from(noise):
+        problem.sample_gradients(estimator, batch)
     estimator.update_state = False
     estimator.zero_grad(set_to_none=True)
-    return problem, estimator
+    return problem, estimator, noise

@@ -23,10 +23,11 @@ class BernoulliTarget:
     timeout = 120
 
     def setup(self, estimator):
-        self.problem, self.estimator = prepared(estimator, "bernoulli-target", {"d": 100}, TARGET_BATCH)
+        self.problem, self.estimator, self.noise = prepared(estimator, "bernoulli-target", {"d": 100}, TARGET_BATCH)
 
     def time_1000_estimates(self, estimator):
-        self.problem.sample_gradients(self.estimator, TARGET_BATCH)
+        with self.estimator.drawing_from(self.noise):
+            self.problem.sample_gradients(self.estimator, TARGET_BATCH)
 
 
 class SigmoidBeliefNet:
@@ -37,8 +38,9 @@ class SigmoidBeliefNet:
     timeout = 120
 
     def setup(self, estimator):
-        self.problem, self.estimator = prepared(estimator, "sigmoid-belief-net", {"depth": 3, "width": 50},
-                                                SBN_BATCH, layers=(50, 50, 50))
+        self.problem, self.estimator, self.noise = prepared(estimator, "sigmoid-belief-net",
+                                                            {"depth": 3, "width": 50}, SBN_BATCH, layers=(50, 50, 50))
 
     def time_200_estimates(self, estimator):
-        self.problem.sample_gradients(self.estimator, SBN_BATCH)
+        with self.estimator.drawing_from(self.noise):
+            self.problem.sample_gradients(self.estimator, SBN_BATCH)

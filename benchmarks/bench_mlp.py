@@ -46,7 +46,7 @@ class MlpTrainingStep:
         mlp = _mlp()
         require_problem("mnist-mlp")
         self.units = estimators.build_estimator(estimator)
-        self.units.rng = seeded_noise(0, 0, torch.device("cpu"))
+        self.noise = seeded_noise(0, 0, torch.device("cpu"))
         self.model = mlp.Mlp(HIDDEN, torch.Generator().manual_seed(0))
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9)
         self.x, self.y = _batch()
@@ -54,7 +54,8 @@ class MlpTrainingStep:
 
     def time_training_step(self, estimator):
         self.optimizer.zero_grad()
-        self.model.surrogate(self.x, self.y, self.units).mean().backward()
+        with self.units.drawing_from(self.noise):
+            self.model.surrogate(self.x, self.y, self.units).mean().backward()
         self.optimizer.step()
 
 

@@ -63,11 +63,10 @@ def main() -> None:
             print(f"{label:<28} {evaluations:>14,} {'-':>8} {'-':>8} {'-':>12}  skipped: above --max-evaluations")
             continue
         chunk = max(1, min(args.samples, CHUNK_ELEMENTS // (evaluations * max(problem.widths))))
-        estimator.rng = Noise(torch.Generator(device).manual_seed(1))
-        problem.sample_gradients(estimator, chunk)  # warm-up; adapts stateful estimators
-        estimator.rng = Noise(torch.Generator(device).manual_seed(0))
+        with estimator.drawing_from(Noise(torch.Generator(device).manual_seed(1))):
+            problem.sample_gradients(estimator, chunk)  # warm-up; adapts stateful estimators
         seconds, done = 0.0, 0
-        with estimator.frozen():
+        with estimator.drawing_from(Noise(torch.Generator(device).manual_seed(0))), estimator.frozen():
             while done < args.samples:
                 rows = min(chunk, args.samples - done)
                 if device.type == "cuda":

@@ -1,6 +1,6 @@
 """Gradient estimators for layers of stochastic units, one module per family, and their registry."""
 from estimators.base import (Estimator, LossFn, Noise, NotEnumerable, PathwiseEstimator, ReplayNoise,
-                             all_configurations, attach_gradient)
+                             all_configurations, attach_gradient, parameter_trait)
 from estimators.registry import Registry, RegistryError, load_plugin
 
 ESTIMATORS = Registry(
@@ -23,4 +23,4 @@ def build_estimator(name: str, params: dict | None = None) -> Estimator:
 
 __all__ = ["ESTIMATORS", "Estimator", "LossFn", "Noise", "NotEnumerable", "PathwiseEstimator",
            "ReplayNoise", "Registry", "RegistryError", "all_configurations", "attach_gradient",
-           "build_estimator", "load_plugin", "register_estimator"]
+           "build_estimator", "load_plugin", "parameter_trait", "register_estimator"]

@@ -6,8 +6,9 @@ inside ``loss_fn`` is the gradient estimate. Shapes: ``logits`` is ``(*batch, un
 takes ``h`` of shape ``(*extra, *batch, units)`` and returns ``(*extra, *batch)``, so an estimator
 that needs K evaluations stacks them on a leading axis and calls ``loss_fn`` once.
 
-All randomness goes through ``self.rng`` (a :class:`Noise`), so a harness can seed it, or replay a
-chosen sample (:class:`ReplayNoise`) to get exact values and exact moments by enumeration.
+All randomness goes through ``self.rng`` (a :class:`Noise`); a caller hands one in for a block with
+``with estimator.drawing_from(noise):`` (seeded, or a chosen sample replayed by :class:`ReplayNoise`
+to get exact values and exact moments by enumeration), never by assigning ``rng`` from outside.
 
 Examples are independent: the estimate for one example depends on its logits, the loss and its own
 draws only, never on the other examples' draws or on how many there are (no batch statistics such
@@ -129,6 +130,39 @@ def reduce_to_batch(value: torch.Tensor, batch_ndim: int) -> torch.Tensor:
     return value.mean(dim=tuple(range(extra))) if extra > 0 else value
 
 
+class ParameterTrait:
+    """A trait that a constructor parameter changes (declare with :func:`parameter_trait`).
+
+    Read from the class it is the declared default (what the estimator is with its default
+    parameters, as ``bench list`` shows it); read from an instance it is computed from that
+    instance's parameters. Read-only: a trait is never assigned per instance."""
+
+    def __init__(self, default, compute: Callable[["Estimator"], object]):
+        self.default = default
+        self.compute = compute
+        self.name = compute.__name__
+        self.__doc__ = compute.__doc__
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance, owner=None):
+        return self.default if instance is None else self.compute(instance)
+
+    def __set__(self, instance, value) -> None:
+        raise AttributeError(f"{type(instance).__name__}.{self.name} is a trait computed from the "
+                             "estimator's parameters; it cannot be assigned")
+
+
+def parameter_trait(default) -> Callable[[Callable[["Estimator"], object]], ParameterTrait]:
+    """Decorate a method computing a trait from the instance's parameters; ``default`` is the
+    class-level answer (with the default parameters)."""
+    def declare(compute: Callable[["Estimator"], object]) -> ParameterTrait:
+        return ParameterTrait(default, compute)
+
+    return declare
+
+
 class Estimator(torch.nn.Module):
     """Base class: subclasses implement ``forward(logits, loss_fn)`` and declare their traits.
 
@@ -143,6 +177,11 @@ class Estimator(torch.nn.Module):
     ``activation`` -- the unit's mean non-linearity: 'sigmoid' (outputs in [0, 1]) or 'rectifier'
     (non-negative, unbounded); training problems pick a sparsity criterion from it (KL or L1);
     ``adaptation_lr`` -- Adam learning rate for the estimator's own parameters (see below).
+    A trait that a parameter changes is declared with :func:`parameter_trait`: the class keeps the
+    default, each instance computes its own answer (never assign traits in ``__init__``).
+
+    Noise: every draw goes through ``self.rng``; callers hand a source in for a block with
+    :meth:`drawing_from` (beside :meth:`frozen`), which restores the previous one afterwards.
 
     Own parameters: while ``update_state`` is True, an estimator with ``has_parameters`` adds the
     gradient of its own objective (e.g. the estimate's variance for REBAR/RELAX, the baseline's
@@ -207,11 +246,7 @@ class Estimator(torch.nn.Module):
             self._layer_copies = torch.nn.ModuleList()
         copies = self._layer_copies
         while len(copies) < index:
-            rng, self.rng = self.rng, Noise()
-            try:
-                clone = copy.deepcopy(self)
-            finally:
-                self.rng = rng
+            clone = copy.deepcopy(self, {id(self.rng): Noise()})  # the copy does not clone the noise
             clone._modules.pop("_layer_copies", None)
             copies.append(clone)
         clone = copies[index - 1]
@@ -229,6 +264,22 @@ class Estimator(torch.nn.Module):
             yield self
         finally:
             self.update_state = previous
+
+    @contextlib.contextmanager
+    def drawing_from(self, noise: Noise) -> Iterator["Estimator"]:
+        """Draw every random number inside the block from ``noise`` (and so do the layer copies,
+        see :meth:`layer`); the previous source is restored afterwards, also on an exception."""
+        previous = self.rng
+        self._share_noise(noise)
+        try:
+            yield self
+        finally:
+            self._share_noise(previous)
+
+    def _share_noise(self, noise: Noise) -> None:
+        self.rng = noise
+        for clone in self._modules.get("_layer_copies", ()):
+            clone.rng = noise
 
     def sample(self, logits: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{self.name or type(self).__name__} has no pathwise sample(); "

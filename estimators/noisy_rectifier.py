@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from estimators import register_estimator
-from estimators.base import PathwiseEstimator
+from estimators.base import PathwiseEstimator, parameter_trait
 
 NOISES = ("gaussian", "logistic")
 # Beyond this, std * z (|z| < 20 for every draw) is no longer finite in float32 sums of logits.
@@ -38,9 +38,13 @@ class NoisyRectifier(PathwiseEstimator):
         self.target_rate = target_rate
         self.rate_decay = rate_decay
         self.bias_step = bias_step
-        self.stateful = target_rate > 0
         self.register_buffer("firing_rate", torch.zeros(0))
         self.register_buffer("bias_shift", torch.zeros(0))
+
+    @parameter_trait(default=False)
+    def stateful(self) -> bool:
+        """The firing-rate control keeps a moving-average rate and a bias shift per unit."""
+        return self.target_rate > 0
 
     def sample(self, logits: torch.Tensor) -> torch.Tensor:
         units = logits.shape[-1]

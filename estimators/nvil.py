@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from estimators import register_estimator
-from estimators.base import Estimator, LossFn, attach_gradient
+from estimators.base import Estimator, LossFn, attach_gradient, parameter_trait
 from estimators.own_parameters import LazyMLP, add_objective_gradient
 
 
@@ -22,8 +22,8 @@ class NVIL(Estimator):
     ``normalise=True`` adds their variance normalisation (sec. 3): the centred signal l = L - C_psi(a)
     becomes (l - m) / max(1, sqrt(v)), with m, v running (``decay``) mean and variance of l from
     earlier calls (the first call initialises them). The estimate is then rescaled by a positive
-    common factor: unbiased in direction only, so this instance declares ``unbiased = False`` and
-    is ``stateful``."""
+    common factor: unbiased in direction only, so such an instance is not ``unbiased`` and is
+    ``stateful`` (the class declares the default, ``normalise=False``)."""
 
     unbiased = True
     loss_evals = 1
@@ -38,12 +38,20 @@ class NVIL(Estimator):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {decay}")
         self.hidden, self.normalise, self.decay = hidden, normalise, decay
-        self.unbiased = not normalise
-        self.stateful = normalise
         self.baseline = LazyMLP(hidden, init_seed)
         self.register_buffer("signal_mean", torch.zeros((), dtype=torch.float64))
         self.register_buffer("signal_var", torch.ones((), dtype=torch.float64))
         self.register_buffer("seen", torch.zeros((), dtype=torch.bool))
+
+    @parameter_trait(default=True)
+    def unbiased(self) -> bool:
+        """Variance normalisation rescales the estimate by a common factor: biased in length."""
+        return not self.normalise
+
+    @parameter_trait(default=False)
+    def stateful(self) -> bool:
+        """Variance normalisation keeps running moments of the learning signal."""
+        return self.normalise
 
     def forward(self, logits: torch.Tensor, loss_fn: LossFn) -> torch.Tensor:
         a = logits.detach()

@@ -7,7 +7,7 @@ import math
 import torch
 
 from estimators import register_estimator
-from estimators.base import PathwiseEstimator
+from estimators.base import PathwiseEstimator, parameter_trait
 
 
 @register_estimator("sts", "Stochastic times smooth: h = b sqrt(sigm(a)), b ~ Bernoulli(sqrt(sigm(a))) (eq. 2)")
@@ -29,8 +29,11 @@ class StochasticTimesSmooth(PathwiseEstimator):
             raise ValueError(f"target must be in (0, 0.5), got {target}")
         self.beta_noise = beta_noise
         self.target = target
-        if beta_noise:
-            self.randomness = "continuous"
+
+    @parameter_trait(default="bernoulli")
+    def randomness(self) -> str:
+        """Beta noise at the sigmoid input is continuous randomness."""
+        return "continuous" if self.beta_noise else "bernoulli"
 
     @property
     def beta_alpha(self) -> float:

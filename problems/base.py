@@ -121,9 +121,10 @@ class TrainingProblem(Problem):
     """A model trained with the estimator at its stochastic units (learning curves, not moments).
 
     ``fit`` runs the whole schedule on the problem's device and yields :class:`Record`s as they
-    are measured (per-epoch curves carry ``epoch``). ``seed`` drives initialisation, data order
-    and, through ``estimator.rng`` (set by the caller), the units' noise. NOTE: the method is
-    ``fit`` and the flag ``trains_model``; ``train``/``training`` belong to nn.Module (mode)."""
+    are measured (per-epoch curves carry ``epoch``). ``seed`` drives initialisation and data order;
+    the units' noise is the source the caller hands in (``with estimator.drawing_from(noise):``).
+    NOTE: the method is ``fit`` and the flag ``trains_model``; ``train``/``training`` belong to
+    nn.Module (mode)."""
 
     trains_model = True
 

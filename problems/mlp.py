@@ -540,16 +540,13 @@ class MlpProblem(MnistTrainingProblem):
 def _evaluating(model: Mlp, estimator, noise: Noise, autograd: bool = False):
     """Measure without training: estimator frozen (no state updates) on its own noise, in training
     mode (so its units are drawn as in training), no autograd unless asked for; the training noise
-    source and the model's mode are restored."""
-    training_noise = estimator.rng
-    estimator.rng = noise
+    source (by :meth:`~estimators.base.Estimator.drawing_from`) and the model's mode are restored."""
     model_mode = model.training
     model.eval()
     try:
-        with estimator.frozen(), torch.set_grad_enabled(autograd):
+        with estimator.drawing_from(noise), estimator.frozen(), torch.set_grad_enabled(autograd):
             yield
     finally:
-        estimator.rng = training_noise
         model.train(model_mode)
 
 

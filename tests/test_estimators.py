@@ -46,11 +46,12 @@ INSTANCE_IDS = [spec_id(s) for s in INSTANCES]
 
 
 def seeded(estimator, seed: int = 0):
-    estimator.rng = Noise(torch.Generator().manual_seed(seed))
-    return estimator
+    """``with seeded(estimator, seed) as est:`` -- est draws from a generator seeded with ``seed``."""
+    return estimator.drawing_from(Noise(torch.Generator().manual_seed(seed)))
 
 
 def make(name: str, seed: int = 0, **params):
+    """``with make(name, seed, **params) as est:`` -- a built estimator drawing from ``seed``."""
     return seeded(build_estimator(name, params), seed)
 
 
@@ -204,8 +205,9 @@ def log_prob_of(bits, probs):
 def test_reinforce_by_replay(replay_setup):
     problem, h, logits, p = replay_setup
     est = build_estimator("reinforce")
-    est.rng = replay = ReplayNoise(h)
-    value, grad = estimate(est, logits, problem.loss)
+    replay = ReplayNoise(h)
+    with est.drawing_from(replay):
+        value, grad = estimate(est, logits, problem.loss)
     L = problem.loss(h)
     torch.testing.assert_close(grad, (h - p) * L[:, None], rtol=0, atol=1e-12)
     torch.testing.assert_close(value, L, rtol=0, atol=1e-12)
@@ -217,8 +219,7 @@ def test_reinforce_ma_known_state(replay_setup):
     est = build_estimator("reinforce-ma")
     est.mean_loss.fill_(0.7)
     est.seen.fill_(True)
-    est.rng = ReplayNoise(h)
-    with est.frozen():
+    with est.drawing_from(ReplayNoise(h)), est.frozen():
         value, grad = estimate(est, logits, problem.loss)
     L = problem.loss(h)
     torch.testing.assert_close(grad, (h - p) * (L[:, None] - 0.7), rtol=0, atol=1e-6)
@@ -233,8 +234,8 @@ def test_reinforce_ma_baseline_follows_observed_batches(replay_setup):
     batches = [h, h.flip(0), 1 - h]
     baseline = 0.0  # no observation yet
     for batch in batches:
-        est.rng = ReplayNoise(batch)
-        _, grad = estimate(est, logits, problem.loss)
+        with est.drawing_from(ReplayNoise(batch)):
+            _, grad = estimate(est, logits, problem.loss)
         L = problem.loss(batch)
         torch.testing.assert_close(grad, (batch - p) * (L[:, None] - baseline), rtol=0, atol=1e-12)
         # the first observation sets the average, later ones blend in with weight 1 - decay
@@ -247,8 +248,7 @@ def test_reinforce_optimal_known_state(replay_setup):
     est = build_estimator("reinforce-optimal")
     est.numerator = torch.tensor([0.3, -1.2, 0.5], dtype=F64)
     est.denominator = torch.tensor([0.2, 0.4, 0.0], dtype=F64)  # unit 2: no data -> baseline 0
-    est.rng = ReplayNoise(h)
-    with est.frozen():
+    with est.drawing_from(ReplayNoise(h)), est.frozen():
         _, grad = estimate(est, logits, problem.loss)
     baseline = torch.tensor([1.5, -3.0, 0.0], dtype=F64)
     torch.testing.assert_close(grad, (h - p) * (problem.loss(h)[:, None] - baseline), rtol=0, atol=1e-12)
@@ -262,8 +262,8 @@ def test_reinforce_optimal_baseline_is_eq10_from_observed_batches(replay_setup):
     est = build_estimator("reinforce-optimal", {"decay": decay})
     num = den = None
     for batch in [h, h.flip(0), 1 - h, h.roll(3, 0)]:
-        est.rng = ReplayNoise(batch)
-        _, grad = estimate(est, logits, problem.loss)
+        with est.drawing_from(ReplayNoise(batch)):
+            _, grad = estimate(est, logits, problem.loss)
         L = problem.loss(batch)
         baseline = torch.zeros(UNITS, dtype=F64) if num is None else num / den
         torch.testing.assert_close(grad, (batch - p) * (L[:, None] - baseline), rtol=0, atol=1e-12)
@@ -283,8 +283,9 @@ def test_reinforce_loo_by_replay(quad):
     logits = random_logits(rows, UNITS)
     p = torch.sigmoid(logits)
     est = build_estimator("reinforce-loo", {"K": K})
-    est.rng = replay = ReplayNoise(configs)
-    value, grad = estimate(est, logits, quad.loss)
+    replay = ReplayNoise(configs)
+    with est.drawing_from(replay):
+        value, grad = estimate(est, logits, quad.loss)
     assert replay.offset == K * UNITS
     expected = torch.zeros(rows, UNITS, dtype=F64)
     losses = []
@@ -302,8 +303,8 @@ def test_reinforce_loo_by_replay(quad):
 def test_straight_through_by_replay(replay_setup):
     problem, h, logits, p = replay_setup
     est = build_estimator("straight-through")
-    est.rng = ReplayNoise(h)
-    value, grad = estimate(est, logits, problem.loss)
+    with est.drawing_from(ReplayNoise(h)):
+        value, grad = estimate(est, logits, problem.loss)
     torch.testing.assert_close(grad, dloss_dh(problem, h), rtol=0, atol=1e-12)
     torch.testing.assert_close(value, problem.loss(h), rtol=0, atol=1e-12)
 
@@ -311,8 +312,8 @@ def test_straight_through_by_replay(replay_setup):
 def test_straight_through_sigmoid_by_replay(replay_setup):
     problem, h, logits, p = replay_setup
     est = build_estimator("straight-through-sigmoid")
-    est.rng = ReplayNoise(h)
-    value, grad = estimate(est, logits, problem.loss)
+    with est.drawing_from(ReplayNoise(h)):
+        value, grad = estimate(est, logits, problem.loss)
     torch.testing.assert_close(grad, dloss_dh(problem, h) * p * (1 - p), rtol=0, atol=1e-12)
     torch.testing.assert_close(value, problem.loss(h), rtol=0, atol=1e-12)
 
@@ -320,8 +321,9 @@ def test_straight_through_sigmoid_by_replay(replay_setup):
 def test_sts_by_replay(replay_setup):
     problem, b, logits, p = replay_setup
     est = build_estimator("sts")
-    est.rng = replay = ReplayNoise(b)
-    value, grad = estimate(est, logits, problem.loss)
+    replay = ReplayNoise(b)
+    with est.drawing_from(replay):
+        value, grad = estimate(est, logits, problem.loss)
     h = b * p.sqrt()
     dsqrt_p = p.sqrt() * (1 - p) / 2  # d sqrt(sigm(a)) / da
     torch.testing.assert_close(grad, dloss_dh(problem, h) * b * dsqrt_p, rtol=0, atol=1e-12)
@@ -336,8 +338,9 @@ def test_sts_proposition_2_by_enumeration():
     logits = random_logits(units)
     configs = all_configurations(units, F64)
     est = build_estimator("sts")
-    est.rng = replay = ReplayNoise(configs)
-    h = est.sample(logits.expand(2**units, units))
+    replay = ReplayNoise(configs)
+    with est.drawing_from(replay):
+        h = est.sample(logits.expand(2**units, units))
     weight = replay.log_prob.exp()
     p = torch.sigmoid(logits)
     torch.testing.assert_close((weight[:, None] * h).sum(0), p, rtol=0, atol=1e-12)
@@ -379,8 +382,9 @@ def test_spsa_by_recorded_noise(quad):
     c = 0.3
     logits = random_logits(6, UNITS)
     est = build_estimator("spsa", {"c": c})
-    est.rng = noise = RecordingNoise(1)
-    value, grad = estimate(est, logits, quad.loss)
+    noise = RecordingNoise(1)
+    with est.drawing_from(noise):
+        value, grad = estimate(est, logits, quad.loss)
     assert noise.kinds() == ["uniform", "rademacher"]
     u, D = noise.draws[0][1], noise.draws[1][1]
     up = quad.loss((u < torch.sigmoid(logits + c * D)).to(F64))
@@ -393,8 +397,9 @@ def test_finite_difference_by_recorded_noise(quad):
     eps = 0.25
     logits = random_logits(6, UNITS)
     est = build_estimator("finite-difference", {"eps": eps})
-    est.rng = noise = RecordingNoise(2)
-    value, grad = estimate(est, logits, quad.loss)
+    noise = RecordingNoise(2)
+    with est.drawing_from(noise):
+        value, grad = estimate(est, logits, quad.loss)
     assert noise.kinds() == ["uniform"]
     u = noise.draws[0][1]
     expected = torch.zeros_like(logits)
@@ -415,8 +420,9 @@ def test_noisy_rectifier_by_recorded_noise(quad, noise_kind):
     std = 0.7
     logits = random_logits(6, UNITS)
     est = build_estimator("noisy-rectifier", {"std": std, "noise": noise_kind})
-    est.rng = noise = RecordingNoise(3)
-    value, grad = estimate(est, logits, quad.loss)
+    noise = RecordingNoise(3)
+    with est.drawing_from(noise):
+        value, grad = estimate(est, logits, quad.loss)
     assert noise.kinds() == ["normal" if noise_kind == "gaussian" else "logistic"]
     pre = logits + std * noise.draws[0][1]
     h = pre.clamp_min(0)
@@ -432,8 +438,9 @@ def test_sigmoid_noise_by_recorded_noise(quad):
     std = 0.5
     logits = random_logits(6, UNITS)
     est = build_estimator("sigmoid-noise", {"std": std})
-    est.rng = noise = RecordingNoise(4)
-    value, grad = estimate(est, logits, quad.loss)
+    noise = RecordingNoise(4)
+    with est.drawing_from(noise):
+        value, grad = estimate(est, logits, quad.loss)
     assert noise.kinds() == ["normal"]
     s = torch.sigmoid(logits + std * noise.draws[0][1])
     torch.testing.assert_close(grad, dloss_dh(quad, s) * s * (1 - s), rtol=0, atol=1e-12)
@@ -446,8 +453,9 @@ def test_sigmoid_noise_by_recorded_noise(quad):
 def test_sts_beta_noise_by_recorded_noise(quad):
     est = build_estimator("sts", {"beta_noise": 40.1})
     logits = random_logits(6, UNITS)
-    est.rng = noise = RecordingNoise(5)
-    value, grad = estimate(est, logits, quad.loss)
+    noise = RecordingNoise(5)
+    with est.drawing_from(noise):
+        value, grad = estimate(est, logits, quad.loss)
     assert noise.kinds() == ["beta", "bernoulli"]
     x = (logits + est.beta_scale * noise.draws[0][1]).detach().requires_grad_(True)
     smooth = torch.sigmoid(x).sqrt()
@@ -587,9 +595,9 @@ def test_perturbation_estimators_are_unbiased_for_their_smoothed_target(name, st
         params = {"c": step}
     truth = problem.exact_gradient()
     assert float(torch.linalg.vector_norm(target - truth)) > 0.04
-    est = seeded(build_estimator(name, params), 0)
-    n = 50_000
-    grads = problem.sample_gradients(est, n)
+    with seeded(build_estimator(name, params), 0) as est:
+        n = 50_000
+        grads = problem.sample_gradients(est, n)
     pvalues = []
     for reference in (target, truth):
         moments = GradientMoments(reference, n)
@@ -683,7 +691,7 @@ def _logits_and_loss(units=4, rows=64):
 
 @pytest.mark.parametrize("spec", INSTANCES, ids=INSTANCE_IDS)
 def test_binary_forward_is_truthful(spec):
-    est = seeded(build_estimator(*spec), 1)
+    est = build_estimator(*spec)
     logits, problem = _logits_and_loss()
     seen = []
 
@@ -691,7 +699,8 @@ def test_binary_forward_is_truthful(spec):
         seen.append(h.detach().clone())
         return problem.loss(h)
 
-    estimate(est, logits, recording_loss)
+    with seeded(est, 1):
+        estimate(est, logits, recording_loss)
     # the units' output is binary; muprop/rebar/relax also evaluate the loss at non-binary points as control variates
     is_binary = any(bool(((h == 0) | (h == 1)).all()) for h in seen)
     assert is_binary == est.binary_forward, f"binary_forward={est.binary_forward}, saw binary={is_binary}"
@@ -708,14 +717,17 @@ def test_needs_loss_backprop_is_truthful(spec):
     est = build_estimator(*spec)
     if not est.needs_loss_backprop:
         # only the loss value is used: the gradient is identical with a detached loss
-        _, expected = estimate(seeded(copy.deepcopy(est), 2), logits, problem.loss)
-        value, got = estimate(seeded(copy.deepcopy(est), 2), logits, detached_loss)
+        with seeded(copy.deepcopy(est), 2) as twin:
+            _, expected = estimate(twin, logits, problem.loss)
+        with seeded(copy.deepcopy(est), 2) as twin:
+            value, got = estimate(twin, logits, detached_loss)
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
         assert float(got.abs().sum()) > 0
     else:
         # without back-propagation through the loss there is no gradient to be had
         try:
-            _, got = estimate(seeded(est, 2), logits, detached_loss)
+            with seeded(est, 2):
+                _, got = estimate(est, logits, detached_loss)
         except RuntimeError:
             return
         assert float(got.abs().sum()) == 0.0
@@ -727,36 +739,107 @@ def test_randomness_and_bernoulli_draws_are_truthful(spec):
     units, rows = 3, 5
     logits, problem = _logits_and_loss(units, rows)
     configs = torch.randint(0, 2, (rows, 64), generator=torch.Generator().manual_seed(0)).to(F64)
-    est.rng = replay = ReplayNoise(configs)
-    if est.randomness == "continuous":
-        with pytest.raises(NotEnumerable):
-            est(logits, problem.loss)
-        assert est.bernoulli_draws(units) == 0
-        return
-    est(logits, problem.loss)
-    assert replay.offset == est.bernoulli_draws(units)
-    if est.randomness == "none":
-        assert est.bernoulli_draws(units) == 0
-    else:
-        assert est.bernoulli_draws(units) > 0
+    replay = ReplayNoise(configs)
+    with est.drawing_from(replay):
+        if est.randomness == "continuous":
+            with pytest.raises(NotEnumerable):
+                est(logits, problem.loss)
+            assert est.bernoulli_draws(units) == 0
+            return
+        est(logits, problem.loss)
+        assert replay.offset == est.bernoulli_draws(units)
+        if est.randomness == "none":
+            assert est.bernoulli_draws(units) == 0
+        else:
+            assert est.bernoulli_draws(units) > 0
 
 
 @pytest.mark.parametrize("spec", INSTANCES, ids=INSTANCE_IDS)
 def test_stateful_is_truthful_and_frozen_holds_state(spec):
-    est = seeded(build_estimator(*spec), 0)
-    logits, problem = _logits_and_loss()
-    estimate(est, logits, problem.loss)  # first call may size the buffers
-    before = {k: v.clone() for k, v in est.state_dict().items()}
-    with est.frozen():
+    with seeded(build_estimator(*spec), 0) as est:
+        logits, problem = _logits_and_loss()
+        estimate(est, logits, problem.loss)  # first call may size the buffers
+        before = {k: v.clone() for k, v in est.state_dict().items()}
+        with est.frozen():
+            estimate(est, logits, problem.loss)
+        assert est.update_state is True
+        after_frozen = est.state_dict()
+        assert before.keys() == after_frozen.keys()
+        for key in before:
+            assert torch.equal(before[key], after_frozen[key]), key
         estimate(est, logits, problem.loss)
-    assert est.update_state is True
-    after_frozen = est.state_dict()
-    assert before.keys() == after_frozen.keys()
-    for key in before:
-        assert torch.equal(before[key], after_frozen[key]), key
-    estimate(est, logits, problem.loss)
-    changed = any(not torch.equal(before[k], v) for k, v in est.state_dict().items())
-    assert changed == est.stateful
+        changed = any(not torch.equal(before[k], v) for k, v in est.state_dict().items())
+        assert changed == est.stateful
+
+
+PARAMETER_TRAITS = [  # (name, params, trait, class default, this instance's answer)
+    ("nvil", {"normalise": True}, "unbiased", True, False),
+    ("nvil", {"normalise": True}, "stateful", False, True),
+    ("sts", {"beta_noise": 40.1}, "randomness", "bernoulli", "continuous"),
+    ("noisy-rectifier", {"target_rate": 0.2}, "stateful", False, True),
+]
+
+
+@pytest.mark.parametrize("name, params, trait, default, answer", PARAMETER_TRAITS,
+                         ids=[f"{n}-{t}" for n, _, t, *_ in PARAMETER_TRAITS])
+def test_a_parameter_changes_a_trait_per_instance_never_the_class_default(name, params, trait, default, answer):
+    # the class keeps the declared default (what `bench list` shows); the instance answers for
+    # its own parameters, also in traits() (what a run stores); nobody can overwrite it
+    cls = ESTIMATORS.entry(name).cls
+    est = build_estimator(name, params)
+    assert getattr(cls, trait) == default and getattr(build_estimator(name), trait) == default
+    assert getattr(est, trait) == answer and est.traits()[trait] == answer
+    assert getattr(cls, trait) == default  # building the instance changed nothing on the class
+    with pytest.raises(AttributeError, match="computed from the estimator's parameters"):
+        setattr(est, trait, default)
+    assert trait not in vars(est)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_class_traits_are_those_of_the_default_instance(name):
+    # `bench list` reads traits from the class: they must describe the estimator at its defaults
+    cls = ESTIMATORS.entry(name).cls
+    assert {key: getattr(cls, key) for key in build_estimator(name).traits()} == build_estimator(name).traits()
+
+
+class _Tagged(Noise):
+    def __init__(self, tag: str):
+        super().__init__(torch.Generator().manual_seed(0))
+        self.tag = tag
+
+
+def test_drawing_from_scopes_the_noise_source_and_restores_it():
+    est = build_estimator("reinforce")
+    default = est.rng
+    outer, inner = _Tagged("outer"), _Tagged("inner")
+    with est.drawing_from(outer) as entered:
+        assert entered is est and est.rng is outer
+        with est.drawing_from(inner):  # nested: the inner block draws from its own source ...
+            assert est.rng is inner
+        assert est.rng is outer  # ... and hands the outer one back
+    assert est.rng is default
+    with pytest.raises(RuntimeError, match="boom"), est.drawing_from(outer):
+        assert est.rng is outer
+        raise RuntimeError("boom")
+    assert est.rng is default  # restored on an exception too
+
+
+def test_drawing_from_reaches_layer_copies_made_before_and_inside_the_block():
+    est = build_estimator("reinforce-optimal")
+    before = est.layer(1)
+    noise = _Tagged("scoped")
+    with est.drawing_from(noise):
+        assert before.rng is noise and est.layer(2).rng is noise and est.layer(1) is before
+    assert all(est.layer(i).rng is est.rng for i in range(3)) and est.rng is not noise
+
+
+def test_drawing_from_gives_the_draws_of_the_source_handed_in():
+    logits = random_logits(16, UNITS)
+    est = build_estimator("straight-through").to(F64)
+    with est.drawing_from(Noise(torch.Generator().manual_seed(3))):
+        h = est.sample(logits)
+    u = torch.rand(16, UNITS, generator=torch.Generator().manual_seed(3), dtype=F64)
+    assert torch.equal(h.detach(), (u < torch.sigmoid(logits)).to(F64))
 
 
 # =============================================================================================
@@ -857,26 +940,29 @@ def _sts_noise(est, logits):
 
 def test_sts_beta_noise_eval_uses_the_mean_and_training_draws_beta():
     est = build_estimator("sts", {"beta_noise": 40.1})
-    est.rng = OnesNoise(torch.Generator().manual_seed(0))
-    alpha, beta = est.beta_alpha, 40.1
-    logits = torch.zeros(4000, 5, dtype=F64)
-    est.eval()
-    first, second = _sts_noise(est, logits), _sts_noise(est, logits)
-    torch.testing.assert_close(first, torch.full_like(first, alpha / (alpha + beta)), rtol=0, atol=1e-10)
-    assert torch.equal(first, second)
-    est.train()
-    first, second = _sts_noise(est, logits), _sts_noise(est, logits)
-    assert not torch.equal(first, second)
-    # the recovered noise is Beta(alpha, beta): KS test, false alarm 0.1% at a random seed
-    ks = scipy.stats.kstest(first.flatten().numpy(), scipy.stats.beta(alpha, beta).cdf)
-    assert ks.pvalue > 1e-3
+    with est.drawing_from(OnesNoise(torch.Generator().manual_seed(0))):
+        alpha, beta = est.beta_alpha, 40.1
+        logits = torch.zeros(4000, 5, dtype=F64)
+        est.eval()
+        first, second = _sts_noise(est, logits), _sts_noise(est, logits)
+        torch.testing.assert_close(first, torch.full_like(first, alpha / (alpha + beta)), rtol=0, atol=1e-10)
+        assert torch.equal(first, second)
+        est.train()
+        first, second = _sts_noise(est, logits), _sts_noise(est, logits)
+        assert not torch.equal(first, second)
+        # the recovered noise is Beta(alpha, beta): KS test, false alarm 0.1% at a random seed
+        ks = scipy.stats.kstest(first.flatten().numpy(), scipy.stats.beta(alpha, beta).cdf)
+        assert ks.pvalue > 1e-3
 
 
 def test_sts_beta_noise_is_seeded():
     logits = torch.zeros(50, 3, dtype=F64)
-    a = make("sts", seed=7, beta_noise=40.1).sample(logits)
-    b = make("sts", seed=7, beta_noise=40.1).sample(logits)
-    c = make("sts", seed=8, beta_noise=40.1).sample(logits)
+
+    def sample(seed: int) -> torch.Tensor:
+        with make("sts", seed=seed, beta_noise=40.1) as est:
+            return est.sample(logits)
+
+    a, b, c = sample(7), sample(7), sample(8)
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
@@ -887,8 +973,8 @@ def test_noisy_rectifier_logistic_proposition_1():
     # P(h > 0) = sigm(a) (1a) and E[h] = softplus(a) (1b); tolerance 5 standard errors per
     # coordinate: two-sided false-alarm rate 6e-7 each, ~6e-6 over the 10 comparisons.
     n = 20_000
-    est = make("noisy-rectifier", seed=0, noise="logistic", std=1.0)
-    h = est.sample(A_GRID.expand(n, -1))
+    with make("noisy-rectifier", seed=0, noise="logistic", std=1.0) as est:
+        h = est.sample(A_GRID.expand(n, -1))
     fired = (h > 0).to(F64)
     p = torch.sigmoid(A_GRID)
     assert ((fired.mean(0) - p).abs() < 5 * (p * (1 - p) / n).sqrt()).all()
@@ -899,26 +985,27 @@ def test_noisy_rectifier_logistic_proposition_1():
 def test_noisy_rectifier_gaussian_fires_with_normal_cdf():
     # the default noise: P(a + std z > 0) = Phi(a / std); 5 standard errors as above
     n, std = 20_000, 1.0
-    h = make("noisy-rectifier", seed=1, std=std).sample(A_GRID.expand(n, -1))
+    with make("noisy-rectifier", seed=1, std=std) as est:
+        h = est.sample(A_GRID.expand(n, -1))
     p = torch.from_numpy(scipy.stats.norm.cdf(A_GRID.numpy() / std))
     assert (((h > 0).to(F64).mean(0) - p).abs() < 5 * (p * (1 - p) / n).sqrt()).all()
 
 
 @pytest.mark.parametrize("target, start", [(0.3, -3.0), (0.05, 1.0)], ids=["raise-rate", "lower-rate"])
 def test_firing_rate_control_moves_rate_to_target(target, start):
-    est = make("noisy-rectifier", seed=0, target_rate=target)
-    logits = torch.full((100, 8), start)
-    initial = float((est.sample(logits) > 0).float().mean())
-    rates = [float((est.sample(logits) > 0).float().mean()) for _ in range(1500)]
-    settled = float(np.mean(rates[-500:]))
-    # the controller overshoots and settles within ~1000 steps; after that the rate tracks the target
-    assert abs(initial - target) > 0.2
-    assert abs(settled - target) < 0.01
-    assert (est.bias_shift > 0).all() if target > initial else (est.bias_shift < 0).all()
-    with est.frozen():
-        shift = est.bias_shift.clone()
-        est.sample(logits)
-    assert torch.equal(shift, est.bias_shift)
+    with make("noisy-rectifier", seed=0, target_rate=target) as est:
+        logits = torch.full((100, 8), start)
+        initial = float((est.sample(logits) > 0).float().mean())
+        rates = [float((est.sample(logits) > 0).float().mean()) for _ in range(1500)]
+        settled = float(np.mean(rates[-500:]))
+        # the controller overshoots and settles within ~1000 steps; after that the rate tracks the target
+        assert abs(initial - target) > 0.2
+        assert abs(settled - target) < 0.01
+        assert (est.bias_shift > 0).all() if target > initial else (est.bias_shift < 0).all()
+        with est.frozen():
+            shift = est.bias_shift.clone()
+            est.sample(logits)
+        assert torch.equal(shift, est.bias_shift)
 
 
 def test_firing_rate_control_update_rule_by_hand():
@@ -927,18 +1014,19 @@ def test_firing_rate_control_update_rule_by_hand():
     target, decay, step, std = 0.2, 0.9, 0.5, 1.0
     est = build_estimator("noisy-rectifier", {"target_rate": target, "rate_decay": decay,
                                               "bias_step": step, "std": std})
-    est.rng = noise = RecordingNoise(6)
-    logits = random_logits(50, 3)
-    firing = torch.full((3,), target, dtype=F64)
-    shift = torch.zeros(3, dtype=F64)
-    for call in range(3):
-        h = est.sample(logits)
-        expected_h = (logits + shift + std * noise.draws[call][1]).clamp_min(0)
-        torch.testing.assert_close(h, expected_h, rtol=0, atol=1e-12)
-        firing = decay * firing + (1 - decay) * (expected_h > 0).to(F64).mean(0)
-        shift = shift + step * (target - firing)
-        torch.testing.assert_close(est.firing_rate, firing, rtol=0, atol=1e-12)
-        torch.testing.assert_close(est.bias_shift, shift, rtol=0, atol=1e-12)
+    noise = RecordingNoise(6)
+    with est.drawing_from(noise):
+        logits = random_logits(50, 3)
+        firing = torch.full((3,), target, dtype=F64)
+        shift = torch.zeros(3, dtype=F64)
+        for call in range(3):
+            h = est.sample(logits)
+            expected_h = (logits + shift + std * noise.draws[call][1]).clamp_min(0)
+            torch.testing.assert_close(h, expected_h, rtol=0, atol=1e-12)
+            firing = decay * firing + (1 - decay) * (expected_h > 0).to(F64).mean(0)
+            shift = shift + step * (target - firing)
+            torch.testing.assert_close(est.firing_rate, firing, rtol=0, atol=1e-12)
+            torch.testing.assert_close(est.bias_shift, shift, rtol=0, atol=1e-12)
 
 
 # =============================================================================================
@@ -950,16 +1038,18 @@ def test_extra_batch_dims(spec):
     units = 4
     problem = problems.build_problem("bernoulli-quadratic", {"d": units}).to(F64)
     logits = random_logits(2, 5, units, seed=4)
-    value, grad = estimate(make(*spec[:1], seed=9, **spec[1]), logits, problem.loss)
+    with make(*spec[:1], seed=9, **spec[1]) as est:
+        value, grad = estimate(est, logits, problem.loss)
     assert value.shape == (2, 5) and grad.shape == (2, 5, units)
     # the same draws on a flat (10, units) batch give the same rows
-    flat_value, flat_grad = estimate(make(*spec[:1], seed=9, **spec[1]), logits.reshape(10, units), problem.loss)
+    with make(*spec[:1], seed=9, **spec[1]) as est:
+        flat_value, flat_grad = estimate(est, logits.reshape(10, units), problem.loss)
     torch.testing.assert_close(value, flat_value.reshape(2, 5))
     torch.testing.assert_close(grad, flat_grad.reshape(2, 5, units))
     # each surrogate entry depends on its own row of logits only
-    est = make(*spec[:1], seed=9, **spec[1])
     x = logits.clone().requires_grad_(True)
-    surrogate = est(x, problem.loss)
+    with make(*spec[:1], seed=9, **spec[1]) as est:
+        surrogate = est(x, problem.loss)
     (row_grad,) = torch.autograd.grad(surrogate[1, 2], x, allow_unused=True)
     if row_grad is None:
         row_grad = torch.zeros_like(x)

@@ -65,8 +65,8 @@ class GivenNoise(Noise):
 
 
 def seeded(estimator, seed: int = 0):
-    estimator.rng = Noise(torch.Generator().manual_seed(seed))
-    return estimator
+    """``with seeded(estimator, seed) as est:`` -- est draws from a generator seeded with ``seed``."""
+    return estimator.drawing_from(Noise(torch.Generator().manual_seed(seed)))
 
 
 def estimate(estimator, logits, loss_fn):
@@ -98,8 +98,7 @@ def dloss_dh(quad, h):
 
 def mc_metrics(prob, estimator, n: int, seed: int) -> dict:
     """Metrics (jackknife standard errors, unbiasedness test) of n frozen estimates."""
-    seeded(estimator, seed)
-    with estimator.frozen():
+    with seeded(estimator, seed), estimator.frozen():
         grads = prob.sample_gradients(estimator, n)
     moments = GradientMoments(prob.reference().gradient, n)
     moments.add(grads)
@@ -114,15 +113,15 @@ def exact_metrics(estimator, prob) -> dict:
 
 def adapt(prob, estimator, steps: int, seed: int = 1, batch: int = 64):
     """The contract's adaptation: zero grads, one call (update_state True), an Adam step."""
-    seeded(estimator, seed)
     optimizer = None
-    for _ in range(steps):
-        for p in estimator.parameters():
-            p.grad = None
-        prob.sample_gradients(estimator, batch)
-        if optimizer is None:
-            optimizer = torch.optim.Adam(estimator.parameters(), lr=estimator.adaptation_lr)
-        optimizer.step()
+    with seeded(estimator, seed):
+        for _ in range(steps):
+            for p in estimator.parameters():
+                p.grad = None
+            prob.sample_gradients(estimator, batch)
+            if optimizer is None:
+                optimizer = torch.optim.Adam(estimator.parameters(), lr=estimator.adaptation_lr)
+            optimizer.step()
     for p in estimator.parameters():
         p.grad = None
     return estimator
@@ -159,8 +158,9 @@ def test_arm_by_given_uniforms(quad):
     logits = random_logits(16, 3, scale=1.5)
     u = draws(16, 3, seed=1)
     est = build_estimator("arm")
-    est.rng = noise = GivenNoise(("uniform", u))
-    value, grad = estimate(est, logits, quad.loss)
+    noise = GivenNoise(("uniform", u))
+    with est.drawing_from(noise):
+        value, grad = estimate(est, logits, quad.loss)
     assert not noise.draws
     first = (u > torch.sigmoid(-logits)).to(F64)
     second = (u < torch.sigmoid(logits)).to(F64)
@@ -192,8 +192,9 @@ def test_disarm_by_replay(quad):
     logits = random_logits(64, 3, scale=2.0)
     logits[:2] = 0.0
     est = build_estimator("disarm")
-    est.rng = replay = ReplayNoise(bits)
-    value, grad = estimate(est, logits, quad.loss)
+    replay = ReplayNoise(bits)
+    with est.drawing_from(replay):
+        value, grad = estimate(est, logits, quad.loss)
     assert replay.offset == 6
     b, b_anti, log_prob = _disarm_pair_by_hand(bits, logits)
     Lb, La = quad.loss(b), quad.loss(b_anti)
@@ -215,8 +216,9 @@ def test_disarm_pair_has_the_antithetic_law(logit):
         return h.sum(-1)
 
     est = build_estimator("disarm")
-    est.rng = replay = ReplayNoise(bits)
-    est(torch.full((4, 1), logit, dtype=F64), recording_loss)
+    replay = ReplayNoise(bits)
+    with est.drawing_from(replay):
+        est(torch.full((4, 1), logit, dtype=F64), recording_loss)
     pair = seen[0][:, :, 0].T  # rows: outcomes; columns: b, b~
     weight = replay.log_prob.exp()
     p = 1 / (1 + math.exp(-logit))
@@ -233,8 +235,9 @@ def test_muprop_by_replay(quad):
     logits = random_logits(8, 3, seed=2, scale=1.5)
     mu = torch.sigmoid(logits)
     est = build_estimator("muprop")
-    est.rng = replay = ReplayNoise(bits)
-    value, grad = estimate(est, logits, quad.loss)
+    replay = ReplayNoise(bits)
+    with est.drawing_from(replay):
+        value, grad = estimate(est, logits, quad.loss)
     centred = bits - mu
     residual = ((centred @ quad.A) * centred).sum(-1)
     expected = residual[:, None] * centred + dloss_dh(quad, mu) * mu * (1 - mu)
@@ -255,8 +258,8 @@ def test_nvil_by_replay(quad, normalise):
         est.signal_mean.fill_(0.3)
         est.signal_var.fill_(6.25)
         est.seen.fill_(True)
-    est.rng = ReplayNoise(bits)
-    value, grad = estimate(est, logits, quad.loss)
+    with est.drawing_from(ReplayNoise(bits)):
+        value, grad = estimate(est, logits, quad.loss)
     L = quad.loss(bits)
     C, _ = mlp_by_hand(est.baseline, logits)
     p = torch.sigmoid(logits)
@@ -324,8 +327,9 @@ def test_rebar_relax_by_given_noise(quad, name):
     if name == "relax":
         set_network(est.network, 6, seed=8)
         network = [p.detach().clone() for p in est.network.parameters()]
-    est.rng = noise = GivenNoise(("logistic", e1), ("logistic", e2))
-    value, grad = estimate(est, logits, quad.loss)
+    noise = GivenNoise(("logistic", e1), ("logistic", e2))
+    with est.drawing_from(noise):
+        value, grad = estimate(est, logits, quad.loss)
     assert not noise.draws
     # the parameters as stored (created in float32, then moved to float64)
     log_t, eta = est.log_temperature.detach().clone(), est.eta.detach().clone()
@@ -363,9 +367,9 @@ def test_value_is_the_loss_at_the_binary_evaluations(name, quad):
             binary.append(h.detach())
         return ((h @ A) * h).sum(-1) + h @ quad.b
 
-    est = seeded(build_estimator(name).to(F64), 3)
-    logits = random_logits(64, 3, seed=9)
-    surrogate = est(logits.clone().requires_grad_(True), loss_fn)
+    with seeded(build_estimator(name).to(F64), 3) as est:
+        logits = random_logits(64, 3, seed=9)
+        surrogate = est(logits.clone().requires_grad_(True), loss_fn)
     (dA,) = torch.autograd.grad(surrogate.sum(), A)
     rows = torch.cat([h.reshape(-1, 64, 3) for h in binary])
     assert rows.shape[0] == (2 if name in ("arm", "disarm") else 1)
@@ -378,7 +382,8 @@ def test_gradient_reaches_parameters_upstream_of_the_logits(name, quad):
     x = random_logits(64, 5, seed=10)
     W = random_logits(3, 5, seed=11).requires_grad_(True)
     logits = x @ W.T
-    surrogate = seeded(build_estimator(name).to(F64), 4)(logits, quad.loss)
+    with seeded(build_estimator(name).to(F64), 4) as est:
+        surrogate = est(logits, quad.loss)
     dW, dlogits = torch.autograd.grad(surrogate.sum(), [W, logits])
     assert float(dlogits.abs().sum()) > 0
     torch.testing.assert_close(dW, dlogits.T @ x, rtol=0, atol=1e-10)
@@ -388,24 +393,25 @@ def test_gradient_reaches_parameters_upstream_of_the_logits(name, quad):
 def test_own_parameters_get_only_their_objective(name, quad):
     # The surrogate carries no gradient to the estimator's own parameters; the objective's
     # gradient goes into their .grad only while update_state, and nowhere else.
-    est = seeded(build_estimator(name).to(F64), 5)
+    est = build_estimator(name).to(F64)
     theta = quad.b.clone().requires_grad_(True)
     logits = random_logits(64, 3, seed=12).requires_grad_(True)
 
     def loss_fn(h):
         return ((h @ quad.A) * h).sum(-1) + h @ theta
 
-    surrogate = est(logits, loss_fn)
-    own = list(est.parameters())
-    assert own and all(p.grad is not None for p in own)
-    assert any(float(p.grad.abs().sum()) > 0 for p in own)
-    assert theta.grad is None and logits.grad is None
-    assert all(g is None for g in torch.autograd.grad(surrogate.sum(), own, allow_unused=True))
-    for p in own:
-        p.grad = None
-    with est.frozen():
-        est(logits, loss_fn)
-    assert all(p.grad is None for p in own)
+    with seeded(est, 5):
+        surrogate = est(logits, loss_fn)
+        own = list(est.parameters())
+        assert own and all(p.grad is not None for p in own)
+        assert any(float(p.grad.abs().sum()) > 0 for p in own)
+        assert theta.grad is None and logits.grad is None
+        assert all(g is None for g in torch.autograd.grad(surrogate.sum(), own, allow_unused=True))
+        for p in own:
+            p.grad = None
+        with est.frozen():
+            est(logits, loss_fn)
+        assert all(p.grad is None for p in own)
 
 
 def test_nvil_normalised_is_unbiased_in_direction_only(quad):
@@ -418,8 +424,8 @@ def test_nvil_normalised_is_unbiased_in_direction_only(quad):
     est.signal_var.fill_(9.0)
     est.seen.fill_(True)
     bits = all_configurations(3, F64)
-    est.rng = replay = ReplayNoise(bits)
-    with est.frozen():
+    replay = ReplayNoise(bits)
+    with est.drawing_from(replay), est.frozen():
         grads = quad.sample_gradients(est, 8)
     mean = (replay.log_prob.exp()[:, None] * grads).sum(0)
     torch.testing.assert_close(mean, quad.exact_gradient() / 3.0, rtol=0, atol=1e-12)
@@ -491,8 +497,8 @@ def test_enumerated_variance_matches_closed_form_and_monte_carlo(name, closed_fo
 
 def test_disarm_single_unit_at_logit_zero_is_the_gradient():
     # (b - t)^2 at p = 1/2: b~ = 1 - b and every estimate equals (1 - 2t) / 4, whatever b is
-    value, grad = estimate(seeded(build_estimator("disarm")), torch.zeros(1000, 1, dtype=F64),
-                           _target(1, 0.45, 0.0)[0].loss)
+    with seeded(build_estimator("disarm")) as est:
+        value, grad = estimate(est, torch.zeros(1000, 1, dtype=F64), _target(1, 0.45, 0.0)[0].loss)
     torch.testing.assert_close(grad, torch.full_like(grad, 0.1 / 4), rtol=0, atol=1e-15)
 
 
@@ -514,8 +520,7 @@ def test_nvil_one_unit_variance_with_a_fixed_baseline():
 
 
 def _given_estimates(est, prob, *draws_):
-    est.rng = GivenNoise(*draws_)
-    with est.frozen():
+    with est.drawing_from(GivenNoise(*draws_)), est.frozen():
         return prob.sample_gradients(est, draws_[0][1].shape[0])
 
 
@@ -664,7 +669,8 @@ def adapted():
 def test_adapted_relaxations_pass_the_z_test(adapted, name, pname):
     prob, est, _ = adapted[name, pname]
     initial = build_estimator(name)
-    seeded(initial)(prob.logits.detach().expand(2, -1), prob.loss)  # sizes RELAX's network
+    with seeded(initial):
+        initial(prob.logits.detach().expand(2, -1), prob.loss)  # sizes RELAX's network
     change = max(float((p - q).detach().abs().max()) for p, q in zip(est.parameters(), initial.parameters()))
     assert change > 1e-2  # adapted
     assert mc_metrics(prob, est, 100_000, seed=5)["unbiased_pvalue"].value > 1e-3
@@ -688,10 +694,10 @@ def test_adaptation_reduces_variance(adapted, name):
 @pytest.mark.parametrize("log_temperature", [-200.0, -40.0, -18.0, 0.0, 18.0, 40.0, 200.0])
 @pytest.mark.parametrize("name", ADAPTIVE)
 def test_relaxations_stay_finite_at_temperature_extremes(name, log_temperature, dtype, quad):
-    est = seeded(build_estimator(name), 7)
-    with torch.no_grad():
-        est.log_temperature.fill_(log_temperature)
-    _, grad = estimate(est, random_logits(256, 3, seed=15, scale=3.0).to(dtype), quad.to(dtype).loss)
+    with seeded(build_estimator(name), 7) as est:
+        with torch.no_grad():
+            est.log_temperature.fill_(log_temperature)
+        _, grad = estimate(est, random_logits(256, 3, seed=15, scale=3.0).to(dtype), quad.to(dtype).loss)
     assert grad.dtype == dtype and torch.isfinite(grad).all()
     assert all(torch.isfinite(p.grad).all() for p in est.parameters())
 
@@ -716,8 +722,8 @@ def test_low_precision_agrees_with_float64(name, dtype):
     results = {}
     for precision in (F64, dtype):
         copy_ = copy.deepcopy(est)
-        copy_.rng = make_noise()
-        value, grad = estimate(copy_, logits.to(precision), copy.deepcopy(prob).to(precision).loss)
+        with copy_.drawing_from(make_noise()):
+            value, grad = estimate(copy_, logits.to(precision), copy.deepcopy(prob).to(precision).loss)
         assert grad.dtype == precision and value.dtype == precision
         results[precision] = (value.to(F64), grad.to(F64))
     eps = torch.finfo(dtype).eps
@@ -729,10 +735,10 @@ def test_low_precision_agrees_with_float64(name, dtype):
 
 def test_relax_network_takes_each_layer_width():
     # a stacked model's layer copies size their own networks; re-sizing redraws from init_seed
-    est = seeded(build_estimator("relax"), 8)
-    upper = est.layer(1)
-    for estimator, units in ((est, 3), (upper, 5)):
-        estimate(estimator, random_logits(16, units, seed=units), lambda h: (h**2).sum(-1))
+    with seeded(build_estimator("relax"), 8) as est:
+        upper = est.layer(1)
+        for estimator, units in ((est, 3), (upper, 5)):
+            estimate(estimator, random_logits(16, units, seed=units), lambda h: (h**2).sum(-1))
     assert est.network.units == 6 and upper.network.units == 10
     assert {id(p) for p in upper.parameters()}.isdisjoint({id(p) for p in est.network.parameters()})
     state = est.network.state_dict()
@@ -771,4 +777,5 @@ def test_relaxations_need_a_differentiable_loss(name, quad):
             return quad.loss(h)
 
     with pytest.raises(RuntimeError, match="differentiable in h"):
-        seeded(build_estimator(name).to(F64))(random_logits(8, 3).requires_grad_(True), detached)
+        with seeded(build_estimator(name).to(F64)) as est:
+            est(random_logits(8, 3).requires_grad_(True), detached)

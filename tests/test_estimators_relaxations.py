@@ -39,11 +39,12 @@ BINARY = [name for name in NAMES if name != "gumbel-softmax"]
 # =============================================================================================
 
 def seeded(estimator, seed: int = 0):
-    estimator.rng = Noise(torch.Generator().manual_seed(seed))
-    return estimator
+    """``with seeded(estimator, seed) as est:`` -- est draws from a generator seeded with ``seed``."""
+    return estimator.drawing_from(Noise(torch.Generator().manual_seed(seed)))
 
 
 def make(name: str, seed: int = 0, **params):
+    """``with make(name, seed, **params) as est:`` -- a built estimator drawing from ``seed``."""
     return seeded(build_estimator(name, params), seed)
 
 
@@ -123,8 +124,9 @@ def test_gumbel_softmax_by_recorded_noise(quad):
     tau = 0.6
     logits = random_logits(6, UNITS)
     est = build_estimator("gumbel-softmax", {"tau": tau})
-    est.rng = noise = RecordingNoise(1)
-    value, grad = estimate(est, logits, quad.loss)
+    noise = RecordingNoise(1)
+    with est.drawing_from(noise):
+        value, grad = estimate(est, logits, quad.loss)
     assert noise.kinds() == ["logistic"]
     z = logits + noise.draws[0][1]
     h = torch.sigmoid(z / tau)
@@ -136,8 +138,9 @@ def test_st_gumbel_by_recorded_noise(quad):
     tau = 0.6
     logits = random_logits(6, UNITS)
     est = build_estimator("st-gumbel", {"tau": tau})
-    est.rng = noise = RecordingNoise(2)
-    value, grad = estimate(est, logits, quad.loss)
+    noise = RecordingNoise(2)
+    with est.drawing_from(noise):
+        value, grad = estimate(est, logits, quad.loss)
     assert noise.kinds() == ["logistic"]
     z = logits + noise.draws[0][1]
     h = (z > 0).to(F64)
@@ -151,8 +154,9 @@ def test_gumbel_rao_by_recorded_noise(quad):
     tau, K = 0.6, 5
     logits = random_logits(40, UNITS, seed=3)
     est = build_estimator("gumbel-rao", {"tau": tau, "K": K})
-    est.rng = noise = RecordingNoise(3)
-    value, grad = estimate(est, logits, quad.loss)
+    noise = RecordingNoise(3)
+    with est.drawing_from(noise):
+        value, grad = estimate(est, logits, quad.loss)
     assert noise.kinds() == ["bernoulli", "uniform"]
     h, v = noise.draws[0][1], noise.draws[1][1]
     assert v.shape == (K, 40, UNITS)
@@ -170,8 +174,9 @@ def replayed(name, params, problem, logits):
     """One estimate per configuration of the units' bits, replayed."""
     configs = all_configurations(UNITS, F64)
     est = build_estimator(name, params)
-    est.rng = replay = ReplayNoise(configs)
-    value, grad = estimate(est, logits, problem.loss)
+    replay = ReplayNoise(configs)
+    with est.drawing_from(replay):
+        value, grad = estimate(est, logits, problem.loss)
     assert replay.offset == UNITS
     return configs, value, grad, replay
 
@@ -259,12 +264,13 @@ def test_slope_annealed_st_by_replay_follows_the_schedule(quad):
     for call, expected_slope, frozen in [(0, 2.0, False), (1, 2.5, True), (1, 2.5, False), (2, 3.0, False),
                                          (3, 3.0, False)]:
         assert int(est.steps) == call
-        est.rng = replay = ReplayNoise(configs)
-        if frozen:
-            with est.frozen():
+        replay = ReplayNoise(configs)
+        with est.drawing_from(replay):
+            if frozen:
+                with est.frozen():
+                    value, grad = estimate(est, logits, quad.loss)
+            else:
                 value, grad = estimate(est, logits, quad.loss)
-        else:
-            value, grad = estimate(est, logits, quad.loss)
         s = expected_slope
         ps = torch.sigmoid(s * logits)
         torch.testing.assert_close(value, quad.loss(configs), rtol=0, atol=0)
@@ -275,15 +281,15 @@ def test_slope_annealed_st_by_replay_follows_the_schedule(quad):
 
 def test_slope_annealed_st_counts_steps_per_layer():
     # a stacked model uses estimator.layer(i): each layer's slope follows its own calls, frozen or not
-    est = make("slope-annealed-st", seed=0, slope=1.0, growth=0.25)
-    logits = torch.zeros(4, 2, dtype=F64)
-    est.layer(1)  # layer copies are made on first use, from the state at that time
-    for _ in range(3):
-        est.layer(0).sample(logits)
-    est.layer(1).sample(logits)
-    with est.frozen():
+    with make("slope-annealed-st", seed=0, slope=1.0, growth=0.25) as est:
+        logits = torch.zeros(4, 2, dtype=F64)
+        est.layer(1)  # layer copies are made on first use, from the state at that time
+        for _ in range(3):
+            est.layer(0).sample(logits)
         est.layer(1).sample(logits)
-    assert est.layer(0).current_slope == 1.75 and est.layer(1).current_slope == 1.25
+        with est.frozen():
+            est.layer(1).sample(logits)
+        assert est.layer(0).current_slope == 1.75 and est.layer(1).current_slope == 1.25
 
 
 def test_slope_annealed_st_at_slope_one_is_straight_through_sigmoid(quad):
@@ -292,8 +298,8 @@ def test_slope_annealed_st_at_slope_one_is_straight_through_sigmoid(quad):
     results = []
     for name, params in [("slope-annealed-st", {"slope": 1.0, "growth": 0.0}), ("straight-through-sigmoid", {})]:
         est = build_estimator(name, params)
-        est.rng = ReplayNoise(configs)
-        results.append(estimate(est, logits, quad.loss))
+        with est.drawing_from(ReplayNoise(configs)):
+            results.append(estimate(est, logits, quad.loss))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
     torch.testing.assert_close(results[0][1], results[1][1], rtol=0, atol=1e-15)
 
@@ -309,10 +315,10 @@ def test_declared_randomness_matches_what_is_drawn():
         assert est.unbiased is False and est.needs_loss_backprop is True and est.loss_evaluations(5) == 1
         assert est.binary_forward == (name in BINARY)
         assert est.stateful == (name == "slope-annealed-st")
-        est.rng = ReplayNoise(torch.zeros(4, 64, dtype=F64))
-        if est.randomness == "continuous":
-            with pytest.raises(NotEnumerable):
-                est(torch.zeros(4, 3, dtype=F64), lambda h: h.sum(-1))
+        with est.drawing_from(ReplayNoise(torch.zeros(4, 64, dtype=F64))):
+            if est.randomness == "continuous":
+                with pytest.raises(NotEnumerable):
+                    est(torch.zeros(4, 3, dtype=F64), lambda h: h.sum(-1))
 
 
 # =============================================================================================
@@ -417,8 +423,8 @@ def test_gumbel_rao_large_K_is_the_conditional_expectation(a, tau):
     # the quadrature value E[k_tau(z) | h] within sqrt(Var / K) < 2% of it. |z| < 5 on every one of
     # the 64 rows: false alarm ~4e-5 at a random seed.
     K, rows, c = 20_000, 64, 2.5
-    est = make("gumbel-rao", seed=11, tau=tau, K=K)
-    value, grad = estimate(est, torch.full((rows, 1), a, dtype=F64), lambda h: c * h.sum(-1))
+    with make("gumbel-rao", seed=11, tau=tau, K=K) as est:
+        value, grad = estimate(est, torch.full((rows, 1), a, dtype=F64), lambda h: c * h.sum(-1))
     h = value / c
     means, sds = {}, {}
     for bit in (1, 0):
@@ -608,7 +614,6 @@ class EdgeNoise(Noise):
                          ids=[f"{n}({','.join(f'{k}={v:g}' for k, v in p.items())})" for n, p in EXTREME_SETTINGS])
 def test_extreme_temperatures_and_logits_stay_finite(name, params, noise, dtype):
     est = build_estimator(name, params)
-    est.rng = (Noise if noise == "seeded" else EdgeNoise)(torch.Generator().manual_seed(0))
     logits = EXTREME_LOGITS.to(dtype).expand(64, -1)
     seen = []
 
@@ -616,7 +621,8 @@ def test_extreme_temperatures_and_logits_stay_finite(name, params, noise, dtype)
         seen.append(h.detach())
         return ((h - 0.3) ** 2).sum(-1)
 
-    value, grad = estimate(est, logits, loss)
+    with est.drawing_from((Noise if noise == "seeded" else EdgeNoise)(torch.Generator().manual_seed(0))):
+        value, grad = estimate(est, logits, loss)
     h = seen[0]
     assert torch.isfinite(value).all() and torch.isfinite(grad).all() and torch.isfinite(h).all()
     assert h.dtype == dtype and grad.dtype == dtype
@@ -638,12 +644,12 @@ def test_half_precision_matches_float32_on_the_same_noise(name, dtype):
                                                                                dtype=F64)]).to(dtype)
     weights = torch.tensor([1.0, -2.0, 0.5, 3.0, -0.25])
     params = {"tau": 1e-4} if name in TEMPERED else {}
-    low = make(name, seed=13, **params)
-    value, grad = estimate(low, logits, lambda h: (h * weights.to(h.dtype)).sum(-1))
+    with make(name, seed=13, **params) as low:
+        value, grad = estimate(low, logits, lambda h: (h * weights.to(h.dtype)).sum(-1))
     assert value.dtype == dtype and grad.dtype == dtype
     assert torch.isfinite(value).all() and torch.isfinite(grad).all()
-    full = make(name, seed=13, **params)
-    value32, grad32 = estimate(full, logits.to(torch.float32), lambda h: (h * weights).sum(-1))
+    with make(name, seed=13, **params) as full:
+        value32, grad32 = estimate(full, logits.to(torch.float32), lambda h: (h * weights).sum(-1))
     torch.testing.assert_close(grad, grad32.to(dtype), rtol=0, atol=0)
     tolerance = {torch.float16: 1e-2, torch.bfloat16: 8e-2}[dtype]  # the loss summed in half precision
     torch.testing.assert_close(value.to(torch.float32), value32, rtol=tolerance, atol=tolerance)

@@ -38,15 +38,14 @@ def seeded(seed: int) -> Noise:
 
 
 def build(spec: str) -> Estimator:
-    estimator = estimators.build_estimator(*parse_spec(spec))
-    estimator.rng = seeded(1234)
-    return estimator
+    return estimators.build_estimator(*parse_spec(spec))
 
 
 def fit(problem, spec: str, seed: int = 0):
     """(records by (name, epoch), the estimator) after training ``problem`` with ``spec``."""
     estimator = build(spec)
-    records = {(r.name, r.epoch): r.value for r in problem.fit(estimator, seed)}
+    with estimator.drawing_from(seeded(1234)):
+        records = {(r.name, r.epoch): r.value for r in problem.fit(estimator, seed)}
     return records, estimator
 
 
@@ -148,8 +147,8 @@ def test_reinforce_gater_gradient_is_the_score_function_term_only():
     (h - sigm(a)) L back-propagated through the gater's own layers (paper eq. 6, Lbar = 0)."""
     model, x, y, bits = _tiny_batch()
     estimator = estimators.build_estimator("reinforce")
-    estimator.rng = ReplayNoise(bits)
-    BatchObjective(model, estimator, x, y, None, 0.0, 0.0).objective.backward()
+    with estimator.drawing_from(ReplayNoise(bits)):
+        BatchObjective(model, estimator, x, y, None, 0.0, 0.0).objective.backward()
 
     with torch.no_grad():
         hidden = torch.tanh(model.gater_hidden(x))
@@ -169,8 +168,8 @@ def test_straight_through_gater_gradient_back_propagates_the_loss():
     """The contrast: with the same bits, straight-through passes dL/dh to the gate logits (eq. 13)."""
     model, x, y, bits = _tiny_batch()
     estimator = estimators.build_estimator("straight-through")
-    estimator.rng = ReplayNoise(bits)
-    BatchObjective(model, estimator, x, y, None, 0.0, 0.0).objective.backward()
+    with estimator.drawing_from(ReplayNoise(bits)):
+        BatchObjective(model, estimator, x, y, None, 0.0, 0.0).objective.backward()
     with torch.no_grad():
         hidden = torch.tanh(model.gater_hidden(x))
     h = bits.clone().requires_grad_(True)
@@ -182,7 +181,8 @@ def test_straight_through_gater_gradient_back_propagates_the_loss():
 def test_multi_evaluation_estimators_see_the_loss_of_every_evaluation():
     model, x, y, _ = _tiny_batch()
     estimator = build("reinforce-loo(K=3)")
-    step = BatchObjective(model, estimator, x, y, None, 0.0, 0.0)
+    with estimator.drawing_from(seeded(1234)):
+        step = BatchObjective(model, estimator, x, y, None, 0.0, 0.0)
     assert step.elements == 3 * x.shape[0] * 6
     assert step.objective.shape == ()
 
@@ -278,8 +278,8 @@ class LearnedBaseline(Estimator):
 def test_own_parameter_estimators_are_trained_alongside(synthetic):
     problem = problems.build_problem("mnist-gater", {**SMALL, "epochs": 1})
     estimator = LearnedBaseline()
-    estimator.rng = seeded(0)
-    records = {(r.name, r.epoch): r.value for r in problem.fit(estimator, 0)}
+    with estimator.drawing_from(seeded(0)):
+        records = {(r.name, r.epoch): r.value for r in problem.fit(estimator, 0)}
     assert 1.0 < estimator.baseline.item() < 5.0  # Adam moved it from 0 towards the loss (about ln 10)
     assert math.isfinite(records[("train_criterion", 1)])
 
@@ -288,14 +288,14 @@ def test_own_parameter_estimators_are_trained_alongside(synthetic):
 def test_every_registered_estimator_can_gate(synthetic, name):
     problem = problems.build_problem("mnist-gater", {"gate_units": 6, "hidden": 4, "epochs": 1, "train_subset": 64})
     estimator = estimators.build_estimator(name)
-    estimator.rng = seeded(0)
     try:
         estimator.check_units(6)
     except ValueError:
         with pytest.raises(ValueError):
             list(problem.fit(estimator, 0))
         return
-    records = {(r.name, r.epoch): r.value for r in problem.fit(estimator, 0)}
+    with estimator.drawing_from(seeded(0)):
+        records = {(r.name, r.epoch): r.value for r in problem.fit(estimator, 0)}
     assert {name for name, epoch in records if epoch == 1} >= PER_EPOCH
     assert all(math.isfinite(v) for v in records.values())
     if estimator.stateful:

@@ -19,9 +19,8 @@ ALPHA = 1e-3
 
 
 def seeded(seed: int = 0):
-    estimator = estimators.build_estimator("gaussian-dropout")
-    estimator.rng = Noise(torch.Generator().manual_seed(seed))
-    return estimator
+    """``with seeded(seed) as estimator:`` -- gaussian-dropout drawing from ``seed``."""
+    return estimators.build_estimator("gaussian-dropout").drawing_from(Noise(torch.Generator().manual_seed(seed)))
 
 
 def test_traits():
@@ -32,7 +31,8 @@ def test_traits():
 
 def test_draws_have_the_bernoulli_mean_and_variance():
     logits = torch.tensor([-3.0, -0.5, 0.0, 1.2, 4.0], dtype=F64)
-    h = seeded(1).sample(logits.expand(200_000, 5)).detach().numpy()
+    with seeded(1) as estimator:
+        h = estimator.sample(logits.expand(200_000, 5)).detach().numpy()
     p = torch.sigmoid(logits).numpy()
     n = h.shape[0]
     z_mean = (h.mean(0) - p) / (h.std(0, ddof=1) / n**0.5)
@@ -44,7 +44,8 @@ def test_draws_have_the_bernoulli_mean_and_variance():
 
 def test_pathwise_derivative_for_a_fixed_eps():
     logits = torch.tensor([-50.0, -2.0, 0.0, 0.7, 50.0], dtype=F64, requires_grad=True)
-    h = seeded(3).sample(logits)
+    with seeded(3) as estimator:
+        h = estimator.sample(logits)
     (grad,) = torch.autograd.grad(h.sum(), logits)
     eps = torch.randn(5, generator=torch.Generator().manual_seed(3), dtype=F64)
     p, q = torch.sigmoid(logits.detach()), torch.sigmoid(-logits.detach())  # q = 1 - p without cancelling
@@ -56,9 +57,9 @@ def test_pathwise_derivative_for_a_fixed_eps():
 
 
 def test_eval_mode_is_the_sigmoid():
-    estimator = seeded().eval()
     logits = torch.linspace(-4, 4, 9, dtype=F64)
-    torch.testing.assert_close(estimator.sample(logits), torch.sigmoid(logits), rtol=0, atol=0)
+    with seeded() as estimator:
+        torch.testing.assert_close(estimator.eval().sample(logits), torch.sigmoid(logits), rtol=0, atol=0)
 
 
 def test_unbiased_on_a_quadratic_loss_which_sees_only_two_moments():

@@ -10,7 +10,7 @@ import torch
 
 import estimators
 import problems
-from bench import harness, sweep
+from bench import enumeration, harness, sweep
 from bench.specs import SpecError, parse_spec, parse_spec_list
 from bench.store import Store
 from estimators.base import Estimator, attach_gradient
@@ -156,7 +156,7 @@ def test_exact_moments_in_blocks_equal_one_block(monkeypatch):
     problem = problems.build_problem("bernoulli-quadratic", {"d": 5})
     estimator = estimators.build_estimator("reinforce-loo", {"K": 2})
     whole, _ = harness.exact_estimator_moments(estimator, problem, problem.reference())
-    monkeypatch.setattr(harness, "ENUMERATION_ELEMENTS", 7 * 5)  # blocks of 7 outcomes
+    monkeypatch.setattr(enumeration, "ENUMERATION_ELEMENTS", 7 * 5)  # blocks of 7 outcomes
     split, reason = harness.exact_estimator_moments(estimator, problem, problem.reference())
     assert reason == "computed in float64 over 2^10 outcomes"
     for a, b in zip(whole, split):
@@ -171,8 +171,7 @@ def test_estimator_layer_copies_share_noise_and_freezing_but_not_state():
     estimator(torch.zeros(8, 2), loss)
     second(torch.zeros(8, 5), loss)
     assert estimator.numerator.shape == (2,) and second.numerator.shape == (5,)
-    estimator.rng = harness.seeded_noise(0, 0, torch.device("cpu"))
-    with estimator.frozen():
+    with estimator.drawing_from(harness.seeded_noise(0, 0, torch.device("cpu"))), estimator.frozen():
         assert estimator.layer(1).rng is estimator.rng and not estimator.layer(1).update_state
     assert estimator.layer(1).update_state
     with pytest.raises(ValueError, match="layer index"):

@@ -34,9 +34,8 @@ ALPHA = 1e-3
 
 
 def seeded(name: str, seed: int = 1234, **params):
-    estimator = estimators.build_estimator(name, params)
-    estimator.rng = Noise(torch.Generator().manual_seed(seed))
-    return estimator
+    """``with seeded(name, seed, **params) as estimator:`` -- built, drawing from ``seed``."""
+    return estimators.build_estimator(name, params).drawing_from(Noise(torch.Generator().manual_seed(seed)))
 
 
 def probe(**params) -> MlpProbe:
@@ -59,8 +58,8 @@ def test_reinforce_probe_gradient_is_the_score_term_on_replayed_bits():
     bits = p.batch * p.dim
     configs = all_configurations(bits, F64)[[5, 100, 700, 1023]]
     estimator = estimators.build_estimator("reinforce")
-    estimator.rng = ReplayNoise(configs)
-    grads = p.sample_gradients(estimator, configs.shape[0])
+    with estimator.drawing_from(ReplayNoise(configs)):
+        grads = p.sample_gradients(estimator, configs.shape[0])
     for row, config in enumerate(configs):
         # layer l's bits come after layer l-1's, each laid out (batch, width)
         hidden, offset = [], 0
@@ -108,7 +107,8 @@ def test_loss_observer_sees_one_row_per_sample():
             return loss_fn(h)
         return observed
 
-    p.sample_gradients(seeded("arm"), 5, observe)
+    with seeded("arm") as estimator:
+        p.sample_gradients(estimator, 5, observe)
     assert seen == [torch.Size([2, 2, 5, 3 * 3])]  # 2 x 2 nested evaluations, 5 samples, batch x width
 
 
@@ -151,8 +151,8 @@ def test_harness_exact_moments_on_the_probe():
 
 # -- the training problem ----------------------------------------------------------------------------------
 def fit(problem, name: str, seed: int = 0):
-    estimator = seeded(name)
-    records = [item for item in problem.fit(estimator, seed)]
+    with seeded(name) as estimator:
+        records = [item for item in problem.fit(estimator, seed)]
     return records, estimator
 
 
@@ -223,11 +223,11 @@ def test_one_training_step_is_sgd_on_the_batch_mean_loss(synthetic):
 
 def test_own_parameter_estimators_are_trained_alongside(synthetic):
     problem = problems.build_problem("mnist-mlp", {**SMALL, "checkpoints": ""})
-    estimator = seeded("nvil")
-    after_first_epoch = None
-    for record in problem.fit(estimator, 0):
-        if record.name == "eval_time_s" and record.epoch == 1:
-            after_first_epoch = [p.detach().clone() for p in estimator.parameters()]
+    with seeded("nvil") as estimator:
+        after_first_epoch = None
+        for record in problem.fit(estimator, 0):
+            if record.name == "eval_time_s" and record.epoch == 1:
+                after_first_epoch = [p.detach().clone() for p in estimator.parameters()]
     assert after_first_epoch, "nvil's baseline network was never built"
     moved = [not torch.equal(p.detach(), q) for p, q in zip(estimator.parameters(), after_first_epoch)]
     assert any(moved)

@@ -30,8 +30,8 @@ def sbn(**params) -> SigmoidBeliefNet:
 
 
 def seeded(estimator, seed: int = 0):
-    estimator.rng = Noise(torch.Generator().manual_seed(seed))
-    return estimator
+    """``with seeded(estimator, seed) as est:`` -- est draws from a generator seeded with ``seed``."""
+    return estimator.drawing_from(Noise(torch.Generator().manual_seed(seed)))
 
 
 def spec_id(params: dict) -> str:
@@ -139,10 +139,10 @@ class CountingObserver:
 @pytest.mark.parametrize("name", ALL_ESTIMATORS)
 def test_every_estimator_runs_at_every_layer_and_evaluates_the_net_as_it_declares(name):
     problem = sbn(widths="3-2-2", hidden_weight=0.5)
-    estimator = seeded(build_estimator(name))
-    observer = CountingObserver()
-    n = 6
-    grads = problem.sample_gradients(estimator, n, observer)
+    with seeded(build_estimator(name)) as estimator:
+        observer = CountingObserver()
+        n = 6
+        grads = problem.sample_gradients(estimator, n, observer)
     assert grads.shape == (n, problem.dim) and grads.dtype == problem.dtype
     assert torch.isfinite(grads).all()
     # an estimator with k evaluations per layer evaluates the downstream net k times per layer
@@ -154,14 +154,14 @@ def test_every_estimator_runs_at_every_layer_and_evaluates_the_net_as_it_declare
 
 def test_per_unit_state_stays_per_layer_and_noise_is_shared():
     problem = sbn(widths="3-2-4")
-    estimator = seeded(build_estimator("reinforce-optimal"))
-    problem.sample_gradients(estimator, 50)
-    for index, width in enumerate(problem.widths):
-        layer = estimator.layer(index)
-        assert layer.numerator.shape == (width,) and layer.denominator.shape == (width,)
-        assert layer.rng is estimator.rng
-    with estimator.frozen():
-        assert all(estimator.layer(i).update_state is False for i in range(3))
+    with seeded(build_estimator("reinforce-optimal")) as estimator:
+        problem.sample_gradients(estimator, 50)
+        for index, width in enumerate(problem.widths):
+            layer = estimator.layer(index)
+            assert layer.numerator.shape == (width,) and layer.denominator.shape == (width,)
+            assert layer.rng is estimator.rng
+        with estimator.frozen():
+            assert all(estimator.layer(i).update_state is False for i in range(3))
 
 
 # =============================================================================================
@@ -199,10 +199,11 @@ def test_two_layer_gradient_by_replay_matches_hand_derivation(name):
     by_hand = torch.tensor(g_b0 + g_W + g_a2, dtype=F64)  # order: b_0, W_1 (row-major), b_1
 
     estimator = build_estimator(name).to(F64)
-    estimator.rng = replay = ReplayNoise(bits)
-    observer = CountingObserver()
-    grads = problem.sample_gradients(estimator, 1, observer)
-    assert replay.offset == 4  # layer 1's two bits, then layer 2's
+    replay = ReplayNoise(bits)
+    with estimator.drawing_from(replay):
+        observer = CountingObserver()
+        grads = problem.sample_gradients(estimator, 1, observer)
+        assert replay.offset == 4  # layer 1's two bits, then layer 2's
     torch.testing.assert_close(observer.last_h, torch.tensor([h2], dtype=F64), rtol=0, atol=0)
     torch.testing.assert_close(grads[0], by_hand, rtol=0, atol=1e-12)
 
@@ -231,17 +232,17 @@ Z_TEST_NETS = [{"widths": "3-2-2", "hidden_weight": 0.5}, {"depth": 3, "width": 
 def test_unbiased_estimators_pass_per_layer_z_tests(name, params):
     problem = sbn(**params).to(F64)
     truth = problem.exact_gradient()
-    estimator = seeded(build_estimator(name).to(F64), 1)
+    estimator = build_estimator(name).to(F64)
     if estimator.stateful:
-        problem.sample_gradients(estimator, 2_000)  # adapt the running baselines, then freeze
-    estimator.rng = Noise(torch.Generator().manual_seed(0))
+        with seeded(estimator, 1):
+            problem.sample_gradients(estimator, 2_000)  # adapt the running baselines, then freeze
     if estimator.randomness == "none":
-        with estimator.frozen():
+        with seeded(estimator, 0), estimator.frozen():
             grads = problem.sample_gradients(estimator, 4)
         torch.testing.assert_close(grads, truth.expand_as(grads), rtol=0, atol=1e-10)
         return
     n = max(4_000, 30_000 // nested_evaluations(estimator, problem.widths))
-    with estimator.frozen():
+    with seeded(estimator, 0), estimator.frozen():
         grads = problem.sample_gradients(estimator, n).numpy()
     pvalues = scipy.stats.ttest_1samp(grads, truth.numpy(), axis=0).pvalue
     for layer in range(1, problem.depth + 1):
@@ -257,8 +258,9 @@ def test_unbiased_estimators_pass_per_layer_z_tests(name, params):
 def _exact_mean(problem, name):
     problem = problem.to(F64)
     estimator = build_estimator(name).to(F64)
-    estimator.rng = replay = ReplayNoise(all_configurations(problem.units, F64))
-    grads = problem.sample_gradients(estimator, 2**problem.units)
+    replay = ReplayNoise(all_configurations(problem.units, F64))
+    with estimator.drawing_from(replay):
+        grads = problem.sample_gradients(estimator, 2**problem.units)
     return (replay.log_prob.exp().unsqueeze(1) * grads).sum(0)
 
 
@@ -340,8 +342,10 @@ def test_harness_marks_the_large_net_reference_as_estimated():
 # =============================================================================================
 
 def _records(problem, estimator, seed=0):
+    """Train with ``estimator`` drawing from noise seed 0; ``seed`` is the problem's."""
     ticks = []
-    records = list(problem.fit(estimator, seed, ticks.append))
+    with seeded(estimator):
+        records = list(problem.fit(estimator, seed, ticks.append))
     assert sum(ticks) == problem.progress_total() == problem.steps
     return records
 
@@ -350,7 +354,7 @@ def test_training_lowers_the_exact_loss_and_yields_the_documented_records():
     problem = problems.build_problem("sigmoid-belief-net-training",
                                      {"widths": "3-2-2", "steps": 80, "log_every": 40, "batch": 16})
     assert problem.trains_model and problem.dim == 0
-    records = _records(problem, seeded(build_estimator("reinforce-loo")))
+    records = _records(problem, build_estimator("reinforce-loo"))
     assert {r.name for r in records} == {"train_loss", "trajectory_variance"}
     losses = [r for r in records if r.name == "train_loss"]
     assert [r.step for r in losses] == [0, 40, 80]
@@ -396,7 +400,7 @@ def test_trajectory_variance_is_the_bias_corrected_ema_formula_and_includes_drif
 def test_training_beyond_enumeration_reports_a_monte_carlo_loss_with_stderr():
     problem = problems.build_problem("sigmoid-belief-net-training",
                                      {"depth": 3, "width": 8, "steps": 4, "log_every": 2, "eval_samples": 500})
-    losses = [r for r in _records(problem, seeded(build_estimator("reinforce"))) if r.name == "train_loss"]
+    losses = [r for r in _records(problem, build_estimator("reinforce")) if r.name == "train_loss"]
     assert [r.step for r in losses] == [0, 2, 4]
     assert all(r.stderr is not None and 0 < r.stderr < 1 and math.isfinite(r.value) for r in losses)
 
@@ -429,7 +433,7 @@ class LearnedConstantBaseline(Estimator):
 def test_estimator_parameters_are_trained_alongside_per_layer():
     problem = problems.build_problem("sigmoid-belief-net-training",
                                      {"widths": "3-2", "loss": "target", "steps": 1, "log_every": 1})
-    estimator = seeded(LearnedConstantBaseline())
+    estimator = LearnedConstantBaseline()
     _records(problem, estimator)
     layers = [estimator.layer(0), estimator.layer(1)]
     assert layers[1] is not layers[0]
@@ -438,7 +442,7 @@ def test_estimator_parameters_are_trained_alongside_per_layer():
         assert float(layer.c.detach()) == pytest.approx(LearnedConstantBaseline.adaptation_lr, rel=1e-5)
     problem = problems.build_problem("sigmoid-belief-net-training", {  # layers' learning signals differ
         "widths": "3-2", "loss": "target", "hidden_weight": 1.0, "steps": 30, "log_every": 30})
-    estimator = seeded(LearnedConstantBaseline())
+    estimator = LearnedConstantBaseline()
     _records(problem, estimator)
     # grads were zeroed before every step: each layer saw an empty grad when it was called
     assert all(g in (None, 0.0) for layer in (estimator.layer(0), estimator.layer(1))

@@ -6,6 +6,7 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,6 +28,16 @@ def make_result(seed: int = 0, metrics: list[Metric] | None = None, status: str 
         metrics = [Metric("variance", 0.5 + seed, 0.01), Metric("bias_norm", 0.1, 0.02)]
     return RunResult(config, status, metrics, {"reference": "exact"}, "2024-01-01T00:00:00.000+00:00",
                      "2024-01-01T00:00:01.000+00:00", 1.0, error)
+
+
+def test_the_store_needs_the_run_configuration_not_the_harness():
+    # the store sits below the harness: it imports a run's configuration and result (bench.runconfig),
+    # never the measurement code; checked in a fresh interpreter, as this one has imported everything
+    code = "import sys, bench.store; print(sorted(m for m in sys.modules if m.startswith('bench.')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=120,
+                            check=True).stdout
+    assert "'bench.runconfig'" in loaded
+    assert "'bench.harness'" not in loaded and "'bench.enumeration'" not in loaded
 
 
 def raw(db: Path, query: str) -> list[tuple]:

@@ -105,8 +105,8 @@ def _noise(seed: int = 1234) -> Noise:
 
 def _fit(name: str, params: dict, spec: str, seed: int) -> list:
     estimator = estimators.build_estimator(spec)
-    estimator.rng = _noise()
-    return list(problems.build_problem(name, params).fit(estimator, seed))
+    with estimator.drawing_from(_noise()):
+        return list(problems.build_problem(name, params).fit(estimator, seed))
 
 
 def _values(records: list) -> dict:

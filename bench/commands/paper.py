@@ -10,7 +10,7 @@ data set on it).
 """
 from __future__ import annotations
 
-from bench.cli import _positive_int
+from bench.commands import arguments
 from bench.commands.reproduce import add_run_options, run_experiment
 from problems.gater import DEFAULT_EPOCHS
 
@@ -23,7 +23,7 @@ def add_parser(subparsers) -> None:
         "paper", allow_abbrev=False,
         help="re-run the paper's Fig. 2 table (seven MNIST gaters x seeds) and print it beside the published one")
     parser.add_argument("--dataset", choices=DATASETS, default="mnist", help="data set (default: mnist)")
-    parser.add_argument("--epochs", type=_positive_int, default=None,
+    parser.add_argument("--epochs", type=arguments.positive_int, default=None,
                         help=f"training epochs per run (default: {DEFAULT_EPOCHS}; 1 with --quick)")
     add_run_options(parser, seeds_help="comma-separated seeds (default: 0,1,2; 0 with --quick)",
                     quick_help="smoke test: 1 epoch on the first 2,000 training examples, errors on 2,000 "

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from bench import distributed, harness, sweep
-from bench.cli import _device, _positive_float, _positive_int, _seeds
+from bench.commands import arguments
 from bench.errors import UserError
 from bench.store import DEFAULT_DB, Store
 from bench.summary import terminal_width
@@ -41,12 +41,12 @@ def add_parser(subparsers) -> None:
 
 def add_run_options(parser: argparse.ArgumentParser, quick_help: str, seeds_help: str) -> None:
     """The options of every command that runs an experiment (``reproduce``, ``paper``)."""
-    parser.add_argument("--seeds", type=_seeds, default=None, help=seeds_help)
+    parser.add_argument("--seeds", type=arguments.seeds, default=None, help=seeds_help)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--jobs", type=_positive_int, default=1, help="runs trained at once in worker processes")
-    parser.add_argument("--threads", type=_positive_int, default=None,
+    parser.add_argument("--jobs", type=arguments.positive_int, default=1, help="runs trained at once in worker processes")
+    parser.add_argument("--threads", type=arguments.positive_int, default=None,
                         help="torch threads per process (default: cores / jobs; recorded in each run's notes)")
-    parser.add_argument("--run-timeout", type=_positive_float, default=None, metavar="SECONDS",
+    parser.add_argument("--run-timeout", type=arguments.positive_float, default=None, metavar="SECONDS",
                         help="a run taking longer is killed and stored as failed; the others go on")
     parser.add_argument("--db", type=Path, default=None, help=f"results database (default: {DEFAULT_DB})")
     parser.add_argument("--data-dir", type=Path, default=None,
@@ -98,7 +98,7 @@ def run_experiment(experiment, args: argparse.Namespace, **settings: Any) -> int
     table and the wall time; the exit status is 1 if any run failed."""
     executor = distributed.sweep_options(args)
     here = args.scheduler is None  # a Dask cluster's workers may have other devices and disks
-    device = _device(args.device, here=here)
+    device = arguments.device(args.device, here=here)
     seeds = args.seeds if args.seeds is not None else list(experiment.quick_seeds if args.quick else experiment.seeds)
     planned = experiment.runs(quick=args.quick, seeds=seeds, device=device, **settings)
     if not planned:

@@ -1,0 +1,88 @@
+"""Argument types and shared options of the command line, in one place for every command.
+
+Each type raises ``argparse.ArgumentTypeError`` (argparse turns it into the one-line usage error,
+exit 2); :func:`device` raises :class:`bench.errors.UserError`.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from typing import Sequence
+
+import torch
+
+from bench.errors import UserError
+
+MAX_SEED = 2**63
+PLUGIN_HELP = ("a plugin .py file or module to load; it runs as ordinary Python code with your permissions, "
+               "so load only plugins you trust")
+
+
+def int_at_least(minimum: int, kind: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be a {kind} integer, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = int_at_least(1, "positive")
+non_negative_int = int_at_least(0, "non-negative")
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated non-negative integers, got {text!r}") from None
+    if any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"must be distinct non-negative integers, got {text!r}")
+    if any(seed >= MAX_SEED for seed in seeds):  # the store keeps seeds as 64-bit integers
+        raise argparse.ArgumentTypeError(f"must be below 2^63 = {MAX_SEED}, got {text!r}")
+    return seeds
+
+
+def device(text: str, here: bool = True) -> str:
+    """The canonical device name; ``here``: it must exist on this machine (not so for a Dask cluster's)."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise UserError(f"invalid --device {text!r}: valid: cpu, cuda, cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"invalid --device {text!r}: valid: cpu, cuda, cuda:N")
+    if device.type == "cuda" and here:
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: CUDA is not available on this machine (torch "
+                            f"{torch.__version__}); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {text}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return str(device)
+
+
+
+def add_plugin_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plugin", action="append", default=[], help=PLUGIN_HELP)
+
+
+def load_plugins(targets: Sequence[str]) -> None:
+    """Load ``--plugin`` targets; one that fails is a warning line, not an error."""
+    from bench import sweep
+
+    for error in sweep.load_plugins(targets):
+        print(f"warning: {error} (skipped)", file=sys.stderr)

@@ -1,0 +1,124 @@
+"""``python -m bench run``: measure estimators on problems, store the runs, print the summary."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Sequence
+
+import estimators
+import problems
+from bench import distributed, harness, summary, sweep
+from bench.commands import arguments
+from bench.commands.arguments import add_plugin_option, load_plugins, non_negative_int, positive_float, positive_int, seeds
+from bench.errors import UserError
+from bench.specs import MAX_GRID, format_spec, parse_spec_list
+from bench.store import DEFAULT_DB, Store
+from estimators.registry import RegistryError
+
+DEFAULT_PROBLEMS = "bernoulli-target(d=4,t=0.45),bernoulli-quadratic(d=6),bernoulli-blackbox(d=8)"
+DEFAULT_SAMPLES = 100_000
+DEFAULT_THREADS = 1  # measured: see README "Performance"
+
+
+def columns(text: str) -> list[str]:
+    try:
+        return summary.parse_columns(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_parser(subparsers) -> None:
+    run = subparsers.add_parser("run", allow_abbrev=False, help="measure estimators on problems and store the results")
+    run.add_argument("--estimators", default="all", help="'all' or comma-separated specs name(key=value,...)")
+    run.add_argument("--problems", default=DEFAULT_PROBLEMS, help=f"comma-separated specs (default: {DEFAULT_PROBLEMS})")
+    run.add_argument("--samples", type=positive_int, default=DEFAULT_SAMPLES, help="gradient estimates per run")
+    run.add_argument("--seeds", type=seeds, default=[0], help="comma-separated seeds, e.g. 0,1,2")
+    run.add_argument("--db", type=Path, default=None, help=f"results database (default: {DEFAULT_DB})")
+    run.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    run.add_argument("--warmup", type=non_negative_int, default=harness.DEFAULT_WARMUP,
+                     help="estimates that adapt a stateful estimator's running statistics before measuring")
+    run.add_argument("--jobs", type=positive_int, default=1,
+                     help="worker processes running configs in parallel (each gets --threads threads; "
+                          "capped at the runs to do and at 1 GiB of available memory per worker)")
+    run.add_argument("--threads", type=positive_int, default=DEFAULT_THREADS,
+                     help=f"torch threads per process (default: {DEFAULT_THREADS}, fastest for these small "
+                          "problems; recorded in each run's notes)")
+    run.add_argument("--run-timeout", type=positive_float, default=None, metavar="SECONDS",
+                     help="a run taking longer is killed and stored as failed; the sweep goes on")
+    run.add_argument("--data-dir", type=Path, default=None,
+                     help="directory holding datasets (sets STOCHGRAD_BENCH_DATA for this run)")
+    run.add_argument("--force", action="store_true", help="recompute runs already in the store")
+    add_plugin_option(run)
+    run.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
+    run.add_argument("--columns", type=columns, default=None,
+                     help="summary-table columns, comma-separated (default: "
+                          f"{', '.join(summary.GRADIENT_DEFAULT)}; for training runs: "
+                          f"{', '.join(summary.TRAINING_DEFAULT)}); valid: {', '.join(summary.KNOWN_COLUMNS)}")
+    distributed.add_options(run)
+    run.set_defaults(func=command_run)
+
+
+def _expand(text: str, registry) -> list[tuple[str, dict]]:
+    if text.strip() == "all":
+        return [(name, {}) for name in registry.names()]
+    specs = parse_spec_list(text)
+    for name, _ in specs:
+        registry.entry(name)
+    return specs
+
+
+def plan(args) -> list[harness.RunConfig]:
+    """Every run of the sweep, validated and with defaults filled in; raises on user error."""
+    device = arguments.device(args.device, here=getattr(args, "scheduler", None) is None)
+    estimator_specs = _expand(args.estimators, estimators.ESTIMATORS)
+    problem_specs = _expand(args.problems, problems.PROBLEMS)
+    size = len(estimator_specs) * len(problem_specs) * len(args.seeds)
+    if size > MAX_GRID:
+        raise UserError(f"the sweep has {size:,} runs ({len(estimator_specs)} estimator specs x {len(problem_specs)} "
+                        f"problem specs x {len(args.seeds)} seeds), more than the limit of {MAX_GRID:,}; split it")
+    configs = []
+    for problem, problem_params in problem_specs:
+        for estimator, estimator_params in estimator_specs:
+            for seed in args.seeds:
+                configs.append(harness.make_config(estimator, estimator_params, problem, problem_params,
+                                                   seed, args.samples, device, args.warmup))
+    return list({c.key: c for c in configs}.values())
+
+
+def command_run(args) -> int:
+    load_plugins(args.plugin)
+    executor = distributed.sweep_options(args)
+    if args.data_dir is not None:
+        if not args.data_dir.is_dir() and args.scheduler is None:  # a cluster's workers may see other disks
+            raise UserError(f"--data-dir {args.data_dir} is not a directory")
+        os.environ["STOCHGRAD_BENCH_DATA"] = str(args.data_dir.resolve())
+    configs = plan(args)
+    status, path = sweep.run_sweep(configs, args.db, jobs=args.jobs, force=args.force, quiet=args.quiet,
+                                   plugins=args.plugin, threads=args.threads, run_timeout=args.run_timeout,
+                                   **executor)
+    if not args.quiet:
+        with Store(path, create=False) as store:
+            print(summary_table(store, configs, args.columns))
+        print(f"\nresults in {path} (python -m bench export --db {path} --format csv --out results.csv)")
+    return status
+
+
+def summary_table(store: Store, configs: Sequence[harness.RunConfig], columns: Sequence[str] | None = None,
+                  width: int | None = None) -> str:
+    """Per problem, the estimators ranked by MSE at an equal budget of loss evaluations, seeds
+    aggregated, labels showing only non-default parameters (see bench.summary)."""
+    return summary.summary_table(store, configs, columns, width, label=_short_label)
+
+
+def _short_label(name: str, params: dict, kind: str) -> str:
+    registry = estimators.ESTIMATORS if kind == "estimator" else problems.PROBLEMS
+    return format_spec(name, _non_default(name, params, registry))
+
+
+def _non_default(name: str, params: dict, registry) -> dict:
+    try:
+        spec = registry.entry(name).parameters()
+    except RegistryError:
+        return params
+    return {k: v for k, v in params.items() if k not in spec or spec[k]["default"] != v}
