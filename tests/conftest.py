@@ -102,3 +102,26 @@ def synthetic(monkeypatch):
     data = {"train": split(640), "valid": split(200), "test": split(200)}
     monkeypatch.setattr(training, "load_splits", lambda dataset: data)
     return data
+
+
+@pytest.fixture
+def invoke(monkeypatch, capfd, tmp_path):
+    """``bench.cli.main(argv)`` in tmp_path; returns (exit code, stdout, stderr)."""
+    from bench.cli import main
+
+    def call(*argv) -> tuple[int, str, str]:
+        monkeypatch.chdir(tmp_path)
+        capfd.readouterr()
+        code = main([str(a) for a in argv])
+        out, err = capfd.readouterr()
+        return code, out, err
+
+    return call
+
+
+def one_line_error(code: int, err: str, *fragments: str) -> None:
+    """A user error: exit 2 and exactly one line on stderr, holding each fragment."""
+    assert code == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)

@@ -19,30 +19,12 @@ import bench.files
 from bench.cli import build_parser, main
 from bench.metrics import Metric
 from bench.store import Store, StoreError
-from conftest import cli_command, cli_env
+from conftest import cli_command, cli_env, one_line_error
 from test_store import VERSIONS, make_result, raw
 
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
-@pytest.fixture
-def invoke(monkeypatch, capfd, tmp_path):
-    """main(argv) in tmp_path; returns (exit code, stdout, stderr)."""
-    def call(*argv) -> tuple[int, str, str]:
-        monkeypatch.chdir(tmp_path)
-        capfd.readouterr()
-        code = main([str(a) for a in argv])
-        out, err = capfd.readouterr()
-        return code, out, err
-
-    return call
-
-
-def one_line_error(code: int, err: str, *fragments: str) -> None:
-    assert code == 2, err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in err, (fragment, err)
 
 
 def gradient_metrics(value: float = 0.5) -> list[Metric]:

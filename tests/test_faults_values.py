@@ -15,29 +15,12 @@ from bench.specs import MAX_GRID, SpecError, parse_spec_list
 from bench.store import Store, StoreError
 from estimators.base import Estimator, reduce_to_batch
 from estimators.registry import RegistryError
+from conftest import one_line_error
 from test_store import make_result
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture
-def invoke(monkeypatch, capfd, tmp_path):
-    """main(argv) in tmp_path; returns (exit code, stdout, stderr)."""
-    def call(*argv) -> tuple[int, str, str]:
-        monkeypatch.chdir(tmp_path)
-        capfd.readouterr()
-        code = main([str(a) for a in argv])
-        out, err = capfd.readouterr()
-        return code, out, err
-
-    return call
-
-
-def one_line_error(code: int, err: str, *fragments: str) -> None:
-    assert code == 2, err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in err, (fragment, err)
 
 
 # -- parameters ------------------------------------------------------------------------------------
