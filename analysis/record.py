@@ -37,25 +37,31 @@ def runs_frame(results: Results) -> pd.DataFrame:
 
 
 def metrics_frame(results: Results) -> pd.DataFrame:
-    columns = ["run_id", "estimator_label", "problem_label", "scope", "metric", "epoch", "step", "value", "stderr"]
-    frame = results.metrics[columns].rename(columns={"estimator_label": "estimator", "problem_label": "problem"})
+    columns = ["run_id", "scope", "metric", "epoch", "step", "value", "stderr"]  # runs.csv says which run is which
+    frame = results.metrics[columns]
     return frame.sort_values(["run_id", "metric", "scope", "epoch", "step"], na_position="first", kind="stable")
 
 
+def shell_word(word: str) -> str:
+    """``word`` quoted for a POSIX shell, in double quotes where that reads better than shlex's."""
+    quoted = shlex.quote(word)
+    if quoted == word or any(c in word for c in '"$`\\!'):
+        return quoted
+    return f'"{word}"'
+
+
 def run_command(runs: pd.DataFrame) -> list[str]:
-    """``python -m bench run`` lines that recompute these runs: one per problem and seed set."""
+    """``python -m bench run`` lines that recompute these runs: one per problem and seed set, with
+    the specs as labelled (parameters that differ from the defaults or between runs)."""
     lines = []
-    specs = runs.assign(estimator_spec=[format_spec(n, p) for n, p in zip(runs["estimator"],
-                                                                           runs["estimator_params_dict"])],
-                        problem_spec=[format_spec(n, p) for n, p in zip(runs["problem"], runs["problem_params_dict"])])
-    for problem, part in specs.groupby("problem_spec", sort=True):
-        estimators = ",".join(dict.fromkeys(part["estimator_spec"]))
+    for problem, part in runs.groupby("problem_label", sort=True):
+        estimators = ",".join(dict.fromkeys(part["estimator_label"]))
         seeds = ",".join(str(s) for s in sorted(part["seed"].unique()))
         words = ["python", "-m", "bench", "run", "--estimators", estimators, "--problems", problem, "--seeds", seeds]
         samples = sorted(part["samples"].unique())
         if len(samples) == 1 and samples[0]:
             words += ["--samples", str(samples[0])]
-        lines.append(shlex.join(words))
+        lines.append(" ".join(shell_word(w) for w in words))
     return lines
 
 
@@ -84,7 +90,7 @@ def readme(results: Results, title: str, report_command: Sequence[str]) -> str:
     statuses = ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().items())
     lines = [f"# Reproduction record: {title}", "",
              f"Regenerated on {dt.date.today().isoformat()} from `{results.source}` by", "", "```",
-             shlex.join(report_command), "```", "",
+             " ".join(shell_word(w) for w in report_command), "```", "",
              "## The runs", "", f"{len(runs)} runs ({statuses}), computed by:", "", "```",
              *run_command(runs), "```", "",
              *(["Problems on MNIST data find it as the README's Data section says (or add `--data-dir DIR`).", ""]
@@ -98,7 +104,7 @@ def readme(results: Results, title: str, report_command: Sequence[str]) -> str:
              "## Versions", "", markdown_table(versions) if not versions.empty else "not stored", "",
              "## Files", "",
              "- `runs.csv`: one row per run (full estimator and problem specs, seed, status, timings, machine);",
-             "- `metrics.csv`: every stored value of those runs, long form (per epoch where there is one);",
+             "- `metrics.csv`: every stored value of those runs, long form (per epoch where there is one), by `run_id`;",
              "- `summary.md`: the report's Markdown summary (tables and generated conclusions).", ""]
     return "\n".join(lines)
 

@@ -142,3 +142,15 @@ def test_report_without_out_or_record_is_a_user_error(tmp_path, capsys):
     _store(db)
     assert main(["report", "--db", str(db)]) == 2
     assert "give --out DIR" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("word", ["plain", "mnist-mlp(checkpoints='0-30-200',epochs=200)", 'say "$HOME"', "a b"])
+def test_record_commands_are_shell_words(word):
+    """A quoted word comes back whole from a POSIX shell's splitting."""
+    import shlex
+
+    from analysis.record import shell_word
+
+    assert shlex.split(shell_word(word)) == [word]
+    if "'" in word and '"' not in word:
+        assert shell_word(word) == f'"{word}"'
