@@ -118,17 +118,34 @@ def _count_running(folder: Path) -> int:
     return count
 
 
+HOST_POLL_S = 0.25  # how often a run counts the runs beside it (a shorter one nested inside can be missed)
+
+
 @contextlib.contextmanager
 def _host_slot() -> Iterator[list[int]]:
-    """Mark one run in progress on this host; yields the counts seen at its start and (after) end."""
+    """Mark one run in progress on this host; yields the counts of runs in progress seen at its
+    start, every HOST_POLL_S while it runs, and at its end (a run that starts and ends inside
+    this one is seen by the polling, not by the two ends)."""
+    import threading
+
     folder = _running_folder()
     folder.mkdir(parents=True, exist_ok=True)
     marker = folder / f"{os.getpid()}-{uuid.uuid4().hex}"
     marker.touch()
     counts = [_count_running(folder)]
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.wait(HOST_POLL_S):
+            counts.append(_count_running(folder))
+
+    watcher = threading.Thread(target=poll, daemon=True, name="bench-host-runs")
+    watcher.start()
     try:
         yield counts
     finally:
+        done.set()
+        watcher.join()
         counts.append(_count_running(folder))
         marker.unlink(missing_ok=True)
 
