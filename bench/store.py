@@ -5,6 +5,7 @@ whole run or nothing; a finished run is found again by its config key and not re
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -13,7 +14,7 @@ import stat
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import pandas as pd
 
@@ -268,30 +269,38 @@ class Store:
 
     def _initialise(self) -> None:
         """Create the schema, or upgrade an older one in the same transaction (all or nothing)."""
+        with self._transaction(lambda exc: str(self._storage_error("write to", exc)), wal=True) as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            has_tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'metrics'").fetchone()[0]
+            steps = [MIGRATIONS[old] for old in range(max(version, 1), SCHEMA_VERSION)] if has_tables else []
+            for before, _ in steps:
+                conn.execute(before)
+            for statement in filter(str.strip, SCHEMA.split(";")):
+                conn.execute(statement)
+            for _, after in steps:
+                for statement in filter(str.strip, after.split(";")):
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @contextlib.contextmanager
+    def _transaction(self, failure: Callable[[sqlite3.Error], str], wal: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction (all or nothing). A storage failure (disk full, I/O, damage) is a
+        one-line :class:`StorageFailure` with ``failure(exc)`` as its message; nothing is half-written."""
         conn = self.connection
         try:
-            conn.execute("PRAGMA journal_mode = WAL")
+            if wal:
+                conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("BEGIN IMMEDIATE")
             try:
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                has_tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'metrics'").fetchone()[0]
-                steps = [MIGRATIONS[old] for old in range(max(version, 1), SCHEMA_VERSION)] if has_tables else []
-                for before, _ in steps:
-                    conn.execute(before)
-                for statement in filter(str.strip, SCHEMA.split(";")):
-                    conn.execute(statement)
-                for _, after in steps:
-                    for statement in filter(str.strip, after.split(";")):
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                yield conn
                 conn.execute("COMMIT")
             except BaseException:
                 _rollback(conn)
                 raise
         except sqlite3.Error as exc:
             if _storage_failure(exc):
-                raise StorageFailure(str(self._storage_error("write to", exc))) from None
+                raise StorageFailure(failure(exc)) from None
             raise
 
     def _check_version(self) -> None:
@@ -339,36 +348,26 @@ class Store:
         c = result.config
         if not -2**63 <= c.seed < 2**63:
             raise StoreError(f"seed {c.seed} cannot be stored (seeds are 64-bit integers)")
-        conn = self.connection
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute("DELETE FROM runs WHERE config_key = ?", (c.key,))
-                cursor = conn.execute(
-                    "INSERT INTO runs (config_key, estimator, estimator_params, problem, problem_params, seed,"
-                    " samples, device, device_description, config, versions, git_revision, started_at,"
-                    " finished_at, wall_time_s, status, error, notes)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (c.key, c.estimator, json.dumps(c.estimator_params, sort_keys=True), c.problem,
-                     json.dumps(c.problem_params, sort_keys=True), c.seed, c.samples, c.device,
-                     device_description, json.dumps(c.as_dict(), sort_keys=True),
-                     json.dumps(versions, sort_keys=True), git_revision, result.started_at, result.finished_at,
-                     result.wall_time_s, result.status, result.error, json.dumps(result.notes, sort_keys=True)))
-                run_id = int(cursor.lastrowid)
-                conn.executemany(
-                    "INSERT INTO metrics (run_id, scope, metric, epoch, step, value, stderr)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(run_id, m.scope, m.name, m.epoch, m.step, _finite(m.value), _finite(m.stderr))
-                     for m in result.metrics])
-                conn.execute("COMMIT")
-            except BaseException:
-                _rollback(conn)
-                raise
-        except sqlite3.Error as exc:
-            if _storage_failure(exc):
-                raise StorageFailure(f"could not save the run to {self.path}: {' '.join(str(exc).split())}; "
-                                 "runs saved before are intact") from None
-            raise
+        failure = (lambda exc: f"could not save the run to {self.path}: {' '.join(str(exc).split())}; "
+                               "runs saved before are intact")
+        with self._transaction(failure) as conn:
+            conn.execute("DELETE FROM runs WHERE config_key = ?", (c.key,))
+            cursor = conn.execute(
+                "INSERT INTO runs (config_key, estimator, estimator_params, problem, problem_params, seed,"
+                " samples, device, device_description, config, versions, git_revision, started_at,"
+                " finished_at, wall_time_s, status, error, notes)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (c.key, c.estimator, json.dumps(c.estimator_params, sort_keys=True), c.problem,
+                 json.dumps(c.problem_params, sort_keys=True), c.seed, c.samples, c.device,
+                 device_description, json.dumps(c.as_dict(), sort_keys=True),
+                 json.dumps(versions, sort_keys=True), git_revision, result.started_at, result.finished_at,
+                 result.wall_time_s, result.status, result.error, json.dumps(result.notes, sort_keys=True)))
+            run_id = int(cursor.lastrowid)
+            conn.executemany(
+                "INSERT INTO metrics (run_id, scope, metric, epoch, step, value, stderr)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(run_id, m.scope, m.name, m.epoch, m.step, _finite(m.value), _finite(m.stderr))
+                 for m in result.metrics])
         return run_id
 
     # -- reading ---------------------------------------------------------------------------
@@ -421,10 +420,8 @@ def _rollback(conn: sqlite3.Connection) -> None:
 # Sources are only read: each is copied (SQLite backup) into a temporary file, upgraded there when
 # it is an older version, then its runs are copied into the destination in one transaction.
 # =================================================================================================
-import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import tempfile  # noqa: E402
-from typing import Iterator  # noqa: E402
 
 # Times and memory differ between machines running the same config; they are not compared.
 MACHINE_DEPENDENT_SUFFIXES = ("_s", "_bytes")
