@@ -20,7 +20,7 @@ import problems
 from estimators.families import family_of
 
 TRAITS = ("unbiased", "loss_evals", "needs_loss_backprop", "binary_forward", "randomness", "stateful",
-          "has_parameters", "activation")
+          "has_parameters", "activation", "variables")
 TRAINING, GRADIENT = "training", "gradient"
 DESCRIBED = ("kind", "estimator", "problem")  # the notes describe() writes
 

@@ -58,6 +58,22 @@ class Noise:
     def rademacher(self, shape, like: torch.Tensor) -> torch.Tensor:
         return self.bernoulli(torch.full((), 0.5, dtype=like.dtype, device=like.device), shape) * 2 - 1
 
+    def categorical(self, probs: torch.Tensor, shape=None) -> torch.Tensor:
+        """One-hot draws with P(category k) = probs[..., k]: ``shape`` (default probs.shape) ends
+        with the K categories. One uniform per draw by the inverse CDF, k = #{j < K-1: u >= F_j};
+        with K = 2 the category is 1 when u >= probs[..., 0] (not the Bernoulli draw's 1[u < p])."""
+        shape = torch.Size(probs.shape if shape is None else shape)
+        cdf = torch.cumsum(probs.expand(shape), -1)[..., :-1]
+        u = self.uniform(shape[:-1], probs).unsqueeze(-1)
+        index = (u >= cdf).sum(-1)
+        return torch.nn.functional.one_hot(index, shape[-1]).to(probs.dtype)
+
+    def gumbel(self, shape, like: torch.Tensor) -> torch.Tensor:
+        """Standard Gumbel draws -log(-log u), u ~ U(0, 1) kept away from 0 and 1."""
+        tiny = torch.finfo(like.dtype).tiny
+        u = self.uniform(shape, like).clamp(tiny, 1 - torch.finfo(like.dtype).eps)
+        return -torch.log(-torch.log(u))
+
     def beta(self, alpha: float, beta: float, shape, like: torch.Tensor) -> torch.Tensor:
         """Beta draws; torch's sampler takes no generator, so seed a forked global RNG from ours."""
         seed = int(torch.randint(0, 2**62, (), generator=self.generator, device=like.device).item())
@@ -70,12 +86,14 @@ class Noise:
 
 
 class ReplayNoise(Noise):
-    """Replays given Bernoulli bits instead of drawing them, and records their probability.
+    """Replays given discrete draws instead of drawing them, and records their probability.
 
-    ``configs`` is ``(S, n_bits)``: row s is the whole Bernoulli randomness of sample s. Each request
-    of shape ``(*lead, S, units)`` consumes ``prod(lead) * units`` bits per row, in order.
-    ``log_prob`` accumulates log P(bits) under the probabilities the estimator asked for, so
-    sum_s exp(log_prob_s) f(s) is an exact expectation when ``configs`` enumerates all 2^n rows.
+    ``configs`` is ``(S, n_draws)``: row s is the whole discrete randomness of sample s. A Bernoulli
+    request of shape ``(*lead, S, units)`` consumes ``prod(lead) * units`` entries per row, in order,
+    as bits; a categorical request of shape ``(*lead, S, units, K)`` consumes ``prod(lead) * units``
+    entries as category indices in [0, K). ``log_prob`` accumulates log P(draws) under the
+    probabilities the estimator asked for, so sum_s exp(log_prob_s) f(s) is an exact expectation
+    when ``configs`` enumerates every outcome.
     """
 
     def __init__(self, configs: torch.Tensor):
@@ -102,11 +120,32 @@ class ReplayNoise(Noise):
         self.log_prob = self.log_prob + logp.movedim(-2, 0).reshape(n_rows, -1).sum(-1)
         return bits
 
+    def categorical(self, probs: torch.Tensor, shape=None) -> torch.Tensor:
+        shape = torch.Size(probs.shape if shape is None else shape)
+        n_rows = self.configs.shape[0]
+        if len(shape) < 3 or shape[-3] != n_rows:
+            raise NotEnumerable(f"replay expects categorical draws of shape (..., {n_rows}, units, K), "
+                                f"got {tuple(shape)}")
+        lead, units, K = shape[:-3], shape[-2], shape[-1]
+        width = math.prod(lead) * units
+        if self.offset + width > self.configs.shape[1]:
+            raise NotEnumerable("the estimator drew more categorical draws than were enumerated")
+        codes = self.configs[:, self.offset:self.offset + width].long()
+        if codes.numel() and not bool(((codes >= 0) & (codes < K)).all()):
+            raise NotEnumerable(f"replayed categories are outside [0, {K})")
+        self.offset += width
+        index = codes.reshape(n_rows, *lead, units).movedim(0, -2)
+        one_hot = torch.nn.functional.one_hot(index, K)
+        logp = torch.log(probs.expand(shape).to(torch.float64)).gather(-1, index.unsqueeze(-1)).squeeze(-1)
+        self.log_prob = self.log_prob + logp.movedim(-2, 0).reshape(n_rows, -1).sum(-1)
+        return one_hot.to(probs.dtype)
+
     def uniform(self, shape, like):
         raise NotEnumerable("continuous randomness cannot be enumerated")
 
     normal = uniform
     logistic = uniform
+    gumbel = uniform
 
     def beta(self, alpha, beta, shape, like):
         raise NotEnumerable("continuous randomness cannot be enumerated")
@@ -176,7 +215,9 @@ class Estimator(torch.nn.Module):
     ``has_parameters`` -- owns trainable parameters (control variates, learned baselines);
     ``activation`` -- the unit's mean non-linearity: 'sigmoid' (outputs in [0, 1]) or 'rectifier'
     (non-negative, unbounded); training problems pick a sparsity criterion from it (KL or L1);
-    ``adaptation_lr`` -- Adam learning rate for the estimator's own parameters (see below).
+    ``adaptation_lr`` -- Adam learning rate for the estimator's own parameters (see below);
+    ``variables`` -- the units it serves: 'binary' (Bernoulli logits ``(*batch, units)``, h in {0, 1}),
+    'categorical' (logits ``(*batch, units, K)``, one-hot h of that shape) or 'both'.
     A trait that a parameter changes is declared with :func:`parameter_trait`: the class keeps the
     default, each instance computes its own answer (never assign traits in ``__init__``).
 
@@ -204,6 +245,7 @@ class Estimator(torch.nn.Module):
     has_parameters: ClassVar[bool] = False
     activation: ClassVar[str] = "sigmoid"
     adaptation_lr: ClassVar[float] = 1e-2
+    variables: ClassVar[str] = "binary"
 
     def __init__(self) -> None:
         super().__init__()
@@ -232,7 +274,8 @@ class Estimator(torch.nn.Module):
         return {"unbiased": self.unbiased, "loss_evals": self.loss_evals,
                 "needs_loss_backprop": self.needs_loss_backprop, "binary_forward": self.binary_forward,
                 "randomness": self.randomness, "stateful": self.stateful,
-                "has_parameters": self.has_parameters, "activation": self.activation}
+                "has_parameters": self.has_parameters, "activation": self.activation,
+                "variables": self.variables}
 
     def layer(self, index: int) -> "Estimator":
         """The estimator for stochastic layer ``index`` of a stacked model: layer 0 is ``self``,

@@ -665,8 +665,9 @@ def test_trait_types(spec):
     assert est.name == spec[0] and est.description
     traits = est.traits()
     assert set(traits) == {"unbiased", "loss_evals", "needs_loss_backprop", "binary_forward", "randomness",
-                           "stateful", "has_parameters", "activation"}
+                           "stateful", "has_parameters", "activation", "variables"}
     assert traits["activation"] in ("sigmoid", "rectifier")
+    assert traits["variables"] in ("binary", "categorical", "both")
     for key in ("unbiased", "needs_loss_backprop", "binary_forward", "stateful", "has_parameters"):
         assert isinstance(traits[key], bool), key
     assert traits["randomness"] in ("bernoulli", "continuous", "none")

@@ -8,7 +8,7 @@ import problems
 from bench.commands.arguments import add_plugin_option, load_plugins
 
 TRAITS = ("unbiased", "loss_evals", "needs_loss_backprop", "binary_forward", "randomness", "stateful",
-          "has_parameters", "activation")
+          "has_parameters", "activation", "variables")
 
 
 def add_parser(subparsers) -> None:
