@@ -10,6 +10,12 @@ All randomness goes through ``self.rng`` (a :class:`Noise`); a caller hands one 
 ``with estimator.drawing_from(noise):`` (seeded, or a chosen sample replayed by :class:`ReplayNoise`
 to get exact values and exact moments by enumeration), never by assigning ``rng`` from outside.
 
+Categorical units (estimators whose ``variables`` trait is 'categorical' or 'both'): the caller
+passes ``categorical=True``, ``logits`` is ``(*batch, units, K)`` (unnormalised log-probabilities)
+and ``loss_fn`` takes one-hot ``h`` of shape ``(*extra, *batch, units, K)`` (or a relaxed point of
+the simplex) and returns ``(*extra, *batch)``. Binary-only estimators are never called so (the
+harness stores such a pair as skipped), and binary units never pass the keyword.
+
 Examples are independent: the estimate for one example depends on its logits, the loss and its own
 draws only, never on the other examples' draws or on how many there are (no batch statistics such
 as a batch-mean baseline inside one call; running statistics carried between calls are fine, as
@@ -154,12 +160,15 @@ class ReplayNoise(Noise):
         raise NotEnumerable("continuous randomness cannot be enumerated")
 
 
-def attach_gradient(value: torch.Tensor, logits: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+def attach_gradient(value: torch.Tensor, logits: torch.Tensor, grad: torch.Tensor,
+                    event_dims: int = 1) -> torch.Tensor:
     """Return ``value`` unchanged whose gradient w.r.t. ``logits`` is additionally ``grad``.
 
-    (grad * logits).sum - (same).detach() is exactly zero in value and has derivative ``grad``.
+    (grad * logits).sum - (same).detach() is exactly zero in value and has derivative ``grad``;
+    the sum runs over the last ``event_dims`` axes: 1 for binary logits (units), 2 for categorical
+    logits (units, K).
     """
-    term = (grad.detach() * logits).sum(-1)
+    term = (grad.detach() * logits).sum(tuple(range(-event_dims, 0)))
     return value + (term - term.detach())
 
 
