@@ -186,13 +186,13 @@ def timing_note(rows: int) -> str:
             f"(1, 5, 15 min) on {os.cpu_count()} cores")
 
 
-def warm_up(problem, estimator: Estimator, config: RunConfig) -> str:
-    """Let a stateful estimator's running statistics settle (noise stream 1) before measuring.
+def warm_up(problem, estimator: Estimator, config: RunConfig, noise: Noise | None = None) -> str:
+    """Let a stateful estimator's running statistics settle (noise stream 1, or ``noise``) before measuring.
 
     The statistics advance once per call, so the calls have a fixed size (STATE_BATCH estimates),
     not the measurement's chunk size: the frozen state, and with it every metric, does not depend
     on ``--samples``, and a ``decay`` per call means the same in every run."""
-    with estimator.drawing_from(seeded_noise(config.seed, 1, torch.device(config.device))):
+    with estimator.drawing_from(noise or seeded_noise(config.seed, 1, torch.device(config.device))):
         if not estimator.stateful:
             rows = min(16, config.samples)
             problem.sample_gradients(estimator, rows)
@@ -203,12 +203,13 @@ def warm_up(problem, estimator: Estimator, config: RunConfig) -> str:
     return f"{calls * STATE_BATCH} estimates in calls of {STATE_BATCH} (state adapted, then frozen)"
 
 
-def adapt(problem, estimator: Estimator, config: RunConfig) -> int:
+def adapt(problem, estimator: Estimator, config: RunConfig, noise: Noise | None = None) -> int:
     """The adaptation phase of an estimator with its own parameters: Adam steps on the objective
-    it accumulates into its parameters' grads (see Estimator), on noise stream 1. Returns steps."""
+    it accumulates into its parameters' grads (see Estimator), on noise stream 1 (or ``noise``).
+    Returns steps."""
     steps = math.ceil(config.warmup / ADAPTATION_BATCH)
     optimizer = None
-    with estimator.drawing_from(seeded_noise(config.seed, 1, torch.device(config.device))):
+    with estimator.drawing_from(noise or seeded_noise(config.seed, 1, torch.device(config.device))):
         for _ in range(steps):
             for parameter in estimator.parameters():
                 parameter.grad = None
@@ -302,7 +303,7 @@ def train(problem, estimator: Estimator, config: RunConfig,
     with estimator.drawing_from(seeded_noise(config.seed, 0, torch.device(config.device))):
         for item in problem.fit(estimator, config.seed, progress):
             if isinstance(item, problems.Checkpoint):
-                measured, exact = checkpoint_metrics(item, estimator, config, CHECKPOINT_STREAM + checkpoints)
+                measured, exact = checkpoint_metrics(item, estimator, config, CHECKPOINT_STREAM + checkpoints, notes)
                 metrics.extend(measured)
                 checkpoints += 1
                 notes["checkpoints"] = (f"{checkpoints} (reference: {'exact' if exact else 'estimated'}, "
@@ -322,11 +323,12 @@ def reference_metrics(reference, scopes: dict[str, slice]) -> list[Metric]:
             for name, part in scopes.items()]
 
 
-def checkpoint_metrics(checkpoint, estimator: Estimator, config: RunConfig,
-                       stream: int) -> tuple[list[Metric], bool]:
+def checkpoint_metrics(checkpoint, estimator: Estimator, config: RunConfig, stream: int,
+                       notes: dict[str, Any] | None = None) -> tuple[list[Metric], bool]:
     """Sample metrics (per scope) of the training estimator, frozen, on the checkpoint's problem,
     on their own noise stream (the training's noise source is back in place afterwards); and whether
-    the reference gradient was exact."""
+    the reference gradient was exact. Then each estimator of the checkpoint's ``basket``
+    (:func:`basket_metrics`), its metrics under scope ``basket:<spec>``."""
     probe = checkpoint.problem
     reference = probe.reference()
     scopes = {"all": slice(None), **probe.scopes()}
@@ -334,7 +336,50 @@ def checkpoint_metrics(checkpoint, estimator: Estimator, config: RunConfig,
     measured, _ = sample_metrics(probe, estimator, settings, reference, scopes, progress=None, stream=stream,
                                  timed=False)  # the training's cost is its epoch_time_s
     measured.extend(reference_metrics(reference, scopes))
+    for spec in checkpoint.basket:
+        measured.extend(basket_metrics(spec, probe, settings, reference, scopes, stream,
+                                       {} if notes is None else notes))
     return [dataclasses.replace(m, epoch=checkpoint.epoch, step=checkpoint.step) for m in measured], reference.exact
+
+
+def basket_metrics(spec: str, probe, config: RunConfig, reference, scopes: dict[str, slice], stream: int,
+                   notes: dict[str, Any]) -> list[Metric]:
+    """One basket estimator measured on a checkpoint's problem as the training estimator is (same
+    noise ``stream``, ``config.samples`` estimates), scope ``basket:<spec>`` (``basket:<spec>/<part>``
+    for parts). Built fresh at every checkpoint; running statistics are warmed up and own parameters
+    adapted first, as for a gradient problem (:func:`warm_up` / :func:`adapt`, the run's warmup or
+    else DEFAULT_WARMUP estimates, since a training run stores none), on the noise
+    ``basket_noise(config.seed, stream)``. An estimator that cannot be built, cannot serve the problem
+    or fails is noted in ``notes['basket']`` and left out; the run goes on."""
+    from bench.specs import parse_spec
+
+    try:
+        name, params = parse_spec(spec)
+        estimator = estimators.build_estimator(name, params).to(torch.device(config.device))
+        check_compatible(estimator, probe)
+        noise = basket_noise(config.seed, stream, torch.device(config.device))
+        settings = dataclasses.replace(config, warmup=config.warmup or DEFAULT_WARMUP)  # training runs store 0
+        if estimator.has_parameters:
+            adapt(probe, estimator, settings, noise)
+        else:
+            warm_up(probe, estimator, settings, noise)
+        measured, _ = sample_metrics(probe, estimator, config, reference, scopes, progress=None, stream=stream,
+                                     timed=False)
+    except Exception as exc:  # noted with the run; the training estimator's numbers stand
+        kind = "skipped" if isinstance(exc, (Incompatible, ValueError)) else "failed"
+        message = f"{spec}: {kind} ({type(exc).__name__}: {exc})"
+        previous = notes.get("basket")
+        if not previous or message not in previous.split("; "):
+            notes["basket"] = f"{previous}; {message}" if previous else message
+        return []
+    return [dataclasses.replace(m, scope=f"basket:{spec}" if m.scope == "all" else f"basket:{spec}/{m.scope}")
+            for m in measured]
+
+
+def basket_noise(seed: int, stream: int, device: torch.device) -> Noise:
+    """The noise a basket estimator warms up or adapts on at the checkpoint measured on ``stream``."""
+    state = int(np.random.SeedSequence([seed, stream, 1]).generate_state(1, np.uint64)[0] >> 1)
+    return Noise(torch.Generator(device).manual_seed(state))
 
 
 def run(config: RunConfig, progress: Callable[[int], None] | None = None) -> RunResult:

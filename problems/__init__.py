@@ -4,7 +4,7 @@ from problems.base import BernoulliProblem, Checkpoint, Problem, Record, Referen
 
 PROBLEMS = Registry(kind="problem", group="bench.problems",
                     builtin_modules=("problems.bernoulli", "problems.sigmoid_belief_net", "problems.gater",
-                                     "problems.mlp"))
+                                     "problems.mlp", "problems.vae"))
 register_problem = PROBLEMS.register
 
 

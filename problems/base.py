@@ -49,12 +49,15 @@ class Record:
 class Checkpoint:
     """A point in training where the harness measures the estimator's gradient, as for any
     gradient problem: ``problem`` holds the model frozen at that point, ``samples`` is the number of
-    estimates to draw; the harness stores every metric with this ``epoch`` / ``step``."""
+    estimates to draw; the harness stores every metric with this ``epoch`` / ``step``. ``basket``:
+    specs of other estimators the harness measures on the same problem beside the training one
+    (scope ``basket:<spec>``), like DisARM's grad_basket."""
 
     problem: "Problem"
     samples: int
     epoch: int | None = None
     step: int | None = None
+    basket: tuple[str, ...] = ()
 
 
 def parse_sizes(text: str, name: str) -> tuple[int, ...]:

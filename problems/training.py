@@ -43,6 +43,10 @@ class Stream(enum.IntEnum):
     PROBE_BATCHES = 4          # MLP: the checkpoints' probe and variance mini-batches
     BINARISE = 5               # Binariser's Bernoulli draws
     FLIP_REFERENCE = 7         # mlp-probe: the unit-flip reference, from ``reference_seed``
+    VAE_PROBE = 60             # VAE: the checkpoints' probe mini-batches and their binarisation
+    VAE_REFERENCE = 61         # VAE: (seed, VAE_REFERENCE, step) a checkpoint probe's ``reference_seed``
+    VAE_EVALUATION = 62        # VAE: latent draws and dynamic binarisation of the ELBO / bound evaluations
+    VAE_ELBO = 63              # VAE: the extra draw of the training ELBO (relaxed or biased estimators)
     CHECKPOINT_REFERENCE = 100  # + epoch: a checkpoint probe's ``reference_seed``
     CHECKPOINT_NOISE = 200     # + epoch: the units' noise of a checkpoint's mini-batch variance
 

@@ -354,7 +354,7 @@ class TestMlpProbe(ProblemContract):
 
 CONTRACT_CLASSES = [TestBernoulliTarget, TestBernoulliQuadratic, TestBernoulliBlackbox, TestSigmoidBeliefNet,
                     TestMlpProbe]
-_COVERED = {name for cls in CONTRACT_CLASSES for name, _ in cls.specs}
+_COVERED = {name for cls in CONTRACT_CLASSES for name, _ in cls.specs} | {"bernoulli-vae-probe"}  # tests/test_vae.py
 
 
 def _gradient_problem(name: str) -> bool:

@@ -1,0 +1,653 @@
+"""Discrete VAEs with Bernoulli latents: the benchmark of the estimator papers (REBAR, RELAX, ARM,
+DisARM), after the DisARM protocol (Dong, Mnih & Tucker 2020, google-research/disarm).
+
+Model: encoder q(z|x) = Bernoulli(sigm(enc(x))), decoder p(x|z) = Bernoulli(sigm(dec(z))), prior
+p(z) = Bernoulli(sigm(prior_logits)) with learned logits. Architectures: 'linear' (x -> z -> x, linear
+maps), 'nonlinear' (two hidden layers of ``hidden`` LeakyReLU(0.3) units each way) and 'two-layer'
+(x -> z1 -> z2, prior on z2, p(z1|z2) and p(x|z1), all linear: REBAR/RELAX). DisARM's initialisation:
+the encoder reads x minus the training set's pixel means, the decoder's output bias is the logit of
+those means (clipped to [0.001, 0.999]), the prior logits start at 0.
+
+The estimator is applied to the encoder's logits through the contract (``estimators.base``): layer
+l's loss_fn maps z_l (*extra, *batch, latents) to the per-example negative ELBO downstream of it,
+log q(z_l | .) - log p(z_{l-1} | z_l) [- log p(z_L) at the top | + the next layer's surrogate, with
+``estimator.layer(l)`` on its logits], so the terms add up to -(log p(x, z) - log q(z | x)); log q keeps
+its autograd dependence on the logits (the direct term, differentiated exactly; its expectation is
+zero, so it changes variance only). The latent distribution is one small piece (:class:`BernoulliLatents`),
+so a categorical-latent VAE can reuse the rest.
+
+Problems: ``bernoulli-vae`` / ``fashion-mnist-bernoulli-vae`` (training, records and checkpoints as
+in the docstring of :class:`VaeTraining`) and ``bernoulli-vae-probe`` (a gradient problem: the
+encoder-logit gradient of a fixed model on a fixed binary mini-batch, what each checkpoint measures).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Callable, Iterator
+
+import numpy as np
+import scipy.stats
+import torch
+import torch.nn.functional as F
+
+from estimators.base import all_configurations
+from problems import register_problem
+from problems.base import (MAX_ENUMERATION_UNITS, Checkpoint, LossObserver, OwnParameterOptimizer, Problem, Record,
+                           Reference)
+from problems.training import (EVAL_EXAMPLES, INPUTS, TRAIN_EXAMPLES, Binariser, MnistTrainingProblem, Stopwatch,
+                               Stream, check_subset, chunked_sums, first_examples, seed_stream, seeded_generator,
+                               seeded_linear)
+
+ARCHITECTURES = ("linear", "nonlinear", "two-layer")
+LEAKY_SLOPE = 0.3
+MEAN_CLIP = 1e-3             # decoder output bias = logit(clip(pixel mean, 0.001, 0.999)), DisARM's
+EMA_DECAY = 0.999            # DisARM's trajectory variance
+REFERENCE_CONTINUATIONS = 8  # K of the leave-one-out reference estimator
+REFERENCE_BATCHES = 64       # batch means behind the reference's standard error
+ELEMENTS = 2**22             # values per vectorised step of enumeration, reference and evaluation
+REFERENCE_METHODS = ("auto", "exact", "sampled")
+
+Encode = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+class BernoulliLatents:
+    """The latent distribution: factorised Bernoulli(sigm(logits)). The swappable piece of the model
+    (a categorical VAE replaces it: log_prob, sample, configurations)."""
+
+    @staticmethod
+    def log_prob(z: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """log P(z) summed over the last axis; z may be relaxed (in [0, 1]); broadcasts."""
+        return (z * logits - F.softplus(logits)).sum(-1)
+
+    @staticmethod
+    def sample(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return torch.bernoulli(torch.sigmoid(logits), generator=generator)
+
+    @staticmethod
+    def configurations(width: int, dtype: torch.dtype, device=None) -> torch.Tensor:
+        return all_configurations(width, dtype, device)
+
+
+def _mlp(sizes: tuple[int, ...], generator: torch.Generator) -> torch.nn.Module:
+    """Linear maps between ``sizes`` with LeakyReLU(0.3) between them (one map: just linear)."""
+    layers: list[torch.nn.Module] = []
+    for i in range(len(sizes) - 1):
+        if i:
+            layers.append(torch.nn.LeakyReLU(LEAKY_SLOPE))
+        layers.append(seeded_linear(sizes[i], sizes[i + 1], generator))
+    return layers[0] if len(layers) == 1 else torch.nn.Sequential(*layers)
+
+
+def _last_linear(module: torch.nn.Module) -> torch.nn.Linear:
+    return module if isinstance(module, torch.nn.Linear) else module[-1]
+
+
+class VaeModel(torch.nn.Module):
+    """The VAE's networks: ``encoders[l]`` gives layer l's logits from the layer below (x minus the
+    pixel means for l = 0), ``decoders[l]`` the logits of the layer below from z_l, ``prior_logits``."""
+
+    latent = BernoulliLatents
+
+    def __init__(self, architecture: str, pixels: int, latents: int, hidden: int, generator: torch.Generator,
+                 pixel_mean: torch.Tensor):
+        super().__init__()
+        self.architecture = architecture
+        inner = (hidden, hidden) if architecture == "nonlinear" else ()
+        self.encoders = torch.nn.ModuleList([_mlp((pixels, *inner, latents), generator)])
+        self.decoders = torch.nn.ModuleList([_mlp((latents, *inner[::-1], pixels), generator)])
+        if architecture == "two-layer":
+            self.encoders.append(seeded_linear(latents, latents, generator))
+            self.decoders.append(seeded_linear(latents, latents, generator))
+        self.prior_logits = torch.nn.Parameter(torch.zeros(latents))
+        self.register_buffer("pixel_mean", pixel_mean.detach().clone())
+        with torch.no_grad():
+            _last_linear(self.decoders[0]).bias.copy_(torch.logit(pixel_mean.clamp(MEAN_CLIP, 1 - MEAN_CLIP)))
+
+    @property
+    def depth(self) -> int:
+        return len(self.encoders)
+
+    def encode(self, l: int, below: torch.Tensor) -> torch.Tensor:
+        """Logits of stochastic layer l from the layer below (x for l = 0)."""
+        return self.encoders[0](below - self.pixel_mean) if l == 0 else self.encoders[l](below)
+
+    def log_likelihood(self, l: int, below: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(below | z_l) (Bernoulli, summed over the last axis); broadcasts."""
+        return BernoulliLatents.log_prob(below, self.decoders[l](z))
+
+    def encoder_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.encoders.parameters())
+
+    def decoder_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.decoders.parameters())
+
+    # -- the objective -------------------------------------------------------------------------
+    def surrogate(self, x: torch.Tensor, logits: torch.Tensor, estimator, encode: Encode | None = None,
+                  wrap_last: Callable | None = None) -> torch.Tensor:
+        """The estimator's per-example surrogate of -ELBO(x), ``logits`` = layer 0's logits.
+
+        Layer l's loss_fn: log q(z_l | .) - log p(below | z_l), then - log p(z_l) at the top or the
+        next layer's surrogate (``estimator.layer(l + 1)`` on ``encode(l + 1, z_l)``). ``wrap_last``
+        wraps the top layer's loss_fn (a loss observer)."""
+        encode = encode or self.encode
+        top = self.depth - 1
+
+        def loss_for(l: int, below: torch.Tensor, logits_l: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+            def loss_fn(z: torch.Tensor) -> torch.Tensor:
+                value = self.latent.log_prob(z, logits_l) - self.log_likelihood(l, below, z)
+                if l == top:
+                    return value - self.latent.log_prob(z, self.prior_logits)
+                following = encode(l + 1, z)
+                return value + estimator.layer(l + 1)(following, loss_for(l + 1, z, following))
+
+            return wrap_last(loss_fn) if l == top and wrap_last is not None else loss_fn
+
+        return estimator(logits, loss_for(0, x, logits))
+
+    def joint(self, x: torch.Tensor, zs: list[torch.Tensor], logits: torch.Tensor,
+              encode: Encode | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log q(z | x), -ELBO term log q - log p(x, z)) of whole configurations ``zs`` (one tensor
+        per layer, broadcasting with x), ``logits`` = layer 0's."""
+        encode = encode or self.encode
+        log_q, negative, below, a = 0, 0, x, logits
+        for l, z in enumerate(zs):
+            if l:
+                a = encode(l, below)
+            term = self.latent.log_prob(z, a)
+            log_q = log_q + term
+            negative = negative + term - self.log_likelihood(l, below, z)
+            below = z
+        return log_q, negative - self.latent.log_prob(zs[-1], self.prior_logits)
+
+    def sample_posterior(self, x: torch.Tensor, samples: int, generator: torch.Generator,
+                         logits: torch.Tensor | None = None,
+                         encode: Encode | None = None) -> list[torch.Tensor]:
+        """``samples`` ancestral draws z ~ q(z | x), one tensor (samples, *x.shape[:-1], latents) per layer."""
+        encode = encode or self.encode
+        a = self.encode(0, x) if logits is None else logits
+        zs = [self.latent.sample(a.expand(samples, *a.shape), generator)]
+        for l in range(1, self.depth):
+            zs.append(self.latent.sample(encode(l, zs[-1]), generator))
+        return zs
+
+
+# -- the gradient problem at fixed parameters ---------------------------------------------------------
+@register_problem("bernoulli-vae-probe",
+                  "A Bernoulli VAE at fixed weights on a fixed binary mini-batch: gradient of the mean negative "
+                  "ELBO w.r.t. the encoder's logits (exact up to 20 latents per example)")
+class VaeProbe(Problem):
+    """d/d(encoder logits) of mean_b E_q[-ELBO(x_b)] for a fixed model and binary mini-batch.
+
+    Gradient order: layer 1's logits (batch x latents, example-major); for 'two-layer' then the
+    second encoder layer's weight (row-major) and bias. Scopes 'layer1' (and 'layer2'). ``units``
+    counts every example's latents (batch x latents x layers), example-major, each example's layers
+    side by side: what ``loss(h)`` takes.
+
+    As a registered problem it is a seeded toy (``architecture``, ``pixels``, ``latents``,
+    ``hidden``, ``batch`` binary examples, from ``data_seed``); the training problems build one of
+    their current model at each checkpoint (:meth:`at`).
+
+    Reference: exact when one example's latents (all layers) number at most 20 (the expectation
+    factorises over examples; enumeration per example in float64, differentiated by autograd);
+    otherwise, or with ``reference_method='sampled'``, ``reference_samples`` (rounded up to a
+    multiple of 64) draws of the leave-one-out score-function estimator over K = 8 joint draws of
+    the latents, unbiased, with standard errors from 64 batch means (scipy.stats.sem)."""
+
+    def __init__(self, architecture: str = "linear", pixels: int = 6, latents: int = 4, hidden: int = 8,
+                 batch: int = 3, data_seed: int = 0, reference_method: str = "auto", reference_samples: int = 4096):
+        super().__init__()
+        check_sizes(architecture, pixels, latents, hidden)
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, got {batch}")
+        generator = seeded_generator(data_seed, Stream.PROBE_DATA)
+        pixel_mean = torch.rand(pixels, generator=generator) * 0.8 + 0.1
+        model = VaeModel(architecture, pixels, latents, hidden, generator, pixel_mean)
+        with torch.no_grad():  # a toy away from the symmetric start
+            for parameter in model.parameters():
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.5)
+        x = torch.bernoulli(pixel_mean.expand(batch, pixels), generator=generator)
+        self._configure(model, x, reference_method, reference_samples, data_seed)
+
+    @classmethod
+    def at(cls, model: VaeModel, x: torch.Tensor, reference_samples: int, reference_seed: int) -> "VaeProbe":
+        """A probe of ``model`` (copied, frozen) on the binary mini-batch ``x``."""
+        probe = cls.__new__(cls)
+        Problem.__init__(probe)
+        probe._configure(model, x, "auto", reference_samples, reference_seed)
+        return probe
+
+    def _configure(self, model: VaeModel, x: torch.Tensor, reference_method: str, reference_samples: int,
+                   reference_seed: int) -> None:
+        if reference_method not in REFERENCE_METHODS:
+            raise ValueError(f"reference_method must be one of {', '.join(REFERENCE_METHODS)}, "
+                             f"got {reference_method!r}")
+        if reference_samples < REFERENCE_BATCHES:
+            raise ValueError(f"reference_samples must be at least {REFERENCE_BATCHES}, got {reference_samples}")
+        self.register_buffer("x", x.detach().clone())
+        model = copy.deepcopy(model)
+        with torch.no_grad():
+            self.register_buffer("logits1", model.encode(0, self.x).detach().clone())
+        if model.depth > 1:
+            self.register_buffer("weight2", model.encoders[1].weight.detach().clone())
+            self.register_buffer("bias2", model.encoders[1].bias.detach().clone())
+        model.requires_grad_(False)  # layer 1's logits (and layer 2's encoder) are the point, held apart
+        self.model = model
+        self.depth, self.batch, self.latents = model.depth, int(x.shape[0]), int(model.prior_logits.shape[0])
+        self.reference_method, self.reference_samples, self.reference_seed = (reference_method, reference_samples,
+                                                                               reference_seed)
+        if reference_method == "exact":
+            self._check_enumerable()
+
+    # -- sizes ---------------------------------------------------------------------------------
+    @property
+    def example_units(self) -> int:
+        return self.depth * self.latents
+
+    @property
+    def units(self) -> int:
+        return self.batch * self.example_units
+
+    @property
+    def dim(self) -> int:
+        return self.batch * self.latents + (self.latents * (self.latents + 1) if self.depth > 1 else 0)
+
+    def scopes(self) -> dict[str, slice]:
+        first = self.batch * self.latents
+        return {"layer1": slice(0, first), **({"layer2": slice(first, self.dim)} if self.depth > 1 else {})}
+
+    def check_estimator(self, estimator) -> None:
+        for l in range(self.depth):
+            estimator.layer(l).check_units(self.latents)
+
+    def _encode(self, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                records: list | None = None) -> Encode:
+        """Layer 2's logits from z1 with the given (or the probe's) weight and bias."""
+        def encode(l: int, z: torch.Tensor) -> torch.Tensor:
+            logits = F.linear(z, self.weight2 if weight is None else weight, self.bias2 if bias is None else bias)
+            if records is not None:
+                records.append((logits, z.detach()))
+            return logits
+
+        return encode
+
+    # -- the loss of whole configurations (enumeration and the contract tests) -------------------
+    def loss(self, h: torch.Tensor) -> torch.Tensor:
+        """Mean over the batch of -ELBO at configurations h (..., batch * layers * latents)."""
+        per_example = h.unflatten(-1, (self.batch, self.example_units))
+        zs = list(per_example.split(self.latents, dim=-1))
+        _, negative = self.model.joint(self.x, zs, self.logits1, self._encode())
+        return negative.mean(-1)
+
+    # -- gradient estimates ----------------------------------------------------------------------
+    def sample_gradients(self, estimator, n: int, observe: LossObserver | None = None) -> torch.Tensor:
+        """(n, dim): units laid out (*extra, batch, n, latents), samples second to last as replay and
+        loss observers expect; layer 2's weight gradient per sample by einsum over the recorded
+        (dS/dlogits, z1) pairs (W enters only through logits = z1 W' + b)."""
+        batch, latents = self.batch, self.latents
+        logits = self.logits1.detach().unsqueeze(1).expand(batch, n, latents).clone().requires_grad_(True)
+        records: list = []
+        encode = None
+        if self.depth > 1:
+            encode = self._encode(self.weight2.detach().requires_grad_(True),
+                                  self.bias2.detach().requires_grad_(True), records)
+        wrap = None
+        if observe is not None:  # the observer sees one row per sample: the batch's latents side by side
+            def wrap(loss_fn):
+                observed = observe(lambda rows: loss_fn(rows.unflatten(-1, (batch, latents)).movedim(-2, -3)))
+                return lambda z: observed(z.movedim(-3, -2).flatten(-2))
+        surrogate = self.model.surrogate(self.x.unsqueeze(1), logits, estimator, encode, wrap)
+        leaves = [logits, *(record[0] for record in records)]
+        grads = torch.autograd.grad(surrogate.mean(0).sum(), leaves, allow_unused=True)
+        out = [grads[0].transpose(0, 1).reshape(n, batch * latents)]
+        if self.depth > 1:
+            weight = torch.zeros(n, latents, latents, dtype=logits.dtype, device=logits.device)
+            bias = torch.zeros(n, latents, dtype=logits.dtype, device=logits.device)
+            for (_, z), g in zip(records, grads[1:]):
+                if g is None:
+                    continue
+                g, z = g.reshape(-1, n, latents), z.expand(g.shape).reshape(-1, n, latents)
+                bias += g.sum(0)
+                weight += torch.einsum("eno,eni->noi", g, z)
+            out += [weight.reshape(n, -1), bias]
+        return torch.cat(out, dim=-1)
+
+    # -- the reference -----------------------------------------------------------------------------
+    def _check_enumerable(self) -> None:
+        if self.example_units > MAX_ENUMERATION_UNITS:
+            raise ValueError(f"{self.name or 'bernoulli-vae-probe'}: {self.example_units} latents per example are "
+                             f"too many to enumerate (at most {MAX_ENUMERATION_UNITS})")
+
+    def reference(self) -> Reference:
+        exact = self.reference_method == "exact" or (self.reference_method == "auto"
+                                                     and self.example_units <= MAX_ENUMERATION_UNITS)
+        return Reference(self.exact_gradient()) if exact else self.sampled_reference()
+
+    def exact_gradient(self) -> torch.Tensor:
+        return self._enumerate(gradient=True)[1]
+
+    def enumerate_gradient(self) -> torch.Tensor:
+        return self._enumerate(gradient=True)[1]
+
+    def expected_loss(self) -> float:
+        return self._enumerate(gradient=False)[0]
+
+    def _leaves(self, gradient: bool) -> tuple["VaeProbe", list[torch.Tensor]]:
+        probe = copy.deepcopy(self).to("cpu", torch.float64)
+        leaves = [probe.logits1.detach().requires_grad_(gradient)]
+        if self.depth > 1:
+            leaves += [probe.weight2.detach().requires_grad_(gradient), probe.bias2.detach().requires_grad_(gradient)]
+        return probe, leaves
+
+    def _enumerate(self, gradient: bool) -> tuple[float, torch.Tensor | None]:
+        """(E[L], dE[L]/d(logits1, W2, b2)) in float64: per example, every configuration of its
+        latents weighted by q, summed in chunks; autograd through q and the direct term."""
+        self._check_enumerable()
+        probe, leaves = self._leaves(gradient)
+        encode = probe._encode(*leaves[1:]) if self.depth > 1 else None
+        total = 0.0
+        grads = [torch.zeros_like(leaf) for leaf in leaves]
+        count = 2**self.example_units
+        chunk = max(1, ELEMENTS // (self.batch * max(probe.x.shape[-1], self.example_units)))
+        for start in range(0, count, chunk):
+            codes = torch.arange(start, min(start + chunk, count)).unsqueeze(1)
+            configs = ((codes >> torch.arange(self.example_units)) & 1).to(torch.float64).unsqueeze(1)
+            zs = list(configs.split(self.latents, dim=-1))  # (C, 1, latents): broadcast over the batch
+            with torch.set_grad_enabled(gradient):
+                log_q, negative = probe.model.joint(probe.x, zs, leaves[0], encode)
+                expected = (log_q.exp() * negative).sum() / self.batch
+            total += float(expected.detach())
+            if gradient:
+                for g, part in zip(grads, torch.autograd.grad(expected, leaves)):
+                    g += part
+        flat = torch.cat([g.reshape(-1) for g in grads]) if gradient else None
+        return total, flat
+
+    def sampled_reference(self) -> Reference:
+        """The estimated reference (class docstring): float64 on the CPU, seeded by ``reference_seed``."""
+        probe, leaves = self._leaves(False)
+        logits, model, K = leaves[0], probe.model, REFERENCE_CONTINUATIONS
+        encode = probe._encode() if self.depth > 1 else None
+        generator = seeded_generator(self.reference_seed, Stream.VAE_REFERENCE, self.reference_samples)
+        rows = -(-self.reference_samples // REFERENCE_BATCHES)
+        per = max(1, ELEMENTS // (K * self.batch * max(probe.x.shape[-1], self.latents)))
+        sums = torch.zeros(REFERENCE_BATCHES, self.dim, dtype=torch.float64)
+        scopes = self.scopes()
+        with torch.no_grad():
+            for b in range(REFERENCE_BATCHES):
+                for start in range(0, rows, per):
+                    m = min(per, rows - start)
+                    zs = model.sample_posterior(probe.x, K * m, generator, logits, encode)
+                    zs = [z.view(K, m, *z.shape[1:]) for z in zs]  # (K, m, batch, latents)
+                    _, negative = model.joint(probe.x, zs, logits, encode)  # (K, m, batch)
+                    centred = negative - (negative.sum(0, keepdim=True) - negative) / (K - 1)
+                    signal = (zs[0] - torch.sigmoid(logits)) * centred.unsqueeze(-1)
+                    sums[b, scopes["layer1"]] += signal.mean(0).sum(0).reshape(-1) / self.batch
+                    if self.depth > 1:
+                        score2 = (zs[1] - torch.sigmoid(encode(1, zs[0]))) * centred.unsqueeze(-1)
+                        weight = torch.einsum("kmbo,kmbi->oi", score2, zs[0]) / K
+                        sums[b, scopes["layer2"]] += torch.cat([weight.reshape(-1), score2.sum((0, 1, 2)) / K]) / self.batch
+        means = (sums / rows).numpy()
+        return Reference(torch.from_numpy(means.mean(0)),
+                         torch.from_numpy(np.asarray(scipy.stats.sem(means, axis=0), dtype=np.float64)))
+
+
+def check_sizes(architecture: str, pixels: int, latents: int, hidden: int) -> None:
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
+    if not 1 <= pixels <= INPUTS:
+        raise ValueError(f"pixels must be in [1, {INPUTS}], got {pixels}")
+    for name, value in (("latents", latents), ("hidden", hidden)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+
+
+# -- the training problem ------------------------------------------------------------------------------
+class VaeTraining(MnistTrainingProblem):
+    """Trains the VAE with the estimator at its latents (the DisARM protocol; parameters recorded in
+    the run config as constructor parameters).
+
+    Data: the first ``pixels`` pixels of each image (all 784 by default), binarised 'dynamic'
+    (a fresh seeded draw each time an example is used, training and evaluation alike) or 'static'
+    (one fixed draw per split from seed 0, the same for every run). Mini-batches of ``batch`` in a
+    fresh seeded order every pass over the ``train_subset`` (0 = all 50,000). Adam at ``lr`` for
+    encoder and decoder, SGD at ``prior_lr`` for the prior logits; own parameters of the estimator
+    (REBAR, RELAX, NVIL) by Adam at the estimator's ``adaptation_lr``.
+
+    Records (``step`` = training step): every ``log_every`` steps ``train_elbo`` (mean per-example
+    ELBO of the mini-batches trained on in the interval: the surrogate's value for an unbiased
+    estimator with binary forward samples, whose evaluations are draws from q; otherwise one extra
+    seeded draw z ~ q per example), ``loss_evals_total`` (steps x full-model loss evaluations per
+    example: the product over nested layers of each layer's evaluations per estimate),
+    ``trajectory_variance`` (DisARM's EMA, decay 0.999, of the first and second moments of the
+    encoder-parameter gradient, variance summed over coordinates; scopes 'all', and 'layer1' /
+    'layer2' for two layers), ``seconds_per_step`` and ``wall_time_s`` (training only, device-
+    synchronised). At step 0, every ``eval_every`` steps and the last step: ``train_set_elbo`` and
+    ``test_elbo`` (one-sample ELBO, mean with standard error over the examples: the first
+    ``eval_subset`` of each, 0 = all), ``test_bound`` (importance-weighted bound with
+    ``test_samples`` samples) and a :class:`Checkpoint` of a :class:`VaeProbe` of the current model
+    on ``probe_batch`` training examples (``probe_samples`` estimates; sampled reference from
+    ``probe_reference_samples`` draws; ``basket`` estimators measured beside it)."""
+
+    def __init__(self, architecture: str = "linear", latents: int = 200, hidden: int = 200, pixels: int = INPUTS,
+                 binarisation: str = "dynamic", steps: int = 100_000, batch: int = 50, lr: float = 1e-4,
+                 prior_lr: float = 1e-2, log_every: int = 1000, eval_every: int = 10_000, test_samples: int = 100,
+                 train_subset: int = 0, eval_subset: int = 0, probe_batch: int = 10, probe_samples: int = 1000,
+                 probe_reference_samples: int = 2048, basket: str = ""):
+        super().__init__()
+        check_sizes(architecture, pixels, latents, hidden)
+        Binariser(binarisation, 0)  # validates the mode
+        for name, value in (("steps", steps), ("batch", batch), ("log_every", log_every),
+                            ("eval_every", eval_every), ("test_samples", test_samples), ("probe_batch", probe_batch)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if probe_samples < 2:
+            raise ValueError(f"probe_samples must be at least 2 (a variance needs two draws), got {probe_samples}")
+        if probe_reference_samples < REFERENCE_BATCHES:
+            raise ValueError(f"probe_reference_samples must be at least {REFERENCE_BATCHES}, "
+                             f"got {probe_reference_samples}")
+        for name, value in (("lr", lr), ("prior_lr", prior_lr)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        check_subset("train_subset", train_subset, TRAIN_EXAMPLES)
+        check_subset("eval_subset", eval_subset, EVAL_EXAMPLES)
+        if train_subset and batch > train_subset:
+            raise ValueError(f"batch ({batch}) must not exceed train_subset ({train_subset})")
+        self.architecture, self.latents, self.hidden, self.pixels = architecture, latents, hidden, pixels
+        self.binarisation, self.steps, self.batch, self.lr, self.prior_lr = binarisation, steps, batch, lr, prior_lr
+        self.log_every, self.eval_every, self.test_samples = log_every, eval_every, test_samples
+        self.train_subset, self.eval_subset = train_subset, eval_subset
+        self.probe_batch, self.probe_samples = probe_batch, probe_samples
+        self.probe_reference_samples = probe_reference_samples
+        self.basket = tuple(part.strip() for part in str(basket).split("+") if part.strip())
+        self.batch_size, self.epochs = batch, 1  # MnistTrainingProblem's names
+
+    @property
+    def depth(self) -> int:
+        return 2 if self.architecture == "two-layer" else 1
+
+    @property
+    def units(self) -> int:
+        return self.latents
+
+    def progress_total(self) -> int:
+        return self.steps
+
+    def check_estimator(self, estimator) -> None:
+        for l in range(self.depth):
+            estimator.layer(l).check_units(self.latents)
+
+    def evaluations_per_example(self, estimator) -> int:
+        """Full-model loss evaluations per example and step: nested layers multiply."""
+        return math.prod(estimator.layer(l).loss_evaluations(self.latents) for l in range(self.depth))
+
+    # -- data --------------------------------------------------------------------------------------
+    def data(self) -> dict[str, torch.Tensor]:
+        """train / train_eval / test images on the device, the first ``pixels`` pixels: intensities
+        for 'dynamic', binary for 'static' (a fixed draw per split from seed 0, the same in every run)."""
+        splits = self.splits()
+        train, test = splits["train"][0][:, :self.pixels], splits["test"][0][:, :self.pixels]
+        if self.binarisation == "static":
+            train = Binariser("static", seed_stream(0, 0))(train)
+            test = Binariser("static", seed_stream(0, 1))(test)
+        return {"train": train, "test": test, "train_eval": train[:self.eval_subset] if self.eval_subset else train}
+
+    def binarisers(self, seed: int) -> tuple[Callable, Callable]:
+        """(training, evaluation) binarisation: dynamic draws from their own seeded streams; static
+        data is binary already."""
+        if self.binarisation == "static":
+            return (lambda x: x), (lambda x: x)
+        return Binariser("dynamic", seed), Binariser("dynamic", seed_stream(seed, Stream.VAE_EVALUATION))
+
+    def build_model(self, seed: int, train: torch.Tensor) -> VaeModel:
+        return VaeModel(self.architecture, self.pixels, self.latents, self.hidden,
+                        seeded_generator(seed, Stream.INIT), train.mean(0).cpu()).to(self.device)
+
+    # -- training ------------------------------------------------------------------------------------
+    def fit(self, estimator, seed: int, progress: Callable[[int], None] | None = None) -> Iterator[Record | Checkpoint]:
+        device = self.device
+        data = self.data()
+        binarise, binarise_eval = self.binarisers(seed)
+        model = self.trained_model = self.build_model(seed, data["train"])
+        optimiser = _adam(model.encoder_parameters() + model.decoder_parameters(), self.lr)
+        prior_optimiser = torch.optim.SGD([model.prior_logits], lr=self.prior_lr)
+        own_parameters = OwnParameterOptimizer(estimator)
+        encoder = model.encoder_parameters()
+        first = [torch.zeros_like(p, dtype=torch.float64) for p in encoder]
+        second = [torch.zeros_like(p, dtype=torch.float64) for p in encoder]
+        order = seeded_generator(seed, Stream.ORDER)
+        evaluation = seeded_generator(seed, Stream.VAE_EVALUATION, device=device)
+        probe_rng = seeded_generator(seed, Stream.VAE_PROBE)
+        elbo_rng = None if (estimator.unbiased and estimator.binary_forward) else \
+            seeded_generator(seed, Stream.VAE_ELBO, device=device)
+        per_step = self.evaluations_per_example(estimator)
+        train = data["train"]
+        batches = _batches(train.shape[0], self.batch, order, device)
+        interval_elbo = torch.zeros((), dtype=torch.float64, device=device)
+        interval_steps, interval_seconds, wall = 0, 0.0, 0.0
+        scopes = self._encoder_scopes(encoder)
+
+        def step() -> None:
+            x = binarise(train[next(batches)])
+            optimiser.zero_grad(set_to_none=True)
+            prior_optimiser.zero_grad(set_to_none=True)
+            own_parameters.zero_grad()
+            logits = model.encode(0, x)
+            surrogate = model.surrogate(x, logits, estimator)
+            surrogate.mean().backward()
+            optimiser.step()
+            prior_optimiser.step()
+            own_parameters.step()
+            with torch.no_grad():
+                grads = [torch.zeros_like(p, dtype=torch.float64) if p.grad is None else p.grad.to(torch.float64)
+                         for p in encoder]
+                torch._foreach_lerp_(first, grads, 1 - EMA_DECAY)
+                torch._foreach_lerp_(second, torch._foreach_mul(grads, grads), 1 - EMA_DECAY)
+                if elbo_rng is None:
+                    interval_elbo.sub_(surrogate.detach().sum())
+                else:
+                    zs = model.sample_posterior(x, 1, elbo_rng, logits.detach())
+                    interval_elbo.sub_(model.joint(x, zs, logits.detach())[1].sum())
+
+        yield from self._evaluate(model, estimator, data, binarise_eval, evaluation, probe_rng, seed, 0)
+        watch = Stopwatch(device)
+        for index in range(1, self.steps + 1):
+            step()
+            interval_steps += 1
+            if progress is not None:
+                progress(1)
+            logging, evaluating = index % self.log_every == 0 or index == self.steps, \
+                index % self.eval_every == 0 or index == self.steps
+            if not (logging or evaluating):
+                continue
+            interval_seconds += watch.seconds()
+            if logging:
+                wall += interval_seconds
+                yield Record("train_elbo", float(interval_elbo) / (interval_steps * self.batch), step=index)
+                yield Record("loss_evals_total", float(index * per_step), step=index)
+                correction = 1 - EMA_DECAY**index
+                spread = [(s / correction - (f / correction) ** 2).clamp_min(0).sum() for f, s in zip(first, second)]
+                for scope, parts in scopes.items():
+                    yield Record("trajectory_variance", float(sum(spread[i] for i in parts)), scope=scope, step=index)
+                yield Record("seconds_per_step", interval_seconds / interval_steps, step=index)
+                yield Record("wall_time_s", wall, step=index)
+                interval_elbo.zero_()
+                interval_steps, interval_seconds = 0, 0.0
+            if evaluating:
+                yield from self._evaluate(model, estimator, data, binarise_eval, evaluation, probe_rng, seed, index)
+            watch = Stopwatch(device)
+
+    def _encoder_scopes(self, encoder: list) -> dict[str, list[int]]:
+        """Indices of the encoder's parameter tensors per scope ('all'; 'layer1', 'layer2')."""
+        scopes = {"all": list(range(len(encoder)))}
+        if self.depth > 1:
+            counts = [len(list(module.parameters())) for module in self.trained_model.encoders]
+            bounds = np.cumsum((0, *counts))
+            scopes.update({f"layer{l + 1}": list(range(bounds[l], bounds[l + 1])) for l in range(self.depth)})
+        return scopes
+
+    # -- evaluation ------------------------------------------------------------------------------------
+    def _evaluate(self, model: VaeModel, estimator, data, binarise, generator: torch.Generator,
+                  probe_rng: torch.Generator, seed: int, step: int) -> Iterator[Record | Checkpoint]:
+        """The eval-step records and the checkpoint probe (see the class docstring)."""
+        with torch.no_grad():
+            binary = {split: binarise(data[split]) for split in ("train_eval", "test")}
+            for name, split, samples in (("train_set_elbo", "train_eval", 1), ("test_elbo", "test", 1),
+                                         ("test_bound", "test", self.test_samples)):
+                values = self.bounds(model, binary[split], samples, generator).to("cpu", torch.float64).numpy()
+                yield Record(name, float(values.mean()), float(scipy.stats.sem(values)) if len(values) > 1 else None,
+                             step=step)
+        train = data["train"]
+        chosen = torch.randperm(train.shape[0], generator=probe_rng)[:self.probe_batch]
+        x = train[chosen.to(train.device)].cpu()
+        if self.binarisation == "dynamic":
+            x = torch.bernoulli(x, generator=probe_rng)
+        x = x.to(train.device)
+        probe = VaeProbe.at(model, x, self.probe_reference_samples,
+                            reference_seed=seed_stream(seed, Stream.VAE_REFERENCE, step))
+        yield Checkpoint(probe, self.probe_samples, step=step, basket=self.basket)
+
+    def bounds(self, model: VaeModel, x: torch.Tensor, samples: int, generator: torch.Generator) -> torch.Tensor:
+        """Per-example bound: log mean_s exp(ELBO_s) over ``samples`` draws z_s ~ q (one: the ELBO)."""
+        chunk = max(1, ELEMENTS // (samples * max(self.pixels, self.latents)))
+        parts: list[torch.Tensor] = []
+
+        def measure(xb: torch.Tensor, _) -> tuple:
+            zs = model.sample_posterior(xb, samples, generator)
+            _, negative = model.joint(xb, zs, model.encode(0, xb))
+            parts.append(torch.logsumexp(-negative.to(torch.float64), 0) - math.log(samples))
+            return ()
+
+        chunked_sums(measure, x, x, (), chunk)
+        return torch.cat(parts)
+
+
+def _batches(examples: int, batch: int, order: torch.Generator, device: torch.device) -> Iterator[torch.Tensor]:
+    """Index mini-batches forever: a fresh seeded permutation per pass, the last partial batch dropped."""
+    while True:
+        permutation = torch.randperm(examples, generator=order).to(device)
+        for start in range(0, examples - batch + 1, batch):
+            yield permutation[start:start + batch]
+
+
+def _adam(parameters: list, lr: float) -> torch.optim.Adam:
+    """Adam; the fused kernel where this torch and device have it."""
+    try:
+        return torch.optim.Adam(parameters, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(parameters, lr=lr)
+
+
+@register_problem("bernoulli-vae", "Bernoulli VAE on dynamically binarised MNIST (DisARM protocol; linear, "
+                                   "nonlinear, two-layer): ELBO curves, test bound, gradient variance")
+class BernoulliVae(VaeTraining):
+    """The Bernoulli VAE on MNIST (50,000 train / 10,000 test)."""
+
+    dataset = "mnist"
+
+
+@register_problem("fashion-mnist-bernoulli-vae", "The Bernoulli VAE benchmark on Fashion-MNIST")
+class FashionMnistBernoulliVae(VaeTraining):
+    """The Bernoulli VAE on Fashion-MNIST (50,000 train / 10,000 test)."""
+
+    dataset = "fashion-mnist"
