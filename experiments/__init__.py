@@ -14,7 +14,8 @@ from estimators.registry import BUILTIN, Registry, RegistryError
 from experiments.base import Experiment, Planned, plan_run, planned_results
 
 EXPERIMENTS = Registry(kind="experiment", group="bench.experiments",
-                       builtin_modules=("experiments.mlp_regulariser", "experiments.paper_fig2"))
+                       builtin_modules=("experiments.bernoulli_vae", "experiments.mlp_regulariser",
+                                        "experiments.paper_fig2"))
 register_experiment = EXPERIMENTS.register
 
 

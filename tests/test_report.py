@@ -202,26 +202,31 @@ def test_page_loads_in_a_headless_browser(report_dir, tmp_path):
     assert json.loads(attributes["data-overflowing-tables"].replace("&quot;", '"')) == []
 
 
-def test_figure_text_is_not_clipped(store_path):
-    """Every tick label, axis label, title and legend entry lies inside its figure."""
+def assert_text_inside(built) -> None:
+    """Every tick label, axis label, title and legend entry of ``built`` (an analysis.figures.Figure)
+    lies inside its figure (shared with the experiments' figure tests)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+    canvas = FigureCanvasAgg(built.figure)
+    canvas.draw()
+    renderer, box = canvas.get_renderer(), built.figure.bbox
+    drawn = [(ax.get_title() or ax.get_ylabel(), ax.get_tightbbox(renderer)) for ax in built.figure.axes
+             if ax.axison]  # ticks, tick labels, axis labels and title as drawn
+    drawn += [("legend", legend.get_window_extent(renderer)) for legend in built.figure.legends]
+    drawn += [(t.get_text(), t.get_window_extent(renderer)) for t in built.figure.texts if t.get_text()]
+    for what, extent in drawn:
+        assert (extent.x0 >= box.x0 - 1 and extent.y0 >= box.y0 - 1 and extent.x1 <= box.x1 + 1
+                and extent.y1 <= box.y1 + 1), (built.key, what, extent, box)
+
+
+def test_figure_text_is_not_clipped(store_path):
+    """Every tick label, axis label, title and legend entry lies inside its figure."""
     from analysis.figures import Figure, all_figures
     from analysis.frames import load_results
 
     for built in all_figures(load_results(store_path)):
-        if not isinstance(built, Figure):
-            continue
-        canvas = FigureCanvasAgg(built.figure)
-        canvas.draw()
-        renderer, box = canvas.get_renderer(), built.figure.bbox
-        drawn = [(ax.get_title() or ax.get_ylabel(), ax.get_tightbbox(renderer)) for ax in built.figure.axes
-                 if ax.axison]  # ticks, tick labels, axis labels and title as drawn
-        drawn += [("legend", legend.get_window_extent(renderer)) for legend in built.figure.legends]
-        drawn += [(t.get_text(), t.get_window_extent(renderer)) for t in built.figure.texts if t.get_text()]
-        for what, extent in drawn:
-            assert (extent.x0 >= box.x0 - 1 and extent.y0 >= box.y0 - 1 and extent.x1 <= box.x1 + 1
-                    and extent.y1 <= box.y1 + 1), (built.key, what, extent, box)
+        if isinstance(built, Figure):
+            assert_text_inside(built)
 
 
 @pytest.mark.parametrize("case", ["missing-db", "empty-db", "no-match", "bad-spec", "no-parent", "out-is-file"])

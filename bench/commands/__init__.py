@@ -9,7 +9,8 @@ from __future__ import annotations
 import importlib
 
 COMMAND_MODULES = ("bench.commands.listing", "bench.commands.run", "bench.commands.export", "bench.commands.data",
-                   "bench.commands.merge", "bench.commands.paper", "bench.commands.report", "bench.commands.reproduce")
+                   "bench.commands.merge", "bench.commands.paper", "bench.commands.report", "bench.commands.reproduce",
+                   "bench.commands.vae")
 
 
 def add_parsers(subparsers) -> None:
