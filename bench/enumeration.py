@@ -1,6 +1,11 @@
-"""Exact moments by enumeration: every outcome of an estimator's Bernoulli randomness replayed
-(:class:`~estimators.base.ReplayNoise`) when few enough, after counting the bits one estimate draws
-and checking that examples are independent (a coupled estimator has no exact moments per example)."""
+"""Exact moments by enumeration: every outcome of an estimator's discrete randomness replayed
+(:class:`~estimators.base.ReplayNoise`) when few enough, after counting the draws one estimate makes
+and checking that examples are independent (a coupled estimator has no exact moments per example).
+
+Draws are counted with their arity: a Bernoulli bit has 2 outcomes, a categorical draw over K
+categories K. An outcome is a mixed-radix number whose digit j (least significant first) is draw j,
+so the product of the arities is the number of outcomes (at most 2^MAX_ENUMERATION_BITS); with
+Bernoulli bits only, outcome k replays the bits of k, as it always did."""
 from __future__ import annotations
 
 import copy
@@ -18,18 +23,31 @@ COUPLING_ROWS = 4  # rows of the replayed batches that check examples are indepe
 
 
 class CountingNoise(Noise):
-    """Draws like :class:`Noise` and counts the Bernoulli bits per estimate (one estimate at a
-    time); notes whether any continuous randomness was asked for."""
+    """Draws like :class:`Noise` and counts the discrete draws per estimate (one estimate at a
+    time) with their arities, in draw order; notes whether any continuous randomness was asked for."""
 
     def __init__(self, generator: torch.Generator):
         super().__init__(generator)
-        self.bits = 0
+        self.arities: list[int] = []
         self.continuous = False
+
+    @property
+    def bits(self) -> int:
+        """Discrete draws counted (Bernoulli bits, when every arity is 2)."""
+        return len(self.arities)
 
     def bernoulli(self, probs, shape=None):
         shape = probs.shape if shape is None else torch.Size(shape)
-        self.bits += math.prod(shape)
+        self.arities.extend([2] * math.prod(shape))
         return (super().uniform(shape, probs) < probs).to(probs.dtype)
+
+    def categorical(self, probs, shape=None):
+        shape = torch.Size(probs.shape if shape is None else shape)
+        self.arities.extend([shape[-1]] * math.prod(shape[:-1]))
+        continuous = self.continuous
+        draws = super().categorical(probs, shape)
+        self.continuous = continuous  # its one uniform per draw is the discrete draw itself
+        return draws
 
     def uniform(self, shape, like):
         self.continuous = True
@@ -45,12 +63,33 @@ class CountingNoise(Noise):
 
 
 
-def count_bits(estimator: Estimator, problem) -> int | None:
-    """Bernoulli bits one estimate consumes, found by running one; None if it uses continuous noise."""
+def count_arities(estimator: Estimator, problem) -> list[int] | None:
+    """The arity of every discrete draw one estimate makes, in draw order, found by running one;
+    None if it uses continuous noise."""
     counter = CountingNoise(torch.Generator(next(iter(problem.buffers()), torch.empty(0)).device).manual_seed(0))
     with estimator.drawing_from(counter), estimator.frozen():
         problem.sample_gradients(estimator, 1)
-    return None if counter.continuous else counter.bits
+    return None if counter.continuous else counter.arities
+
+
+def count_bits(estimator: Estimator, problem) -> int | None:
+    """Discrete draws one estimate consumes (Bernoulli bits for binary units); None if it uses
+    continuous noise."""
+    arities = count_arities(estimator, problem)
+    return None if arities is None else len(arities)
+
+
+def outcome_count(arities: list[int]) -> str:
+    """The number of outcomes as powers per arity: '2^10', '3^4', '2^3 x 3^4' ('2^0' for none)."""
+    counts = {arity: arities.count(arity) for arity in sorted(set(arities))} or {2: 0}
+    return " x ".join(f"{arity}^{n}" for arity, n in counts.items())
+
+
+def mixed_radix(codes: torch.Tensor, arities: torch.Tensor) -> torch.Tensor:
+    """Digits of outcome numbers ``codes`` (S,) in the mixed radix ``arities`` (n,), least
+    significant first: shape (S, n), digit j in [0, arities[j])."""
+    places = torch.cumprod(torch.cat([arities.new_ones(1), arities[:-1]]), 0)
+    return (codes.unsqueeze(1) // places) % arities
 
 
 def exact_estimator_moments(estimator: Estimator, problem, reference,
@@ -78,58 +117,64 @@ def enumerate_exact(estimator: Estimator, problem, reference) -> tuple[ExactMome
     problem = copy.deepcopy(problem).to(torch.float64)
     estimator = copy.deepcopy(estimator).to(torch.float64)
     try:
-        bits = count_bits(estimator, problem)
+        arities = count_arities(estimator, problem)
     except NotEnumerable as exc:
         return None, f"not computed: {exc}"
-    if bits is None:
+    if arities is None:
         return None, "not computed: continuous randomness (no finite set of outcomes)"
-    if bits > MAX_ENUMERATION_BITS:
-        return None, f"not computed: 2^{bits} outcomes exceed 2^{MAX_ENUMERATION_BITS}"
+    outcomes = math.prod(arities)
+    if outcomes > 2**MAX_ENUMERATION_BITS:
+        return None, f"not computed: {outcome_count(arities)} outcomes exceed 2^{MAX_ENUMERATION_BITS}"
+    draws = len(arities)
     device = next(iter(problem.buffers()), torch.empty(0)).device
+    radix = torch.tensor(arities, dtype=torch.long, device=device)
 
     def replay(configs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         noise = ReplayNoise(configs)
         with estimator.drawing_from(noise), estimator.frozen():
             estimates = problem.sample_gradients(estimator, configs.shape[0]).detach().to(torch.float64)
-        if noise.offset != bits:
-            raise NotEnumerable(f"the estimator drew {noise.offset} bits, not the {bits} counted")
+        if noise.offset != draws:
+            raise NotEnumerable(f"the estimator made {noise.offset} draws, not the {draws} counted")
         return estimates, torch.exp(noise.log_prob)
 
     try:
-        if coupled(replay, bits, device):
+        if coupled(replay, arities, device):
             return None, f"not computed: {COUPLED}"
     except NotEnumerable as exc:
         return None, f"not computed: {exc}"
-    block = max(1, min(2**bits, ENUMERATION_ELEMENTS // max(1, problem.dim, bits)))
+    block = max(1, min(outcomes, ENUMERATION_ELEMENTS // max(1, problem.dim, draws)))
 
     def blocks():
-        for start in range(0, 2**bits, block):
-            codes = torch.arange(start, min(start + block, 2**bits), device=device).unsqueeze(1)
-            yield replay(((codes >> torch.arange(bits, device=device)) & 1).to(torch.float64))
+        for start in range(0, outcomes, block):
+            codes = torch.arange(start, min(start + block, outcomes), device=device)
+            yield replay(mixed_radix(codes, radix).to(torch.float64))
 
     try:
-        if block >= 2**bits:  # one block: replay once, read twice
+        if block >= outcomes:  # one block: replay once, read twice
             cached = list(blocks())
             exact = ExactMoments.enumerate(lambda: cached)
         else:
             exact = ExactMoments.enumerate(blocks)
     except NotEnumerable as exc:
         return None, f"not computed: {exc}"
-    return exact, f"computed in float64 over 2^{bits} outcomes"
+    return exact, f"computed in float64 over {outcome_count(arities)} outcomes"
 
 
-def coupled(replay: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], bits: int,
+def coupled(replay: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], arities: list[int],
             device: torch.device) -> bool:
     """Does one example's estimate depend on the other examples' draws (or on how many there
     are)? Replays one fixed row alone, then in a batch of COUPLING_ROWS with other rows, then with
-    every bit of those other rows flipped; an independent estimator gives that row the same estimate
-    all three times (up to float64 rounding)."""
+    every draw of those other rows changed (a bit flipped, a category moved to the next one); an
+    independent estimator gives that row the same estimate all three times (up to float64
+    rounding). ``arities``: one per draw, in draw order."""
     generator = torch.Generator().manual_seed(0)
-    draws = torch.randint(0, 2, (COUPLING_ROWS, bits), generator=generator).to(device, torch.float64)
+    radix = torch.tensor(arities, dtype=torch.long)
+    draws = torch.randint(0, 2**62, (COUPLING_ROWS, len(arities)), generator=generator) % radix
     first, others = draws[:1], draws[1:]
-    alone = replay(first)[0][0]
-    with_others = replay(torch.cat([first, others]))[0][0]
-    with_flipped = replay(torch.cat([first, 1 - others]))[0][0]
+    changed = (others + 1) % radix
+    alone = replay(first.to(device, torch.float64))[0][0]
+    with_others = replay(torch.cat([first, others]).to(device, torch.float64))[0][0]
+    with_flipped = replay(torch.cat([first, changed]).to(device, torch.float64))[0][0]
     tolerance = 1e-9 * float(alone.abs().max()) if alone.numel() and alone.isfinite().all() else 0.0
 
     def same(a: torch.Tensor, b: torch.Tensor) -> bool:

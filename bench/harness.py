@@ -45,17 +45,19 @@ class InvalidEstimates(ValueError):
     says (wrong shape, NaN or inf); the run is stored as failed with this message."""
 
 
-def check_surrogate(estimator: Estimator, args: tuple, surrogate) -> None:
-    """Forward hook: the surrogate holds one value per example, shape ``logits.shape[:-1]``
-    (a stacked, unreduced surrogate would silently scale the gradient by its extra size)."""
-    logits = args[0] if args else None
+def check_surrogate(estimator: Estimator, args: tuple, kwargs: dict, surrogate) -> None:
+    """Forward hook (with kwargs): the surrogate holds one value per example, shape
+    ``logits.shape[:-1]`` (``[:-2]`` for categorical units); a stacked, unreduced surrogate would
+    silently scale the gradient by its extra size."""
+    logits = args[0] if args else kwargs.get("logits")
     if not isinstance(logits, torch.Tensor):
         return
+    batch = tuple(logits.shape[:-2] if kwargs.get("categorical") else logits.shape[:-1])
     shape = tuple(surrogate.shape) if isinstance(surrogate, torch.Tensor) else None
-    if shape != tuple(logits.shape[:-1]):
+    if shape != batch:
         found = f"shape {shape}" if shape is not None else f"a {type(surrogate).__name__}"
         raise InvalidEstimates(f"surrogate of {found} for logits of shape {tuple(logits.shape)}: the estimator "
-                               f"must return one value per example, shape {tuple(logits.shape[:-1])}")
+                               f"must return one value per example, shape {batch}")
 
 
 def check_estimates(estimates: torch.Tensor, rows: int, dim: int) -> None:
@@ -83,20 +85,27 @@ def seeded_noise(seed: int, stream: int, device: torch.device) -> Noise:
     return Noise(torch.Generator(device).manual_seed(state))
 
 
-class LossProbe:
-    """Wraps a loss to count evaluations and the exact zeros of the units fed to it per sample."""
+EVENT_DIMS = {"binary": 1, "categorical": 2}  # trailing axes of one unit layer's h: (units,) or (units, K)
 
-    def __init__(self, rows: int, device: torch.device):
+
+class LossProbe:
+    """Wraps a loss to count evaluations and the exact zeros of the units fed to it per sample;
+    ``event_dims`` trailing axes of h are one evaluation's units (2 for categorical units)."""
+
+    def __init__(self, rows: int, device: torch.device, event_dims: int = 1):
         self.rows = rows
+        self.event_dims = event_dims
         self.evaluations = 0
         self.zeros = torch.zeros(rows, dtype=torch.float64, device=device)
         self.elements = 0
 
     def __call__(self, loss_fn: Callable[[torch.Tensor], torch.Tensor]):
+        row_axis = -1 - self.event_dims
+
         def observed(h: torch.Tensor) -> torch.Tensor:
-            self.evaluations += h.numel() // h.shape[-1]
-            if h.ndim >= 2 and h.shape[-2] == self.rows:
-                zeros = (h.detach() == 0).movedim(-2, 0).reshape(self.rows, -1)
+            self.evaluations += h.numel() // max(1, math.prod(h.shape[row_axis + 1:]))
+            if h.ndim >= -row_axis and h.shape[row_axis] == self.rows:
+                zeros = (h.detach() == 0).movedim(row_axis, 0).reshape(self.rows, -1)
                 self.zeros += zeros.sum(1)
                 self.elements += zeros.shape[1]
             return loss_fn(h)
@@ -114,6 +123,7 @@ def _sync(device: torch.device) -> None:
 
 def check_compatible(estimator: Estimator, problem: problems.Problem) -> None:
     try:
+        problem.check_variables(estimator)  # also where a problem's own check_estimator skips it
         problem.check_estimator(estimator)
     except ValueError as exc:
         raise Incompatible(str(exc)) from None
@@ -129,7 +139,7 @@ def measure(config: RunConfig, progress: Callable[[int], None] | None = None,
     device = torch.device(config.device)
     problem = problems.build_problem(config.problem, config.problem_params).to(device)
     estimator = estimators.build_estimator(config.estimator, config.estimator_params).to(device)
-    estimator.register_forward_hook(check_surrogate)
+    estimator.register_forward_hook(check_surrogate, with_kwargs=True)
     notes.update(describe(estimator, problem, config.estimator, config.problem))
     check_compatible(estimator, problem)
     if problem.trains_model:
@@ -242,7 +252,7 @@ def sample_metrics(problem, estimator: Estimator, config: RunConfig, reference, 
     with estimator.drawing_from(noise), estimator.frozen(), peak_memory(device) as peak:
         for start in range(0, config.samples, chunk):
             rows = min(chunk, config.samples - start)
-            probe = LossProbe(rows, device)
+            probe = LossProbe(rows, device, EVENT_DIMS[problem.variables])
             estimates = problem.sample_gradients(estimator, rows, probe)
             check_estimates(estimates, rows, problem.dim)
             evaluated += probe.evaluations

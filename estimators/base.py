@@ -220,6 +220,9 @@ class Estimator(torch.nn.Module):
     ``needs_loss_backprop`` -- uses dL/dh (back-propagation through the loss) or only L's value;
     ``binary_forward`` -- the units' forward output is in {0, 1};
     ``randomness`` -- 'bernoulli' (discrete: exact moments by enumeration), 'continuous' or 'none';
+    'bernoulli' means discrete draws of either kind -- Bernoulli bits for binary units, categorical
+    draws (``rng.categorical``) for categorical ones -- so binary runs' stored notes keep their value
+    and the harness enumerates both (each draw with its arity, 2 or K);
     ``stateful`` -- keeps running statistics (baselines) updated while ``update_state`` is True;
     ``has_parameters`` -- owns trainable parameters (control variates, learned baselines);
     ``activation`` -- the unit's mean non-linearity: 'sigmoid' (outputs in [0, 1]) or 'rectifier'
@@ -352,3 +355,12 @@ def all_configurations(n: int, dtype=torch.float32, device=None) -> torch.Tensor
     """All 2^n binary vectors as rows, shape (2^n, n); row k holds the bits of k (LSB first)."""
     codes = torch.arange(2**n, device=device).unsqueeze(1)
     return ((codes >> torch.arange(n, device=device)) & 1).to(dtype)
+
+
+def all_categories(units: int, K: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """All K^units configurations of ``units`` categorical units, one-hot, shape (K^units, units, K);
+    in row k unit j takes digit j of k in base K (least significant first), so with K = 2 the
+    category indices are the bits of :func:`all_configurations`."""
+    codes = torch.arange(K**units, device=device).unsqueeze(1)
+    digits = (codes // K ** torch.arange(units, device=device)) % K
+    return torch.nn.functional.one_hot(digits, K).to(dtype)

@@ -1,10 +1,10 @@
 """Problems with exact (or reference) gradients of an expected loss, one module per family."""
 from estimators.registry import Registry, RegistryError
-from problems.base import BernoulliProblem, Checkpoint, Problem, Record, Reference, TrainingProblem
+from problems.base import BernoulliProblem, CategoricalProblem, Checkpoint, Problem, Record, Reference, TrainingProblem
 
 PROBLEMS = Registry(kind="problem", group="bench.problems",
                     builtin_modules=("problems.bernoulli", "problems.sigmoid_belief_net", "problems.gater",
-                                     "problems.mlp", "problems.vae"))
+                                     "problems.mlp", "problems.vae", "problems.categorical"))
 register_problem = PROBLEMS.register
 
 
@@ -13,5 +13,5 @@ def build_problem(name: str, params: dict | None = None) -> Problem:
     return PROBLEMS.build(name, params)
 
 
-__all__ = ["PROBLEMS", "BernoulliProblem", "Checkpoint", "Problem", "Record", "Reference", "RegistryError",
+__all__ = ["PROBLEMS", "BernoulliProblem", "CategoricalProblem", "Checkpoint", "Problem", "Record", "Reference", "RegistryError",
            "TrainingProblem", "build_problem", "register_problem"]

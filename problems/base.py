@@ -12,7 +12,7 @@ from typing import Callable, ClassVar, Iterator
 
 import torch
 
-from estimators.base import all_configurations
+from estimators.base import all_categories, all_configurations
 
 MAX_ENUMERATION_UNITS = 20
 LossObserver = Callable[[Callable[[torch.Tensor], torch.Tensor]], Callable[[torch.Tensor], torch.Tensor]]
@@ -87,6 +87,7 @@ class Problem(torch.nn.Module):
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     trains_model: ClassVar[bool] = False
+    variables: ClassVar[str] = "binary"  # its stochastic units: 'binary' or 'categorical'
 
     @property
     def dim(self) -> int:
@@ -111,8 +112,18 @@ class Problem(torch.nn.Module):
 
     def check_estimator(self, estimator) -> None:
         """Raise ValueError if ``estimator`` cannot serve this problem (the harness then stores
-        the run as skipped with the message). The default asks the estimator about the units."""
+        the run as skipped with the message). The default checks the kind of units
+        (:meth:`check_variables`) and asks the estimator about their number."""
+        self.check_variables(estimator)
         estimator.check_units(self.units)
+
+    def check_variables(self, estimator) -> None:
+        """Raise ValueError if the estimator's ``variables`` trait ('binary', 'categorical' or
+        'both') does not cover this problem's units."""
+        serves = getattr(estimator, "variables", "binary")
+        if serves not in ("both", self.variables):
+            raise ValueError(f"{estimator.name or type(estimator).__name__} serves {serves} units only; "
+                             f"{self.name or type(self).__name__} has {self.variables} units")
 
     def scopes(self) -> dict[str, slice]:
         """Named parts of the gradient vector (e.g. 'layer1', 'layer1.weight') that the harness
@@ -240,3 +251,65 @@ class BernoulliProblem(Problem):
         surrogate = estimator(logits, loss_fn)
         (grad,) = torch.autograd.grad(surrogate.sum(), logits)
         return grad
+
+
+class CategoricalProblem(Problem):
+    """E_{h ~ Categorical(softmax(phi_i)), i = 1..units}[L(h)] at logits phi of shape (units, K):
+    subclasses set ``logits`` and ``loss``; the gradient is w.r.t. every logit, flattened row-major
+    (dim = units * K; each unit's K coordinates sum to zero, softmax being shift-invariant).
+
+    ``loss(h)`` takes one-hot h of shape (..., units, K) and returns shape (...), in h's dtype and
+    device. Estimators are called with ``categorical=True`` (see ``estimators.base``).
+    """
+
+    variables = "categorical"
+
+    @property
+    def dim(self) -> int:
+        return self.logits.numel()
+
+    @property
+    def units(self) -> int:
+        return self.logits.shape[0]
+
+    @property
+    def categories(self) -> int:
+        return self.logits.shape[1]
+
+    def loss(self, h: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def exact_gradient(self) -> torch.Tensor:
+        """dE[L]/dphi in float64, flattened; closed form where the family has one, else enumeration."""
+        return self.enumerate_gradient()
+
+    def _enumerated(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(one-hot configurations (K^units, units, K), probabilities softmax(phi), P(configuration),
+        L(configuration)) in float64."""
+        if self.categories**self.units > 2**MAX_ENUMERATION_UNITS:
+            raise ValueError(f"{self.name}: {self.categories}^{self.units} configurations are too many to "
+                             f"enumerate (at most 2^{MAX_ENUMERATION_UNITS})")
+        problem = copy.deepcopy(self).to("cpu", torch.float64)
+        configs = all_categories(self.units, self.categories, torch.float64)
+        log_probs = torch.log_softmax(problem.logits, -1)
+        weight = torch.exp((configs * log_probs).sum((-2, -1)))
+        return configs, log_probs.exp(), weight, problem.loss(configs)
+
+    def enumerate_gradient(self) -> torch.Tensor:
+        """dE[L]/dphi_ik = sum_h P(h) L(h) (h_ik - p_ik), over all K^units configurations."""
+        configs, probs, weight, values = self._enumerated()
+        return ((weight * values)[:, None, None] * (configs - probs)).sum(0).reshape(-1)
+
+    def expected_loss(self) -> float:
+        _, _, weight, values = self._enumerated()
+        return float((weight * values).sum())
+
+    def reference(self) -> Reference:
+        return Reference(self.exact_gradient().detach().to("cpu", torch.float64))
+
+    def sample_gradients(self, estimator, n: int, observe: LossObserver | None = None) -> torch.Tensor:
+        logits = self.logits.detach().expand(n, *self.logits.shape).clone().requires_grad_(True)
+        loss_fn = self.loss if observe is None else observe(self.loss)
+        surrogate = estimator(logits, loss_fn, categorical=True)
+        (grad,) = torch.autograd.grad(surrogate.sum(), logits)
+        return grad.reshape(n, -1)

@@ -138,7 +138,7 @@ def test_list_json_describes_every_builtin(listing):
     assert optimal["parameters"] == {"decay": 0.9}
     assert optimal["traits"] == {"unbiased": True, "loss_evals": 1, "needs_loss_backprop": False,
                                  "binary_forward": True, "randomness": "bernoulli", "stateful": True,
-                                 "has_parameters": False, "activation": "sigmoid", "variables": "binary"}
+                                 "has_parameters": False, "activation": "sigmoid", "variables": "both"}
     assert listing.items["estimator", "noisy-rectifier"]["traits"]["activation"] == "rectifier"
     straight = listing.items["estimator", "straight-through"]
     assert straight["traits"]["unbiased"] is False and straight["traits"]["needs_loss_backprop"] is True

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import problems
-from estimators.base import all_configurations
+from estimators.base import all_categories, all_configurations
 from estimators.registry import BUILTIN, RegistryError
 from problems.base import BernoulliProblem, Problem, Reference
 
@@ -60,6 +60,18 @@ class ProblemContract:
         """log P(h) of configurations h (..., units) as a differentiable function of ``tensors``."""
         raise NotImplementedError
 
+    def configurations(self, problem, dtype, device=None) -> torch.Tensor:
+        """Every configuration of the problem's units, one per row (binary units: 2^units rows)."""
+        return all_configurations(problem.units, dtype, device)
+
+    def event_shape(self, problem) -> tuple[int, ...]:
+        """The trailing shape of one configuration: (units,) for binary units."""
+        return (problem.units,)
+
+    def random_units(self, problem, lead: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        """Random configurations of shape (*lead, *event_shape)."""
+        return torch.bernoulli(torch.full((*lead, problem.units), 0.5), generator=generator)
+
     def test_registered_name_and_description(self, spec):
         problem = build(spec)
         assert problem.name == spec[0]
@@ -84,12 +96,11 @@ class ProblemContract:
     @pytest.mark.parametrize("extra", [(), (3,), (2, 3)], ids=["no-extra", "extra-3", "extra-2x3"])
     def test_loss_shape_with_extra_leading_dims(self, spec, extra):
         problem = build(spec)
-        h = torch.bernoulli(torch.full((*extra, 5, problem.units), 0.5),
-                            generator=torch.Generator().manual_seed(0))
+        h = self.random_units(problem, (*extra, 5), torch.Generator().manual_seed(0))
         out = problem.loss(h)
         assert out.shape == (*extra, 5)
         # each entry is the loss of its own row: no mixing across leading axes
-        flat = problem.loss(h.reshape(-1, problem.units)).reshape(*extra, 5)
+        flat = problem.loss(h.reshape(-1, *self.event_shape(problem))).reshape(*extra, 5)
         torch.testing.assert_close(out, flat)
 
     @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
@@ -97,14 +108,14 @@ class ProblemContract:
         problem = build(spec).to(dtype)
         assert problem.dtype == dtype
         assert all(t.dtype == dtype for t in self.gradient_tensors(problem))
-        h = all_configurations(problem.units, dtype)[:16]
+        h = self.configurations(problem, dtype)[:16]
         out = problem.loss(h)
         assert out.dtype == dtype
         assert torch.isfinite(out).all()
 
     def test_float32_and_float64_losses_agree(self, spec):
         problem = build(spec)
-        h = all_configurations(problem.units, torch.float64)[:32]
+        h = self.configurations(problem, torch.float64)[:32]
         lo = problem.loss(h.float()).double()
         hi = problem.to(torch.float64).loss(h)
         torch.testing.assert_close(lo, hi, rtol=1e-5, atol=1e-5)
@@ -117,7 +128,7 @@ class ProblemContract:
     def test_device(self, spec, device):
         problem = build(spec).to(device)
         assert all(t.device.type == device for t in self.gradient_tensors(problem))
-        h = all_configurations(problem.units, torch.float32, device)[:8]
+        h = self.configurations(problem, torch.float32, device)[:8]
         out = problem.loss(h)
         assert out.device.type == device
         reference = problem.reference()  # the reference is always float64 on the CPU
@@ -137,7 +148,7 @@ class ProblemContract:
         # An independent route: differentiate sum_h P(h) L(h) with autograd.
         problem = build(spec).to(torch.float64)
         tensors = [t.detach().clone().requires_grad_(True) for t in self.gradient_tensors(problem)]
-        h = all_configurations(problem.units, torch.float64)
+        h = self.configurations(problem, torch.float64)
         expected = (self.log_prob(problem, tensors, h).exp() * problem.loss(h)).sum()
         grads = torch.autograd.grad(expected, tensors)
         flat = torch.cat([g.reshape(-1) for g in grads])
@@ -156,7 +167,7 @@ class ProblemContract:
 
     def test_expected_loss_is_probability_weighted_mean(self, spec):
         problem = build(spec).to(torch.float64)
-        h = all_configurations(problem.units, torch.float64)
+        h = self.configurations(problem, torch.float64)
         weight = self.log_prob(problem, self.gradient_tensors(problem), h).exp()
         assert float(weight.sum()) == pytest.approx(1.0, abs=1e-12)
         assert problem.expected_loss() == pytest.approx(float((weight * problem.loss(h)).sum()), abs=1e-12)
@@ -352,8 +363,54 @@ class TestMlpProbe(ProblemContract):
             assert float(problem.loss(row)) == pytest.approx(float(by_hand) / problem.batch, abs=1e-12)
 
 
+class CategoricalContract(ProblemContract):
+    """Independent K-way units h_i ~ Categorical(softmax(logits_i)), one-hot h (..., units, K); the
+    gradient is w.r.t. ``logits`` (units, K), flattened."""
+
+    def gradient_tensors(self, problem):
+        return [problem.logits]
+
+    def log_prob(self, problem, tensors, h):
+        (logits,) = tensors
+        return (h * F.log_softmax(logits, -1)).sum((-2, -1))
+
+    def configurations(self, problem, dtype, device=None):
+        return all_categories(problem.units, problem.categories, dtype, device)
+
+    def event_shape(self, problem):
+        return tuple(problem.logits.shape)
+
+    def random_units(self, problem, lead, generator):
+        index = torch.randint(0, problem.categories, (*lead, problem.units), generator=generator)
+        return F.one_hot(index, problem.categories).float()
+
+    def test_closed_form_matches_finite_differences_of_expected_loss(self, spec):
+        problem = build(spec).to(torch.float64)
+        base = problem.logits.detach().clone()
+        step, fd = 1e-5, torch.zeros(problem.dim, dtype=torch.float64)
+        for i in range(problem.dim):
+            shift = torch.zeros(problem.dim, dtype=torch.float64)
+            shift[i] = step
+            problem.logits.copy_(base + shift.view_as(base))
+            up = problem.expected_loss()
+            problem.logits.copy_(base - shift.view_as(base))
+            fd[i] = (up - problem.expected_loss()) / (2 * step)
+        problem.logits.copy_(base)
+        torch.testing.assert_close(problem.exact_gradient(), fd, rtol=1e-6, atol=1e-9)
+
+
+class TestCategoricalTarget(CategoricalContract):
+    specs = [("categorical-target", {}), ("categorical-target", {"units": 3, "K": 4, "t": 0.3, "logit": -1.5}),
+             ("categorical-target", {"units": 2, "K": 2, "logit": 0.7})]
+
+
+class TestPolynomialProgramming(CategoricalContract):
+    specs = [("polynomial-programming", {"units": 5}), ("polynomial-programming", {"p": 1.5, "units": 4, "logit": 0.4}),
+             ("polynomial-programming", {"p": 3.0, "units": 3, "K": 3, "t": 0.2, "logit": -0.6})]
+
+
 CONTRACT_CLASSES = [TestBernoulliTarget, TestBernoulliQuadratic, TestBernoulliBlackbox, TestSigmoidBeliefNet,
-                    TestMlpProbe]
+                    TestMlpProbe, TestCategoricalTarget, TestPolynomialProgramming]
 _COVERED = {name for cls in CONTRACT_CLASSES for name, _ in cls.specs} | {"bernoulli-vae-probe"}  # tests/test_vae.py
 
 
