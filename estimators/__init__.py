@@ -11,7 +11,7 @@ ESTIMATORS = Registry(
                      "estimators.perturbation", "estimators.exact", "estimators.gumbel",
                      "estimators.gapped_st", "estimators.reinmax", "estimators.slope_annealed_st",
                      "estimators.antithetic", "estimators.muprop", "estimators.nvil", "estimators.rebar",
-                     "estimators.gaussian_dropout"),
+                     "estimators.gaussian_dropout", "estimators.arsm", "estimators.indecater"),
 )
 register_estimator = ESTIMATORS.register
 

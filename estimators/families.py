@@ -12,7 +12,7 @@ FAMILY_BY_MODULE = {
     "gumbel": "relaxation", "straight_through": "straight-through", "slope_annealed_st": "straight-through",
     "gapped_st": "straight-through", "reinmax": "straight-through", "perturbation": "perturbation",
     "exact": "exact", "sts": "non-binary", "noisy_rectifier": "non-binary", "paper_baselines": "non-binary",
-    "gaussian_dropout": "non-binary",
+    "gaussian_dropout": "non-binary", "arsm": "score function", "indecater": "score function",
 }
 FAMILY_ORDER = ("exact", "score function", "control variate", "relaxation", "straight-through", "perturbation",
                 "non-binary", "other")

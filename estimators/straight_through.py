@@ -1,20 +1,31 @@
 """Straight-through estimators (paper sec. 4, Hinton 2012): sample h = 1[u < sigm(a)] forward,
-back-propagate dL/dh as if the threshold were the identity (eq. 13) or the sigmoid."""
+back-propagate dL/dh as if the threshold were the identity (eq. 13) or the sigmoid. Straight-through
+also serves categorical units: one-hot sample forward, the softmax's Jacobian backward."""
 from __future__ import annotations
 
 import torch
 
 from estimators import register_estimator
 from estimators.base import PathwiseEstimator
+from estimators.gumbel import CategoricalForm, softmax_jacobian_term
 
 
 @register_estimator("straight-through", "Straight-through: binary sample forward, dL/da := dL/dh (eq. 13)")
-class StraightThrough(PathwiseEstimator):
-    """h = 1[u < sigm(a)] with the identity's gradient: biased, one evaluation, needs dL/dh."""
+class StraightThrough(CategoricalForm, PathwiseEstimator):
+    """h = 1[u < sigm(a)] with the identity's gradient: biased, one evaluation, needs dL/dh.
+
+    Categorical form (Bengio, Leonard & Courville 2013; the "ST" of Jang et al. 2017 and Liu et al.
+    2023 at tau = 1): D ~ Categorical(softmax(a)) one-hot forward, dL/da := J(softmax(a)) dL/dD,
+    i.e. D - sg(softmax(a)) + softmax(a). With K = 2 and logits (0, a) this is the binary
+    straight-through-sigmoid (the softmax's Jacobian there is sigm'(a)), not the identity form."""
 
     def sample(self, logits: torch.Tensor) -> torch.Tensor:
         bits = self.rng.bernoulli(torch.sigmoid(logits).detach())
         return bits + (logits - logits.detach())
+
+    def sample_categorical(self, logits: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(logits.detach(), -1)
+        return self.rng.categorical(probs) + softmax_jacobian_term(probs, logits)
 
 
 @register_estimator("straight-through-sigmoid",
