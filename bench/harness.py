@@ -243,7 +243,7 @@ def sample_metrics(problem, estimator: Estimator, config: RunConfig, reference, 
     measured afterwards, apart from the accumulation (see :func:`time_estimates`)."""
     device = torch.device(config.device)
     units = problem.units
-    chunk = chunk_size(config.samples, estimator.loss_evaluations(units), units, problem.dim)
+    chunk = chunk_size(config.samples, problem.evaluations_per_estimate(estimator), units, problem.dim)
     moments = {name: GradientMoments(reference.gradient[part], config.samples,
                                      truth_stderr=None if reference.stderr is None else reference.stderr[part])
                for name, part in scopes.items()}
@@ -280,7 +280,7 @@ def sample_metrics(problem, estimator: Estimator, config: RunConfig, reference, 
 def timing_rows(problem, estimator: Estimator, samples: int) -> int:
     """Estimates per timed call: TIMING_ROWS, fewer when the run has fewer or memory allows fewer."""
     units = problem.units
-    return min(TIMING_ROWS, samples, chunk_size(TIMING_ROWS * MIN_CHUNKS, estimator.loss_evaluations(units),
+    return min(TIMING_ROWS, samples, chunk_size(TIMING_ROWS * MIN_CHUNKS, problem.evaluations_per_estimate(estimator),
                                                 units, problem.dim))
 
 

@@ -254,10 +254,13 @@ def check_exact(sampled: GradientMoments, exact: ExactMoments, variance: Metric,
     the smallest two-sided p-value is Bonferroni-corrected over the dim + 1 tests, so a correct
     estimator is flagged with probability at most EXACT_CHECK_ALPHA (asymptotically). Standard
     errors get a floor of 8 ``dtype_eps`` relative to the values (sampled in float32, enumerated in
-    float64; for the variance, the square of that), so rounding alone is not flagged."""
+    float64; for the variance, the square of that), so rounding alone is not flagged; a coordinate's
+    values include the largest coordinate's, since a coordinate whose true mean is 0 may come out of
+    a sum over the others (a softmax Jacobian's row) as their rounding error."""
     n, mean, var = sampled.pooled()
     exact_mean, exact_var = exact.mean.numpy(), exact.variance.numpy()
-    rounding = 8 * dtype_eps * (np.abs(exact_mean) + np.sqrt(exact_var))  # per coordinate
+    size = np.abs(exact_mean) + np.sqrt(exact_var)
+    rounding = 8 * dtype_eps * (size + (size.max() if size.size else 0.0))  # per coordinate
     se = np.sqrt(np.nan_to_num(var / n) + rounding**2)
     with np.errstate(divide="ignore", invalid="ignore"):
         z_mean = np.where(se > 0, (mean - exact_mean) / se, np.where(mean == exact_mean, 0.0, np.inf))

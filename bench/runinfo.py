@@ -50,7 +50,7 @@ def describe(estimator, problem, estimator_name: str, problem_name: str) -> dict
     defaults, and the run's kind."""
     units = _defined(problem, "units")
     try:
-        evaluations = estimator.loss_evaluations(units) if isinstance(units, int) else None
+        evaluations = problem.evaluations_per_estimate(estimator) if isinstance(units, int) else None
     except (NotImplementedError, ValueError):  # a formula the estimator does not resolve
         evaluations = None
     traits = estimator.traits() if hasattr(estimator, "traits") else {k: getattr(estimator, k, None) for k in TRAITS}

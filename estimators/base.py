@@ -264,8 +264,9 @@ class Estimator(torch.nn.Module):
         self.rng: Noise = Noise()
         self.update_state = True
 
-    def loss_evaluations(self, units: int) -> int:
-        """Loss evaluations per estimate for a layer of ``units`` units."""
+    def loss_evaluations(self, units: int, categories: int = 2) -> int:
+        """Loss evaluations per estimate for a layer of ``units`` units (of ``categories`` categories
+        each: estimators that serve categorical units take it; the harness passes it only for them)."""
         if isinstance(self.loss_evals, int):
             return self.loss_evals
         raise NotImplementedError(f"{type(self).__name__} declares loss_evals={self.loss_evals!r} "

@@ -31,8 +31,8 @@ class Exact(Estimator):
             raise ValueError(f"max_units must be in [1, 30], got {max_units}")
         self.max_units = max_units
 
-    def loss_evaluations(self, units: int) -> int:
-        return 2**units
+    def loss_evaluations(self, units: int, categories: int = 2) -> int:
+        return categories**units
 
     def check_units(self, units: int, examples: int = 1, categories: int = 2) -> None:
         """Refuse, before anything is allocated, more than 2^``max_units`` configurations (K^units

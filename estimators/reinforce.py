@@ -167,7 +167,7 @@ class ReinforceLeaveOneOut(Estimator):
             raise ValueError(f"K must be at least 2, got {K}")
         self.K = K
 
-    def loss_evaluations(self, units: int) -> int:
+    def loss_evaluations(self, units: int, categories: int = 2) -> int:
         return self.K
 
     def bernoulli_draws(self, units: int) -> int:

@@ -117,6 +117,13 @@ class Problem(torch.nn.Module):
         self.check_variables(estimator)
         estimator.check_units(self.units)
 
+    def evaluations_per_estimate(self, estimator) -> int:
+        """The estimator's loss evaluations per estimate on this problem's units (their number, and
+        for categorical units their categories)."""
+        if self.variables == "categorical" and getattr(estimator, "variables", "binary") != "binary":
+            return estimator.loss_evaluations(self.units, categories=self.categories)
+        return estimator.loss_evaluations(self.units)
+
     def check_variables(self, estimator) -> None:
         """Raise ValueError if the estimator's ``variables`` trait ('binary', 'categorical' or
         'both') does not cover this problem's units."""

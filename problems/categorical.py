@@ -141,6 +141,10 @@ class PolynomialProgrammingTraining(_ValueLoss, TrainingProblem):
         self.steps, self.lr, self.batch, self.log_every, self.init_scale = steps, lr, batch, log_every, init_scale
 
     @property
+    def categories(self) -> int:
+        return self.K
+
+    @property
     def units(self) -> int:
         return self._units
 

@@ -13,6 +13,7 @@ import torch
 import estimators
 import problems
 from bench import enumeration, harness
+from bench.runinfo import describe
 from estimators.base import Estimator, Noise, ReplayNoise, attach_gradient
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -231,9 +232,9 @@ def test_loss_evaluations_count_examples_not_units_for_categorical_units():
 
 
 def test_mismatched_pairs_are_skipped_with_a_reason_naming_both():
-    result = run("straight-through", "categorical-target", {"units": 2, "K": 3})
+    result = run("muprop", "categorical-target", {"units": 2, "K": 3})
     assert result.status == "skipped"
-    assert result.error == "straight-through serves binary units only; categorical-target has categorical units"
+    assert result.error == "muprop serves binary units only; categorical-target has categorical units"
     categorical_only = _BatchMeanBaseline()
     for problem in (problems.build_problem("bernoulli-target"), problems.build_problem("sigmoid-belief-net",
                                                                                         {"widths": "2-2"})):
@@ -282,12 +283,13 @@ def test_bench_run_all_prints_exact_bias_and_variance_on_categorical_target(cli)
               "--warmup", "64", "--columns", "exact_bias_norm,exact_variance", "--db", "r.db")
     assert ran.returncode == 0, ran.stderr
     rows = {line.split()[1]: line.split()[2:] for line in ran.stdout.splitlines()
-            if line[:1].isdigit() and len(line.split()) > 2}
-    for name in ("reinforce", "reinforce-ma", "reinforce-optimal", "exact"):
+            if line.split()[:1] and line.split()[0].isdigit() and len(line.split()) > 2}
+    for name in ("reinforce", "reinforce-ma", "reinforce-optimal", "exact", "straight-through", "reinmax",
+                 "gapped-st", "indecater"):
         assert name in rows and "-" not in rows[name][1:], (name, ran.stdout)
     # reinforce-loo's 4 samples x 4 units are 3^16 outcomes, beyond the 2^20 budget: said so
     assert "reinforce-loo on categorical-target: 3^16 outcomes exceed 2^20" in ran.stdout
-    assert "straight-through seed 0 skipped: straight-through serves binary units only" in ran.stdout
+    assert "muprop seed 0 skipped: muprop serves binary units only" in ran.stdout
     assert "failed" not in ran.stdout
 
 
@@ -327,7 +329,7 @@ def test_polynomial_programming_training_records_the_exact_loss_and_improves():
 
 
 def test_polynomial_programming_training_refuses_binary_estimators():
-    result = run("straight-through", "polynomial-programming-training", {"units": 4, "steps": 2})
+    result = run("muprop", "polynomial-programming-training", {"units": 4, "steps": 2})
     assert result.status == "skipped" and "has categorical units" in result.error
 
 
@@ -349,3 +351,15 @@ def test_cli_refuses_a_bad_categorical_parameter_with_one_line(cli):
     assert ran.returncode == 2 and ran.stderr.startswith("error: ") and ran.stderr.count("\n") == 1
     assert "K must be at least 2" in ran.stderr
     assert "Traceback" not in ran.stderr
+
+
+@pytest.mark.parametrize("spec, expected", [(("exact", {}), 3**4), (("indecater", {}), 1 * 3 * 4),
+                                            (("arsm", {}), 3 * 2 // 2 + 1), (("reinforce-loo", {"K": 3}), 3),
+                                            (("straight-through", {}), 1)],
+                         ids=["exact", "indecater", "arsm", "reinforce-loo", "straight-through"])
+def test_evaluations_per_estimate_count_the_categories(spec, expected):
+    """The harness sizes chunks and the notes state evaluations from K (not the binary 2^units)."""
+    problem = problems.build_problem("categorical-target", {"units": 4, "K": 3})
+    estimator = estimators.build_estimator(*spec)
+    assert problem.evaluations_per_estimate(estimator) == expected
+    assert describe(estimator, problem, spec[0], "categorical-target")["estimator"]["loss_evaluations"] == expected

@@ -120,6 +120,22 @@ def test_exact_check_statistics():
     assert check.agrees
 
 
+def test_exact_check_allows_rounding_at_a_coordinate_that_is_zero():
+    """A coordinate that is exactly 0 in every sample, whose enumerated mean is a float64 rounding
+    residue of the other coordinates (a softmax Jacobian row sums to 0): agreement, not a flag. A real
+    discrepancy of the same coordinate, 1e-3 of the gradient's scale, is still flagged."""
+    truth = torch.zeros(3, dtype=torch.float64)
+    sampled = metrics.GradientMoments(truth, 4, groups=2)
+    sampled.add(torch.tensor([[1.0, 0.0, -1.0], [3.0, 0.0, -3.0], [1.0, 0.0, -1.0], [3.0, 0.0, -3.0]]))
+    variance = metrics.Metric("variance", 8 / 3, 0.5)
+    rounding = metrics.ExactMoments(torch.tensor([2.0, -9.25e-18, -2.0], dtype=torch.float64),
+                                    torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64))
+    assert metrics.check_exact(sampled, rounding, variance).agrees
+    wrong = metrics.ExactMoments(torch.tensor([2.0, -3e-3, -2.0], dtype=torch.float64),
+                                 torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64))
+    assert not metrics.check_exact(sampled, wrong, variance).agrees
+
+
 # -- point 3: time per estimate from repeated, warmed-up calls -----------------------------------
 def test_time_per_estimate_is_the_median_of_repeated_calls(monkeypatch):
     """A fake clock: the five timed calls take 0.5, 0.1, 0.3, 0.2 and 0.4 s; nothing else is timed."""
