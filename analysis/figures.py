@@ -226,7 +226,7 @@ def _estimator_panels(results: Results, key: str, title: str, columns: Sequence[
         _kind_legend(figure, palette, exact_present, zero_marker)
     caption = what + " " + _describe_runs(_runs_of(results, present))
     if exact_present:
-        caption += (" Exact values replay every outcome of the estimator's Bernoulli randomness in float64; "
+        caption += (" Exact values replay every outcome of the estimator's discrete (Bernoulli or categorical) randomness in float64; "
                     "they are means over seeds and differ between seeds only for stateful estimators.")
     if notes:
         caption += " " + "; ".join(notes) + "."
