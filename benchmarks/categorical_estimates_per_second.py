@@ -33,10 +33,7 @@ class Loss:
 
 
 def evaluations(estimator, units: int, K: int) -> int:
-    try:
-        return estimator.loss_evaluations(units, categories=K)
-    except TypeError:  # an estimator whose count does not depend on K
-        return estimator.loss_evaluations(units)
+    return estimator.loss_evaluations(units, categories=K)
 
 
 def time_calls(estimator, logits: torch.Tensor, loss: Loss, seconds: float) -> tuple[float, int]:
@@ -83,7 +80,8 @@ def main() -> None:
             continue
         count = evaluations(estimator, args.units, args.categories)
         if count > args.max_evaluations:
-            print(f"{name:<22} {count:>6} {'-':>5} skipped: more than {args.max_evaluations} evaluations")
+            shown = f"{count:.1e}" if count >= 10**6 else str(count)
+            print(f"{name:<22} {shown:>6} {'-':>5} skipped: more than {args.max_evaluations} evaluations")
             continue
         rows = max(1, min(args.rows, CALL_ELEMENTS // (count * args.units * args.categories)))
         logits = torch.randn(rows, args.units, args.categories, generator=torch.Generator().manual_seed(1))

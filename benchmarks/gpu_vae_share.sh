@@ -3,7 +3,8 @@
 # VAE experiment with every run on one GPU at once (--jobs = runs), and the categorical VAE.
 # Usage: bash benchmarks/gpu_vae_share.sh DEVICE STEPS JOBS OUT_DIR   (data: STOCHGRAD_BENCH_DATA)
 # e.g. on a GPU machine: bash benchmarks/gpu_vae_share.sh cuda 30000 10 out
-# (VAE_ARGS=--quick: the experiment's tiny evaluation settings, for a rehearsal on a CPU)
+# (VAE_ARGS=--quick: the experiment's tiny evaluation settings, for a rehearsal on a CPU;
+#  CPU_BENCH=1: first the per-step and categorical benchmarks on two pinned cores)
 set -u
 device=${1:-cuda}; steps=${2:-30000}; jobs=${3:-10}; out=${4:-gpu-out}
 mkdir -p "$out"
@@ -12,6 +13,12 @@ import torch
 print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-", flush=True)
 PY
+if [ -n "${CPU_BENCH:-}" ]; then  # first, while the machine is quiet: two pinned cores stand in for CI's 2-core machine
+  for threads in 1 2; do
+    timeout 200 taskset -c 0,1 python benchmarks/vae_step.py --threads $threads --steps 300 --repeats 3 2>&1 | tail -14
+  done
+  timeout 120 taskset -c 0,1 python benchmarks/categorical_estimates_per_second.py --seconds 1 2>&1 | tail -20
+fi
 if [ "$device" != cpu ]; then
   timeout 150 python -m pytest -q -x -p no:cacheprovider tests/test_problems.py -k cuda 2>&1 | tail -3
 fi
