@@ -56,10 +56,7 @@ Encode = Callable[[int, torch.Tensor], torch.Tensor]
 
 class BernoulliLatents:
     """The latent distribution: factorised Bernoulli(sigm(logits)). The swappable piece of the model
-    (:class:`CategoricalLatents` replaces it: log_prob, sample, configurations, and the keywords the
-    estimator is called with)."""
-
-    estimator_keywords: dict = {}
+    (:class:`CategoricalLatents` replaces it: log_prob, sample, configurations)."""
 
     @staticmethod
     def log_prob(z: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -76,10 +73,7 @@ class BernoulliLatents:
 
 
 class CategoricalLatents:
-    """Factorised Categorical(softmax(logits)) latents: logits and one-hot z of shape (..., latents, K);
-    estimators are called with ``categorical=True`` (the contract in ``estimators.base``)."""
-
-    estimator_keywords: dict = {"categorical": True}
+    """Factorised Categorical(softmax(logits)) latents: logits and one-hot z of shape (..., latents, K)."""
 
     @staticmethod
     def log_prob(z: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -176,7 +170,7 @@ class VaeModel(torch.nn.Module):
 
             return wrap_last(loss_fn) if l == top and wrap_last is not None else loss_fn
 
-        return estimator(logits, loss_for(0, x, logits), **self.latent.estimator_keywords)
+        return estimator(logits, loss_for(0, x, logits))
 
     def joint(self, x: torch.Tensor, zs: list[torch.Tensor], logits: torch.Tensor,
               encode: Encode | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -723,7 +717,8 @@ def check_categorical_sizes(architecture: str, pixels: int, latents: int, catego
 class CategoricalVaeModel(VaeModel):
     """The categorical VAE of ReinMax's and GST's MNIST experiments: q(z|x) = prod_i Cat(softmax(enc(x)_i)),
     enc(x) reshaped to (latents, K); p(x|z) Bernoulli(sigm(dec(z))) on the flattened one-hot z
-    (latents x K inputs); a fixed uniform prior (``prior_logits`` a zero buffer, log p(z) = -latents log K).
+    (latents x K inputs); a fixed uniform prior (``prior_logits`` a zero buffer, log p(z) = -latents log K),
+    its KL in closed form (:meth:`surrogate`).
     'linear' maps x -> z -> x directly; 'nonlinear' has ReLU hidden layers ``hidden`` (ReinMax:
     784-512-256 each way, the decoder the mirror). DisARM's data-dependent start as for the Bernoulli
     model (the encoder reads x minus the pixel means, the decoder's output bias is their logit)."""
@@ -751,15 +746,36 @@ class CategoricalVaeModel(VaeModel):
         """log p(x | z) of z (..., latents, K), flattened for the decoder; broadcasts."""
         return BernoulliLatents.log_prob(below, self.decoders[0](z.flatten(-2)))
 
+    def kl(self, logits: torch.Tensor) -> torch.Tensor:
+        """KL(q(z|x) || p(z)) in closed form, summed over the latents: ReinMax's ``KLD``."""
+        log_q = torch.log_softmax(logits, -1)
+        return (log_q.exp() * (log_q - torch.log_softmax(self.prior_logits, -1))).sum((-2, -1))
+
+    def surrogate(self, x: torch.Tensor, logits: torch.Tensor, estimator, encode: Encode | None = None,
+                  wrap_last: Callable | None = None) -> torch.Tensor:
+        """The per-example surrogate of -ELBO(x) = E_q[-log p(x|z)] + KL(q || p): the estimator (called
+        with ``categorical=True``) on the reconstruction term, whose loss_fn maps z (*extra, *batch,
+        latents, K) to -log p(x|z) (``wrap_last`` wraps it: a loss observer), plus the closed-form
+        KL, differentiated exactly (ReinMax's and GST's protocol: every estimator gets the same exact
+        KL gradient, and no score noise from log q's direct term)."""
+        def loss_fn(z: torch.Tensor) -> torch.Tensor:
+            return -self.log_likelihood(0, x, z)
+
+        reconstruction = estimator(logits, loss_fn if wrap_last is None else wrap_last(loss_fn), categorical=True)
+        return reconstruction + self.kl(logits)
+
 
 @register_problem("categorical-vae-probe",
                   "A categorical VAE at fixed weights on a fixed binary mini-batch: gradient of the mean negative "
                   "ELBO w.r.t. the encoder's logits (exact while K^latents <= 2^20 per example)")
 class CategoricalVaeProbe(CategoricalProblem):
     """d/d(encoder logits) of mean_b E_q[-ELBO(x_b)] for a fixed :class:`CategoricalVaeModel` and binary
-    mini-batch: the gradient problem each checkpoint of ``categorical-vae`` measures (ReinMax's
-    ``analyze_gradient``, which differentiates the reconstruction term only; here the whole -ELBO,
-    log q's direct term included, as the training loss is).
+    mini-batch: the gradient problem each checkpoint of ``categorical-vae`` measures. Estimates are
+    the training step's: the estimator's gradient of the reconstruction term plus the closed-form KL's
+    exact gradient (ReinMax's ``analyze_gradient`` measures the reconstruction term alone; the KL
+    part is the same exact vector for every estimator, so bias and variance are the same either way).
+    ``loss(h)`` is the -ELBO of whole configurations (log q(h|x) - log p(x, h)), whose expectation is
+    E_q[-ELBO]: what enumeration and the contract tests use.
 
     ``logits`` is (batch x latents, K), example-major; ``units`` = batch x latents, what ``loss(h)``
     takes as one-hot h (..., units, K); the gradient is flattened row-major, dim = batch x latents x K.
@@ -858,8 +874,8 @@ class CategoricalVaeProbe(CategoricalProblem):
 
     def _check_enumerable(self) -> None:
         if self.example_configurations > 2**MAX_ENUMERATION_UNITS:
-            raise ValueError(f"{self.name or 'categorical-vae-probe'}: {self.categories}^{self.latents} configurations "
-                             f"per example are too many to enumerate (at most 2^{MAX_ENUMERATION_UNITS})")
+            raise ValueError(f"{self.categories}^{self.latents} configurations per example are too many to "
+                             f"enumerate (at most 2^{MAX_ENUMERATION_UNITS})")
 
     def reference(self) -> Reference:
         exact = self.reference_method == "exact" or (self.reference_method == "auto"
@@ -899,10 +915,13 @@ class CategoricalVaeProbe(CategoricalProblem):
         return total, grad.reshape(-1) if gradient else None
 
     def sampled_reference(self) -> Reference:
-        """The estimated reference (class docstring): float64 on the CPU, seeded by ``reference_seed``."""
+        """The estimated reference (class docstring) of the reconstruction term, plus the KL's exact
+        gradient: float64 on the CPU, seeded by ``reference_seed``."""
         probe = copy.deepcopy(self).to("cpu", torch.float64)
         logits, model, K = probe._example_logits(), probe.model, REFERENCE_CONTINUATIONS
         probs = torch.softmax(logits, -1)
+        leaf = logits.detach().requires_grad_(True)
+        (kl_gradient,) = torch.autograd.grad(model.kl(leaf).sum() / self.batch, leaf)
         generator = seeded_generator(self.reference_seed, Stream.VAE_REFERENCE, self.reference_samples)
         rows = -(-self.reference_samples // REFERENCE_BATCHES)
         per = max(1, ELEMENTS // (K * self.batch * max(probe.x.shape[-1], self.latents * self.categories)))
@@ -913,12 +932,12 @@ class CategoricalVaeProbe(CategoricalProblem):
                     m = min(per, rows - start)
                     (z,) = model.sample_posterior(probe.x, K * m, generator, logits)
                     z = z.view(K, m, *z.shape[1:])  # (K, m, batch, latents, categories)
-                    _, negative = model.joint(probe.x, [z], logits)  # (K, m, batch)
+                    negative = -model.log_likelihood(0, probe.x, z)  # (K, m, batch)
                     centred = negative - (negative.sum(0, keepdim=True) - negative) / (K - 1)
                     signal = (z - probs) * centred[..., None, None]
                     sums[b] += signal.mean(0).sum(0).reshape(-1) / self.batch
         means = (sums / rows).numpy()
-        return Reference(torch.from_numpy(means.mean(0)),
+        return Reference(torch.from_numpy(means.mean(0)) + kl_gradient.reshape(-1),
                          torch.from_numpy(np.asarray(scipy.stats.sem(means, axis=0), dtype=np.float64)))
 
 
@@ -932,8 +951,10 @@ class CategoricalVaeTraining(VaeTraining):
     from GST): 'nonlinear' 784-512-256 ReLU encoder and mirrored decoder, fixed uniform prior, batch
     100, Adam at lr 1e-3 (their default; their scripts tune lr and temperature per estimator), 80,000
     steps = their 160 epochs at our 50,000 training images. Unlike ReinMax, pixels are binarised
-    ('dynamic' by default, as the Bernoulli VAE; they fit Bernoulli likelihoods to grey levels), and
-    the KL term is the sampled log q - log p inside the estimator's loss (they use the analytic KL)."""
+    ('dynamic' by default, as the Bernoulli VAE; they fit Bernoulli likelihoods to grey levels). As
+    theirs, the estimator sees the reconstruction term -log p(x|z) and the KL to the uniform prior
+    is added in closed form (:meth:`CategoricalVaeModel.surrogate`); ``train_elbo`` is the
+    surrogate's value for unbiased estimators with one-hot forward samples, else an extra draw's."""
 
     variables = "categorical"
     probe_class = CategoricalVaeProbe

@@ -111,6 +111,24 @@ def test_exact_gradient_is_autograd_of_the_enumerated_elbo_with_its_direct_term(
     assert float(grad.abs().max()) > 1e-3
 
 
+@pytest.mark.parametrize("name", ["straight-through", "reinmax", "gumbel-softmax", "reinforce-loo"])
+def test_the_kl_is_differentiated_in_closed_form(name):
+    # a decoder that ignores z leaves only the KL to the uniform prior: every estimate is then its
+    # exact gradient (no score noise z - p from log q's direct term, no sampled KL), as in ReinMax
+    problem = probe(**SMALL).to(F64)
+    decoder = problem.model.decoders[0]
+    with torch.no_grad():
+        decoder.weight.zero_()
+    estimator = build_estimator(name).to(F64)
+    with estimator.drawing_from(Noise(torch.Generator().manual_seed(0))), estimator.frozen():
+        grads = problem.sample_gradients(estimator, 50)
+    kl = problem.model.kl(problem.logits.reshape(problem.batch, problem.latents, -1)).mean()
+    assert problem.expected_loss() == pytest.approx(float(kl) - float(problem.model.log_likelihood(
+        0, problem.x, torch.zeros(problem.latents, problem.categories, dtype=F64)).mean()), abs=1e-10)
+    torch.testing.assert_close(grads, problem.reference().gradient.expand(50, -1), rtol=0, atol=1e-12)
+    assert float(grads.abs().max()) > 1e-3
+
+
 def test_reinmax_size_is_exact_and_larger_sizes_are_sampled():
     # ReinMax's analyze_gradient enumerates 4 latents x 8 categories; 8 x 4 = 65,536 is exact too
     assert probe(latents=8, categories=4, batch=1, pixels=4).reference().exact
