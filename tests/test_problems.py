@@ -411,7 +411,8 @@ class TestPolynomialProgramming(CategoricalContract):
 
 CONTRACT_CLASSES = [TestBernoulliTarget, TestBernoulliQuadratic, TestBernoulliBlackbox, TestSigmoidBeliefNet,
                     TestMlpProbe, TestCategoricalTarget, TestPolynomialProgramming]
-_COVERED = {name for cls in CONTRACT_CLASSES for name, _ in cls.specs} | {"bernoulli-vae-probe"}  # tests/test_vae.py
+_COVERED = ({name for cls in CONTRACT_CLASSES for name, _ in cls.specs}
+            | {"bernoulli-vae-probe", "categorical-vae-probe"})  # tests/test_vae.py, tests/test_categorical_vae.py
 
 
 def _gradient_problem(name: str) -> bool:
