@@ -23,12 +23,12 @@ if [ "$device" != cpu ]; then
   timeout 150 python -m pytest -q -x -p no:cacheprovider tests/test_problems.py -k cuda 2>&1 | tail -3
 fi
 began=$(date +%s)
-python -m bench vae --device "$device" --steps "$steps" --jobs "$jobs" --threads 1 --quiet ${VAE_ARGS:-} \
+timeout ${VAE_TIMEOUT:-240} python -m bench vae --device "$device" --steps "$steps" --jobs "$jobs" --threads 1 --quiet ${VAE_ARGS:-} \
   --db "$out/vae.db" 2>&1 | tail -40
 echo "bernoulli-vae: $(( $(date +%s) - began )) s wall for the ten runs at $steps steps, jobs $jobs"
 if python -c "import problems; problems.PROBLEMS.entry('categorical-vae')" 2>/dev/null; then
   began=$(date +%s)
-  python -m bench run --device "$device" --jobs 6 --threads 1 --quiet --db "$out/catvae.db" \
+  timeout ${CATVAE_TIMEOUT:-150} python -m bench run --device "$device" --jobs 6 --threads 1 --quiet --db "$out/catvae.db" \
     --estimators 'reinforce-loo(K=2),straight-through,st-gumbel,gumbel-softmax,reinmax,gapped-st' \
     --problems "categorical-vae(latents=30,categories=10,steps=$steps${CATVAE_ARGS:-})" 2>&1 | tail -30
   echo "categorical-vae: $(( $(date +%s) - began )) s wall for six runs at $steps steps"
