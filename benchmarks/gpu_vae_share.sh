@@ -15,12 +15,12 @@ print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
 PY
 if [ -n "${CPU_BENCH:-}" ]; then  # first, while the machine is quiet: two pinned cores stand in for CI's 2-core machine
   for threads in 1 2; do
-    timeout 200 taskset -c 0,1 python benchmarks/vae_step.py --threads $threads --steps 300 --repeats 3 2>&1 | tail -14
+    timeout 90 taskset -c 0,1 python benchmarks/vae_step.py --threads $threads --steps 300 --repeats 3 2>&1 | tail -14
   done
-  timeout 120 taskset -c 0,1 python benchmarks/categorical_estimates_per_second.py --seconds 1 2>&1 | tail -20
+  timeout 60 taskset -c 0,1 python benchmarks/categorical_estimates_per_second.py --seconds 1 2>&1 | tail -20
 fi
 if [ "$device" != cpu ]; then
-  timeout 150 python -m pytest -q -x -p no:cacheprovider tests/test_problems.py -k cuda 2>&1 | tail -3
+  timeout 120 python -m pytest -q -x -p no:cacheprovider tests/test_problems.py -k cuda 2>&1 | tail -3
 fi
 began=$(date +%s)
 timeout ${VAE_TIMEOUT:-240} python -m bench vae --device "$device" --steps "$steps" --jobs "$jobs" --threads 1 --quiet ${VAE_ARGS:-} \
