@@ -36,7 +36,7 @@ def evaluations(estimator, units: int, K: int) -> int:
     return estimator.loss_evaluations(units, categories=K)
 
 
-def time_calls(estimator, logits: torch.Tensor, loss: Loss, seconds: float) -> tuple[float, int]:
+def measure_calls(estimator, logits: torch.Tensor, loss: Loss, seconds: float) -> tuple[float, int]:
     """(median seconds per call, calls): one warm-up call, then calls until ``seconds`` pass (at least 3)."""
     def call():
         x = logits.detach().clone().requires_grad_(True)
@@ -89,7 +89,7 @@ def main() -> None:
         for n in threads:
             torch.set_num_threads(n)
             with estimator.drawing_from(Noise(torch.Generator().manual_seed(2))), estimator.frozen():
-                seconds, _ = time_calls(estimator, logits, loss, args.seconds)
+                seconds, _ = measure_calls(estimator, logits, loss, args.seconds)
             rates.append(rows / seconds)
         print(f"{name:<22} {count:>6} {rows:>5} " + " ".join(f"{r:>14,.0f}" for r in rates), flush=True)
 
