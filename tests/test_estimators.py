@@ -23,7 +23,8 @@ from estimators.registry import RegistryError
 
 F64 = torch.float64
 NAMES = ESTIMATORS.names()
-TOY_PROBLEMS = [name for name in problems.PROBLEMS.names() if name.startswith("bernoulli-")]
+TOY_PROBLEMS = [entry.name for entry in problems.PROBLEMS.entries()  # the Bernoulli toys, plugins' too
+                if issubclass(entry.cls, problems.BernoulliProblem)]
 
 # every registered estimator at its defaults, plus non-default instances that change behaviour
 INSTANCES = [(name, {}) for name in NAMES] + [
