@@ -205,7 +205,37 @@ class OwnParameterOptimizer:
         self.optimizer.step()
 
 
-class BernoulliProblem(Problem):
+class EnumerableProblem(Problem):
+    """What the closed-form toys share: E_h[L(h)] at logits phi, exact by enumerating every unit
+    configuration (``_enumerated``, per unit type below) where no closed form is given."""
+
+    def loss(self, h: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _enumerated(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(configurations, unit probabilities, P(configuration), L(configuration)) in float64."""
+        raise NotImplementedError
+
+    def exact_gradient(self) -> torch.Tensor:
+        """dE[L]/dphi in float64, flattened; closed form where the family has one, else enumeration."""
+        return self.enumerate_gradient()
+
+    def enumerate_gradient(self) -> torch.Tensor:
+        """dE[L]/dphi = sum_h P(h) L(h) (h - p), over every configuration: the score of a Bernoulli
+        unit is h - sigm(phi), of a categorical one the one-hot h minus softmax(phi)."""
+        configs, probs, weight, values = self._enumerated()
+        signal = (weight * values).reshape(-1, *([1] * (configs.ndim - 1)))
+        return (signal * (configs - probs)).sum(0).reshape(-1)
+
+    def expected_loss(self) -> float:
+        _, _, weight, values = self._enumerated()
+        return float((weight * values).sum())
+
+    def reference(self) -> Reference:
+        return Reference(self.exact_gradient().detach().to("cpu", torch.float64))
+
+
+class BernoulliProblem(EnumerableProblem):
     """E_{h ~ Bernoulli(sigm(phi))}[L(h)] at logits phi: subclasses set ``logits`` and ``loss``.
 
     ``loss(h)`` takes h of shape (..., units) and returns shape (...), in h's dtype and device.
@@ -222,13 +252,6 @@ class BernoulliProblem(Problem):
     def units(self) -> int:
         return self.logits.shape[-1]
 
-    def loss(self, h: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def exact_gradient(self) -> torch.Tensor:
-        """dE[L]/dphi in float64; closed form where the family has one, else enumeration."""
-        return self.enumerate_gradient()
-
     def _enumerated(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(configurations, probabilities sigm(phi), P(configuration), L(configuration)) in float64."""
         if self.units > MAX_ENUMERATION_UNITS:
@@ -240,18 +263,6 @@ class BernoulliProblem(Problem):
         weight = torch.exp((configs * torch.log(probs) + (1 - configs) * torch.log1p(-probs)).sum(-1))
         return configs, probs, weight, problem.loss(configs)
 
-    def enumerate_gradient(self) -> torch.Tensor:
-        """dE[L]/dphi_i = sum_h P(h) L(h) (h_i - sigm(phi_i)), summed over all 2^units configurations."""
-        configs, probs, weight, values = self._enumerated()
-        return ((weight * values).unsqueeze(-1) * (configs - probs)).sum(0)
-
-    def expected_loss(self) -> float:
-        _, _, weight, values = self._enumerated()
-        return float((weight * values).sum())
-
-    def reference(self) -> Reference:
-        return Reference(self.exact_gradient().detach().to("cpu", torch.float64))
-
     def sample_gradients(self, estimator, n: int, observe: LossObserver | None = None) -> torch.Tensor:
         logits = self.logits.detach().expand(n, self.units).clone().requires_grad_(True)
         loss_fn = self.loss if observe is None else observe(self.loss)
@@ -260,7 +271,7 @@ class BernoulliProblem(Problem):
         return grad
 
 
-class CategoricalProblem(Problem):
+class CategoricalProblem(EnumerableProblem):
     """E_{h ~ Categorical(softmax(phi_i)), i = 1..units}[L(h)] at logits phi of shape (units, K):
     subclasses set ``logits`` and ``loss``; the gradient is w.r.t. every logit, flattened row-major
     (dim = units * K; each unit's K coordinates sum to zero, softmax being shift-invariant).
@@ -283,13 +294,6 @@ class CategoricalProblem(Problem):
     def categories(self) -> int:
         return self.logits.shape[1]
 
-    def loss(self, h: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def exact_gradient(self) -> torch.Tensor:
-        """dE[L]/dphi in float64, flattened; closed form where the family has one, else enumeration."""
-        return self.enumerate_gradient()
-
     def _enumerated(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(one-hot configurations (K^units, units, K), probabilities softmax(phi), P(configuration),
         L(configuration)) in float64."""
@@ -301,18 +305,6 @@ class CategoricalProblem(Problem):
         log_probs = torch.log_softmax(problem.logits, -1)
         weight = torch.exp((configs * log_probs).sum((-2, -1)))
         return configs, log_probs.exp(), weight, problem.loss(configs)
-
-    def enumerate_gradient(self) -> torch.Tensor:
-        """dE[L]/dphi_ik = sum_h P(h) L(h) (h_ik - p_ik), over all K^units configurations."""
-        configs, probs, weight, values = self._enumerated()
-        return ((weight * values)[:, None, None] * (configs - probs)).sum(0).reshape(-1)
-
-    def expected_loss(self) -> float:
-        _, _, weight, values = self._enumerated()
-        return float((weight * values).sum())
-
-    def reference(self) -> Reference:
-        return Reference(self.exact_gradient().detach().to("cpu", torch.float64))
 
     def sample_gradients(self, estimator, n: int, observe: LossObserver | None = None) -> torch.Tensor:
         logits = self.logits.detach().expand(n, *self.logits.shape).clone().requires_grad_(True)

@@ -63,9 +63,22 @@ class _ValueLoss:
         return gradient.reshape(-1), float(self.weight * mean_cost.sum())
 
 
+class _ClosedFormValueProblem(_ValueLoss, CategoricalProblem):
+    """A gradient problem of :class:`_ValueLoss` at its ``logits`` buffer, exact in closed form."""
+
+    def loss(self, h: torch.Tensor) -> torch.Tensor:
+        return self.value_loss(h)
+
+    def exact_gradient(self) -> torch.Tensor:
+        return self.closed_form(self.logits)[0]
+
+    def expected_loss(self) -> float:
+        return self.closed_form(self.logits)[1]
+
+
 @register_problem("categorical-target",
                   "L(h) = sum_i (<h_i, v> - t)^2, category k worth v_k = k/(K-1); closed-form gradient")
-class CategoricalTarget(_ValueLoss, CategoricalProblem):
+class CategoricalTarget(_ClosedFormValueProblem):
     """``units`` K-way units at logits phi_ik = logit * v_k: with K = 2 exactly ``bernoulli-target(d=units,
     t, logit)`` (category 1 is the bit, logit difference ``logit``), the binary gradient in the
     category-1 coordinates and its negative in the category-0 ones."""
@@ -76,19 +89,10 @@ class CategoricalTarget(_ValueLoss, CategoricalProblem):
         self.K, self.t, self.logit, self.p, self.weight = K, t, logit, 2.0, 1.0
         self.register_buffer("logits", float(logit) * category_values(K).expand(units, K).clone())
 
-    def loss(self, h: torch.Tensor) -> torch.Tensor:
-        return self.value_loss(h)
-
-    def exact_gradient(self) -> torch.Tensor:
-        return self.closed_form(self.logits)[0]
-
-    def expected_loss(self) -> float:
-        return self.closed_form(self.logits)[1]
-
 
 @register_problem("polynomial-programming",
                   "ReinMax's polynomial programming: mean_i |z_i - t|^p over 128 binary (K = 2) units")
-class PolynomialProgramming(_ValueLoss, CategoricalProblem):
+class PolynomialProgramming(_ClosedFormValueProblem):
     """Liu et al. 2023 (ReinMax), sec. 6.1: L = mean_i |z_i - t|^p, z_i the value of unit i (K = 2:
     z in {0, 1}), at logits phi_ik = logit * v_k (0: the uniform initialisation). At logits 0,
     E[L] = (t^p + (1 - t)^p) / 2 (0.2525, 0.35488, 0.12875 for p = 2, 1.5, 3 at t = 0.45); the
@@ -99,15 +103,6 @@ class PolynomialProgramming(_ValueLoss, CategoricalProblem):
         _check(units, K, t, p, logit)
         self.p, self.t, self.K, self.logit, self.weight = p, t, K, logit, 1.0 / units
         self.register_buffer("logits", float(logit) * category_values(K).expand(units, K).clone())
-
-    def loss(self, h: torch.Tensor) -> torch.Tensor:
-        return self.value_loss(h)
-
-    def exact_gradient(self) -> torch.Tensor:
-        return self.closed_form(self.logits)[0]
-
-    def expected_loss(self) -> float:
-        return self.closed_form(self.logits)[1]
 
     def infimum(self) -> float:
         """inf over logits of E[L]: every unit in its cheapest category (approached, never reached)."""
