@@ -19,7 +19,7 @@ so a categorical-latent VAE can reuse the rest.
 Problems: ``bernoulli-vae`` / ``fashion-mnist-bernoulli-vae`` (training, records and checkpoints as
 in the docstring of :class:`VaeTraining`) and ``bernoulli-vae-probe`` (a gradient problem: the
 encoder-logit gradient of a fixed model on a fixed binary mini-batch, what each checkpoint measures).
-Categorical latents (issue 16): ``categorical-vae`` / ``fashion-mnist-categorical-vae`` and
+Categorical latents: ``categorical-vae`` / ``fashion-mnist-categorical-vae`` and
 ``categorical-vae-probe``, ReinMax's categorical VAE with the same data, records and checkpoints
 (:class:`CategoricalVaeTraining`).
 """
@@ -284,6 +284,7 @@ class VaeProbe(Problem):
         return {"layer1": slice(0, first), **({"layer2": slice(first, self.dim)} if self.depth > 1 else {})}
 
     def check_estimator(self, estimator) -> None:
+        check_latent_values(estimator, self.name)
         for l in range(self.depth):
             estimator.layer(l).check_units(self.latents)
 
@@ -419,6 +420,14 @@ class VaeProbe(Problem):
                          torch.from_numpy(np.asarray(scipy.stats.sem(means, axis=0), dtype=np.float64)))
 
 
+def check_latent_values(estimator, problem: str) -> None:
+    """Refuse an estimator whose units are unbounded (``activation`` 'rectifier'): log q(z|x) and
+    log p(z) of a Bernoulli latent are defined for z in [0, 1] (relaxed samples included), not beyond."""
+    if estimator.activation == "rectifier":
+        raise ValueError(f"{estimator.name or type(estimator).__name__} gives unbounded (rectifier) units; "
+                         f"{problem}'s Bernoulli latents need values in [0, 1] for log q(z|x) and log p(z)")
+
+
 def check_sizes(architecture: str, pixels: int, latents: int, hidden: int) -> None:
     if architecture not in ARCHITECTURES:
         raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
@@ -513,6 +522,7 @@ class VaeTraining(MnistTrainingProblem):
         return self.steps
 
     def check_estimator(self, estimator) -> None:
+        check_latent_values(estimator, self.name)
         for l in range(self.depth):
             estimator.layer(l).check_units(self.latents)
 

@@ -329,3 +329,15 @@ def test_basket_numbers_equal_a_separate_harness_measurement(digits):
 def test_checkpoint_without_basket_is_unchanged():
     assert problems.Checkpoint(probe(), 10).basket == ()
     assert isinstance(Metric("variance", 1.0), Metric)
+
+
+@pytest.mark.parametrize("name", ["rectifier", "noisy-rectifier"])
+def test_unbounded_estimators_are_skipped_with_the_reason(name):
+    """A rectifier's units are not Bernoulli latent values: the run is stored as skipped, saying why."""
+    config = harness.make_config(name, {}, "bernoulli-vae-probe", {}, 0, 16)
+    result = harness.run(config)
+    assert result.status == "skipped"
+    assert result.error == (f"{name} gives unbounded (rectifier) units; bernoulli-vae-probe's Bernoulli latents "
+                            "need values in [0, 1] for log q(z|x) and log p(z)")
+    training = harness.run(harness.make_config(name, {}, "bernoulli-vae", {"steps": 1}, 0, 16))
+    assert training.status == "skipped" and "unbounded (rectifier) units" in training.error

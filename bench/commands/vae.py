@@ -1,4 +1,4 @@
-"""``python -m bench vae``: train the Bernoulli VAE with each estimator (issue 15) and print the
+"""``python -m bench vae``: train the Bernoulli VAE with each estimator and print the
 table of final training ELBO and test bound beside the published numbers.
 
 The shorthand for ``python -m bench reproduce bernoulli-vae`` (experiments/bernoulli_vae.py) with
@@ -24,7 +24,8 @@ def add_parser(subparsers) -> None:
         help="train the Bernoulli VAE with each estimator (x architectures x seeds) and print the ELBO table "
              "beside the published one")
     parser.add_argument("--estimators", default=None,
-                        help="comma-separated estimator specs (default: the issue's ten: reinforce-loo(K=2), disarm, "
+                        help="comma-separated estimator specs, or 'all' (default: the ten the discrete-VAE papers compare: "
+                             "reinforce-loo(K=2), disarm, "
                              "arm, rebar, relax, nvil, muprop, gumbel-softmax, straight-through-sigmoid, reinmax)")
     parser.add_argument("--architectures", default=None,
                         help="comma-separated: linear, nonlinear, two-layer (default: linear)")
