@@ -284,7 +284,9 @@ def test_gpu_runs_without_a_gpu_worker_are_refused_not_left_waiting(cluster, tmp
 
 # -- the command line --------------------------------------------------------------------------------
 SWEEP = ("run", "--estimators", ",".join(ESTIMATORS), "--problems", "bernoulli-target(d=3),bernoulli-quadratic(d=4)",
-         "--seeds", "0,1,2", "--samples", "20000", "--warmup", "100", "--dask-workers", "2")
+         "--seeds", "0,1,2", "--samples", "1000000", "--warmup", "100", "--dask-workers", "2")
+# 1,000,000 samples: the 24 runs take about 4 s on two workers, so the sweep is still running when it is
+# stopped (at 20,000 they were done in 0.3 s, and a stop could land in the cluster's shutdown)
 
 
 def start_and_stop(db: Path, cwd: Path, after_runs: int, sig: int) -> subprocess.Popen:
