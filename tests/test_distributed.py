@@ -289,12 +289,20 @@ SWEEP = ("run", "--estimators", ",".join(ESTIMATORS), "--problems", "bernoulli-t
 # stopped (at 20,000 they were done in 0.3 s, and a stop could land in the cluster's shutdown)
 
 
+def _default_sigint() -> None:
+    """In the child before exec: Ctrl-C's default disposition, as in a terminal. A test run started in
+    the background by a shell without job control inherits SIGINT ignored, and a Python started with
+    SIGINT ignored keeps ignoring it (no KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_and_stop(db: Path, cwd: Path, after_runs: int, sig: int) -> subprocess.Popen:
     """Start the sweep, wait for ``after_runs`` stored runs, send ``sig``; its worker processes end too."""
     import psutil
 
     process = subprocess.Popen(cli_command(*SWEEP, "--quiet", "--db", db), cwd=cwd, env=cli_env(),
-                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=_default_sigint)
     try:
         deadline = time.monotonic() + 180
         while len(stored(db) if db.exists() else {}) < after_runs:
