@@ -285,8 +285,8 @@ def test_gpu_runs_without_a_gpu_worker_are_refused_not_left_waiting(cluster, tmp
 # -- the command line --------------------------------------------------------------------------------
 SWEEP = ("run", "--estimators", ",".join(ESTIMATORS), "--problems", "bernoulli-target(d=3),bernoulli-quadratic(d=4)",
          "--seeds", "0,1,2", "--samples", "1000000", "--warmup", "100", "--dask-workers", "2")
-# 1,000,000 samples: the 24 runs take about 4 s on two workers, so the sweep is still running when it is
-# stopped (at 20,000 they were done in 0.3 s, and a stop could land in the cluster's shutdown)
+# 1,000,000 samples: the 24 runs take about 4 s on two workers, so the sweep is surely still running when
+# it is stopped (at 20,000 they were all done 0.3 s after the first started)
 
 
 def _default_sigint() -> None:
