@@ -113,7 +113,12 @@ class LossProbe:
         return observed
 
     def sparsity(self) -> torch.Tensor | None:
-        return self.zeros / self.elements if self.elements else None
+        """Per sample, the fraction of exact zeros among the units fed to the loss (the paper's
+        conditional-computation sparsity); None for categorical units, where a one-hot h has
+        (K - 1) / K zeros whatever the estimator."""
+        if self.event_dims > 1 or not self.elements:
+            return None
+        return self.zeros / self.elements
 
 
 def _sync(device: torch.device) -> None:

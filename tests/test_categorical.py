@@ -363,3 +363,12 @@ def test_evaluations_per_estimate_count_the_categories(spec, expected):
     estimator = estimators.build_estimator(*spec)
     assert problem.evaluations_per_estimate(estimator) == expected
     assert describe(estimator, problem, spec[0], "categorical-target")["estimator"]["loss_evaluations"] == expected
+
+
+def test_sparsity_is_not_reported_for_categorical_units():
+    """One-hot h is (K - 1) / K zeros for every estimator: no sparsity metric, unlike binary units."""
+    categorical = run("reinforce", "categorical-target", {"units": 2, "K": 3}, samples=64)
+    assert categorical.status == "finished"
+    assert not [m for m in categorical.metrics if m.name == "sparsity"]
+    binary = run("reinforce", "bernoulli-target", {"d": 2}, samples=64)
+    assert [m for m in binary.metrics if m.name == "sparsity"]
