@@ -311,7 +311,16 @@ def _legend(figure, palette: dict, shown, extra: Sequence[Line2D] = ()) -> None:
     figure.legend(handles=handles, loc="outside right center", frameon=False, fontsize=7)
 
 
-def _seed_text(runs: pd.DataFrame) -> str:
+def _label_panel(ax, x: str, ylabel: str, title: str, ticks: int = 4, width: int = 30) -> None:
+    ax.xaxis.set_major_locator(MaxNLocator(ticks))
+    ax.set_xlabel(X_LABELS[x])
+    figs._ylabel(ax, ylabel, width=width)
+    figs._title(ax, title)
+
+
+def _seed_text(vae: Results, rows: pd.DataFrame, setting: pd.Series) -> str:
+    """How many seeds the curves in ``rows`` average, for a caption."""
+    runs = vae.runs[vae.runs["run_id"].isin(rows["run_id"])].assign(run_setting=lambda r: r["run_id"].map(setting))
     seeds = runs.groupby(["run_setting", "estimator_label"])["seed"].nunique() if len(runs) else pd.Series(dtype=int)
     if seeds.empty:
         return "no runs"
@@ -336,17 +345,13 @@ def elbo_figure(vae: Results, setting: pd.Series) -> figs.Figure | figs.Missing:
                     ax.set_axis_off()
                     continue
                 _band(ax, part, x, "estimator_label", palette, log=False)
-                ax.xaxis.set_major_locator(MaxNLocator(4))
-                ax.set_xlabel(X_LABELS[x])
-                figs._ylabel(ax, ylabel, width=30)
-                figs._title(ax, name)
+                _label_panel(ax, x, ylabel, name)
         _legend(figure, palette, rows["estimator_label"].unique())
-    used = vae.runs[vae.runs["run_id"].isin(rows["run_id"])].assign(run_setting=lambda r: r["run_id"].map(setting))
     caption = ("Left: the training ELBO (running mean over each logging interval of the mini-batches trained on, "
                "train_elbo) against the training step; middle: the same against the loss evaluations per example "
                "used so far (loss_evals_total: steps × the estimator's evaluations per estimate), the axis on which "
                "estimators of different cost compare; right: the importance-weighted test bound (test_bound) at "
-               f"each checkpoint. Lines: mean over seeds; band: ± 1 standard deviation ({_seed_text(used)}).")
+               f"each checkpoint. Lines: mean over seeds; band: ± 1 standard deviation ({_seed_text(vae, rows, setting)}).")
     return figs.Figure(key, title, caption, figure)
 
 
@@ -366,17 +371,13 @@ def trajectory_figure(vae: Results, setting: pd.Series) -> figs.Figure | figs.Mi
             ax.set_axis_off()
         for ax, name in zip(axes.flat, panels):
             _band(ax, rows[rows["setting"] == name], "step", "estimator_label", palette, log=True)
-            ax.xaxis.set_major_locator(MaxNLocator(4))
-            ax.set_xlabel(X_LABELS["step"])
-            figs._ylabel(ax, "trajectory variance, encoder gradient (log)", width=30)
-            figs._title(ax, name)
+            _label_panel(ax, "step", "trajectory variance, encoder gradient (log)", name)
         _legend(figure, palette, rows["estimator_label"].unique())
-    used = vae.runs[vae.runs["run_id"].isin(rows["run_id"])].assign(run_setting=lambda r: r["run_id"].map(setting))
     caption = ("DisARM's measurement of the variance along training: an exponential moving average (decay 0.999) "
                "of the encoder-parameter gradient's mean and second moment, the variance summed over coordinates "
                "(trajectory_variance, scope all), one line per training estimator, log scale. It mixes in the drift "
                "of the parameters; the checkpoint figure below measures at fixed parameters. Lines: mean over seeds; "
-               f"band: ± 1 sd ({_seed_text(used)}).")
+               f"band: ± 1 sd ({_seed_text(vae, rows, setting)}).")
     return figs.Figure(key, title, caption, figure)
 
 
@@ -410,17 +411,14 @@ def checkpoint_figure(vae: Results, setting: pd.Series) -> figs.Figure | figs.Mi
         for ax, (name, trained) in zip(axes.flat, panels):
             part = rows[(rows["setting"] == name) & (rows["estimator_label"] == trained)]
             _band(ax, part, "step", "measured", palette, log=True)
-            ax.xaxis.set_major_locator(MaxNLocator(3))
-            ax.set_xlabel(X_LABELS["step"])
-            figs._ylabel(ax, "variance at the checkpoint (log)", width=24)
-            figs._title(ax, f"trained by {trained}; {name}")
+            _label_panel(ax, "step", "variance at the checkpoint (log)", f"trained by {trained}; {name}", ticks=3,
+                         width=24)
         _legend(figure, palette, rows["measured"].unique())
-    used = vae.runs[vae.runs["run_id"].isin(rows["run_id"])].assign(run_setting=lambda r: r["run_id"].map(setting))
     caption = ("At each checkpoint the model is frozen and measured as a gradient problem: the variance of the "
                "encoder-logit gradient (summed over coordinates) of the training estimator itself (scope all) and "
                "of each basket estimator (scope basket:<spec>) at the same parameters. One panel per training "
                "estimator and setting, so the estimators within a panel compare at equal parameters; log scale, "
-               f"non-positive values left out. Lines: mean over seeds; band: ± 1 sd ({_seed_text(used)}).")
+               f"non-positive values left out. Lines: mean over seeds; band: ± 1 sd ({_seed_text(vae, rows, setting)}).")
     return figs.Figure(key, title, caption, figure)
 
 
