@@ -200,10 +200,34 @@ class VaeModel(torch.nn.Module):
 
 
 # -- the gradient problem at fixed parameters ---------------------------------------------------------
+class _ProbeReference:
+    """What both VAE probes share: the reference is exact by per-example enumeration (``_enumerate``)
+    where the example's configurations fit the budget (``_enumerable``) or ``reference_method`` is
+    'exact', else the sampled one (``sampled_reference``)."""
+
+    reference_method: str
+
+    def _enumerable(self) -> bool:
+        raise NotImplementedError
+
+    def reference(self) -> Reference:
+        exact = self.reference_method == "exact" or (self.reference_method == "auto" and self._enumerable())
+        return Reference(self.exact_gradient()) if exact else self.sampled_reference()
+
+    def exact_gradient(self) -> torch.Tensor:
+        return self._enumerate(gradient=True)[1]
+
+    def enumerate_gradient(self) -> torch.Tensor:
+        return self._enumerate(gradient=True)[1]
+
+    def expected_loss(self) -> float:
+        return self._enumerate(gradient=False)[0]
+
+
 @register_problem("bernoulli-vae-probe",
                   "A Bernoulli VAE at fixed weights on a fixed binary mini-batch: gradient of the mean negative "
                   "ELBO w.r.t. the encoder's logits (exact up to 20 latents per example)")
-class VaeProbe(Problem):
+class VaeProbe(_ProbeReference, Problem):
     """d/d(encoder logits) of mean_b E_q[-ELBO(x_b)] for a fixed model and binary mini-batch.
 
     Gradient order: layer 1's logits (batch x latents, example-major); for 'two-layer' then the
@@ -341,24 +365,13 @@ class VaeProbe(Problem):
         return torch.cat(out, dim=-1)
 
     # -- the reference -----------------------------------------------------------------------------
+    def _enumerable(self) -> bool:
+        return self.example_units <= MAX_ENUMERATION_UNITS
+
     def _check_enumerable(self) -> None:
-        if self.example_units > MAX_ENUMERATION_UNITS:
+        if not self._enumerable():
             raise ValueError(f"{self.name or 'bernoulli-vae-probe'}: {self.example_units} latents per example are "
                              f"too many to enumerate (at most {MAX_ENUMERATION_UNITS})")
-
-    def reference(self) -> Reference:
-        exact = self.reference_method == "exact" or (self.reference_method == "auto"
-                                                     and self.example_units <= MAX_ENUMERATION_UNITS)
-        return Reference(self.exact_gradient()) if exact else self.sampled_reference()
-
-    def exact_gradient(self) -> torch.Tensor:
-        return self._enumerate(gradient=True)[1]
-
-    def enumerate_gradient(self) -> torch.Tensor:
-        return self._enumerate(gradient=True)[1]
-
-    def expected_loss(self) -> float:
-        return self._enumerate(gradient=False)[0]
 
     def _leaves(self, gradient: bool) -> tuple["VaeProbe", list[torch.Tensor]]:
         probe = copy.deepcopy(self).to("cpu", torch.float64)
@@ -778,7 +791,7 @@ class CategoricalVaeModel(VaeModel):
 @register_problem("categorical-vae-probe",
                   "A categorical VAE at fixed weights on a fixed binary mini-batch: gradient of the mean negative "
                   "ELBO w.r.t. the encoder's logits (exact while K^latents <= 2^20 per example)")
-class CategoricalVaeProbe(CategoricalProblem):
+class CategoricalVaeProbe(_ProbeReference, CategoricalProblem):
     """d/d(encoder logits) of mean_b E_q[-ELBO(x_b)] for a fixed :class:`CategoricalVaeModel` and binary
     mini-batch: the gradient problem each checkpoint of ``categorical-vae`` measures. Estimates are
     the training step's: the estimator's gradient of the reconstruction term plus the closed-form KL's
@@ -882,24 +895,13 @@ class CategoricalVaeProbe(CategoricalProblem):
     def example_configurations(self) -> int:
         return self.categories**self.latents
 
+    def _enumerable(self) -> bool:
+        return self.example_configurations <= 2**MAX_ENUMERATION_UNITS
+
     def _check_enumerable(self) -> None:
-        if self.example_configurations > 2**MAX_ENUMERATION_UNITS:
+        if not self._enumerable():
             raise ValueError(f"{self.categories}^{self.latents} configurations per example are too many to "
                              f"enumerate (at most 2^{MAX_ENUMERATION_UNITS})")
-
-    def reference(self) -> Reference:
-        exact = self.reference_method == "exact" or (self.reference_method == "auto"
-                                                     and self.example_configurations <= 2**MAX_ENUMERATION_UNITS)
-        return Reference(self.exact_gradient()) if exact else self.sampled_reference()
-
-    def exact_gradient(self) -> torch.Tensor:
-        return self._enumerate(gradient=True)[1]
-
-    def enumerate_gradient(self) -> torch.Tensor:
-        return self._enumerate(gradient=True)[1]
-
-    def expected_loss(self) -> float:
-        return self._enumerate(gradient=False)[0]
 
     def _enumerate(self, gradient: bool) -> tuple[float, torch.Tensor | None]:
         """(E[L], dE[L]/dlogits flattened) in float64: per example, all K^latents configurations
