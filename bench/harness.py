@@ -128,7 +128,7 @@ def _sync(device: torch.device) -> None:
 
 def check_compatible(estimator: Estimator, problem: problems.Problem) -> None:
     try:
-        problem.check_variables(estimator)  # also where a problem's own check_estimator skips it
+        problem.check_variables(estimator)  # here for every problem, whatever its own check_estimator does
         problem.check_estimator(estimator)
     except ValueError as exc:
         raise Incompatible(str(exc)) from None

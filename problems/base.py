@@ -112,9 +112,8 @@ class Problem(torch.nn.Module):
 
     def check_estimator(self, estimator) -> None:
         """Raise ValueError if ``estimator`` cannot serve this problem (the harness then stores
-        the run as skipped with the message). The default checks the kind of units
-        (:meth:`check_variables`) and asks the estimator about their number."""
-        self.check_variables(estimator)
+        the run as skipped with the message). The default asks the estimator about the number of
+        units; the kind of units (:meth:`check_variables`) the harness checks for every problem."""
         estimator.check_units(self.units)
 
     def evaluations_per_estimate(self, estimator) -> int:

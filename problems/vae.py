@@ -858,7 +858,6 @@ class CategoricalVaeProbe(_ProbeReference, CategoricalProblem):
             self._check_enumerable()
 
     def check_estimator(self, estimator) -> None:
-        self.check_variables(estimator)
         estimator.check_units(self.latents)  # the estimator sees one example's latents at a time
 
     def evaluations_per_estimate(self, estimator) -> int:
@@ -988,7 +987,6 @@ class CategoricalVaeTraining(VaeTraining):
         return 1
 
     def check_estimator(self, estimator) -> None:
-        self.check_variables(estimator)
         estimator.check_units(self.latents)
 
     def evaluations_per_example(self, estimator) -> int:
