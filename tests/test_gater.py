@@ -416,3 +416,28 @@ def test_paper_command_says_how_to_get_missing_data(tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "python -m bench data fetch mnist" in err
     assert not (tmp_path / "paper.db").exists()
+
+
+def test_test_set_is_evaluated_every_test_every_epochs_and_at_the_last(synthetic):
+    records, _ = fit(problems.build_problem("mnist-gater", {**SMALL, "epochs": 5, "test_every": 2}),
+                     "straight-through")
+    assert sorted(e for name, e in records if name == "valid_error") == [1, 2, 3, 4, 5]
+    assert sorted(e for name, e in records if name == "test_error") == [2, 4, 5]
+    assert sorted(e for name, e in records if name == "sparsity_test") == [2, 4, 5]
+
+
+@pytest.mark.parametrize("tune_examples", [100, 640])
+def test_threshold_is_tuned_on_the_first_tune_examples(synthetic, tune_examples):
+    problem = problems.build_problem("mnist-gater", {**SMALL, "epochs": 1, "tune_examples": tune_examples})
+    records, _ = fit(problem, "straight-through")
+    model = problem.trained_model
+    with torch.no_grad():
+        logits = model.gate_logits(synthetic["train"][0][:tune_examples])
+    assert records[("threshold", None)] == float(tune_threshold(logits, 0.1))
+    assert int((logits > records[("threshold", None)]).sum()) == round(0.1 * logits.numel())
+
+
+@pytest.mark.parametrize("bad", [{"tune_examples": 0}, {"test_every": 0}])
+def test_evaluation_settings_must_be_positive(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        problems.build_problem("mnist-gater", bad)
