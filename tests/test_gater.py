@@ -441,3 +441,15 @@ def test_threshold_is_tuned_on_the_first_tune_examples(synthetic, tune_examples)
 def test_evaluation_settings_must_be_positive(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         problems.build_problem("mnist-gater", bad)
+
+
+def test_fig2_verdict_reports_differences_and_the_pairs_it_reverses():
+    table = {"A": (None, None, 1.0), "B": (None, None, 2.0), "C": (None, None, 3.0)}
+    lines = paper_fig2.verdict({"A": [1.2, 1.4], "B": [1.0, 1.2], "C": [3.6]}, table)
+    assert lines[0] == "Test error, ours − paper (points): A +0.30; B -0.90 (beyond ±0.5); C +0.60 (beyond ±0.5)."
+    assert lines[1] == "2 of 3 rows differ from the paper by more than 0.5 points: B, C."
+    assert lines[2] == "Ordering by test error, paper: A < B < C; ours: B < A < C."
+    # A and B swap (gap 0.2, spread 0.14 each: beyond it); tau = (2 - 1) / 3
+    assert lines[3] == ("The paper's ordering holds for 2 of 3 pairs of rows (Kendall's tau 0.33): reversed A vs B "
+                        "(paper 1.00 < 2.00, ours 1.30 > 1.10 beyond the seeds' spread).")
+    assert paper_fig2.verdict({"A": []}, table) == []
