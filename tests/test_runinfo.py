@@ -182,7 +182,7 @@ def test_stored_description_wins_over_the_registry_and_the_guess(tmp_path):
                    RunConfig("straight-through", {}, "bernoulli-target", TARGET, 0, 1000)]
         table = summary.summary_table(store, configs, width=200)
     gradient, training = table.split("\n\n")[:2]  # the stored kinds, not samples == 0
-    assert gradient.startswith("bernoulli-target: ranked by MSE") and "-  reinforce-loo  " in gradient
+    assert gradient.startswith("bernoulli-target: biased and deterministic") and "-  reinforce-loo  " in gradient
     assert ": training" in training.splitlines()[0] and "straight-through" in training
 
 

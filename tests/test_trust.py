@@ -197,3 +197,98 @@ def test_training_still_advances_the_schedule_and_warm_up_holds_it():
     with estimator.holding_schedule():
         assert estimator.layer(1).schedule_held is True and not estimator.advances_schedule
 
+
+# -- 4. rankings that keep unbiased and biased estimators apart -------------------------------------
+BLACKBOX_SWEEP = ("exact", "reinforce-loo", "disarm", "reinforce", "sigmoid", "sigmoid-noise", "straight-through",
+                  "gumbel-softmax")
+
+
+@pytest.fixture(scope="module")
+def blackbox_store(tmp_path_factory):
+    """A sweep on bernoulli-blackbox(d=8), where the old ranking put exact (256 evaluations),
+    sigmoid, sigmoid-noise and gumbel-softmax ahead of every unbiased one-evaluation estimator."""
+    from bench.store import Store
+
+    db = tmp_path_factory.mktemp("ranking") / "r.db"
+    configs = [harness.make_config(name, {}, "bernoulli-blackbox", {"d": 8}, 0, 4000) for name in BLACKBOX_SWEEP]
+    torch.set_num_threads(1)
+    with Store(db) as store:
+        for config in configs:
+            result = harness.run(config)
+            assert result.status == "finished", result.error
+            store.save(result, {}, None, "cpu")
+    return db, configs
+
+
+def _summary_blocks(text: str) -> dict[str, tuple[str, list[list[str]]]]:
+    """'unbiased' / 'biased' -> (title, rows split into cells, the header first) of one problem."""
+    blocks = {}
+    for block in text.split("\n\n"):
+        lines = block.splitlines()
+        header = next((i for i, line in enumerate(lines) if line.lstrip().startswith("#  estimator")), None)
+        if header is not None:
+            title = " ".join(lines[:header])
+            kind = title.split(": ", 1)[1].split(",")[0]
+            blocks[kind] = (title, [line.split() for line in lines[header:] if not line.startswith("  ")])
+    return blocks
+
+
+def test_the_summary_ranks_unbiased_estimators_among_themselves(blackbox_store):
+    from bench.cli import summary_table
+    from bench.store import Store
+
+    db, configs = blackbox_store
+    with Store(db, create=False) as store:
+        text = summary_table(store, configs, width=100)
+        small_budget = summary_table(store, configs, width=100, budget=10)
+    blocks = _summary_blocks(text)
+    assert set(blocks) == {"unbiased", "biased and deterministic"}, text
+    title, (header, *rows) = blocks["unbiased"]
+    assert "ranked by MSE×evals (equal loss evaluations)" in title and header[3] == "MSE×evals"
+    assert {row[1] for row in rows} == {"exact", "reinforce-loo", "disarm", "reinforce"}
+    assert rows[0][:2] == ["1", "exact"] and rows[1][0] == "2"  # the first one-evaluation-class estimator is 2nd here
+    title, (header, *rows) = blocks["biased and deterministic"]
+    assert "ranked by MSE@100 (bias² counts)" in title and header[3] == "MSE@100" and "MSE×evals" not in header
+    assert {row[1] for row in rows} == {"sigmoid", "sigmoid-noise", "straight-through", "gumbel-softmax"}
+    assert [row[0] for row in rows] == ["1", "2", "3", "4"]
+    # MSE@100 = bias² + variance / 100 for these one-evaluation estimators: ranked by it
+    values = [float(row[3].split("±")[0]) for row in rows]
+    assert values == sorted(values)
+    legend = " ".join(text.split("\n\nMean over seeds", 1)[1].split())
+    assert "it ranks the unbiased estimators" in legend
+    assert "it ranks the biased estimators and deterministic baselines, whose bias² does not average away" in legend
+    assert "MSE@10" in small_budget and "a budget of 10 loss evaluations" in " ".join(small_budget.split())
+
+
+def test_the_report_ranks_the_two_groups_apart(blackbox_store):
+    from analysis import report
+    from analysis.frames import load_results
+
+    db, _ = blackbox_store
+    results = load_results(db)
+    unbiased, biased = report.estimator_summary(results)
+    assert unbiased.title.endswith(": unbiased estimators")
+    assert set(unbiased.frame["estimator"]) == {"exact", "reinforce-loo", "disarm", "reinforce"}
+    assert "ranked by MSE × loss evaluations" in unbiased.caption
+    assert set(biased.frame["estimator"]) == {"sigmoid", "sigmoid-noise", "straight-through", "gumbel-softmax"}
+    assert "ranked by the MSE at 100 loss evaluations" in biased.caption
+    (cost,) = report.cost_adjusted(results)
+    groups = cost.frame["unbiased"].tolist()
+    assert groups == sorted(groups, key=lambda g: g != "unbiased")  # every unbiased row before every biased one
+
+
+def test_budget_is_an_option_of_run_and_report(tmp_path, capsys):
+    from bench.cli import main
+
+    db = tmp_path / "r.db"
+    code = main(["run", "--estimators", "reinforce,sigmoid", "--problems", "bernoulli-target(d=2)", "--samples",
+                 "500", "--db", str(db), "--budget", "7"])
+    out = capsys.readouterr().out
+    assert code == 0 and "ranked by MSE@7 (bias² counts)" in out
+    code = main(["run", "--estimators", "reinforce", "--problems", "bernoulli-target(d=2)", "--db", str(db),
+                 "--budget", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "--budget" in err
+    assert main(["report", "--db", str(db), "--out", str(tmp_path / "report"), "--budget", "7"]) == 0
+    assert "MSE at 7 evals" in (tmp_path / "report" / "summary.md").read_text()
+
