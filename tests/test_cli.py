@@ -143,7 +143,7 @@ def test_list_json_describes_every_builtin(listing):
     straight = listing.items["estimator", "straight-through"]
     assert straight["traits"]["unbiased"] is False and straight["traits"]["needs_loss_backprop"] is True
     target = listing.items["problem", "bernoulli-target"]
-    assert target["parameters"] == {"d": 4, "t": 0.45, "logit": 0.0}
+    assert target["parameters"] == {"d": 4, "t": 0.45, "logit": 0.0, "spread": 0.0}
     assert "traits" not in target
 
 

@@ -128,7 +128,7 @@ def test_summary_tables_hold_the_stored_numbers(store_path, report_dir):
     summary = (report_dir / "summary.md").read_text()
     exact = stored(store_path, "exact_variance")
     for d in (2, 3):
-        params = json.dumps({"d": d, "logit": 0.0, "t": 0.45}, sort_keys=True)
+        params = json.dumps({"d": d, "logit": 0.0, "spread": 0.0, "t": 0.45}, sort_keys=True)
         cells = table_row(summary, f"bernoulli-target(d={d}): unbiased estimators", "reinforce")
         assert cells[1] == "2"  # runs (seeds)
         assert fmt(sum(exact[("reinforce", params)]) / 2) in cells

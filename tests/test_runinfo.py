@@ -138,7 +138,7 @@ def test_notes_describe_the_estimator_the_problem_and_the_kind(one_thread, tiny_
     registered = estimators.ESTIMATORS.entry("nvil").parameters()
     assert estimator["defaults"] == {k: v["default"] for k, v in registered.items()}
     assert notes["problem"] == {"trains_model": False, "module": "problems.bernoulli", "units": 3, "dim": 3,
-                                "defaults": {"d": 4, "t": 0.45, "logit": 0.0}}
+                                "defaults": {"d": 4, "t": 0.45, "logit": 0.0, "spread": 0.0}}
 
     training = harness.run(harness.make_config("straight-through", {}, "tiny-trainer", {"lr": 0.1}, 0, 100))
     assert training.status == "finished", training.error

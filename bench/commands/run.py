@@ -16,7 +16,9 @@ from bench.specs import MAX_GRID, format_spec, parse_spec_list
 from bench.store import DEFAULT_DB, Store
 from estimators.registry import RegistryError
 
-DEFAULT_PROBLEMS = "bernoulli-target(d=4,t=0.45),bernoulli-quadratic(d=6),bernoulli-blackbox(d=8)"
+# Chosen by benchmarks/discrimination.py (README "The default problems"): logits of mixed signs away
+# from 0, where no two different estimators coincide.
+DEFAULT_PROBLEMS = "bernoulli-target(d=4,t=0.45,logit=0.5,spread=2.0),bernoulli-quadratic(d=6),bernoulli-blackbox(d=8)"
 DEFAULT_SAMPLES = 100_000
 DEFAULT_THREADS = 1  # measured: see README "Performance"
 
