@@ -142,9 +142,12 @@ def event_resolution(problem, samples: int, events: int = 1) -> tuple[float, str
     grid = float(torch.finfo(problem.dtype).eps) / 2
     size = math.log(max(1, events) / UNSEEN_ALPHA) / samples
     if grid >= size:
-        return grid, f"below the {grid:.3g} grid of {str(problem.dtype).removeprefix('torch.')} uniforms: never drawn"
-    return size, (f"below {size:.3g}: expected fewer than {math.log(max(1, events) / UNSEEN_ALPHA):.3g} times in "
-                  f"{samples:,} estimates, so possibly never drawn")
+        return grid, (f"event probability below the {grid:.3g} grid of {str(problem.dtype).removeprefix('torch.')} "
+                      "uniforms: never drawn")
+    times = f"{math.log(max(1, events) / UNSEEN_ALPHA):.3g} times in {samples:,} estimates"
+    if size >= 0.5:  # min(p, 1 - p) <= 1/2: no event can be
+        return size, f"no event can be expected {times}: use more estimates"
+    return size, f"event probability below {size:.3g}: expected fewer than {times}, so possibly never drawn"
 
 
 def unresolved_events(problem, estimator: Estimator, samples: int) -> tuple[np.ndarray, np.ndarray, str] | None:
@@ -176,8 +179,8 @@ def unmeasurable_note(problem, estimator: Estimator, samples: int) -> str | None
     index, probability, why = found
     names = [f"{i} (p = {p:.2g})" for i, p in zip(index[:UNMEASURABLE_LISTED], probability[:UNMEASURABLE_LISTED])]
     more = f" and {len(index) - UNMEASURABLE_LISTED} more" if len(index) > UNMEASURABLE_LISTED else ""
-    return (f"{len(index)} of {problem.dim} coordinates left out of the unbiasedness test and the exact check, "
-            f"their event probability {why}: {', '.join(names)}{more}")
+    return (f"{len(index)} of {problem.dim} coordinates left out of the unbiasedness test and the exact check "
+            f"({why}): {', '.join(names)}{more}")
 
 
 def _sync(device: torch.device) -> None:
