@@ -89,7 +89,8 @@ EVENT_DIMS = {"binary": 1, "categorical": 2}  # trailing axes of one unit layer'
 
 
 class LossProbe:
-    """Wraps a loss to count evaluations and the exact zeros of the units fed to it per sample;
+    """Wraps a loss to count evaluations, the exact zeros of the units fed to it per sample and
+    the size of the loss values returned (the scale a loss-differencing estimator rounds at);
     ``event_dims`` trailing axes of h are one evaluation's units (2 for categorical units)."""
 
     def __init__(self, rows: int, device: torch.device, event_dims: int = 1):
@@ -98,6 +99,8 @@ class LossProbe:
         self.evaluations = 0
         self.zeros = torch.zeros(rows, dtype=torch.float64, device=device)
         self.elements = 0
+        self.loss_abs = torch.zeros((), dtype=torch.float64, device=device)
+        self.loss_values = 0
 
     def __call__(self, loss_fn: Callable[[torch.Tensor], torch.Tensor]):
         row_axis = -1 - self.event_dims
@@ -108,7 +111,10 @@ class LossProbe:
                 zeros = (h.detach() == 0).movedim(row_axis, 0).reshape(self.rows, -1)
                 self.zeros += zeros.sum(1)
                 self.elements += zeros.shape[1]
-            return loss_fn(h)
+            loss = loss_fn(h)
+            self.loss_abs += loss.detach().abs().sum().to(torch.float64)
+            self.loss_values += loss.numel()
+            return loss
 
         return observed
 
@@ -119,6 +125,62 @@ class LossProbe:
         if self.event_dims > 1 or not self.elements:
             return None
         return self.zeros / self.elements
+
+
+UNSEEN_ALPHA = 1e-3  # the level the tests flag at: at most this chance that any tested event goes unseen
+
+
+def event_resolution(problem, samples: int, events: int = 1) -> tuple[float, str]:
+    """The smallest event probability a run of ``samples`` estimates resolves, and why, for a
+    problem with ``events`` coordinates that are about single draws. Two limits, the larger wins:
+    the sampler's grid (h = 1[u < p] with u from ``torch.rand`` in the problem's dtype, multiples
+    of eps / 2: 2^-24 in float32, so a logit below about -16.6 is never drawn 1), and the run's
+    size: an event expected c = n p times is never drawn with probability e^-c, and then the
+    coordinate's mean misses its contribution while its standard error, estimated from the same
+    draws, cannot show it; c >= ln(events / UNSEEN_ALPHA) keeps the chance that any tested event
+    goes unseen below UNSEEN_ALPHA."""
+    grid = float(torch.finfo(problem.dtype).eps) / 2
+    size = math.log(max(1, events) / UNSEEN_ALPHA) / samples
+    if grid >= size:
+        return grid, (f"event probability below the {grid:.3g} grid of {str(problem.dtype).removeprefix('torch.')} "
+                      "uniforms: never drawn")
+    times = f"{math.log(max(1, events) / UNSEEN_ALPHA):.3g} times in {samples:,} estimates"
+    if size >= 0.5:  # min(p, 1 - p) <= 1/2: no event can be
+        return size, f"no event can be expected {times}: use more estimates"
+    return size, f"event probability below {size:.3g}: expected fewer than {times}, so possibly never drawn"
+
+
+def unresolved_events(problem, estimator: Estimator, samples: int) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """(indices, probabilities, why) of the gradient coordinates whose event a run of ``samples``
+    estimates cannot resolve (:meth:`~problems.Problem.event_probabilities` below
+    :func:`event_resolution`): the estimate there misses the unseen outcome's contribution, so a
+    difference from the truth is no evidence of bias. None when nothing is sampled (``randomness``
+    'none') or the problem declares no events."""
+    if estimator.randomness == "none":
+        return None
+    events = problem.event_probabilities()
+    if events is None:
+        return None
+    events = events.detach().to("cpu", torch.float64).numpy().reshape(-1)
+    resolution, why = event_resolution(problem, samples, int(np.isfinite(events).sum()))
+    below = np.flatnonzero(events < resolution)  # NaN: about no single draw, kept
+    return below, events[below], why
+
+
+UNMEASURABLE_LISTED = 20  # coordinates named in the notes; the rest are counted
+
+
+def unmeasurable_note(problem, estimator: Estimator, samples: int) -> str | None:
+    """The notes' account of the coordinates left out of the tests: how many, which (with their
+    event probability), and why; None when every coordinate is measurable."""
+    found = unresolved_events(problem, estimator, samples)
+    if found is None or not len(found[0]):
+        return None
+    index, probability, why = found
+    names = [f"{i} (p = {p:.2g})" for i, p in zip(index[:UNMEASURABLE_LISTED], probability[:UNMEASURABLE_LISTED])]
+    more = f" and {len(index) - UNMEASURABLE_LISTED} more" if len(index) > UNMEASURABLE_LISTED else ""
+    return (f"{len(index)} of {problem.dim} coordinates left out of the unbiasedness test and the exact check "
+            f"({why}): {', '.join(names)}{more}")
 
 
 def _sync(device: torch.device) -> None:
@@ -166,6 +228,9 @@ def measure(config: RunConfig, progress: Callable[[int], None] | None = None,
         notes["warmup"] = f"{steps * ADAPTATION_BATCH} estimates (own parameters adapted, then frozen)"
     else:
         notes["warmup"] = warm_up(problem, estimator, config)
+    state = estimator.schedule_state()
+    if state is not None:
+        notes["schedule"] = f"measured at {state}; the warm-up held the schedule (it adapts baselines only)"
     measured, measured_notes = gradient_metrics(problem, estimator, config, reference, scopes, progress)
     metrics.extend(measured)
     notes.update(measured_notes)
@@ -179,6 +244,9 @@ def gradient_metrics(problem, estimator: Estimator, config: RunConfig, reference
     against the Monte Carlo ones: exact moments that disagree are withheld (the notes say why)."""
     metrics, sampled = sample_metrics(problem, estimator, config, reference, scopes, progress)
     notes = {"timing": timing_note(timing_rows(problem, estimator, config.samples))}
+    unmeasurable = unmeasurable_note(problem, estimator, config.samples)
+    if unmeasurable:
+        notes["unmeasurable"] = unmeasurable
     exact, notes["exact_moments"] = enumerate_exact(estimator, problem, reference)
     if exact is None:
         return metrics, notes
@@ -206,8 +274,11 @@ def warm_up(problem, estimator: Estimator, config: RunConfig, noise: Noise | Non
 
     The statistics advance once per call, so the calls have a fixed size (STATE_BATCH estimates),
     not the measurement's chunk size: the frozen state, and with it every metric, does not depend
-    on ``--samples``, and a ``decay`` per call means the same in every run."""
-    with estimator.drawing_from(noise or seeded_noise(config.seed, 1, torch.device(config.device))):
+    on ``--samples``, and a ``decay`` per call means the same in every run. A schedule (slope,
+    temperature: the ``schedule`` trait) is held: warm-up adapts baselines, not the estimator's
+    definition, so the run measures the state the estimator's parameters declare."""
+    with estimator.drawing_from(noise or seeded_noise(config.seed, 1, torch.device(config.device))), \
+            estimator.holding_schedule():
         if not estimator.stateful:
             rows = min(16, config.samples)
             problem.sample_gradients(estimator, rows)
@@ -224,7 +295,8 @@ def adapt(problem, estimator: Estimator, config: RunConfig, noise: Noise | None 
     Returns steps."""
     steps = math.ceil(config.warmup / ADAPTATION_BATCH)
     optimizer = None
-    with estimator.drawing_from(noise or seeded_noise(config.seed, 1, torch.device(config.device))):
+    with estimator.drawing_from(noise or seeded_noise(config.seed, 1, torch.device(config.device))), \
+            estimator.holding_schedule():
         for _ in range(steps):
             for parameter in estimator.parameters():
                 parameter.grad = None
@@ -249,10 +321,17 @@ def sample_metrics(problem, estimator: Estimator, config: RunConfig, reference, 
     device = torch.device(config.device)
     units = problem.units
     chunk = chunk_size(config.samples, problem.evaluations_per_estimate(estimator), units, problem.dim)
+    unresolved = unresolved_events(problem, estimator, config.samples)
+    measurable = None
+    if unresolved is not None:
+        measurable = np.ones(problem.dim, dtype=bool)
+        measurable[unresolved[0]] = False
     moments = {name: GradientMoments(reference.gradient[part], config.samples,
-                                     truth_stderr=None if reference.stderr is None else reference.stderr[part])
+                                     truth_stderr=None if reference.stderr is None else reference.stderr[part],
+                                     measurable=None if measurable is None else measurable[part])
                for name, part in scopes.items()}
     evaluated = 0
+    loss_abs, loss_values = 0.0, 0
     noise = seeded_noise(config.seed, stream, device)
     with estimator.drawing_from(noise), estimator.frozen(), peak_memory(device) as peak:
         for start in range(0, config.samples, chunk):
@@ -261,6 +340,7 @@ def sample_metrics(problem, estimator: Estimator, config: RunConfig, reference, 
             estimates = problem.sample_gradients(estimator, rows, probe)
             check_estimates(estimates, rows, problem.dim)
             evaluated += probe.evaluations
+            loss_abs, loss_values = loss_abs + float(probe.loss_abs), loss_values + probe.loss_values
             sparsity = probe.sparsity()
             for name, part in scopes.items():
                 moments[name].add(estimates[:, part], sparsity if name == "all" else None)
@@ -270,8 +350,10 @@ def sample_metrics(problem, estimator: Estimator, config: RunConfig, reference, 
             rows = timing_rows(problem, estimator, config.samples)
             seconds = time_estimates(problem, estimator, rows, device)
     eps = float(torch.finfo(problem.dtype).eps)
+    rounding_scale = float(estimator.loss_rounding) * loss_abs / max(1, loss_values)
     metrics = []
     for name, accumulated in moments.items():
+        accumulated.rounding_scale = rounding_scale
         metrics.extend(dataclasses.replace(m, scope=name) for m in accumulated.metrics(eps)
                        if not (m.name == "sparsity" and math.isnan(m.value)))
     metrics.append(Metric("loss_evals", evaluated / config.samples))
@@ -351,6 +433,10 @@ def checkpoint_metrics(checkpoint, estimator: Estimator, config: RunConfig, stre
     measured, _ = sample_metrics(probe, estimator, settings, reference, scopes, progress=None, stream=stream,
                                  timed=False)  # the training's cost is its epoch_time_s
     measured.extend(reference_metrics(reference, scopes))
+    unmeasurable = unmeasurable_note(probe, estimator, checkpoint.samples)
+    if unmeasurable and notes is not None:
+        where = f"step {checkpoint.step}" if checkpoint.step is not None else f"epoch {checkpoint.epoch}"
+        notes["unmeasurable"] = "; ".join(filter(None, [notes.get("unmeasurable"), f"{where}: {unmeasurable}"]))
     for spec in checkpoint.basket:
         measured.extend(basket_metrics(spec, probe, settings, reference, scopes, stream,
                                        {} if notes is None else notes))

@@ -27,6 +27,7 @@ class ARM(Estimator):
     loss_evals = 2
     needs_loss_backprop = False
     randomness = "continuous"
+    loss_rounding = 1.0  # (L(b) - L(b~)) (u - 1/2)
 
     def forward(self, logits: torch.Tensor, loss_fn: LossFn) -> torch.Tensor:
         a = logits.detach()
@@ -54,6 +55,7 @@ class DisARM(Estimator):
     loss_evals = 2
     needs_loss_backprop = False
     randomness = "bernoulli"
+    loss_rounding = 1.0  # (L(b) - L(b~)) sigm(|a|) / 2
 
     def bernoulli_draws(self, units: int) -> int:
         return 2 * units

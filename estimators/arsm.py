@@ -49,6 +49,7 @@ class ARSM(Estimator):
     needs_loss_backprop = False
     randomness = "continuous"
     variables = "both"
+    loss_rounding = 1.0  # differences of the pseudo actions' losses times (1/K - pi)
     loss_evals = "categories * (categories - 1) // 2 + 1"
 
     def loss_evaluations(self, units: int, categories: int = 2) -> int:

@@ -229,7 +229,16 @@ class Estimator(torch.nn.Module):
     (non-negative, unbounded); training problems pick a sparsity criterion from it (KL or L1);
     ``adaptation_lr`` -- Adam learning rate for the estimator's own parameters (see below);
     ``variables`` -- the units it serves: 'binary' (Bernoulli logits ``(*batch, units)``, h in {0, 1}),
-    'categorical' (logits ``(*batch, units, K)``, one-hot h of that shape) or 'both'.
+    'categorical' (logits ``(*batch, units, K)``, one-hot h of that shape) or 'both';
+    ``loss_rounding`` -- how far one coordinate of the estimate can move per unit of rounding error in
+    a loss value it uses: 1 for estimators that difference loss values or weight them by a score or a
+    probability (REINFORCE and its baselines, ARM, DisARM, IndeCateR, exact enumeration, ...), whose
+    float rounding is eps |L| however small the gradient; 1 / (2 step) for finite differences; 0 (the
+    default) for estimators that use dL/dh only, which round relative to the estimate's own values.
+    The harness's rounding floors (the unbiasedness test, the exact check) read it;
+    ``schedule`` -- carries a schedule (a slope, a temperature) that advances once per training step
+    while ``update_state`` is True; the harness measures such an estimator at the state its
+    parameters declare (:meth:`holding_schedule` during warm-up, :meth:`schedule_state` in the notes).
     A trait that a parameter changes is declared with :func:`parameter_trait`: the class keeps the
     default, each instance computes its own answer (never assign traits in ``__init__``).
 
@@ -258,11 +267,14 @@ class Estimator(torch.nn.Module):
     activation: ClassVar[str] = "sigmoid"
     adaptation_lr: ClassVar[float] = 1e-2
     variables: ClassVar[str] = "binary"
+    loss_rounding: ClassVar[float] = 0.0
+    schedule: ClassVar[bool] = False
 
     def __init__(self) -> None:
         super().__init__()
         self.rng: Noise = Noise()
         self.update_state = True
+        self.schedule_held = False
 
     def loss_evaluations(self, units: int, categories: int = 2) -> int:
         """Loss evaluations per estimate for a layer of ``units`` units (of ``categories`` categories
@@ -308,6 +320,7 @@ class Estimator(torch.nn.Module):
         clone = copies[index - 1]
         clone.rng = self.rng
         clone.update_state = self.update_state
+        clone.schedule_held = self.schedule_held
         clone.train(self.training)
         return clone
 
@@ -320,6 +333,26 @@ class Estimator(torch.nn.Module):
             yield self
         finally:
             self.update_state = previous
+
+    @contextlib.contextmanager
+    def holding_schedule(self) -> Iterator["Estimator"]:
+        """Keep a schedule (``schedule`` trait) where it is while running statistics still adapt:
+        the harness's warm-up adapts baselines, never the estimator's definition."""
+        previous = self.schedule_held
+        self.schedule_held = True
+        try:
+            yield self
+        finally:
+            self.schedule_held = previous
+
+    @property
+    def advances_schedule(self) -> bool:
+        """Whether a call now advances the schedule: state updates on and the schedule not held."""
+        return self.update_state and not self.schedule_held
+
+    def schedule_state(self) -> str | None:
+        """The schedule's current state in words ('slope 1.0'), for the run's notes; None without one."""
+        return None
 
     @contextlib.contextmanager
     def drawing_from(self, noise: Noise) -> Iterator["Estimator"]:

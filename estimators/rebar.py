@@ -51,6 +51,7 @@ class RelaxedControlVariate(Estimator):
     needs_loss_backprop = True
     randomness = "continuous"
     has_parameters = True
+    loss_rounding = 1.0  # (L(b) - c(z~)) (b - theta)
     adaptation_lr = 3e-2
 
     def __init__(self, temperature: float, eta: float):

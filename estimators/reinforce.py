@@ -52,6 +52,7 @@ class ScoreFunctionEstimator(Estimator):
 
     unbiased = True
     needs_loss_backprop = False
+    loss_rounding = 1.0  # (h - p)(L - Lbar): a difference of loss values times a score
 
     def baseline(self, shape: torch.Size | int, like: torch.Tensor) -> torch.Tensor | float:
         """Lbar for units of event ``shape``: (units,) (or the int units) or, categorical, (units, K)."""
@@ -159,6 +160,7 @@ class ReinforceLeaveOneOut(Estimator):
     unbiased = True
     needs_loss_backprop = False
     loss_evals = "K"
+    loss_rounding = 1.0  # (h_k - p)(L_k - mean of the others)
     variables = "both"
 
     def __init__(self, K: int = 4):

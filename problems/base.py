@@ -136,6 +136,14 @@ class Problem(torch.nn.Module):
         reports separately, besides 'all'. Empty when the gradient has no natural parts."""
         return {}
 
+    def event_probabilities(self) -> torch.Tensor | None:
+        """Per gradient coordinate (float64, shape (dim,)), the probability of the rarer outcome of
+        the one draw the coordinate is about: min(p, 1 - p) of the unit (or category) whose logit it
+        is; NaN for a coordinate that is about no single draw (a weight feeding many units). The
+        harness leaves a coordinate out of its tests when the sampler cannot resolve that event.
+        None (the default): no coordinate is about a single draw."""
+        return None
+
 
 class TrainingProblem(Problem):
     """A model trained with the estimator at its stochastic units (learning curves, not moments).
@@ -262,6 +270,10 @@ class BernoulliProblem(EnumerableProblem):
         weight = torch.exp((configs * torch.log(probs) + (1 - configs) * torch.log1p(-probs)).sum(-1))
         return configs, probs, weight, problem.loss(configs)
 
+    def event_probabilities(self) -> torch.Tensor:
+        """min(sigm(phi_i), 1 - sigm(phi_i)) = sigm(-|phi_i|) per unit."""
+        return torch.sigmoid(-self.logits.detach().to("cpu", torch.float64).abs()).reshape(-1)
+
     def sample_gradients(self, estimator, n: int, observe: LossObserver | None = None) -> torch.Tensor:
         logits = self.logits.detach().expand(n, self.units).clone().requires_grad_(True)
         loss_fn = self.loss if observe is None else observe(self.loss)
@@ -304,6 +316,13 @@ class CategoricalProblem(EnumerableProblem):
         log_probs = torch.log_softmax(problem.logits, -1)
         weight = torch.exp((configs * log_probs).sum((-2, -1)))
         return configs, log_probs.exp(), weight, problem.loss(configs)
+
+    def event_probabilities(self) -> torch.Tensor:
+        """min(p_ik, 1 - p_ik) per unit i and category k (p = softmax(phi_i)), flattened row-major;
+        1 - p_ik summed over the other categories, so that it stays exact near p_ik = 1."""
+        probs = torch.softmax(self.logits.detach().to("cpu", torch.float64), -1)
+        others = (probs.unsqueeze(-2) * (1 - torch.eye(probs.shape[-1], dtype=torch.float64))).sum(-1)
+        return torch.minimum(probs, others).reshape(-1)
 
     def sample_gradients(self, estimator, n: int, observe: LossObserver | None = None) -> torch.Tensor:
         logits = self.logits.detach().expand(n, *self.logits.shape).clone().requires_grad_(True)

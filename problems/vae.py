@@ -312,6 +312,12 @@ class VaeProbe(_ProbeReference, Problem):
         for l in range(self.depth):
             estimator.layer(l).check_units(self.latents)
 
+    def event_probabilities(self) -> torch.Tensor:
+        """Layer 1's coordinates: sigm(-|logit|) of each example's latent; layer 2's weights and
+        biases (two-layer) are about many draws: NaN."""
+        first = torch.sigmoid(-self.logits1.detach().to("cpu", torch.float64).abs()).reshape(-1)
+        return torch.cat([first, torch.full((self.dim - first.numel(),), float("nan"), dtype=torch.float64)])
+
     def _encode(self, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
                 records: list | None = None) -> Encode:
         """Layer 2's logits from z1 with the given (or the probe's) weight and bias."""

@@ -503,7 +503,7 @@ def test_integral_float_parameters_are_coerced():
 def test_resolved_params_round_trip():
     problem = problems.build_problem("bernoulli-target", {"d": 3, "t": 0.3, "logit": -1.5})
     params = problems.PROBLEMS.resolved_params(problem)
-    assert params == {"d": 3, "t": 0.3, "logit": -1.5}
+    assert params == {"d": 3, "t": 0.3, "logit": -1.5, "spread": 0.0}
     rebuilt = problems.build_problem("bernoulli-target", params)
     torch.testing.assert_close(rebuilt.exact_gradient(), problem.exact_gradient(), rtol=0, atol=0)
 
