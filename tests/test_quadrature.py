@@ -121,8 +121,13 @@ def test_every_builtin_continuous_estimator_is_covered():
 
 @pytest.mark.parametrize("name, params", CONTINUOUS, ids=[f"{n}{p or ''}" for n, p in CONTINUOUS])
 def test_integrated_moments_agree_with_monte_carlo(name, params):
+    # REBAR (temperature and scale adapted for 256 estimates, then frozen) on two units: 4 logistic
+    # dimensions that every coordinate depends on. RELAX unadapted (its network starts at 0): once
+    # trained, tanh of the unbounded noise meets the ends of u = sigm(L) as a small power of 1 - u,
+    # which no rule within 2^20 evaluations resolves to 1e-8 (its runs then say so; see the README)
+    warmup = 0 if name == "relax" else 256
     result = harness.run(harness.make_config(name, params, "bernoulli-target", BINARY, seed=3, samples=20_000,
-                                             warmup=256))
+                                             warmup=warmup))
     assert result.status == "finished", result.error
     got = {m.name: m.value for m in result.metrics if m.scope == "all" and m.step is None}
     assert result.notes["exact_moments"].startswith("computed in float64 by quadrature"), result.notes["exact_moments"]
