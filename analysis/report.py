@@ -107,10 +107,12 @@ def estimator_summary(results: Results) -> list[Table]:
         ranked = [label for label in ranking.index[ranking.notna()] if label in set(frame["estimator"])]
         rest = [label for label in figs._order(frame["estimator"]) if label not in ranked]
         frame = frame.set_index("estimator").loc[ranked + rest].reset_index()
+        runs = results.runs[results.runs["run_id"].isin(at["run_id"].unique())]
+        method = figs.exact_method_text(list(runs["notes"]), list(runs["estimator_label"]))
         tables.append(Table(problem, "Ranked by MSE × loss evaluations per estimate (mean squared error at an equal "
                                      "budget of loss evaluations, lower is better; see 'Cost-adjusted error'). Mean "
-                                     "over seeds ± 1 standard error (jackknife over 32 groups, combined over seeds); "
-                                     "exact columns enumerate the estimator's randomness in float64. The Monte Carlo "
+                                     "over seeds ± 1 standard error (jackknife over 32 groups, combined over seeds). "
+                                     + (method + " " if method else "") + "The Monte Carlo "
                                      "‖bias‖ of an unbiased estimator is its √(variance / n) noise floor: read bias "
                                      "from p(unbiased) or the exact column.",
                             frame))
@@ -398,7 +400,8 @@ def render_html(sections: list[Section], title: str) -> str:
              f"<style>{PAGE_STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
              "<p>Gradient estimators for stochastic and non-smooth units (Bengio, Léonard &amp; Courville 2013): "
              "bias, variance and cost on the same problems and budget. Every Monte Carlo number carries a "
-             "standard error; exact values come from enumerating the estimator's randomness.</p>",
+             "standard error; exact values come from enumerating the estimator's discrete randomness, and "
+             "integrating its continuous noise by quadrature with a checked tolerance.</p>",
              "<nav><ul>" + "".join(f"<li><a href='#{s.key}'>{html.escape(s.title)}</a></li>" for s in sections)
              + "</ul></nav>"]
     for section in sections:

@@ -38,6 +38,7 @@ NORMAL_TRUNCATION = 9.0  # N(0, 1) integrated on [-9, 9]: 2 Phi(-9) = 2.3e-19 le
 NORMAL_PIECES = (-6.0, -3.0, 0.0, 3.0, 6.0)  # fixed breakpoints of the normal's rule: pieces of length <= 3
 PROBE_ROWS = 8  # base points of the dependency probe (each with its own discrete draws)
 PROBE_ORDER = 3  # nodes per piece the probe moves through
+QUADRATURE_NOTE = "computed in float64 by quadrature"  # how a run's exact_moments note starts
 DRAWN_BY = {"uniform": ("uniform",), "logistic": ("logistic",), "normal": ("normal",),
             "gumbel": ("gumbel", "flat-dirichlet")}
 
@@ -731,7 +732,7 @@ def integrate_exact(estimator: Estimator, problem, reference) -> tuple[ExactMome
     gap = max(c.gap for c in found)
     copies = f"; {layout.copies} averaged copies from one" if layout.copies > 1 else ""
     return ExactMoments(mean, variance), (
-        f"computed in float64 by quadrature: {len(layout.pieces)} continuous dimension(s) ({kinds}) integrated in "
+        f"{QUADRATURE_NOTE}: {len(layout.pieces)} continuous dimension(s) ({kinds}) integrated in "
         f"{len(groups)} group(s) of coordinates, the widest over {len(groups[widest].dimensions)} by "
         f"{found[widest].rule}, x {outcome_count(layout.arities)} discrete outcomes enumerated{copies}; successive "
         f"rules agree to {gap:.1e} of the estimate's scale (tolerance {QUADRATURE_TOLERANCE:g}); {evaluations:,} "
