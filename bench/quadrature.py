@@ -1,21 +1,23 @@
 """Exact moments of continuous-noise estimators by quadrature, beside enumeration of their discrete draws.
 
 An estimator declares the law of every continuous draw a call makes (:meth:`Estimator.noise_laws`:
-uniform, logistic, normal, Gumbel, a flat Dirichlet over two categories, with the breakpoints where a
-sample changes value, the Gumbel-max argmax, and averaged conditional copies). The harness replays
-chosen noise values through the estimator (:class:`QuadratureNoise`, the continuous counterpart of
-:class:`~estimators.base.ReplayNoise`, which it extends: discrete draws are enumerated as before) and
-integrates with a product rule built per law: Gauss-Legendre between the breakpoints on the uniform's
-[0, 1] (the logistic's too, in its CDF u = sigm(L)), Gauss-Legendre with the normal density between
-the breakpoints on [-9, 9] (the tails beyond hold 2e-19), Gauss-Legendre and, on the last piece,
-Gauss-Laguerre in E = exp(-G) ~ Exp(1) for the Gumbel.
+uniform, logistic, normal, Gumbel over categories, a flat Dirichlet over two, with the breakpoints
+where a sample changes value, the Gumbel-max argmax, and averaged conditional copies). The harness
+replays chosen noise values through the estimator (:class:`QuadratureNoise`, the continuous
+counterpart of :class:`~estimators.base.ReplayNoise`, which it extends: discrete draws are
+enumerated as before) and integrates with composite rules built per law: Gauss-Legendre between the
+breakpoints on the uniform's [0, 1] and on the logistic's u = sigm(L) (end pieces stretched by r^4
+where the estimate grows with the noise), Gauss-Legendre with the density between fixed and declared
+breakpoints on [-9, 9] for the normal (the tails beyond hold 2e-19), and for Gumbels over K <= 3
+categories the argmax enumerated and the others' ratios to the winner integrated (Duffy's map at K = 3).
 
 Which coordinates of the estimate depend on which noise dimension is probed first (every piece of
-every dimension visited at several points), and each group of coordinates is integrated over its own
-dimensions only: a pathwise estimator on a separable loss is then one low-dimensional integral per
-unit. Every integral is computed at two orders per piece (n and 2n) and kept only when the two agree
-to QUADRATURE_TOLERANCE relative to the estimate's scale; the higher-order rule may use at most
-2^MAX_ENUMERATION_BITS evaluations in all, else no exact moments (the notes say why).
+every dimension visited at several random points), and each group of coordinates is integrated over
+its own dimensions only: a pathwise estimator on a separable loss is then one small integral per
+unit. Each group climbs a ladder of rules (product rules of 2, 3, 4, 6, ... nodes per piece, then
+Smolyak sparse grids where a product rule would be too coarse) until two successive rules agree to
+QUADRATURE_TOLERANCE of the estimate's scale, spending at most 2^MAX_ENUMERATION_BITS evaluations in
+all; otherwise no exact moments, and the note says why.
 """
 from __future__ import annotations
 
