@@ -23,11 +23,12 @@ from matplotlib.ticker import MaxNLocator
 
 from analysis.frames import FAMILY_ORDER, OTHER_FAMILY, Results, curves, final_values, labels
 from analysis.tables import DERIVED_PREFIX, PAIR, combined_stderr, derived_rows, summarise
+from bench.quadrature import QUADRATURE_NOTE
 
 ZERO_RELATIVE = 1e-6      # values below this fraction of a panel's largest count as zero there
 LOG_SPAN = 100.0          # a panel goes logarithmic when its positive values span more than this
 PANEL_W, PANEL_H = 4.6, 3.2
-KIND_MC, KIND_EXACT = "Monte Carlo (± 1 s.e.)", "exact (enumerated)"
+KIND_MC, KIND_EXACT = "Monte Carlo (± 1 s.e.)", "exact (enumerated or integrated)"
 LEARNING_METRICS = {
     "train_criterion": "training criterion",
     "train_loss": "training loss (expected loss)",
@@ -102,6 +103,28 @@ def _describe_runs(runs: pd.DataFrame) -> str:
                  "true gradient exact except for " + ", ".join(estimated) +
                  ", where it is itself a large-sample unbiased estimate with its own standard error")
     return f"{sample_text}; {seed_text}; {reference}."
+
+
+def exact_method_text(notes: Sequence[dict], labels: Sequence[str]) -> str:
+    """Which estimators' exact moments were enumerated and which integrated, from the runs' notes
+    (``exact_moments``), with the quadrature's tolerance: one sentence for a caption ('' if none)."""
+    enumerated, integrated, tolerances = set(), set(), set()
+    for note, label in zip(notes, labels):
+        text = (note or {}).get("exact_moments", "") if isinstance(note, dict) else ""
+        if text.startswith(QUADRATURE_NOTE):
+            integrated.add(label)
+            tolerances.update(re.findall(r"tolerance ([0-9.e+-]+)", text))
+        elif text.startswith("computed"):
+            enumerated.add(label)
+    parts = []
+    if enumerated:
+        parts.append("enumerated over every outcome of the discrete (Bernoulli or categorical) randomness for "
+                     + ", ".join(sorted(enumerated)))
+    if integrated:
+        tolerance = " or ".join(sorted(tolerances)) or "the stated tolerance"
+        parts.append("integrated by quadrature over the continuous noise (discrete draws enumerated; two successive "
+                     f"rules agree to {tolerance} of the estimate's scale) for " + ", ".join(sorted(integrated)))
+    return ("Exact values are float64, " + "; ".join(parts) + ".") if parts else ""
 
 
 def _runs_of(results: Results, metrics: pd.DataFrame) -> pd.DataFrame:
@@ -226,8 +249,10 @@ def _estimator_panels(results: Results, key: str, title: str, columns: Sequence[
         _kind_legend(figure, palette, exact_present, zero_marker)
     caption = what + " " + _describe_runs(_runs_of(results, present))
     if exact_present:
-        caption += (" Exact values replay every outcome of the estimator's discrete (Bernoulli or categorical) randomness in float64; "
-                    "they are means over seeds and differ between seeds only for stateful estimators.")
+        runs = _runs_of(results, present)
+        caption += (" " + exact_method_text(list(runs["notes"]), list(runs["estimator_label"]))
+                    + " They are means over seeds and differ between seeds only for stateful estimators"
+                    " and estimators with own parameters.")
     if notes:
         caption += " " + "; ".join(notes) + "."
     for reason in sorted(set(apart.values())):

@@ -121,6 +121,8 @@ def estimator_summary(results: Results, budget: int = DEFAULT_BUDGET) -> list[Ta
         frame.insert(0, "runs", [str(int(seeds[label])) if label in seeds else "–" for label in frame.index])
         ranking = _ranking_frame(at, traits, budget)
         frame = frame.fillna("–").rename_axis("estimator").reset_index()
+        runs = results.runs[results.runs["run_id"].isin(at["run_id"].unique())]
+        method = figs.exact_method_text(list(runs["notes"]), list(runs["estimator_label"]))
         for unbiased in (True, False):
             key, heading = ("mse × evals", "MSE × loss evals") if unbiased else ("mse budget", f"MSE at {budget:,} evals")
             group = ranking[ranking["unbiased"] == unbiased]
@@ -131,9 +133,8 @@ def estimator_summary(results: Results, budget: int = DEFAULT_BUDGET) -> list[Ta
             part.insert(1, heading, [fmt(group.at[label, key]) for label in part.index])
             tables.append(Table(f"{problem}: {UNBIASED_TITLE if unbiased else BIASED_TITLE}",
                                 _ranking_caption(budget)[unbiased] + " Mean over seeds ± 1 standard error (jackknife "
-                                "over 32 groups, combined over seeds); exact columns enumerate the estimator's "
-                                "randomness in float64. The Monte Carlo ‖bias‖ of an unbiased estimator is its "
-                                "√(variance / n) noise floor: read bias from p(unbiased) or the exact column.",
+                                "over 32 groups, combined over seeds). " + (method + " " if method else "")
+                                + "The Monte Carlo ‖bias‖ of an unbiased estimator is its √(variance / n) noise floor: read bias from p(unbiased) or the exact column.",
                                 part.reset_index()))
     return tables
 
@@ -428,7 +429,8 @@ def render_html(sections: list[Section], title: str) -> str:
              f"<style>{PAGE_STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
              "<p>Gradient estimators for stochastic and non-smooth units (Bengio, Léonard &amp; Courville 2013): "
              "bias, variance and cost on the same problems and budget. Every Monte Carlo number carries a "
-             "standard error; exact values come from enumerating the estimator's randomness.</p>",
+             "standard error; exact values come from enumerating the estimator's discrete randomness, and "
+             "integrating its continuous noise by quadrature with a checked tolerance.</p>",
              "<nav><ul>" + "".join(f"<li><a href='#{s.key}'>{html.escape(s.title)}</a></li>" for s in sections)
              + "</ul></nav>"]
     for section in sections:

@@ -1,7 +1,7 @@
 """Runs one (estimator, problem, seed, samples) measurement: streamed estimates, metrics, exact moments.
 
 The run's configuration and provenance live in :mod:`bench.runconfig`, exact enumeration in
-:mod:`bench.enumeration`; their public names are re-exported here, so ``harness.run``,
+:mod:`bench.enumeration`, quadrature over continuous noise in :mod:`bench.quadrature`; their public names are re-exported here, so ``harness.run``,
 ``harness.RunConfig`` and ``harness.make_config`` stay the one entry point."""
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import problems
 from bench.enumeration import enumerate_exact
 from bench.memory import peak_memory
 from bench.metrics import GradientMoments, Metric, check_exact, time_metrics
+from bench.quadrature import integrate_exact
 from bench.runconfig import RunConfig, RunResult, now
 from bench.runinfo import DESCRIBED, describe
 from estimators.base import Estimator, Noise
@@ -240,14 +241,14 @@ def measure(config: RunConfig, progress: Callable[[int], None] | None = None,
 
 def gradient_metrics(problem, estimator: Estimator, config: RunConfig, reference, scopes: dict[str, slice],
                      progress: Callable[[int], None] | None) -> tuple[list[Metric], dict[str, str]]:
-    """Monte Carlo metrics, then exact moments when the randomness can be enumerated, checked
-    against the Monte Carlo ones: exact moments that disagree are withheld (the notes say why)."""
+    """Monte Carlo metrics, then exact moments when the randomness can be enumerated or integrated,
+    checked against the Monte Carlo ones: exact moments that disagree are withheld (the notes say why)."""
     metrics, sampled = sample_metrics(problem, estimator, config, reference, scopes, progress)
     notes = {"timing": timing_note(timing_rows(problem, estimator, config.samples))}
     unmeasurable = unmeasurable_note(problem, estimator, config.samples)
     if unmeasurable:
         notes["unmeasurable"] = unmeasurable
-    exact, notes["exact_moments"] = enumerate_exact(estimator, problem, reference)
+    exact, notes["exact_moments"] = exact_moments(estimator, problem, reference)
     if exact is None:
         return metrics, notes
     variance = next(m for m in metrics if m.name == "variance" and m.scope == "all")
@@ -259,6 +260,15 @@ def gradient_metrics(problem, estimator: Estimator, config: RunConfig, reference
     else:
         notes["exact_moments"] += "; withheld: they disagree with this run's Monte Carlo moments (see exact_check)"
     return metrics, notes
+
+
+def exact_moments(estimator: Estimator, problem, reference):
+    """Exact mean and variance, and how they were found or why not: by enumerating the discrete
+    draws (``randomness`` 'bernoulli' or 'none'), or for continuous noise by quadrature over the laws
+    the estimator declares (:mod:`bench.quadrature`), with its discrete draws enumerated."""
+    if estimator.randomness == "continuous":
+        return integrate_exact(estimator, problem, reference)
+    return enumerate_exact(estimator, problem, reference)
 
 
 def timing_note(rows: int) -> str:

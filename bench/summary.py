@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 import estimators
+from bench.quadrature import QUADRATURE_NOTE, QUADRATURE_TOLERANCE
 from bench.runinfo import is_training, stored_defaults, stored_traits
 from bench.specs import format_spec
 
@@ -363,6 +364,13 @@ def exact_notes(runs: pd.DataFrame, width: int) -> list[str]:
             withheld.append(f"{run.estimator_label} on {run.problem_label} seed {run.seed}: "
                             f"{run.notes_dict.get('exact_check', 'exact and Monte Carlo moments disagree')}")
     lines = []
+    integrated = sorted({f"{run.estimator_label} on {run.problem_label}" for run in runs[runs["status"] == "finished"]
+                         .itertuples() if run.notes_dict.get("exact_moments", "").startswith(QUADRATURE_NOTE)})
+    if integrated:
+        lines += [""] + textwrap.wrap(
+            "Exact bias and variance integrated by quadrature over the continuous noise (discrete draws enumerated; "
+            f"two successive rules agree to {QUADRATURE_TOLERANCE:g} of the estimate's scale; the other exact values "
+            f"enumerate every discrete outcome) for: {'; '.join(integrated)}", width)
     if reasons:
         lines += ["", "Exact bias and variance not computed for:"]
         for reason, by_problem in sorted(reasons.items()):

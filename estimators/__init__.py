@@ -1,5 +1,5 @@
 """Gradient estimators for layers of stochastic units, one module per family, and their registry."""
-from estimators.base import (Estimator, LossFn, Noise, NotEnumerable, PathwiseEstimator, ReplayNoise,
+from estimators.base import (Estimator, LossFn, Noise, NoiseLaw, NotEnumerable, PathwiseEstimator, ReplayNoise,
                              all_configurations, attach_gradient, parameter_trait)
 from estimators.registry import Registry, RegistryError, load_plugin
 
@@ -21,6 +21,6 @@ def build_estimator(name: str, params: dict | None = None) -> Estimator:
     return ESTIMATORS.build(name, params)
 
 
-__all__ = ["ESTIMATORS", "Estimator", "LossFn", "Noise", "NotEnumerable", "PathwiseEstimator",
+__all__ = ["ESTIMATORS", "Estimator", "LossFn", "Noise", "NoiseLaw", "NotEnumerable", "PathwiseEstimator",
            "ReplayNoise", "Registry", "RegistryError", "all_configurations", "attach_gradient",
            "build_estimator", "load_plugin", "parameter_trait", "register_estimator"]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 from typing import Callable, ClassVar, Iterator
 
@@ -160,6 +161,43 @@ class ReplayNoise(Noise):
         raise NotEnumerable("continuous randomness cannot be enumerated")
 
 
+NOISE_LAWS = ("uniform", "logistic", "normal", "gumbel", "flat-dirichlet")
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseLaw:
+    """The law of one continuous draw an estimator makes, so the harness can integrate its moments
+    (exact moments by quadrature, beside enumeration of the discrete draws).
+
+    ``kind`` names the law and the ``Noise`` method that draws it: 'uniform' (U[0, 1]), 'logistic',
+    'normal' (N(0, 1)), 'gumbel' (standard Gumbel), or 'flat-dirichlet' (a ``gumbel`` draw read only
+    through softmax(-G) over its last axis: a point of the simplex under Dirichlet(1, ..., 1)).
+    ``breaks``: where a sample (or anything else the estimate is discontinuous or kinked in) changes
+    value, in the law's own variable; a tensor broadcastable to the draw's shape plus a trailing axis
+    of breakpoints (any order, repeats allowed), or None for a smooth dependence. ``argmax_of``
+    (gumbel only): the estimate changes where argmax(argmax_of + G) over the last axis does (the
+    Gumbel-max trick); the harness then enumerates the argmax and integrates G given it. ``lead``:
+    axes of the draw before the batch axes; with ``copies`` the first of them holds K conditionally
+    i.i.d. copies over which the estimate is an average (a Rao-Blackwellisation's K draws), so the
+    harness integrates one copy and weighs its moments for K. ``grows``: the estimate grows without
+    bound with the noise (a rectifier's), so the rule of an unbounded law clusters its nodes at the
+    infinite ends.
+    """
+
+    kind: str
+    breaks: torch.Tensor | None = None
+    argmax_of: torch.Tensor | None = None
+    lead: int = 0
+    copies: bool = False
+    grows: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in NOISE_LAWS:
+            raise ValueError(f"noise law must be one of {', '.join(NOISE_LAWS)}, got {self.kind!r}")
+        if self.copies and self.lead < 1:
+            raise ValueError("copies need a leading copy axis (lead >= 1)")
+
+
 def attach_gradient(value: torch.Tensor, logits: torch.Tensor, grad: torch.Tensor,
                     event_dims: int = 1) -> torch.Tensor:
     """Return ``value`` unchanged whose gradient w.r.t. ``logits`` is additionally ``grad``.
@@ -287,6 +325,12 @@ class Estimator(torch.nn.Module):
     def bernoulli_draws(self, units: int) -> int:
         """Bernoulli bits drawn per estimate (what exact enumeration must cover)."""
         return units if self.randomness == "bernoulli" else 0
+
+    def noise_laws(self, logits: torch.Tensor, categorical: bool = False) -> tuple[NoiseLaw, ...] | None:
+        """The law of every continuous draw one call ``self(logits, ...)`` makes, in draw order (see
+        :class:`NoiseLaw`); ``logits`` are the call's own, so breakpoints may depend on them. None
+        (the default): not declared, so the harness computes no exact moments for continuous noise."""
+        return None
 
     def check_units(self, units: int) -> None:
         """Raise ValueError if this estimator cannot serve a layer of ``units`` units."""

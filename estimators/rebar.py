@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from estimators import register_estimator
-from estimators.base import Estimator, LossFn, attach_gradient
+from estimators.base import Estimator, LossFn, NoiseLaw, attach_gradient
 from estimators.own_parameters import LazyMLP, add_objective_gradient
 
 # |log temperature| is clamped here when used: beyond it sigm(z / lambda) is already a hard step
@@ -71,6 +71,10 @@ class RelaxedControlVariate(Estimator):
                 logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(c(z), c(z~)) from the losses at (sigma_lambda(z), sigma_lambda(z~)), shape (2, *batch)."""
         raise NotImplementedError
+
+    def noise_laws(self, logits, categorical=False):
+        """e1, e2 logistic per unit: b = 1[a + e1 > 0] changes at e1 = -a; z~ is smooth in e2 given b."""
+        return NoiseLaw("logistic", breaks=-logits[..., None]), NoiseLaw("logistic")
 
     def forward(self, logits: torch.Tensor, loss_fn: LossFn) -> torch.Tensor:
         work = torch.promote_types(logits.dtype, torch.float32)

@@ -518,12 +518,13 @@ BIASED_CASES = [
                          ids=[f"{n}-on-{spec_id((p, q))}" for n, p, q in BIASED_CASES])
 def test_biased_estimators_are_detected(name, problem, params):
     assert build_estimator(name).unbiased is False
-    metrics = metrics_of(run(make_config(name, {}, problem, params, seed=0, samples=200_000, warmup=100)))
+    result = run(make_config(name, {}, problem, params, seed=0, samples=200_000, warmup=100))
+    metrics = metrics_of(result)
     assert metrics["unbiased_pvalue"].value < 1e-6
-    if build_estimator(name).enumerable:
+    if build_estimator(name).enumerable or "exact_bias_norm" in metrics:  # enumerated, or integrated
         assert metrics["exact_bias_norm"].value > 0.01
-    else:
-        assert "exact_bias_norm" not in metrics
+    else:  # continuous noise over more dimensions than quadrature resolves within its budget
+        assert "evaluations" in result.notes["exact_moments"] and result.notes["exact_moments"].startswith("not computed")
     assert metrics["bias_norm"].value > 0.01
 
 
