@@ -16,8 +16,9 @@ log q(z_l | .) - log p(z_{l-1} | z_l) [- log p(z_L) at the top | + the next laye
 ``estimator.layer(l)`` on its logits], so the terms add up to -(log p(x, z) - log q(z | x)). Under the
 'suite' protocol log q keeps its autograd dependence on the logits (the direct term, differentiated
 exactly; its expectation is zero, so it changes variance only); under 'disarm' log q enters the
-learning signal with the logits held fixed, so the encoder gradient is the estimator's signal alone. The latent distribution is one small piece (:class:`BernoulliLatents`),
-so a categorical-latent VAE can reuse the rest.
+learning signal with the logits held fixed, so the encoder gradient is the estimator's signal alone.
+The latent distribution is one small piece (:class:`BernoulliLatents`), so a categorical-latent VAE
+can reuse the rest.
 
 Problems: ``bernoulli-vae`` / ``fashion-mnist-bernoulli-vae`` (training, records and checkpoints as
 in the docstring of :class:`VaeTraining`) and ``bernoulli-vae-probe`` (a gradient problem: the
@@ -693,9 +694,6 @@ class VaeTraining(MnistTrainingProblem):
         own_parameters = self.own_parameter_optimiser(estimator)
         encoder = model.encoder_parameters()
         generative = model.decoder_parameters() + [p for p in (model.prior_logits,) if p.requires_grad]
-        coordinates = sum(p.numel() for p in encoder)
-        first = [torch.zeros_like(p, dtype=torch.float64) for p in encoder]
-        second = [torch.zeros_like(p, dtype=torch.float64) for p in encoder]
         order = seeded_generator(seed, Stream.ORDER)
         evaluation = seeded_generator(seed, Stream.VAE_EVALUATION, device=device)
         probe_rng = seeded_generator(seed, Stream.VAE_PROBE)
@@ -708,7 +706,7 @@ class VaeTraining(MnistTrainingProblem):
         batches = _batches(train.shape[0], self.batch, order, device)
         interval_elbo = torch.zeros((), dtype=torch.float64, device=device)
         interval_steps, interval_seconds, wall = 0, 0.0, 0.0
-        scopes = self._encoder_scopes(encoder)
+        moments = GradientMoments(encoder, self._encoder_scopes(encoder))
 
         def assign(parameters: list, objective: torch.Tensor) -> None:
             for p, g in zip(parameters, torch.autograd.grad(objective, parameters, allow_unused=True)):
@@ -733,10 +731,7 @@ class VaeTraining(MnistTrainingProblem):
                 optimiser.step()
             own_parameters.step()
             with torch.no_grad():
-                grads = [torch.zeros_like(p, dtype=torch.float64) if p.grad is None else p.grad.to(torch.float64)
-                         for p in encoder]
-                torch._foreach_lerp_(first, grads, 1 - EMA_DECAY)
-                torch._foreach_lerp_(second, torch._foreach_mul(grads, grads), 1 - EMA_DECAY)
+                moments.update([p.grad for p in encoder])
                 if fresh:
                     interval_elbo.sub_(negative.detach().sum())
                 elif elbo_rng is None:
@@ -761,7 +756,7 @@ class VaeTraining(MnistTrainingProblem):
                 wall += interval_seconds
                 yield Record("train_elbo", float(interval_elbo) / (interval_steps * self.batch), step=index)
                 yield Record("loss_evals_total", float(index * per_step), step=index)
-                yield from trajectory_records(first, second, index, scopes, coordinates)
+                yield from moments.records(index)
                 yield Record("seconds_per_step", interval_seconds / interval_steps, step=index)
                 yield Record("wall_time_s", wall, step=index)
                 interval_elbo.zero_()
@@ -831,20 +826,40 @@ def _adam(parameters: list, lr: float, eps: float = 1e-8) -> torch.optim.Adam:
         return torch.optim.Adam(parameters, lr=lr, eps=eps)
 
 
-def trajectory_records(first: list[torch.Tensor], second: list[torch.Tensor], step: int,
-                       scopes: dict[str, list[int]], coordinates: int) -> Iterator[Record]:
-    """The two variances along training from the EMAs (decay 0.999, started at 0, not corrected)
-    ``first`` and ``second`` of the batch-mean gradient g and of g^2, per parameter tensor:
-    ``trajectory_variance`` = sum over coordinates of m2 / c - (m1 / c)^2 with c = 1 - 0.999^step
-    (bias-corrected, clamped at 0), per scope; ``disarm_variance`` = mean over all ``coordinates`` of
-    m2 - m1^2 (DisARM's ``DiscreteVAE.compute_grad_variance`` of the batch-sum gradient, divided by
-    batch^2 in ``train_one_step``: the batch mean's), scope 'all'."""
-    correction = 1 - EMA_DECAY**step
-    spread = [(s / correction - (f / correction) ** 2).clamp_min(0).sum() for f, s in zip(first, second)]
-    for scope, parts in scopes.items():
-        yield Record("trajectory_variance", float(sum(spread[i] for i in parts)), scope=scope, step=step)
-    theirs = sum((s - f * f).sum() for f, s in zip(first, second))
-    yield Record("disarm_variance", float(theirs) / coordinates, step=step)
+class GradientMoments:
+    """The variance of the encoder-parameter gradient along training, two ways, from exponential
+    moving averages (decay 0.999, started at 0) m1 of the batch-mean gradient g and m2 of g^2, per
+    parameter tensor (float64):
+
+    - ``trajectory_variance`` = sum over coordinates of m2 / c - (m1 / c)^2, c = 1 - 0.999^step (the
+      averages bias-corrected; clamped at 0), per scope;
+    - ``disarm_variance`` = mean over all coordinates of m2 - m1^2, not corrected: DisARM's
+      ``DiscreteVAE.compute_grad_variance`` (``networks.py``, ``tf.train.ExponentialMovingAverage(0.999)``
+      of the batch-sum gradient and its square) divided by batch^2 in ``train_one_step``
+      (``experiment_launcher_singlelayer.py``), which is the batch mean's; scope 'all'.
+
+    Once 0.999^step is small (0.7 % at 5,000 steps) the corrections vanish and
+    trajectory_variance = coordinates x disarm_variance."""
+
+    def __init__(self, parameters: list[torch.Tensor], scopes: dict[str, list[int]]):
+        self.first = [torch.zeros_like(p, dtype=torch.float64) for p in parameters]
+        self.second = [torch.zeros_like(p, dtype=torch.float64) for p in parameters]
+        self.scopes = scopes
+        self.coordinates = sum(p.numel() for p in parameters)
+
+    def update(self, grads: list[torch.Tensor | None]) -> None:
+        """One step's gradients (None: a parameter the step left without one, counted as 0)."""
+        grads = [torch.zeros_like(f) if g is None else g.to(torch.float64) for f, g in zip(self.first, grads)]
+        torch._foreach_lerp_(self.first, grads, 1 - EMA_DECAY)
+        torch._foreach_lerp_(self.second, torch._foreach_mul(grads, grads), 1 - EMA_DECAY)
+
+    def records(self, step: int) -> Iterator[Record]:
+        correction = 1 - EMA_DECAY**step
+        spread = [(s / correction - (f / correction) ** 2).clamp_min(0).sum() for f, s in zip(self.first, self.second)]
+        for scope, parts in self.scopes.items():
+            yield Record("trajectory_variance", float(sum(spread[i] for i in parts)), scope=scope, step=step)
+        theirs = sum((s - f * f).sum() for f, s in zip(self.first, self.second))
+        yield Record("disarm_variance", float(theirs) / self.coordinates, step=step)
 
 
 @register_problem("bernoulli-vae", "Bernoulli VAE on dynamically binarised MNIST (DisARM protocol; linear, "
