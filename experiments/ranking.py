@@ -82,25 +82,25 @@ def rank(values: Mapping[str, Sequence[float]], higher_is_better: bool = True, a
     return Ranking(order, clean, steps, alpha, higher_is_better)
 
 
-def ranking_frame(ranking: Ranking, extra: Mapping[str, Mapping[str, str]] | None = None,
-                  value_heading: str = "value") -> pd.DataFrame:
-    """One row per label, best first: rank, label, seeds, mean ± sd (two decimals), the step to the
-    next label (difference, p-value, established or not) and any ``extra`` columns per label."""
+def ranking_frame(ranking: Ranking, planned: Mapping[str, int], value_heading: str = "value",
+                  extra: Mapping[str, Mapping[str, str]] | None = None,
+                  tail: Mapping[str, Mapping[str, str]] | None = None) -> pd.DataFrame:
+    """One row per label, best first, then the labels that have no value (in ``planned`` order):
+    estimator, seeds (finished / ``planned``), mean ± sd (two decimals), the ``extra`` columns, the
+    p-value of the step to the next label and whether that ordering holds (yes, no, untestable),
+    then the ``tail`` columns."""
     rows = []
     following = {s.better: s for s in ranking.steps}
-    for position, label in enumerate(ranking.order, 1):
-        v = ranking.values[label]
-        text = f"{v.mean():.2f}" + (f" ± {v.std(ddof=1):.2f}" if v.size > 1 else "")
-        step = following.get(label)
-        row = {"rank": position, "estimator": label, "seeds": v.size, value_heading: text}
-        if step is None:
-            row.update({"Δ to next": "–", "p (Welch)": "–", "ordering": "–"})
-        else:
-            row.update({"Δ to next": f"{abs(step.difference):.2f}",
-                        "p (Welch)": "–" if step.pvalue is None else f"{step.pvalue:.2g}",
-                        "ordering": "established" if step.established else
-                        ("untestable" if step.pvalue is None else "not established")})
+    for label in [*ranking.order, *(label for label in planned if label not in ranking.values)]:
+        v = ranking.values.get(label, np.zeros(0))
+        text = "–" if not v.size else f"{v.mean():.2f}" + (f" ± {v.std(ddof=1):.2f}" if v.size > 1 else "")
+        row = {"estimator": label, "seeds": f"{v.size}/{planned.get(label, v.size)}", value_heading: text}
         row.update((extra or {}).get(label, {}))
+        step = following.get(label)
+        row["p to next"] = "–" if step is None or step.pvalue is None else f"{step.pvalue:.2g}"
+        row["holds"] = "–" if step is None else "untestable" if step.pvalue is None else \
+            "yes" if step.established else "no"
+        row.update((tail or {}).get(label, {}))
         rows.append(row)
     return pd.DataFrame(rows)
 

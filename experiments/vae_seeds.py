@@ -101,15 +101,20 @@ REINMAX_PUBLISHED = {label: (None, "not found", REINMAX_TABLE8.replace("Table 8"
                      for label in TABLE8["8x4"]}
 
 
+SHORT_GRADES = {"same protocol": "same", "other protocol": "other", "aggregator": "aggregator"}
+
+
 def _published_text(entry: tuple[float | None, str, str]) -> str:
     value, grade, _ = entry
-    return grade if value is None else f"{fmt(value)} ({grade})"
+    return grade if value is None else f"{fmt(value)} ({SHORT_GRADES.get(grade, grade)})"
 
 
 def _published_notes(published: dict[str, tuple[float | None, str, str]]) -> list[str]:
     sources = dict.fromkeys(source for _, _, source in published.values())
-    return ["Published, with its grade (same protocol = a target; other protocol = context, not a target; "
-            "aggregator = never a target): " + "; ".join(sources) + "."]
+    return ["Published, with its grade (same = the same protocol, a target; other = another protocol, context "
+            "and never a target; aggregator = never a target; not found): " + "; ".join(sources) + ".",
+            f"p to next: {TEST_NAME} of this row against the next; holds: whether that ordering is established "
+            "(Bonferroni over the adjacent pairs)."]
 
 
 def _final_by_label(results: Results, planned: Sequence[Planned], metric: str) -> tuple[dict, dict, list[str]]:
@@ -154,9 +159,9 @@ class BernoulliVaeSeeds(Experiment):
     source = DISARM_TABLE + ": not found in any source available to us; " + RELAX_PAPER.citation + " (other protocol)"
     published = {label: entry[0] for label, entry in BERNOULLI_PUBLISHED.items() if entry[0] is not None}
     seeds = (0, 1, 2)
-    quick_seeds = (0, 1)
+    quick_seeds = (0,)
     quick_help = (f"smoke test: {QUICK_STEPS} steps on 500 training examples, ELBOs on 100 examples, a 5-sample "
-                  "test bound, seeds 0 and 1")
+                  "test bound (add --seeds 0,1 for a ranking with p-values)")
 
     def runs(self, quick: bool, seeds: Sequence[int], device: str, steps: int | None = None,
              **settings: Any) -> list[Planned]:
@@ -198,25 +203,33 @@ def bernoulli_table(results: Results, planned: Sequence[Planned]) -> tuple[pd.Da
     values, ids, notes = _final_by_label(results, planned, "train_set_elbo")
     ranking = rank(values, higher_is_better=True)
     test = _per_label(results, ids, "test_bound")
-    variance = _per_label(results, ids, "disarm_variance")
     speed = _speed(results, ids)
-    extra = {label: {"test bound": _mean_sd(test[label]),
-                     "disarm_variance": fmt(variance[label].mean(), 3) if variance[label].size else "–",
-                     "s / step": speed[label],
-                     "published": _published_text(BERNOULLI_PUBLISHED.get(label, (None, "not found", "")))}
-             for label in ids}
-    frame = ranking_frame(ranking, extra, value_heading="train ELBO")
+    extra = {label: {"test bound": _mean_sd(test[label]), "s / step": speed[label]} for label in ids}
+    tail = {label: {"published": _published_text(BERNOULLI_PUBLISHED.get(label, (None, "not found", "")))}
+            for label in ids}
+    frame = ranking_frame(ranking, _planned_counts(planned), "train ELBO", extra, tail)
     missing = [label for label in ids if label not in ranking.order]
     notes += [f"{label}: no finished run" for label in missing if not any(n.startswith(label) for n in notes)]
+    variance = _per_label(results, ids, "disarm_variance")
+    shown = [f"{label} {fmt(variance[label].mean(), 3)}" for label in ranking.order if variance[label].size]
+    if shown:
+        notes.append("disarm_variance at the last log (mean over seeds): " + ", ".join(shown) + ".")
     return frame, notes, ranking.summary()
+
+
+def _planned_counts(planned: Sequence[Planned]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for p in planned:
+        counts[p.label] = counts.get(p.label, 0) + 1
+    return counts
 
 
 def bernoulli_caption() -> list[str]:
     return ["Ours: mean ± sd over seeds at the last step: train ELBO = one-sample ELBO over the training set "
             "(train_set_elbo, DisARM's eval_metric/train), test bound = 100-sample importance-weighted bound on the "
-            "test set (test_bound), nats per example; disarm_variance = DisARM's gradient variance (mean over "
-            "encoder parameters of the EMA variance of the batch-mean gradient) at the last log; s / step = wall "
-            "seconds per training step.",
+            "test set (test_bound), nats per example; s / step = wall seconds per training step; disarm_variance "
+            "(in the notes) = DisARM's gradient variance (mean over encoder parameters of the EMA variance of the "
+            "batch-mean gradient) at the last log.",
             *_published_notes(BERNOULLI_PUBLISHED)]
 
 
@@ -227,9 +240,9 @@ class CategoricalVaeSeeds(Experiment):
     source = REINMAX_TABLE8 + " (settings); its MNIST VAE numbers: not found in any source available to us"
     published = {}
     seeds = (0, 1, 2)
-    quick_seeds = (0, 1)
-    quick_help = (f"smoke test: {QUICK_STEPS} steps on 500 training images, ELBOs on 100, a 5-sample test bound, "
-                  "seeds 0 and 1")
+    quick_seeds = (0,)
+    quick_help = (f"smoke test: {QUICK_STEPS} steps on 500 training images, ELBOs on 100, a 5-sample test bound "
+                  "(add --seeds 0,1 for a ranking with p-values)")
 
     def runs(self, quick: bool, seeds: Sequence[int], device: str, steps: int | None = None,
              sizes: Sequence[str] = tuple(SIZES), **settings: Any) -> list[Planned]:
@@ -295,10 +308,12 @@ def categorical_table(results: Results, planned: Sequence[Planned]) -> tuple[pd.
     test = _per_label(results, ids, "test_elbo", sign=-1.0)
     speed = _speed(results, ids)
     short = {p.label: p.label.split(" ", 1)[1] for p in planned}
-    extra = {label: {"test loss": _mean_sd(test[label]), "s / step": speed[label],
-                     "published": _published_text(REINMAX_PUBLISHED.get(short[label], (None, "not found", "")))}
-             for label in ids}
-    frame = ranking_frame(ranking, extra, value_heading="train loss")
+    extra = {label: {"test loss": _mean_sd(test[label]), "s / step": speed[label]} for label in ids}
+    tail = {label: {"published": _published_text(REINMAX_PUBLISHED.get(short[label], (None, "not found", "")))}
+            for label in ids}
+    frame = ranking_frame(ranking, _planned_counts(planned), "train loss", extra, tail)
+    missing = [label for label in ids if label not in ranking.order]
+    notes += [f"{label}: no finished run" for label in missing if not any(n.startswith(label) for n in notes)]
     return frame, notes, ranking.summary()
 
 

@@ -312,15 +312,18 @@ def test_bernoulli_study_table_on_a_hand_made_store(tmp_path):
                                  "2024-01-01T00:00:01+00:00", 1.0), {"torch": "test"}, "abc", "cpu (test)")
         text = vae_seeds.BernoulliVaeSeeds().table(store, planned, True, 120)
     lines = text.splitlines()
-    header = next(i for i, line in enumerate(lines) if line.startswith("rank"))
-    rows = [line.split("  ") for line in lines[header + 1:header + 4]]
-    cells = [[c.strip() for c in row if c.strip()] for row in rows]
-    assert [row[1] for row in cells] == ["DisARM", "RLOO (K=2)", "ARM"]
-    assert cells[0][2:4] == ["3", "-120.00 ± 0.50"]
+    assert max(map(len, lines)) <= 120
+    header = next(i for i, line in enumerate(lines) if line.startswith("estimator"))
+    cells = [[c.strip() for c in line.split("  ") if c.strip()] for line in lines[header:header + 8]]
+    assert cells[0] == ["estimator", "seeds", "train ELBO", "test bound", "s / step", "p to next", "holds",
+                        "published"]
+    assert [row[0] for row in cells[1:]] == ["DisARM", "RLOO (K=2)", "ARM", "REBAR", "RELAX", "ReinMax", "ST"]
     p_first = scipy.stats.ttest_ind(train["DisARM"], train["RLOO (K=2)"], equal_var=False).pvalue
     p_second = scipy.stats.ttest_ind(train["RLOO (K=2)"], train["ARM"], equal_var=False).pvalue
-    assert cells[0][4:7] == ["5.00", f"{p_first:.2g}", "established" if p_first < 0.025 else "not established"]
-    assert cells[1][5:7] == [f"{p_second:.2g}", "not established"]
+    assert cells[1] == ["DisARM", "3/3", "-120.00 ± 0.50", "-110.00 ± 0.50", "0.01", f"{p_first:.2g}",
+                        "yes" if p_first < 0.05 / 2 else "no", "not found"]
+    assert cells[2][5:7] == [f"{p_second:.2g}", "no"] and cells[3][5:7] == ["–", "–"]
+    assert cells[4] == ["REBAR", "0/3", "–", "–", "–", "–", "–", "-111.6 (other)"]
     flat = " ".join(text.split())
     assert "DisARM > RLOO (K=2)" in flat and "Not established: RLOO (K=2) vs ARM" in flat
     assert "REBAR: no finished run" in flat and "not found" in flat and "other protocol" in flat
