@@ -59,7 +59,7 @@ class Ranking:
         lines = [f"Ranked by the mean over seeds ({better} is better); each adjacent pair tested with {TEST_NAME}, "
                  f"established when p < {self.alpha:g} / {len(self.steps)} = {self.threshold:.3g} (Bonferroni over "
                  f"the adjacent pairs)."]
-        lines.append("Established orderings: " + ("; ".join(made) if made else "none") + ".")
+        lines.append("Established orderings (better > worse): " + ("; ".join(made) if made else "none") + ".")
         lines.append("Not established: " + ("; ".join(open_) if open_ else "none") + ".")
         return " ".join(lines)
 

@@ -289,7 +289,7 @@ def test_welch_ranking_of_a_hand_made_sample():
     first, second = result.steps
     assert first.pvalue == pytest.approx(scipy.stats.ttest_ind(values["a"], values["b"], equal_var=False).pvalue)
     assert first.established == (first.pvalue < 0.05 / 2) and not second.established
-    assert "Established orderings: a > b." in result.summary()
+    assert "Established orderings (better > worse): a > b." in result.summary()
     assert "Not established: b vs c (p = " in result.summary()
     low = ranking.rank({"x": [1.0, 1.1], "y": [5.0]}, higher_is_better=False)
     assert low.order == ["x", "y"] and low.steps[0].pvalue is None and "untestable" in low.summary()
