@@ -188,13 +188,17 @@ class TrainingProblem(Problem):
 
 
 class OwnParameterOptimizer:
-    """Adam at ``estimator.adaptation_lr`` on an estimator's own parameters, trained alongside a
-    model (the contract in ``estimators.base``): ``zero_grad`` before a training step, ``step``
-    after its backward pass. The Adam is made at the first ``step`` that finds trainable
-    parameters: estimators create them on first use (per-layer copies on each layer's first use)."""
+    """Adam on an estimator's own parameters, trained alongside a model (the contract in
+    ``estimators.base``): ``zero_grad`` before a training step, ``step`` after its backward pass.
+    The learning rate is the estimator's ``adaptation_lr`` unless a protocol gives ``lr`` (with
+    ``betas`` and ``eps``, e.g. DisARM's Adam(1e-4, beta1 = 0.999)). The Adam is made at the first
+    ``step`` that finds trainable parameters: estimators create them on first use (per-layer copies
+    on each layer's first use)."""
 
-    def __init__(self, estimator) -> None:
+    def __init__(self, estimator, lr: float | None = None, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
         self.estimator = estimator
+        self.lr, self.betas, self.eps = lr, betas, eps
         self.optimizer: torch.optim.Optimizer | None = None
 
     def zero_grad(self) -> None:
@@ -208,7 +212,8 @@ class OwnParameterOptimizer:
             own = [p for p in self.estimator.parameters() if p.requires_grad]
             if not own:
                 return
-            self.optimizer = torch.optim.Adam(own, lr=self.estimator.adaptation_lr)
+            lr = self.estimator.adaptation_lr if self.lr is None else self.lr
+            self.optimizer = torch.optim.Adam(own, lr=lr, betas=self.betas, eps=self.eps)
         self.optimizer.step()
 
 

@@ -47,6 +47,7 @@ class Stream(enum.IntEnum):
     VAE_REFERENCE = 61         # VAE: (seed, VAE_REFERENCE, step) a checkpoint probe's ``reference_seed``
     VAE_EVALUATION = 62        # VAE: latent draws and dynamic binarisation of the ELBO / bound evaluations
     VAE_ELBO = 63              # VAE: the extra draw of the training ELBO (relaxed or biased estimators)
+    VAE_DECODER = 64           # VAE (DisARM protocol): the fresh draw z ~ q of the decoder and prior gradients
     CHECKPOINT_REFERENCE = 100  # + epoch: a checkpoint probe's ``reference_seed``
     CHECKPOINT_NOISE = 200     # + epoch: the units' noise of a checkpoint's mini-batch variance
 
