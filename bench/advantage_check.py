@@ -153,6 +153,7 @@ class EdgeCase:
     label: str
     rewards: list[float]
     G: int
+    tolerance: float = AGREEMENT  # float32 vs float64, relative to the largest float64 advantage
     status: str = ""
     detail: str = ""
 
@@ -197,15 +198,17 @@ def _edge_cases() -> list[EdgeCase]:
             EdgeCase("groups of one (G = 1)", [0.0, 1.0, 0.35, 1.0], 1),
             EdgeCase("huge rewards (1e30 x {0, 1})", [1e30, 0.0, 0.0, 1e30, 0.0, 1e30, 1e30, 1e30], 4),
             EdgeCase("tiny rewards (1e-30 x {0, 1})", [1e-30, 0.0, 0.0, 1e-30, 0.0, 1e-30, 1e-30, 1e-30], 4),
-            EdgeCase("close rewards (1 and 1.00001)", [1.0, 1.00001, 2.0, 2.00001], 2)]
+            # float32 resolves a spread of 1e-5 at 2 to about 1 %: the advantages can agree no better
+            EdgeCase("close rewards (1 and 1.00001)", [1.0, 1.00001, 2.0, 2.00001], 2, tolerance=0.05)]
 
 
 def check_edges(function: AdvantageFn, reference: SequenceEstimator | None = None) -> list[EdgeCase]:
-    """Each edge case in float32 and float64: finite, agreeing, or refused with an error; and equal
-    to the reference estimator's advantages when one is given."""
+    """Each edge case in float32 and float64 (the float32 rewards, so the two differ by their
+    arithmetic only): finite, agreeing, or refused with an error; and equal to the reference
+    estimator's advantages when one is given."""
     cases = _edge_cases()
     for case in cases:
-        values = torch.tensor(case.rewards, dtype=torch.float64)
+        values = torch.tensor(case.rewards, dtype=torch.float32).double()  # the same numbers in both precisions
         groups = torch.arange(len(values) // case.G).repeat_interleave(case.G)
         lengths = torch.ones_like(values)
         try:
@@ -220,9 +223,11 @@ def check_edges(function: AdvantageFn, reference: SequenceEstimator | None = Non
             continue
         size = float(double.abs().max()) if bool(torch.isfinite(double).all()) else math.inf
         gap = float((single - double).abs().max())
-        if not gap <= AGREEMENT * max(size, 1e-300) and not (size == 0 and gap == 0):
+        if not gap <= case.tolerance * size:
+            relative = gap / size if size > 0 else math.inf
             case.status = "FAIL"
-            case.detail = f"float32 [{shown}] vs float64 differ by {gap:.3g} ({gap / max(size, 1e-300):.2g} relative)"
+            case.detail = (f"float32 [{shown}] vs float64 differ by {gap:.3g} "
+                           f"({'> 1e6 x' if relative > 1e6 else f'{relative:.2g}'} the largest float64 advantage)")
             continue
         case.status, case.detail = "ok", f"[{shown}]"
         if reference is not None and case.G >= reference.min_group:
