@@ -35,7 +35,6 @@ MAX_OUTCOMES = 2**21  # reward-class outcomes enumerated for an estimator's exac
 BLOCK_ELEMENTS = 2**22  # numbers per block of outcomes in the exact moments
 REWARDS = ("exact", "count", "correct")
 POLICIES = ("tabular", "linear")
-INIT_STREAM = 0  # seeded_generator(seed, INIT_STREAM): nothing random at the start of training yet; reserved
 
 
 def parse_success(text: str, prompts: int) -> tuple[float, ...]:
