@@ -53,7 +53,8 @@ def check_surrogate(estimator: Estimator, args: tuple, kwargs: dict, surrogate) 
     logits = args[0] if args else kwargs.get("logits")
     if not isinstance(logits, torch.Tensor):
         return
-    batch = tuple(logits.shape[:-2] if kwargs.get("categorical") else logits.shape[:-1])
+    event = 2 if kwargs.get("categorical") or kwargs.get("sequence") is not None else 1  # sequence: (states, K)
+    batch = tuple(logits.shape[:-event])
     shape = tuple(surrogate.shape) if isinstance(surrogate, torch.Tensor) else None
     if shape != batch:
         found = f"shape {shape}" if shape is not None else f"a {type(surrogate).__name__}"
@@ -86,7 +87,8 @@ def seeded_noise(seed: int, stream: int, device: torch.device) -> Noise:
     return Noise(torch.Generator(device).manual_seed(state))
 
 
-EVENT_DIMS = {"binary": 1, "categorical": 2}  # trailing axes of one unit layer's h: (units,) or (units, K)
+# trailing axes of one loss evaluation's h: (units,), (units, K), or a response per prompt (prompts, max_len)
+EVENT_DIMS = {"binary": 1, "categorical": 2, "sequence": 2}
 
 
 class LossProbe:

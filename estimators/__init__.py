@@ -11,9 +11,16 @@ ESTIMATORS = Registry(
                      "estimators.perturbation", "estimators.exact", "estimators.gumbel",
                      "estimators.gapped_st", "estimators.reinmax", "estimators.slope_annealed_st",
                      "estimators.antithetic", "estimators.muprop", "estimators.nvil", "estimators.rebar",
-                     "estimators.gaussian_dropout", "estimators.arsm", "estimators.indecater"),
+                     "estimators.gaussian_dropout", "estimators.arsm", "estimators.indecater",
+                     "estimators.advantage"),
 )
 register_estimator = ESTIMATORS.register
+
+
+def unit_estimator_names() -> list[str]:
+    """Registered estimators that serve layers of binary or categorical units (every one but the
+    advantage estimators of sequence problems, whose ``variables`` trait is 'sequence')."""
+    return [entry.name for entry in ESTIMATORS.entries() if getattr(entry.cls, "variables", "binary") != "sequence"]
 
 
 def build_estimator(name: str, params: dict | None = None) -> Estimator:
@@ -23,4 +30,4 @@ def build_estimator(name: str, params: dict | None = None) -> Estimator:
 
 __all__ = ["ESTIMATORS", "Estimator", "LossFn", "Noise", "NoiseLaw", "NotEnumerable", "PathwiseEstimator",
            "ReplayNoise", "Registry", "RegistryError", "all_configurations", "attach_gradient",
-           "build_estimator", "load_plugin", "parameter_trait", "register_estimator"]
+           "build_estimator", "load_plugin", "unit_estimator_names", "parameter_trait", "register_estimator"]

@@ -96,12 +96,13 @@ def schedule(steps: int) -> dict[str, int]:
 
 def estimator_specs(text: str | Sequence[str]) -> list[str]:
     """Comma-separated estimator specs (or a sequence of them), each written as format_spec writes it;
-    'all': every registered estimator (one that cannot serve a Bernoulli encoder is stored as skipped)."""
+    'all': every registered estimator of unit layers (one that cannot serve a Bernoulli encoder is stored as
+    skipped; the advantage estimators of sequence problems are not listed)."""
     items = ",".join(text) if not isinstance(text, str) else text
     if items.strip() == "all":
         import estimators
 
-        return estimators.ESTIMATORS.names()
+        return estimators.unit_estimator_names()
     return list(dict.fromkeys(format_spec(name, params) for name, params in parse_spec_list(items)))
 
 

@@ -4,7 +4,8 @@ from problems.base import BernoulliProblem, CategoricalProblem, Checkpoint, Prob
 
 PROBLEMS = Registry(kind="problem", group="bench.problems",
                     builtin_modules=("problems.bernoulli", "problems.sigmoid_belief_net", "problems.gater",
-                                     "problems.mlp", "problems.vae", "problems.categorical"))
+                                     "problems.mlp", "problems.vae", "problems.categorical",
+                                     "problems.sequence"))
 register_problem = PROBLEMS.register
 
 

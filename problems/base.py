@@ -87,7 +87,7 @@ class Problem(torch.nn.Module):
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     trains_model: ClassVar[bool] = False
-    variables: ClassVar[str] = "binary"  # its stochastic units: 'binary' or 'categorical'
+    variables: ClassVar[str] = "binary"  # its stochastic units: 'binary', 'categorical' or 'sequence'
 
     @property
     def dim(self) -> int:
@@ -124,11 +124,13 @@ class Problem(torch.nn.Module):
         return estimator.loss_evaluations(self.units)
 
     def check_variables(self, estimator) -> None:
-        """Raise ValueError if the estimator's ``variables`` trait ('binary', 'categorical' or
-        'both') does not cover this problem's units."""
+        """Raise ValueError if the estimator's ``variables`` trait ('binary', 'categorical', 'both'
+        -- binary and categorical -- or 'sequence') does not cover this problem's units."""
         serves = getattr(estimator, "variables", "binary")
-        if serves not in ("both", self.variables):
-            raise ValueError(f"{estimator.name or type(estimator).__name__} serves {serves} units only; "
+        covered = serves == self.variables or (serves == "both" and self.variables in ("binary", "categorical"))
+        if not covered:
+            what = "binary and categorical" if serves == "both" else serves
+            raise ValueError(f"{estimator.name or type(estimator).__name__} serves {what} units only; "
                              f"{self.name or type(self).__name__} has {self.variables} units")
 
     def scopes(self) -> dict[str, slice]:

@@ -284,7 +284,7 @@ def test_own_parameter_estimators_are_trained_alongside(synthetic):
     assert math.isfinite(records[("train_criterion", 1)])
 
 
-@pytest.mark.parametrize("name", estimators.ESTIMATORS.names())
+@pytest.mark.parametrize("name", estimators.unit_estimator_names())
 def test_every_registered_estimator_can_gate(synthetic, name):
     problem = problems.build_problem("mnist-gater", {"gate_units": 6, "hidden": 4, "epochs": 1, "train_subset": 64})
     estimator = estimators.build_estimator(name)

@@ -17,7 +17,7 @@ import torch
 
 import problems
 from bench.harness import exact_estimator_moments, make_config, run
-from estimators import ESTIMATORS, Estimator, build_estimator
+from estimators import ESTIMATORS, Estimator, build_estimator, unit_estimator_names
 from estimators.base import Noise, ReplayNoise, all_configurations, attach_gradient
 from estimators.registry import RegistryError
 from problems.sigmoid_belief_net import _REFERENCE_CACHE, SigmoidBeliefNet
@@ -118,7 +118,7 @@ def test_data_seed_draws_the_net_and_deeper_nets_extend_shallower_ones():
 # estimators through depth: every registered one composes through the contract
 # =============================================================================================
 
-ALL_ESTIMATORS = ESTIMATORS.names()
+ALL_ESTIMATORS = unit_estimator_names()
 
 
 class CountingObserver:
