@@ -392,3 +392,41 @@ def test_processes_a_run_starts_end_with_its_timeout(plugin):
     spawned = {int(path.name.split("-")[1]) for path in plugin.parent.glob("child-*")}
     assert spawned
     assert_gone(spawned)
+
+
+# -- memory caps from the control group --------------------------------------------------------------------
+def fake_cgroup(root: Path, version: int, limit: str, usage: int, cache: int = 0) -> Path:
+    """A /sys/fs/cgroup tree and a /proc/self/cgroup file naming this process's group in it."""
+    if version == 2:
+        group = root / "user.slice" / "job"
+        group.mkdir(parents=True)
+        (group / "memory.max").write_text(limit + "\n")
+        (group / "memory.current").write_text(f"{usage}\n")
+        (group / "memory.stat").write_text(f"anon 1\ninactive_file {cache}\n")
+        (root / "user.slice" / "memory.max").write_text("max\n")
+        (root / "user.slice" / "memory.current").write_text("1\n")
+        membership = "0::/user.slice/job\n"
+    else:  # v1 in a container: the group's path does not exist under the mount, its root is read
+        (root / "memory").mkdir(parents=True)
+        (root / "memory" / "memory.limit_in_bytes").write_text(limit + "\n")
+        (root / "memory" / "memory.usage_in_bytes").write_text(f"{usage}\n")
+        (root / "memory" / "memory.stat").write_text(f"total_inactive_file {cache}\n")
+        membership = "4:memory:/process_api/abc\n3:cpuset:/\n"
+    path = root.parent / f"cgroup-{version}"
+    path.write_text(membership)
+    return path
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_the_memory_cap_reads_the_control_groups_limit(tmp_path, monkeypatch, version):
+    root = tmp_path / f"v{version}" / "cgroup"
+    membership = fake_cgroup(root, version, str(3 * 2**30), 2**30, cache=2**28)
+    assert sweep.cgroup_available(root, membership) == 2 * 2**30 + 2**28  # limit - usage + reclaimable cache
+    unlimited = tmp_path / f"u{version}" / "cgroup"
+    assert sweep.cgroup_available(unlimited, fake_cgroup(unlimited, version, "max" if version == 2 else str(2**63 - 4096),
+                                                         2**30)) is None
+    # a 3 GB group on a host with much more free: --jobs 16 runs 2 workers of 1 GiB
+    monkeypatch.delenv(WORKER_MEMORY_ENV)
+    monkeypatch.setattr(sweep, "cgroup_available", lambda: 2 * 2**30 + 2**28)
+    assert sweep.available_memory() == 2 * 2**30 + 2**28
+    assert sweep.capped_jobs(16, 100) == (2, "2.2 GiB of memory available, about 1 GiB per worker")
