@@ -289,6 +289,8 @@ class Store:
 
     def _storage_error(self, action: str, exc: sqlite3.Error) -> StoreError:
         detail = " ".join(str(exc).split())
+        if _locked(exc):
+            return StoreError(self._locked_message())
         if (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF in (11, 26) or "malformed" in detail:
             return StoreError(f"{self.path} is damaged ({detail}); nothing was written to it; {recovery_hint(self.path)}")
         return StoreError(f"cannot {action} results database {self.path}: {detail}")
@@ -366,7 +368,13 @@ class Store:
         except sqlite3.Error as exc:
             if _storage_failure(exc):
                 raise StorageFailure(failure(exc)) from None
+            if _locked(exc):
+                raise StoreError(self._locked_message()) from None
             raise
+
+    def _locked_message(self) -> str:
+        return (f"results database {self.path} stayed locked by another process for {BUSY_TIMEOUT_MS / 1000:g} s "
+                f"(another sweep or merge writing to it?); nothing was written; try again when it has finished")
 
     def _check_version(self) -> None:
         version = self.connection.execute("PRAGMA user_version").fetchone()[0]
@@ -486,6 +494,14 @@ def _storage_failure(exc: sqlite3.Error) -> bool:
     if code is not None:
         return code & 0xFF in STORAGE_ERRORS
     return any(text in str(exc) for text in ("disk is full", "disk I/O error", "readonly database", "malformed"))
+
+
+def _locked(exc: sqlite3.Error) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED: another connection held the lock past the busy timeout."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (5, 6)
+    return "database is locked" in str(exc)
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

@@ -499,3 +499,21 @@ def test_a_version_1_store_on_read_only_storage_is_exported(invoke, tmp_path, mo
     assert files(folder) == before
     frame = pd.read_csv(tmp_path / "o.csv")
     assert sorted(zip(frame["scope"], frame["value"])) == [("all", 0.5), ("unit0", 0.25)]
+
+
+def test_a_store_locked_past_the_busy_timeout_is_one_line(invoke, store, monkeypatch):
+    from bench import store as store_module
+
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_MS", 300)
+    holder = sqlite3.connect(store, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process's write transaction that does not end
+    try:
+        with Store(store):  # opening for writing takes the write lock (schema check, WAL mode)
+            pass
+    except StoreError as exc:
+        assert "stayed locked by another process for 0.3 s" in str(exc) and "\n" not in str(exc)
+    else:
+        pytest.fail("a locked store was opened for writing")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
