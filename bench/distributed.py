@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -202,10 +203,25 @@ def local_cluster(workers: int, gpu: bool = False, dashboard_address: str | None
     import dask
     from distributed import LocalCluster
 
-    with dask.config.set({"distributed.scheduler.allowed-failures": RETRIES}):
+    with dask.config.set({"distributed.scheduler.allowed-failures": RETRIES}), _ctrl_c_ignored():
         return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                             dashboard_address=dashboard_address, resources={"GPU": 1} if gpu else None,
                             silence_logs=logging.ERROR)  # not a slow worker's shut-down warnings
+
+
+@contextlib.contextmanager
+def _ctrl_c_ignored() -> Iterator[None]:
+    """Processes started inside ignore Ctrl-C (the disposition survives exec): Ctrl-C in a terminal
+    reaches the whole process group, and the cluster's processes printed tracebacks; the driver
+    stops them itself."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def resources(config: harness.RunConfig) -> dict[str, int] | None:

@@ -196,6 +196,31 @@ def _uri(path: Path, read_only: bool) -> str:
     return uri + "?mode=ro&immutable=1"
 
 
+@contextlib.contextmanager
+def private_folder(purpose: str) -> Iterator[str]:
+    """A temporary folder named with this process's id, removed afterwards; folders of earlier
+    processes that are gone (killed with kill -9 mid-merge: a whole store's copy) are removed first."""
+    import shutil
+
+    prefix = f"stochgrad-{purpose}-"
+    for stale in Path(tempfile.gettempdir()).glob(f"{prefix}*-*"):
+        pid = stale.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-") as folder:
+        yield folder
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's: alive
+        return True
+    return True
+
+
 def check_path(path: Path, create: bool) -> None:
     """Refuse anything but a regular file that is one of our databases, or a new path (or an
     empty file) where ``create`` may start one. Every refusal is one line; nothing is written."""
@@ -251,16 +276,24 @@ class Store:
         if create and self.path.exists() and not os.access(self.path, os.W_OK):
             raise StoreError(f"cannot write results database {self.path}: the file is read-only "
                              f"(export and report can read it)")
-        self.connection = self._connect(self.read_only)
+        new = create and not self.path.exists()
         try:
-            if self.read_only:  # one snapshot for everything this reader reads (see _begin_reading)
-                self._begin_reading()
-            self._verify()
-            self._check_version()
-            if create:
-                self._initialise()
+            self.connection = self._connect(self.read_only)
+            try:
+                if self.read_only:  # one snapshot for everything this reader reads (see _begin_reading)
+                    self._begin_reading()
+                self._verify()
+                self._check_version()
+                if create:
+                    self._initialise()
+            except BaseException:
+                self.connection.close()
+                raise
         except BaseException:
-            self.connection.close()
+            if new:  # a store that could not be created (a full disk) is not left behind as an empty file
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    with contextlib.suppress(OSError):
+                        Path(f"{self.path}{suffix}").unlink()
             raise
 
     def _begin_reading(self) -> None:
@@ -387,8 +420,9 @@ class Store:
                 return
             self.connection.close()  # a reader upgrades through a writable connection, then reads
             if not _writable_storage(self.path):  # read-only storage: upgrade a private copy instead
-                self._scratch = tempfile.TemporaryDirectory(prefix="stochgrad-upgrade-")
-                copy = Path(self._scratch.name) / self.path.name
+                self._scratch = contextlib.ExitStack()
+                folder = self._scratch.enter_context(private_folder("upgrade"))
+                copy = Path(folder) / self.path.name
                 source = sqlite3.connect(_uri(self.path, read_only=True), uri=True)
                 target = sqlite3.connect(copy)
                 try:
@@ -406,13 +440,13 @@ class Store:
             self._begin_reading()
             self._verify()
 
-    _scratch: "tempfile.TemporaryDirectory | None" = None  # an upgraded copy of a store on read-only storage
+    _scratch: contextlib.ExitStack | None = None  # an upgraded copy of a store on read-only storage
     _file: Path | None = None  # the file connected to, when not ``path`` (that copy)
 
     def close(self) -> None:
         self.connection.close()
         if self._scratch is not None:
-            self._scratch.cleanup()
+            self._scratch.close()
 
     def __enter__(self) -> "Store":
         return self
@@ -559,7 +593,7 @@ def check_merge_source(path: Path) -> None:
 def snapshot(path: Path) -> Iterator[Store]:
     """A private, current-version copy of the store at ``path`` (which is left as it is)."""
     check_merge_source(path)
-    with tempfile.TemporaryDirectory(prefix="stochgrad-merge-") as folder:
+    with private_folder("merge") as folder:
         copy = Path(folder) / "source.db"
         source = sqlite3.connect(_uri(path, read_only=True), uri=True, timeout=60)
         target = sqlite3.connect(copy)

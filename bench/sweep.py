@@ -27,6 +27,7 @@ from bench.workers import (Pool, death_reason, failed_result, load_plugins, rebu
 
 WORKER_MEMORY_GIB = 1.0  # per-worker estimate for capping --jobs: ~0.35 GB with torch loaded + a run
 WORKER_MEMORY_ENV = "STOCHGRAD_BENCH_WORKER_MEMORY_GIB"  # overrides it (big runs: more; tests: less)
+MAX_THREADS = 2**31 - 1  # torch.set_num_threads takes a C int
 
 
 def open_store(db: Path | None, create: bool = True) -> Store:
@@ -201,6 +202,8 @@ def run_sweep(configs: Sequence[harness.RunConfig], db: Path | None = None, jobs
     from tqdm.auto import tqdm
 
     per_worker_gib = worker_memory_gib()
+    if threads is not None and threads > MAX_THREADS:
+        raise UserError(f"--threads {threads} is more than torch takes (at most {MAX_THREADS})")
     with open_store(db) as store:
         done = set() if force else store.finished_keys(c.key for c in configs)
         todo = [c for c in configs if c.key not in done]

@@ -36,6 +36,7 @@ from estimators.registry import BUILTIN, load_plugin
 STARTUP_FAILURES = 3  # workers in a row that die before they are ready: give up
 STOP_GRACE_S = 2.0  # an idle worker asked to exit gets this long before SIGKILL
 _PR_SET_PDEATHSIG = 1
+MAX_WAIT_S = 86_400.0  # one wait for workers at most (poll() takes at most 2^31 ms, about 24.9 days)
 _LOADING, _READY, _DIED = "loading", "ready", "died"
 
 
@@ -85,9 +86,11 @@ def death_reason(exitcode: int | None) -> str:
 
 # -- worker side -----------------------------------------------------------------------------------
 def _kill_group(*_) -> None:
-    """End this worker and every process a run started in it (they share its process group)."""
-    with contextlib.suppress(OSError):
-        os.killpg(0, signal.SIGKILL)
+    """End this worker and every process a run started in it (they share its process group; if it
+    could not lead a group of its own, it ends alone rather than take its parent's group down)."""
+    if os.getpgrp() == os.getpid():
+        with contextlib.suppress(OSError):
+            os.killpg(0, signal.SIGKILL)
     os._exit(1)
 
 
@@ -263,7 +266,7 @@ class Pool:
                 if not pending and all(w.config is None for w in workers):
                     break
                 deadline = min(w.deadline for w in workers)
-                wait_s = None if deadline == math.inf else max(0.0, deadline - time.monotonic())
+                wait_s = None if deadline == math.inf else min(MAX_WAIT_S, max(0.0, deadline - time.monotonic()))
                 ready = multiprocessing.connection.wait(
                     [w.conn for w in workers] + [w.process.sentinel for w in workers], wait_s)
                 for i, worker in enumerate(workers):

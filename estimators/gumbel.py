@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from estimators import register_estimator
-from estimators.base import LossFn, PathwiseEstimator
+from estimators.base import LossFn, PathwiseEstimator, check_count
 
 
 def check_temperature(tau: float) -> float:
@@ -194,9 +194,7 @@ class GumbelRao(_Relaxation):
 
     def __init__(self, tau: float = 1.0, K: int = 10):
         super().__init__(tau)
-        if K < 1:
-            raise ValueError(f"K must be at least 1, got {K}")
-        self.K = K
+        self.K = check_count("K", K, 1)
 
     def sample(self, logits: torch.Tensor) -> torch.Tensor:
         a = logits.to(compute_dtype(logits.dtype))

@@ -517,3 +517,30 @@ def test_a_store_locked_past_the_busy_timeout_is_one_line(invoke, store, monkeyp
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+def test_a_store_that_cannot_be_created_leaves_no_empty_file(invoke, tmp_path, monkeypatch):
+    from bench.store import StorageFailure
+
+    def full(self):
+        raise StorageFailure(f"cannot write to results database {self.path}: database or disk is full")
+
+    monkeypatch.setattr(Store, "_initialise", full)
+    db = tmp_path / "new.db"
+    code, out, err = invoke("run", "--estimators", "reinforce", "--problems", "bernoulli-target(d=2)", "--samples",
+                            "100", "--db", db)
+    one_line_error(code, err, "disk is full")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("new.db")) == []
+
+
+def test_the_records_readme_shows_device_and_revision_fields_as_text(tmp_path):
+    from analysis.frames import load_results
+    from analysis.record import readme
+
+    db = tmp_path / "r.db"
+    with Store(db) as s:
+        s.save(make_result(), VERSIONS, "abc123\n- injected item", "cpu <script>alert(1)</script>\n# Injected heading")
+    text = readme(load_results(db), "t", ["python", "-m", "bench"])
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; # Injected heading" in text
+    assert "abc123 - injected item" in text
+    assert not any(line.startswith(("# Injected", "- injected")) for line in text.splitlines())
