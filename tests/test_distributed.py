@@ -479,6 +479,7 @@ def test_option_mistakes_are_one_line(tmp_path, capsys, monkeypatch, args, messa
                  "--quiet", "--db", str(tmp_path / "r.db"), *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+    assert not (tmp_path / "r.db").exists()  # an unreachable scheduler is found before the store is made
 
 
 @needs_dask

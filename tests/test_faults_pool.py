@@ -430,3 +430,21 @@ def test_the_memory_cap_reads_the_control_groups_limit(tmp_path, monkeypatch, ve
     monkeypatch.setattr(sweep, "cgroup_available", lambda: 2 * 2**30 + 2**28)
     assert sweep.available_memory() == 2 * 2**30 + 2**28
     assert sweep.capped_jobs(16, 100) == (2, "2.2 GiB of memory available, about 1 GiB per worker")
+
+
+def test_a_run_timeout_beyond_what_poll_takes_is_fine(monkeypatch, one_thread):
+    """--run-timeout above about 24.9 days (2^31 ms) overflowed the wait for workers."""
+    from bench import workers
+
+    waits, real_wait = [], workers.multiprocessing.connection.wait
+
+    def wait(objects, timeout=None):
+        waits.append(timeout)
+        return real_wait(objects, timeout)
+
+    monkeypatch.setattr(workers.multiprocessing.connection, "wait", wait)
+    config = harness.make_config("reinforce", {}, "bernoulli-target", {"d": 2}, 0, 500)
+    with workers.Pool(1, [], timeout=3e6, threads=1) as pool:  # about 35 days
+        (result,) = pool.results([config])
+    assert result.status == "finished", result.error
+    assert any(w is not None for w in waits) and all(w is None or w <= workers.MAX_WAIT_S for w in waits)
