@@ -36,8 +36,9 @@ from bench import harness, workers
 from bench.errors import UserError
 from problems.datasets import ENV_VAR
 
-# Extra attempts for a config whose worker died (scheduler ``allowed-failures`` of a local cluster)
-# or whose task raised outside the harness (``retries=``), before the config is stored failed.
+# Extra attempts for a config whose worker process died (on its Dask worker), whose Dask worker
+# died (scheduler ``allowed-failures`` of a local cluster), whose result was lost or whose task raised
+# outside the harness (``retries=``), before the config is stored failed.
 RETRIES = 2
 CONNECT_TIMEOUT_S = 30
 INSTALL_HINT = "pip install 'stochgrad-bench[distributed]'"
