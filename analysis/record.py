@@ -17,7 +17,7 @@ from typing import Sequence
 import pandas as pd
 
 from analysis.frames import Results
-from analysis.report import Section, markdown_table, render_markdown
+from analysis.report import Section, markdown_table, markdown_text, render_markdown
 from bench.files import write_text_atomically
 from bench.specs import format_spec
 
@@ -98,12 +98,18 @@ def _span(runs: pd.DataFrame) -> tuple[str, str, float]:
             (finished.max() - started.min()).total_seconds())
 
 
+def _inline(value) -> str:
+    """A stored field as one line of Markdown text: HTML shown, not run; no line break that could
+    start a heading, list or code block of its own."""
+    return " ".join(markdown_text(value).split())
+
+
 def readme(results: Results, title: str, report_command: Sequence[str]) -> str:
     runs = results.runs
     first, last, elapsed = _span(runs)
     versions = pd.DataFrame([v if isinstance(v, dict) else {} for v in runs["versions"]]).drop_duplicates()
-    machines = sorted(set(runs["device_description"].dropna()))
-    revisions = sorted(set(runs["git_revision"].dropna()))
+    machines = sorted({_inline(m) for m in runs["device_description"].dropna()})
+    revisions = sorted({_inline(r) for r in runs["git_revision"].dropna()})
     statuses = ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().items())
     lines = [f"# Reproduction record: {title}", "",
              f"Regenerated on {dt.date.today().isoformat()} from `{portable(results.source)}` by", "", "```",

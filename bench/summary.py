@@ -190,8 +190,8 @@ def summary_table(store, configs: Sequence, columns: Sequence[str] | None = None
     runs = runs[runs["config_key"].isin({c.key for c in configs})]
     if runs.empty:
         return "no runs"
-    runs = runs.assign(notes_dict=[json.loads(n) for n in runs["notes"]],
-                       config_dict=[json.loads(c) for c in runs["config"]])
+    runs = runs.assign(notes_dict=[_json_object(n) for n in runs["notes"]],
+                       config_dict=[_json_object(c) for c in runs["config"]])
     runs["training"] = [is_training(notes, config.get("samples") == 0)  # the guess: runs stored without a kind
                         for notes, config in zip(runs["notes_dict"], runs["config_dict"])]
     for kind in ("estimator", "problem"):
@@ -382,3 +382,12 @@ def exact_notes(runs: pd.DataFrame, width: int) -> list[str]:
         for text in sorted(withheld):
             lines += textwrap.wrap(text, width, initial_indent="  ", subsequent_indent="    ")
     return lines
+
+
+def _json_object(text) -> dict:
+    """A stored JSON object; {} for one that is not (damaged, crafted, nested too deeply)."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}

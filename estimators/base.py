@@ -35,6 +35,15 @@ import torch
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 
+MAX_DRAWS = 2**20  # samples or draws per estimate an estimator may ask for (K): each is a loss evaluation
+
+
+def check_count(name: str, value, minimum: int, maximum: int = MAX_DRAWS) -> int:
+    """A count parameter (K samples, draws) is an integer in [minimum, maximum]: K=1e18 (a float
+    far past memory) was accepted and failed only once the run started."""
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise ValueError(f"{name} must be at least {minimum} and at most {maximum:,} (an integer), got {value!r}")
+    return value
 
 class NotEnumerable(RuntimeError):
     """Raised when continuous randomness is requested from a replayed (enumerated) sample."""

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from estimators import register_estimator
-from estimators.base import LossFn, NoiseLaw, PathwiseEstimator
+from estimators.base import LossFn, NoiseLaw, PathwiseEstimator, check_count
 
 
 def check_temperature(tau: float) -> float:
@@ -205,9 +205,7 @@ class GumbelRao(_Relaxation):
 
     def __init__(self, tau: float = 1.0, K: int = 10):
         super().__init__(tau)
-        if K < 1:
-            raise ValueError(f"K must be at least 1, got {K}")
-        self.K = K
+        self.K = check_count("K", K, 1)
 
     def noise_laws(self, logits, categorical=False):
         """After the discrete h: K conditionally i.i.d. copies (uniforms v, categorical: Gumbels g)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from estimators import register_estimator
-from estimators.base import Estimator, LossFn, attach_gradient, reduce_to_batch
+from estimators.base import Estimator, LossFn, attach_gradient, check_count, reduce_to_batch
 
 
 def _check_decay(decay: float) -> None:
@@ -165,9 +165,7 @@ class ReinforceLeaveOneOut(Estimator):
 
     def __init__(self, K: int = 4):
         super().__init__()
-        if K < 2:
-            raise ValueError(f"K must be at least 2, got {K}")
-        self.K = K
+        self.K = check_count("K", K, 2)
 
     def loss_evaluations(self, units: int, categories: int = 2) -> int:
         return self.K

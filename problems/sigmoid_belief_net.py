@@ -50,6 +50,9 @@ _REFERENCE_CACHE: "collections.OrderedDict[tuple, Reference]" = collections.Orde
 _REFERENCE_CACHE_SIZE = 32
 
 
+MAX_DEPTH = 1000  # layers: each is its own parameters, buffers and estimator call
+
+
 def parse_widths(widths: str, depth: int, width: int) -> tuple[int, ...]:
     """Layer sizes from ``widths`` ('8-6-4') or from ``depth`` x ``width``; neither: 4-3-2."""
     if depth or width:
@@ -60,10 +63,15 @@ def parse_widths(widths: str, depth: int, width: int) -> tuple[int, ...]:
             raise ValueError(f"depth must be at least 1, got {depth}")
         if width < 1:
             raise ValueError(f"width must be at least 1, got {width}")
+        if depth > MAX_DEPTH:
+            raise ValueError(f"depth must be at most {MAX_DEPTH}, got {depth}")
         return (width,) * depth
     if not widths:
         return DEFAULT_WIDTHS
-    return parse_sizes(widths, "widths")
+    sizes = parse_sizes(widths, "widths")
+    if len(sizes) > MAX_DEPTH:
+        raise ValueError(f"widths must name at most {MAX_DEPTH} layers, got {len(sizes)}")
+    return sizes
 
 
 def initial_parameters(widths: tuple[int, ...],
@@ -426,8 +434,12 @@ class SigmoidBeliefNet(_BeliefNet, Problem):
         more than MAX_NESTED_VALUES unit values per estimate."""
         for l, width in enumerate(self.widths):
             estimator.check_units(width)
-        values = sum(math.prod(estimator.loss_evaluations(w) for w in self.widths[:l + 1]) * width
-                     for l, width in enumerate(self.widths))
+        values, nested = 0, 1  # a running product: the nested count of layer l is prod over layers <= l
+        for width in self.widths:
+            nested *= estimator.loss_evaluations(width)
+            values += nested * width
+            if values > MAX_NESTED_VALUES:
+                break
         if values > MAX_NESTED_VALUES:
             raise ValueError(f"{estimator.name or type(estimator).__name__} would evaluate this net's layers "
                              f"{values:.3g} unit values per estimate through nested evaluations "

@@ -865,6 +865,8 @@ BAD_PARAMETERS = [
     ("sigmoid-noise", {"std": -0.5}, "std"),
     ("exact", {"max_units": 31}, "max_units"),
     ("reinforce-loo", {"K": 2.5}, "K must be an integer"),
+    ("reinforce-loo", {"K": 1e18}, "K must be at least 2 and at most 1,048,576"),  # passed, then failed at run time
+    ("gumbel-rao", {"K": 10**18}, "K must be at least 1 and at most 1,048,576"),
     ("gumbel-softmax", {"tau": 0.0}, "tau must be a finite number > 0"),
     ("st-gumbel", {"tau": -1.0}, "tau must be a finite number > 0"),
     ("gumbel-rao", {"K": 0}, "K must be at least 1"),

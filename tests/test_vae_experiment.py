@@ -249,7 +249,9 @@ def test_the_command_help_names_the_experiments_defaults():
     (["--estimators", "disarm(K=2"], ""),
     (["--dataset", "omniglot"], "--dataset"),
     (["--steps", "0"], "--steps"),
-], ids=["architecture", "estimator", "malformed-spec", "dataset", "steps"])
+    (["--basket", "disarm+reinforce-lo(K=2)"], "basket estimator 'reinforce-lo(K=2)': unknown estimator 'reinforce-lo'"),
+    (["--basket", "disarm(K=2"], "basket estimator 'disarm(K=2'"),
+], ids=["architecture", "estimator", "malformed-spec", "dataset", "steps", "basket-typo", "basket-malformed"])
 def test_user_mistakes_are_one_line(argv, message, tmp_path, capsys, vae_problem):
     assert main(["vae", *argv, "--db", str(tmp_path / "v.db")]) == 2
     err = capsys.readouterr().err

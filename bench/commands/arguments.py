@@ -19,6 +19,9 @@ PLUGIN_HELP = ("a plugin .py file or module to load; it runs as ordinary Python 
                "so load only plugins you trust")
 
 
+MAX_COUNT = 2**63 - 1  # counts are stored as 64-bit integers; a larger one would run "forever" first
+
+
 def int_at_least(minimum: int, kind: str):
     def parse(text: str) -> int:
         try:
@@ -27,6 +30,8 @@ def int_at_least(minimum: int, kind: str):
             value = minimum - 1
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be a {kind} integer, got {text!r}")
+        if value > MAX_COUNT:
+            raise argparse.ArgumentTypeError(f"must be below 2^63 = {MAX_COUNT + 1}, got {text!r}")
         return value
 
     return parse

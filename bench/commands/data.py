@@ -6,6 +6,7 @@ one line on stderr.
 """
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -36,16 +37,31 @@ def add_parser(subparsers) -> None:
     path.set_defaults(func=command_path)
 
 
+def _first_missing(path: Path | None) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (what a fetch would create)."""
+    if path is None:
+        return None
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
 def command_fetch(args) -> int:
+    created = _first_missing(args.dest)
     try:
         directory = datasets.fetch(args.name, mirror=args.mirror, dest=args.dest, progress=not args.quiet)
-    except datasets.FetchError as exc:
+    except datasets.DataError as exc:  # FetchError included
+        if created is not None:  # a failed fetch leaves no folder it made behind
+            shutil.rmtree(created, ignore_errors=True)
+        if not isinstance(exc, datasets.FetchError):
+            raise UserError(str(exc)) from None
         if args.mirror is not None:
             raise UserError(f"--mirror {args.mirror}: {exc}") from None
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except datasets.DataError as exc:
-        raise UserError(str(exc)) from None
     print(directory)
     return 0
 
