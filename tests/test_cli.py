@@ -769,7 +769,7 @@ def test_readme_pandas_example_gives_the_final_values(tmp_path, monkeypatch, one
     nvil = variance[variance["estimator"] == "nvil"]
     final, before = nvil.loc[nvil["step"].isna(), "value"].item(), nvil.loc[nvil["step"] == 0, "value"].item()
     assert final != pytest.approx(before, rel=1e-3)  # else the test could not tell them apart
-    problem = "bernoulli-target(d=3,logit=0.0,t=0.45)"
+    problem = "bernoulli-target(d=3,logit=0.0,spread=0.0,t=0.45)"
     nvil_spec = next(s for s in table.index.get_level_values("estimator_spec") if s.startswith("nvil"))
     assert table.at[(nvil_spec, problem), "variance"] == pytest.approx(final, rel=1e-12)
     for k in (2, 4):
