@@ -29,6 +29,7 @@ from typing import Iterator, Sequence
 import estimators
 import problems
 from bench import harness
+from bench.checkpoints import RunFiles
 from bench.errors import UserError
 from estimators.registry import load_plugin
 from problems.datasets import ENV_VAR
@@ -151,9 +152,10 @@ def _host_slot() -> Iterator[list[int]]:
 
 
 def run_on_worker(config: harness.RunConfig, plugins: tuple[tuple[str, str], ...], data_dir: str | None,
-                  threads: int | None) -> harness.RunResult:
+                  threads: int | None, files: RunFiles | None = None) -> harness.RunResult:
     """One run on a Dask worker, with where it ran in its notes; a plugin that does not load here
-    gives a ``failed`` run with this worker's message."""
+    gives a ``failed`` run with this worker's message. ``files``: the driver's checkpoint and
+    kept-model directories (a training run resumes where a worker that sees them left off)."""
     import torch
     from distributed import get_worker
 
@@ -169,7 +171,7 @@ def run_on_worker(config: harness.RunConfig, plugins: tuple[tuple[str, str], ...
             result = harness.RunResult(config, "failed", [], {}, started, harness.now(),
                                        time.perf_counter() - began, f"on worker {worker.address}: {error}")
         else:
-            result = harness.run(config)
+            result = harness.run(config, files=files or RunFiles())
     result.notes.update({"worker": worker.address, "host": socket.gethostname(), "host_runs": max(counts),
                          "worker_device": harness.device_description(config.device)})
     return result
@@ -268,6 +270,7 @@ def results(configs: Sequence[harness.RunConfig], plugins: Sequence[str] = (), s
 
     gpu = any(resources(c) for c in configs)
     data_dir = os.environ.get(ENV_VAR)
+    files = RunFiles.from_environment()
     with _client(scheduler, workers, gpu, quiet) as (client, cluster_threads), \
             tempfile.TemporaryDirectory(prefix="stochgrad-plugins-") as folder:
         if gpu:
@@ -275,7 +278,7 @@ def results(configs: Sequence[harness.RunConfig], plugins: Sequence[str] = (), s
         shipped = _ship_plugins(client, plugins, Path(folder))
         threads = threads or cluster_threads
         token, submitted = uuid.uuid4().hex[:8], harness.now()
-        futures = {client.submit(run_on_worker, config, shipped, data_dir, threads, pure=False,
+        futures = {client.submit(run_on_worker, config, shipped, data_dir, threads, files, pure=False,
                                  key=f"{TASK_PREFIX}-{config.key[:16]}-{token}", retries=RETRIES,
                                  resources=resources(config)): config for config in configs}
         try:

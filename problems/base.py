@@ -98,12 +98,12 @@ def _restore(part, saved) -> None:
         part.generator.set_state(saved)
     elif isinstance(part, torch.Tensor):
         if part.shape != saved.shape:
-            raise ResumeError(f"a tensor of shape {tuple(saved.shape)} where {tuple(part.shape)} is expected")
+            raise ValueError(f"a tensor of shape {tuple(saved.shape)} where {tuple(part.shape)} is expected")
         with torch.no_grad():
             part.copy_(saved)
     elif isinstance(part, (list, tuple)):
         if len(part) != len(saved):
-            raise ResumeError(f"{len(saved)} saved items where {len(part)} are expected")
+            raise ValueError(f"{len(saved)} saved items where {len(part)} are expected")
         for item, value in zip(part, saved):
             _restore(item, value)
     else:
@@ -137,17 +137,18 @@ class TrainingState:
     def restore(self, saved: dict[str, Any]) -> dict[str, Any]:
         """Load a snapshot's state into the parts; returns its ``values``. Raises ResumeError when
         the state does not fit these parts."""
+        why = "the problem's state does not fit"
         try:
             parts = saved["parts"]
             if set(parts) != set(self.parts):
-                raise ResumeError(f"saved parts {sorted(parts)}, expected {sorted(self.parts)}")
+                raise ResumeError(f"{why}: saved parts {sorted(parts)}, expected {sorted(self.parts)}")
             for name, part in self.parts.items():
                 _restore(part, parts[name])
             return dict(saved["values"])
         except ResumeError:
             raise
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
-            raise ResumeError(f"{type(exc).__name__}: {' '.join(str(exc).split())}") from None
+            raise ResumeError(f"{why}: {type(exc).__name__}: {' '.join(str(exc).split())}") from None
 
 
 def parse_sizes(text: str, name: str) -> tuple[int, ...]:
