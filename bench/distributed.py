@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from bench import harness, workers
+from bench.checkpoints import RunFiles
 from bench.errors import UserError
 from problems.datasets import ENV_VAR
 
@@ -88,10 +89,12 @@ _here = threading.local()  # this executor thread's worker process (a Pool of on
 
 
 def _pool_here(plugins: tuple[str, ...], threads: int, timeout: float | None, data_dir: str | None,
-               where: str) -> workers.Pool:
+               where: str, files: RunFiles | None = None) -> workers.Pool:
     """The worker process of this Dask executor thread, kept across tasks while the settings hold
-    (started by this thread, it dies with it)."""
-    settings = (plugins, threads, timeout, data_dir, where)
+    (started by this thread, it dies with it); ``files``: the driver's checkpoint and kept-model
+    directories, which the worker process inherits through its environment."""
+    files = files or RunFiles()
+    settings = (plugins, threads, timeout, data_dir, where, files)
     pool = getattr(_here, "pool", None)
     if pool is not None and _here.settings != settings:
         pool.close()
@@ -99,7 +102,8 @@ def _pool_here(plugins: tuple[str, ...], threads: int, timeout: float | None, da
     if pool is None:
         if data_dir is not None:
             os.environ[ENV_VAR] = data_dir  # the worker process inherits it
-        pool = workers.Pool(1, plugins, timeout, threads, load_error_prefix=f"{where}: ")
+        with files.exported():
+            pool = workers.Pool(1, plugins, timeout, threads, load_error_prefix=f"{where}: ")
         _here.pool, _here.settings = pool, settings
     return pool
 
@@ -121,16 +125,19 @@ def _run_isolated(config: harness.RunConfig, pool: workers.Pool, where: str) -> 
 
 
 def run_on_worker(config: harness.RunConfig, plugins: tuple[tuple[str, str], ...], data_dir: str | None,
-                  threads: int | None, timeout: float | None = None) -> harness.RunResult:
+                  threads: int | None, timeout: float | None = None,
+                  files: RunFiles | None = None) -> harness.RunResult:
     """One run on a Dask worker, in a worker process of its own, with where it ran in its notes; a
-    plugin that does not load there gives a ``failed`` run with this worker's message."""
+    plugin that does not load there gives a ``failed`` run with this worker's message. ``files``:
+    the driver's checkpoint and kept-model directories (a training run resumes where a worker that
+    sees them left off)."""
     import torch
     from distributed import get_worker
 
     worker = get_worker()
     targets = tuple(str(Path(worker.local_directory) / name) if kind == "file" else name for kind, name in plugins)
     where = f"on worker {worker.address}"
-    pool = _pool_here(targets, threads or torch.get_num_threads(), timeout, data_dir, where)
+    pool = _pool_here(targets, threads or torch.get_num_threads(), timeout, data_dir, where, files)
     with _host_slot() as counts:
         result = _run_isolated(config, pool, where)
     result.notes.update({"worker": worker.address, "host": socket.gethostname(), "host_runs": max(counts),
@@ -339,6 +346,7 @@ def results(configs: Sequence[harness.RunConfig], plugins: Sequence[str] = (), s
 
     gpu = any(resources(c) for c in configs)
     data_dir = os.environ.get(ENV_VAR)
+    files = RunFiles.from_environment()
     with _client(scheduler, workers, gpu, quiet) as (client, cluster_threads), \
             tempfile.TemporaryDirectory(prefix="stochgrad-plugins-") as folder:
         if gpu:
@@ -350,7 +358,7 @@ def results(configs: Sequence[harness.RunConfig], plugins: Sequence[str] = (), s
 
         def submit(config: harness.RunConfig):
             attempt = resubmitted.get(config.key, 0)
-            return client.submit(run_on_worker, config, shipped, data_dir, threads, timeout, pure=False,
+            return client.submit(run_on_worker, config, shipped, data_dir, threads, timeout, files, pure=False,
                                  key=f"{TASK_PREFIX}-{config.key[:16]}-{token}-{attempt}", retries=RETRIES,
                                  resources=resources(config))
 

@@ -6,6 +6,7 @@ The run's configuration and provenance live in :mod:`bench.runconfig`, exact enu
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 import time
@@ -16,6 +17,7 @@ import torch
 
 import estimators
 import problems
+from bench import checkpoints as run_files
 from bench.enumeration import enumerate_exact
 from bench.memory import peak_memory
 from bench.metrics import GradientMoments, Metric, check_exact, time_metrics
@@ -199,21 +201,29 @@ def check_compatible(estimator: Estimator, problem: problems.Problem) -> None:
         raise Incompatible(str(exc)) from None
 
 
-def measure(config: RunConfig, progress: Callable[[int], None] | None = None,
-            notes: dict[str, Any] | None = None) -> tuple[list[Metric], dict[str, Any]]:
-    """Compute every metric of one run. Raises Incompatible when the pair cannot run.
-
-    ``notes`` (a new dict if not given) first receives the description of the built estimator and
-    problem (:func:`bench.runinfo.describe`), so a run that is skipped or fails keeps it too."""
-    notes = {} if notes is None else notes
+def build(config: RunConfig) -> tuple[problems.Problem, Estimator]:
+    """The run's problem and estimator, fresh, on its device (the estimator's surrogate checked)."""
     device = torch.device(config.device)
     problem = problems.build_problem(config.problem, config.problem_params).to(device)
     estimator = estimators.build_estimator(config.estimator, config.estimator_params).to(device)
     estimator.register_forward_hook(check_surrogate, with_kwargs=True)
+    return problem, estimator
+
+
+def measure(config: RunConfig, progress: Callable[[int], None] | None = None,
+            notes: dict[str, Any] | None = None,
+            session: run_files.Session | None = None) -> tuple[list[Metric], dict[str, Any]]:
+    """Compute every metric of one run. Raises Incompatible when the pair cannot run.
+
+    ``notes`` (a new dict if not given) first receives the description of the built estimator and
+    problem (:func:`bench.runinfo.describe`), so a run that is skipped or fails keeps it too.
+    ``session``: a training run's checkpoint file (resumes from it, writes to it)."""
+    notes = {} if notes is None else notes
+    problem, estimator = build(config)
     notes.update(describe(estimator, problem, config.estimator, config.problem))
     check_compatible(estimator, problem)
     if problem.trains_model:
-        metrics, trained = train(problem, estimator, config, progress)
+        metrics, trained = train(problem, estimator, config, progress, session)
         notes.update(trained)
         return metrics, notes
     reference = problem.reference()
@@ -401,25 +411,77 @@ def time_estimates(problem, estimator: Estimator, rows: int, device: torch.devic
 CHECKPOINT_STREAM = 1000  # noise streams 1000 + k measure the k-th checkpoint
 
 
-def train(problem, estimator: Estimator, config: RunConfig,
-          progress: Callable[[int], None] | None) -> tuple[list[Metric], dict[str, str]]:
+def train(problem, estimator: Estimator, config: RunConfig, progress: Callable[[int], None] | None,
+          session: run_files.Session | None = None) -> tuple[list[Metric], dict[str, str]]:
     """A training problem: the problem trains its model with the estimator and reports records;
     at each :class:`~problems.base.Checkpoint` it yields, the gradient metrics of the frozen model
-    are measured here as for a gradient problem (tagged with the checkpoint's epoch / step)."""
-    metrics: list[Metric] = []
-    notes: dict[str, str] = {}
-    checkpoints = 0
-    with estimator.drawing_from(seeded_noise(config.seed, 0, torch.device(config.device))):
-        for item in problem.fit(estimator, config.seed, progress):
-            if isinstance(item, problems.Checkpoint):
-                measured, exact = checkpoint_metrics(item, estimator, config, CHECKPOINT_STREAM + checkpoints, notes)
-                metrics.extend(measured)
-                checkpoints += 1
-                notes["checkpoints"] = (f"{checkpoints} (reference: {'exact' if exact else 'estimated'}, "
-                                        f"{item.samples} estimates each)")
-            else:
-                metrics.append(dataclasses.replace(item, value=float(item.value),
-                                                   stderr=None if item.stderr is None else float(item.stderr)))
+    are measured here as for a gradient problem (tagged with the checkpoint's epoch / step).
+
+    With a ``session`` and a ``resumable`` problem, the run's whole state is saved at every
+    :class:`~problems.base.Snapshot`, and a saved state is resumed from (see :mod:`bench.checkpoints`):
+    the estimator's buffers and parameters, the noise source, the records and notes so far, then
+    the problem's loop (``fit(resume=...)``). A state that does not fit is noted and the run starts
+    from scratch with a fresh problem and estimator. ``session.keep_models``: the final model is kept."""
+    resumable = session is not None and problem.resumable
+    saved = session.load(estimator, problem) if resumable else None
+    for start in ((saved, None) if saved is not None else (None,)):  # from the checkpoint, else from scratch
+        metrics: list[Metric] = []
+        notes: dict[str, str] = {}
+        checkpoints = 0
+        noise = seeded_noise(config.seed, 0, torch.device(config.device))
+        resume = {"snapshots": True} if resumable else {}
+        try:
+            if start is not None:
+                try:
+                    estimator.load_state(start["estimator"])
+                    noise.generator.set_state(start["noise"])
+                except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+                    raise problems.ResumeError(f"the estimator's state does not fit: {exc}") from None
+                metrics = [Metric(**m) for m in start["metrics"]]
+                notes, checkpoints = dict(start["notes"]), int(start["checkpoints"])
+                resume["resume"] = start["problem"]
+            with estimator.drawing_from(noise):
+                items = problem.fit(estimator, config.seed, progress, **resume)
+                first = next(items, None)  # a resumed fit restores its loop before its first item
+        except problems.ResumeError as exc:
+            if start is None:
+                raise
+            session.ignore(str(exc))
+            problem, estimator = build(config)  # fresh: the failed restore may have changed them
+            continue
+        if start is not None:
+            session.resume(start)
+            point = run_files.where(start)
+            notes["resumed"] = f"{notes['resumed']}; after {point}" if "resumed" in notes else f"after {point}"
+            if progress is not None:
+                progress(int(start["where"]["done"]))
+        with estimator.drawing_from(noise):
+            for item in itertools.chain([] if first is None else [first], items):
+                if isinstance(item, problems.Snapshot):
+                    if resumable:
+                        session.save(item, estimator, problem, noise, metrics, notes, checkpoints)
+                elif isinstance(item, problems.Checkpoint):
+                    measured, exact = checkpoint_metrics(item, estimator, config, CHECKPOINT_STREAM + checkpoints,
+                                                         notes)
+                    metrics.extend(measured)
+                    checkpoints += 1
+                    notes["checkpoints"] = (f"{checkpoints} (reference: {'exact' if exact else 'estimated'}, "
+                                            f"{item.samples} estimates each)")
+                else:
+                    metrics.append(dataclasses.replace(item, value=float(item.value),
+                                                       stderr=None if item.stderr is None else float(item.stderr)))
+        break
+    if session is not None:
+        notes.update(session.notes)
+        model = getattr(problem, "trained_model", None)
+        if session.files.keep_models and model is not None:
+            try:
+                kept = run_files.keep_model(session.files.keep_models, config, model, estimator)
+                notes["model"] = f"kept in {kept.name}"
+            except OSError as exc:  # the run's numbers stand
+                notes["model"] = f"not kept: {exc.strerror or exc}"
+                run_files.note(f"{config.estimator_spec} on {config.problem_spec} seed {config.seed}: "
+                               f"model {notes['model']}")
     return metrics, notes
 
 
@@ -495,13 +557,20 @@ def basket_noise(seed: int, stream: int, device: torch.device) -> Noise:
     return Noise(torch.Generator(device).manual_seed(state))
 
 
-def run(config: RunConfig, progress: Callable[[int], None] | None = None) -> RunResult:
-    """Measure one run; a bug in an estimator or problem gives status 'failed', not an exception."""
+def run(config: RunConfig, progress: Callable[[int], None] | None = None,
+        files: run_files.RunFiles | None = None) -> RunResult:
+    """Measure one run; a bug in an estimator or problem gives status 'failed', not an exception.
+
+    ``files``: where a training run keeps its checkpoints and, on request, its final model (None:
+    from the environment, see :class:`bench.checkpoints.RunFiles`). A resumed run keeps its first
+    start time and its wall time counts every session."""
+    files = run_files.RunFiles.from_environment() if files is None else files
+    session = run_files.Session(config, files)
     started = now()
     began = time.perf_counter()
     notes: dict[str, Any] = {}
     try:
-        metrics, notes = measure(config, progress, notes)
+        metrics, notes = measure(config, progress, notes, session)
         status, error = "finished", None
     except Incompatible as exc:
         metrics, status, error = [], "skipped", str(exc)
@@ -512,4 +581,6 @@ def run(config: RunConfig, progress: Callable[[int], None] | None = None) -> Run
     if status != "finished":  # keep only the description of the estimator and problem
         notes = {key: notes[key] for key in DESCRIBED if key in notes}
     notes["threads"] = str(torch.get_num_threads())  # torch intra-op threads this run had
-    return RunResult(config, status, metrics, notes, started, now(), time.perf_counter() - began, error)
+    wall = time.perf_counter() - began + session.earlier_seconds
+    return RunResult(config, status, metrics, notes, session.started_at if session.resumed else started,
+                     now(), wall, error)

@@ -20,6 +20,7 @@ from typing import Iterator, Sequence
 import torch
 
 from bench import distributed, harness
+from bench.checkpoints import RunFiles
 from bench.errors import Stopped, UserError
 from bench.store import DEFAULT_DB, Store
 from bench.workers import (Pool, death_reason, failed_result, load_plugins, rebuildable,  # noqa: F401 (public here)
@@ -190,7 +191,7 @@ def _results(configs: Sequence[harness.RunConfig], jobs: int, plugins: Sequence[
 def run_sweep(configs: Sequence[harness.RunConfig], db: Path | None = None, jobs: int = 1,
               force: bool = False, quiet: bool = False, plugins: Sequence[str] = (),
               threads: int | None = None, run_timeout: float | None = None, scheduler: str | None = None,
-              dask_workers: int | None = None) -> tuple[int, Path]:
+              dask_workers: int | None = None, keep_models: Path | None = None) -> tuple[int, Path]:
     """Run ``configs`` into the store; returns (exit status: 1 if any run failed, store path).
 
     ``jobs`` is capped at the number of runs to do and at what memory allows (a one-line warning
@@ -198,7 +199,9 @@ def run_sweep(configs: Sequence[harness.RunConfig], db: Path | None = None, jobs
     ``threads``: torch intra-op threads per process (None: cores // jobs in workers, unchanged
     in-process); each run records the count it had in its notes. With ``scheduler`` (an address)
     or ``dask_workers`` the runs go to a Dask cluster (:mod:`bench.distributed`); this process
-    still saves every result."""
+    still saves every result. Training runs checkpoint beside the store and resume from there
+    (:mod:`bench.checkpoints`; a run's checkpoint goes once the run is stored); ``keep_models``: a
+    directory where each training run keeps its final model."""
     from tqdm.auto import tqdm
 
     per_worker_gib = worker_memory_gib()
@@ -224,12 +227,15 @@ def run_sweep(configs: Sequence[harness.RunConfig], db: Path | None = None, jobs
                 dask_workers = workers
         failed = 0
         bar = tqdm(total=len(todo), unit="run", disable=True if quiet else None, file=sys.stderr)
+        files = RunFiles.for_store(store.path, keep_models)
+        files.discard_finished(done)  # left behind by a command stopped between saving a run and this
         source = (distributed.results(todo, plugins, scheduler, dask_workers, quiet, threads, run_timeout) if dask
                   else _results(todo, workers, plugins, run_timeout, threads))
-        with contextlib.closing(source) as results:  # stops workers
+        with files.exported(), contextlib.closing(source) as results:  # stops workers
             for result in results:
                 config = result.config
                 store.save(result, versions, revision, description)
+                files.discard(result)
                 if result.status == "failed":
                     failed += 1
                     bar.write(f"failed: {config.estimator_spec} on {config.problem_spec} seed {config.seed}: "

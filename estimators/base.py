@@ -418,6 +418,26 @@ class Estimator(torch.nn.Module):
         finally:
             self._share_noise(previous)
 
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Put back a ``state_dict()`` taken during training (to resume a run): the layer copies it
+        names are made first, and running statistics and own parameters sized on first use take
+        the saved shapes (which ``load_state_dict`` would refuse). State that must survive a resume
+        lives in buffers and parameters."""
+        copies = {int(name.split(".")[1]) for name in state if name.startswith("_layer_copies.")}
+        for index in sorted(copies):
+            self.layer(index + 1)
+        device = next((t.device for t in [*self.parameters(), *self.buffers()]), torch.device("cpu"))
+        for name, value in state.items():
+            owner, _, attribute = name.rpartition(".")
+            module = self.get_submodule(owner)
+            value = value.to(device)
+            if attribute in module._parameters and module._parameters[attribute] is not None:
+                module._parameters[attribute].data = value
+            elif attribute in module._buffers:
+                module._buffers[attribute] = value
+            else:
+                raise KeyError(f"{type(self).__name__} has no parameter or buffer {name!r}")
+
     def _share_noise(self, noise: Noise) -> None:
         self.rng = noise
         for clone in self._modules.get("_layer_copies", ()):

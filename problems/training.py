@@ -133,6 +133,14 @@ class Binariser:
         """Binary images (x's shape, dtype and device) with P(pixel = 1) = its intensity."""
         return torch.bernoulli(x, generator=self._generator(x.device))
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Where each device's dynamic draws stand (a static binariser has no state)."""
+        return {str(device): generator.get_state() for device, generator in self._generators.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for device, generator_state in state.items():
+            self._generator(torch.device(device)).set_state(generator_state)
+
 
 # -- layers and optimiser ------------------------------------------------------------------------------
 def seeded_linear(fan_in: int, fan_out: int, generator: torch.Generator, bias: float = 0.0) -> torch.nn.Linear:

@@ -42,7 +42,7 @@ from estimators.base import all_categories, all_configurations
 from problems import register_problem
 from problems import training as mnist_training
 from problems.base import (MAX_ENUMERATION_UNITS, CategoricalProblem, Checkpoint, LossObserver, OwnParameterOptimizer,
-                           Problem, Record, Reference, TrainingProblem, parse_sizes)
+                           Problem, Record, Reference, Snapshot, TrainingProblem, TrainingState, parse_sizes)
 from problems.training import (EVAL_EXAMPLES, INPUTS, TRAIN_EXAMPLES, Binariser, MnistTrainingProblem, Stopwatch,
                                Stream, check_subset, chunked_sums, first_examples, seed_stream, seeded_generator,
                                seeded_linear)
@@ -554,7 +554,10 @@ class VaeTraining(MnistTrainingProblem):
     (importance-weighted bound with ``test_samples`` samples) and a :class:`Checkpoint` of a
     :class:`VaeProbe` of the current model on ``probe_batch`` training examples (``probe_samples``
     estimates of the training step's encoder-logit gradient; sampled reference from
-    ``probe_reference_samples`` draws; ``basket`` estimators measured beside it)."""
+    ``probe_reference_samples`` draws; ``basket`` estimators measured beside it).
+    After every log and evaluation step a :class:`~problems.base.Snapshot` to resume from."""
+
+    resumable = True
 
     protocols = BERNOULLI_PROTOCOLS
 
@@ -691,7 +694,14 @@ class VaeTraining(MnistTrainingProblem):
         return estimator.unbiased and estimator.binary_forward
 
     # -- training ------------------------------------------------------------------------------------
-    def fit(self, estimator, seed: int, progress: Callable[[int], None] | None = None) -> Iterator[Record | Checkpoint]:
+    def model_for(self, estimator, seed: int) -> VaeModel:
+        """The untrained model for ``seed`` with a placeholder pixel mean (a kept state replaces it)."""
+        return self.build_model(seed, torch.full((1, self.pixels), 0.5))
+
+    def fit(self, estimator, seed: int, progress: Callable[[int], None] | None = None,
+            resume: dict | None = None, snapshots: bool = False) -> Iterator[Record | Checkpoint | Snapshot]:
+        """Train for ``steps`` (records: the class docstring), with ``snapshots`` a :class:`Snapshot`
+        after every log and evaluation step; ``resume`` (a snapshot's state) continues after that step."""
         device = self.device
         data = self.data()
         binarise, binarise_eval = self.binarisers(seed)
@@ -709,7 +719,7 @@ class VaeTraining(MnistTrainingProblem):
             seeded_generator(seed, Stream.VAE_ELBO, device=device)
         per_step = self.evaluations_per_example(estimator)
         train = data["train"]
-        batches = _batches(train.shape[0], self.batch, order, device)
+        batches = MiniBatches(train.shape[0], self.batch, order, device)
         interval_elbo = torch.zeros((), dtype=torch.float64, device=device)
         interval_steps, interval_seconds, wall = 0, 0.0, 0.0
         moments = GradientMoments(encoder, self._encoder_scopes(encoder))
@@ -717,6 +727,11 @@ class VaeTraining(MnistTrainingProblem):
         def assign(parameters: list, objective: torch.Tensor) -> None:
             for p, g in zip(parameters, torch.autograd.grad(objective, parameters, allow_unused=True)):
                 p.grad = g
+        state = TrainingState(snapshots, model=model, optimisers=optimisers, own_parameters=own_parameters,
+                              first=moments.first, second=moments.second, batches=batches, evaluation=evaluation,
+                              probe=probe_rng, elbo=elbo_rng, decoder=decoder_rng, interval_elbo=interval_elbo,
+                              binarise=binarise if isinstance(binarise, Binariser) else None,
+                              binarise_eval=binarise_eval if isinstance(binarise_eval, Binariser) else None)
 
         def step() -> None:
             x = binarise(train[next(batches)])
@@ -746,9 +761,16 @@ class VaeTraining(MnistTrainingProblem):
                     zs = model.sample_posterior(x, 1, elbo_rng, logits.detach())
                     interval_elbo.sub_(model.joint(x, zs, logits.detach())[1].sum())
 
-        yield from self._evaluate(model, estimator, data, binarise_eval, evaluation, probe_rng, seed, 0)
+        start = 1
+        if resume is not None:
+            values = state.restore(resume)
+            start = values["step"] + 1
+            interval_steps, interval_seconds = values["interval_steps"], values["interval_seconds"]
+            wall = values["wall"]
+        else:
+            yield from self._evaluate(model, estimator, data, binarise_eval, evaluation, probe_rng, seed, 0)
         watch = Stopwatch(device)
-        for index in range(1, self.steps + 1):
+        for index in range(start, self.steps + 1):
             step()
             interval_steps += 1
             if progress is not None:
@@ -769,6 +791,8 @@ class VaeTraining(MnistTrainingProblem):
                 interval_steps, interval_seconds = 0, 0.0
             if evaluating:
                 yield from self._evaluate(model, estimator, data, binarise_eval, evaluation, probe_rng, seed, index)
+            yield from state.resume_point(index, step=index, interval_steps=interval_steps,
+                                          interval_seconds=interval_seconds, wall=wall)
             watch = Stopwatch(device)
 
     def _encoder_scopes(self, encoder: list) -> dict[str, list[int]]:
@@ -816,12 +840,35 @@ class VaeTraining(MnistTrainingProblem):
         return torch.cat(parts)
 
 
-def _batches(examples: int, batch: int, order: torch.Generator, device: torch.device) -> Iterator[torch.Tensor]:
-    """Index mini-batches forever: a fresh seeded permutation per pass, the last partial batch dropped."""
-    while True:
-        permutation = torch.randperm(examples, generator=order).to(device)
-        for start in range(0, examples - batch + 1, batch):
-            yield permutation[start:start + batch]
+class MiniBatches:
+    """Index mini-batches forever: a fresh seeded permutation per pass, the last partial batch
+    dropped; its position (``state_dict``) lets a resumed run draw the same batches."""
+
+    def __init__(self, examples: int, batch: int, order: torch.Generator, device: torch.device):
+        self.examples, self.batch, self.order, self.device = examples, batch, order, device
+        self.permutation: torch.Tensor | None = None
+        self.start = 0
+
+    def __iter__(self) -> "MiniBatches":
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        if self.permutation is None or self.start + self.batch > self.examples:
+            self.permutation = torch.randperm(self.examples, generator=self.order).to(self.device)
+            self.start = 0
+        indices = self.permutation[self.start:self.start + self.batch]
+        self.start += self.batch
+        return indices
+
+    def state_dict(self) -> dict:
+        return {"order": self.order.get_state(), "start": self.start,
+                "permutation": None if self.permutation is None else self.permutation.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.order.set_state(state["order"])
+        self.start = int(state["start"])
+        permutation = state["permutation"]
+        self.permutation = None if permutation is None else permutation.to(self.device)
 
 
 def _adam(parameters: list, lr: float, eps: float = 1e-8) -> torch.optim.Adam:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -79,6 +80,28 @@ def device(text: str, here: bool = True) -> str:
             raise UserError(f"--device {text}: only {torch.cuda.device_count()} CUDA device(s) present")
     return str(device)
 
+
+
+KEEP_MODELS_HELP = ("keep each training run's final model in DIR (created if missing), one file per run, "
+                    "read back with bench.checkpoints.load_model")
+
+
+def add_keep_models_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keep-models", type=Path, default=None, metavar="DIR", help=KEEP_MODELS_HELP)
+
+
+def keep_models(path: Path | None) -> Path | None:
+    """``--keep-models DIR``: None, or the directory, made here if missing (a file there, or a
+    directory that cannot be made, is a one-line error before any run starts)."""
+    if path is None:
+        return None
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--keep-models {path} is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--keep-models {path}: cannot make the directory ({exc.strerror or exc})") from None
+    return path
 
 
 def add_plugin_option(parser: argparse.ArgumentParser) -> None:

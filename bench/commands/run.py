@@ -51,6 +51,7 @@ def add_parser(subparsers) -> None:
     run.add_argument("--data-dir", type=Path, default=None,
                      help="directory holding datasets (sets STOCHGRAD_BENCH_DATA for this run)")
     run.add_argument("--force", action="store_true", help="recompute runs already in the store")
+    arguments.add_keep_models_option(run)
     add_plugin_option(run)
     run.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
     run.add_argument("--budget", type=positive_int, default=summary.DEFAULT_BUDGET, metavar="B",
@@ -102,7 +103,7 @@ def command_run(args) -> int:
     configs = plan(args)
     status, path = sweep.run_sweep(configs, args.db, jobs=args.jobs, force=args.force, quiet=args.quiet,
                                    plugins=args.plugin, threads=args.threads, run_timeout=args.run_timeout,
-                                   **executor)
+                                   keep_models=arguments.keep_models(args.keep_models), **executor)
     if not args.quiet:
         with Store(path, create=False) as store:
             print(summary_table(store, configs, args.columns, budget=args.budget))
