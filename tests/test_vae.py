@@ -290,11 +290,10 @@ def test_bad_training_parameters():
 def test_basket_numbers_equal_a_separate_harness_measurement(digits):
     basket = "reinforce-loo(K=2)+nvil+reinforce-ma"
     config = harness.make_config("disarm", {}, "bernoulli-vae",
-                                 {**SMALL, "steps": 20, "eval_every": 20, "basket": basket + "+nope"},
+                                 {**SMALL, "steps": 20, "eval_every": 20, "basket": basket},
                                  seed=4, samples=0)
     result = harness.run(config)
     assert result.status == "finished", result.error
-    assert "nope: skipped" in result.notes["basket"]
     last = [m for m in result.metrics if m.step == 20]
 
     # the same probe, rebuilt from a model trained the same way, measured on its own
