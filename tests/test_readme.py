@@ -75,3 +75,12 @@ def test_readme_tables_are_unbroken():
             above, below = lines[number - 1].lstrip(), lines[number + 1].lstrip()
             assert not (above.startswith("|") and below.startswith("| `")), \
                 f"README line {number + 1}: a blank line splits a table"
+
+
+def test_committed_records_name_no_absolute_machine_path():
+    """A reproduction record under results/ is read on other machines: no absolute local paths."""
+
+    pattern = re.compile(r"(?<![\w.])/(root|home|tmp|work|Users|var)/")
+    for path in (ROOT / "results").rglob("*"):
+        if path.is_file():
+            assert not pattern.search(path.read_text(errors="replace")), path
