@@ -177,6 +177,18 @@ def _writable_storage(path: Path) -> bool:
     return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
 
 
+def backup_copy(path: Path, copy: Path, timeout: float = 5.0) -> None:
+    """Copy the store at ``path`` (opened read-only) into a new database file ``copy`` by SQLite's
+    online backup, which sees one consistent snapshot."""
+    source = sqlite3.connect(_uri(path, read_only=True), uri=True, timeout=timeout)
+    target = sqlite3.connect(copy)
+    try:
+        source.backup(target)
+    finally:
+        target.close()
+        source.close()
+
+
 def _uri(path: Path, read_only: bool) -> str:
     """An SQLite URI for ``path`` (quoted, so '?', '#' and '%' stay part of it).
 
@@ -423,13 +435,7 @@ class Store:
                 self._scratch = contextlib.ExitStack()
                 folder = self._scratch.enter_context(private_folder("upgrade"))
                 copy = Path(folder) / self.path.name
-                source = sqlite3.connect(_uri(self.path, read_only=True), uri=True)
-                target = sqlite3.connect(copy)
-                try:
-                    source.backup(target)
-                finally:
-                    target.close()
-                    source.close()
+                backup_copy(self.path, copy)
                 self._file = copy
             self.connection = self._connect(read_only=False)
             try:
@@ -595,13 +601,7 @@ def snapshot(path: Path) -> Iterator[Store]:
     check_merge_source(path)
     with private_folder("merge") as folder:
         copy = Path(folder) / "source.db"
-        source = sqlite3.connect(_uri(path, read_only=True), uri=True, timeout=60)
-        target = sqlite3.connect(copy)
-        try:
-            source.backup(target)
-        finally:
-            target.close()
-            source.close()
+        backup_copy(path, copy, timeout=60)
         try:
             store = Store(copy, create=False)  # checks the copy, and upgrades that of an older version
         except StoreError as exc:  # about the source, which the user named
