@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from bench.runinfo import is_training, stored_defaults
+from bench.runinfo import is_training, stored_defaults, stored_traits
 from bench.specs import format_spec
 
 DEFAULT_WIDTH = 100
@@ -179,6 +179,9 @@ def summary_table(store, configs: Sequence, columns: Sequence[str] | None = None
             legend |= used
     text = "\n\n".join(blocks)
     notes = _legend(legend, width) + exact_notes(runs, width)
+    finished = runs[(runs["status"] == "finished") & ~runs["training"]]
+    for sentence in stateful_notes(zip(finished["estimator_label"], finished["notes_dict"])):
+        notes += ["", *textwrap.wrap(sentence, width)]
     return text + ("\n\n" + "\n".join(notes) if notes else "")
 
 
@@ -275,6 +278,24 @@ def _legend(used: set[str], width: int) -> list[str]:
             + "; ".join(f"{HEADINGS[k][0]}: {explained[k]}" for k in explained if k in used)
             + ". Every metric, seed and scope: python -m bench export.")
     return textwrap.wrap(text, width)
+
+
+def stateful_notes(runs) -> list[str]:
+    """What the numbers of stateful estimators (running baselines, firing-rate control) describe,
+    one sentence per warm-up: ``runs`` gives (estimator label, stored notes) of gradient runs. They
+    are measured with their running statistics frozen after the warm-up, so their variance, exact
+    or Monte Carlo, is that of the estimator with the baseline it reached, not of an ideal one."""
+    groups: dict[str, set[str]] = {}
+    for label, notes in runs:
+        if (stored_traits(notes) or {}).get("stateful"):
+            warmup = notes.get("warmup")
+            groups.setdefault(f"a warm-up of {warmup}" if warmup else "the warm-up (its size was not recorded)",
+                              set()).add(label)
+    return [f"{', '.join(sorted(labels))}: stateful, measured with the running statistics frozen after "
+            f"{warmup}. Their bias and variance, exact or Monte Carlo, describe the estimator with the baseline it "
+            "reached then (itself an estimate from those calls), not with an ideal one such as the exact optimal "
+            "baseline of eq. 10."
+            for warmup, labels in sorted(groups.items())]
 
 
 def exact_notes(runs: pd.DataFrame, width: int) -> list[str]:

@@ -422,7 +422,7 @@ def gradient_figure(mlp: Results) -> figs.Figure | figs.Missing:
                                   label=f"zero (< {figs.ZERO_RELATIVE:g} × panel max), drawn at the floor"))
         if floors:
             handles.append(Line2D([], [], linestyle="--", color="0.3", label="reference noise floor (relative)"))
-        figure.legend(handles=handles, loc="outside right center", frameon=False, fontsize=7)
+        figs.legend(figure, handles)
     measured = mlp.training.loc[mlp.training["metric"].isin(list(GRADIENT_METRICS)), "run_id"]
     runs = mlp.runs[mlp.runs["run_id"].isin(measured)]
     caption = ("The hidden layers' bias gradient on a fixed probe mini-batch, measured at checkpoints (epoch 0: the "
