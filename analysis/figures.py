@@ -33,6 +33,7 @@ from matplotlib.transforms import Bbox
 
 from analysis.frames import FAMILY_ORDER, OTHER_FAMILY, Results, curves, final_values, labels
 from analysis.tables import DERIVED_PREFIX, PAIR, combined_stderr, derived_rows, summarise
+from bench.quadrature import QUADRATURE_NOTE
 
 ZERO_RELATIVE = 1e-6      # values below this fraction of a panel's largest count as zero there
 LOG_SPAN = 100.0          # a panel goes logarithmic when its positive values span more than this
@@ -45,7 +46,7 @@ LEGEND_FONT = 9.0
 LABEL_FONT = 8.0          # direct point labels and rotated estimator names
 FACET_COLUMNS = 4         # family panels per row in the cost figures
 COST_LOG_SPAN = 4.0       # a cost axis goes logarithmic when its costs span more than this (costs multiply)
-KIND_MC, KIND_EXACT = "Monte Carlo (± 1 s.e.)", "exact (enumerated)"
+KIND_MC, KIND_EXACT = "Monte Carlo (± 1 s.e.)", "exact (enumerated or integrated)"
 LEARNING_METRICS = {
     "train_criterion": "training criterion",
     "train_loss": "training loss (expected loss)",
@@ -192,6 +193,28 @@ def _describe_runs(runs: pd.DataFrame) -> str:
     return f"{sample_text}; {seed_text}; {reference}."
 
 
+def exact_method_text(notes: Sequence[dict], labels: Sequence[str]) -> str:
+    """Which estimators' exact moments were enumerated and which integrated, from the runs' notes
+    (``exact_moments``), with the quadrature's tolerance: one sentence for a caption ('' if none)."""
+    enumerated, integrated, tolerances = set(), set(), set()
+    for note, label in zip(notes, labels):
+        text = (note or {}).get("exact_moments", "") if isinstance(note, dict) else ""
+        if text.startswith(QUADRATURE_NOTE):
+            integrated.add(label)
+            tolerances.update(re.findall(r"tolerance ([0-9.e+-]+)", text))
+        elif text.startswith("computed"):
+            enumerated.add(label)
+    parts = []
+    if enumerated:
+        parts.append("enumerated over every outcome of the discrete (Bernoulli or categorical) randomness for "
+                     + ", ".join(sorted(enumerated)))
+    if integrated:
+        tolerance = " or ".join(sorted(tolerances)) or "the stated tolerance"
+        parts.append("integrated by quadrature over the continuous noise (discrete draws enumerated; two successive "
+                     f"rules agree to {tolerance} of the estimate's scale) for " + ", ".join(sorted(integrated)))
+    return ("Exact values are float64, " + "; ".join(parts) + ".") if parts else ""
+
+
 def _runs_of(results: Results, metrics: pd.DataFrame) -> pd.DataFrame:
     return results.runs[results.runs["run_id"].isin(metrics["run_id"].unique())]
 
@@ -329,8 +352,10 @@ def _estimator_panels(results: Results, key: str, title: str, columns: Sequence[
     caption = (what + (" Estimators in the order of the problem's ranking table (best first)." if rank else "")
                + " " + _describe_runs(_runs_of(results, present)))
     if exact_present:
-        caption += (" Exact values replay every outcome of the estimator's discrete (Bernoulli or categorical) randomness in float64; "
-                    "they are means over seeds and differ between seeds only for stateful estimators.")
+        runs = _runs_of(results, present)
+        caption += (" " + exact_method_text(list(runs["notes"]), list(runs["estimator_label"]))
+                    + " They are means over seeds and differ between seeds only for stateful estimators"
+                    " and estimators with own parameters.")
     if notes:
         caption += " " + "; ".join(notes) + "."
     for reason in sorted(set(apart.values())):
@@ -611,7 +636,8 @@ def _cost_figure(results: Results, key: str, title: str, metric: str, ylabel: st
                 "loss_evals": "the loss evaluations counted by the harness"}
     caption = (what + f" Cost (x): {measured[cost_name]}. One panel per problem and estimator family (colour: "
                "family, marker: estimator), the family's estimators named beside their points"
-               + (" with their place in the problem's ranking table (#1 best)" if rank else "")
+               + (" with their row in the problem's ranking tables (#1 first; where the ranking is split, "
+                  "unbiased estimators come first, then the biased ones)" if rank else "")
                + "; grey dots are the problem's other estimators, and a problem's panels share both axes. The "
                "dashed line is the Pareto front over all of the problem's estimators (points on it are outlined): "
                "no estimator is both cheaper and better than a point on it. "

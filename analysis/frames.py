@@ -163,7 +163,7 @@ def _parse_json(text) -> dict | None:
         return {}
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than Python's stack (a crafted store)
         return None
     return value if isinstance(value, dict) else None
 

@@ -17,7 +17,7 @@ from typing import Sequence
 import pandas as pd
 
 from analysis.frames import Results
-from analysis.report import Section, markdown_table, render_markdown
+from analysis.report import Section, markdown_table, markdown_text, render_markdown
 from bench.files import write_text_atomically
 from bench.specs import format_spec
 
@@ -65,6 +65,23 @@ def run_command(runs: pd.DataFrame) -> list[str]:
     return lines
 
 
+def portable(path: str) -> str:
+    """A path as a record shows it: relative paths as given, absolute ones by their file name only
+    (a record names no machine-specific location)."""
+    return Path(path).name if path and Path(path).is_absolute() else path
+
+
+def time_split(metrics: pd.DataFrame) -> str | None:
+    """Training runs' wall time split into steps and evaluation, from their per-epoch
+    ``epoch_time_s`` and ``eval_time_s`` records; None where no run stored both."""
+    times = metrics[metrics["metric"].isin(["epoch_time_s", "eval_time_s"]) & metrics["epoch"].notna()]
+    if times.empty or times["metric"].nunique() < 2:
+        return None
+    steps, evaluation = (float(times.loc[times["metric"] == m, "value"].sum()) for m in ("epoch_time_s", "eval_time_s"))
+    return (f"- training steps {duration(steps)}, evaluation {duration(evaluation)} "
+            f"({100 * evaluation / (steps + evaluation):.1f} % of the two; per-epoch values in `metrics.csv`);")
+
+
 def duration(seconds: float) -> str:
     """12 s, 3.5 min, 1.52 h."""
     if seconds < 120:
@@ -81,16 +98,22 @@ def _span(runs: pd.DataFrame) -> tuple[str, str, float]:
             (finished.max() - started.min()).total_seconds())
 
 
+def _inline(value) -> str:
+    """A stored field as one line of Markdown text: HTML shown, not run; no line break that could
+    start a heading, list or code block of its own."""
+    return " ".join(markdown_text(value).split())
+
+
 def readme(results: Results, title: str, report_command: Sequence[str]) -> str:
     runs = results.runs
     first, last, elapsed = _span(runs)
     versions = pd.DataFrame([v if isinstance(v, dict) else {} for v in runs["versions"]]).drop_duplicates()
-    machines = sorted(set(runs["device_description"].dropna()))
-    revisions = sorted(set(runs["git_revision"].dropna()))
+    machines = sorted({_inline(m) for m in runs["device_description"].dropna()})
+    revisions = sorted({_inline(r) for r in runs["git_revision"].dropna()})
     statuses = ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().items())
     lines = [f"# Reproduction record: {title}", "",
-             f"Regenerated on {dt.date.today().isoformat()} from `{results.source}` by", "", "```",
-             " ".join(shell_word(w) for w in report_command), "```", "",
+             f"Regenerated on {dt.date.today().isoformat()} from `{portable(results.source)}` by", "", "```",
+             " ".join(shell_word(portable(w)) for w in report_command), "```", "",
              "## The runs", "", f"{len(runs)} runs ({statuses}), computed by:", "", "```",
              *run_command(runs), "```", "",
              *(["Problems on MNIST data find it as the README's Data section says (or add `--data-dir DIR`).", ""]
@@ -99,6 +122,7 @@ def readme(results: Results, title: str, report_command: Sequence[str]) -> str:
              f"- first run started {first}, last finished {last}: {duration(elapsed)} elapsed;",
              f"- sum of the runs' wall times {duration(runs['wall_time_s'].sum())} "
              f"(per run {duration(runs['wall_time_s'].min())} to {duration(runs['wall_time_s'].max())});",
+             *filter(None, [time_split(results.metrics)]),
              f"- machine: {'; '.join(machines) or 'not stored'};",
              f"- source revision: {', '.join(revisions) or 'not a git checkout'}.", "",
              "## Versions", "", markdown_table(versions) if not versions.empty else "not stored", "",
@@ -118,7 +142,9 @@ def write_record(results: Results, directory: str | Path, sections: list[Section
     texts = {"README.md": readme(results, title, report_command),
              "runs.csv": runs_frame(results).to_csv(index=False, float_format=SIGNIFICANT),
              "metrics.csv": metrics_frame(results).to_csv(index=False, float_format=SIGNIFICANT),
-             "summary.md": render_markdown(sections, title)}
+             # the summary names the store as the report saw it; the record names it portably
+             "summary.md": render_markdown(sections, title).replace(results.source, portable(results.source))
+             if results.source else render_markdown(sections, title)}
     paths = []
     for name in RECORD_FILES:
         write_text_atomically(directory / name, texts[name])

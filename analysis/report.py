@@ -27,8 +27,8 @@ from analysis import figures as figs
 from analysis.frames import Results, final_values
 from analysis.tables import DERIVED_PREFIX, PAIR, combined_stderr, derived_rows, summarise
 from bench.errors import UserError
-from bench.summary import stateful_notes
 from bench.files import write_text_atomically
+from bench.summary import DEFAULT_BUDGET, stateful_notes
 
 SUMMARY_COLUMNS = (  # (metric, exact twin or None, column heading)
     ("bias_norm", "exact_bias_norm", "‖bias‖"),
@@ -77,9 +77,26 @@ def fmt_pm(value, error, digits: int = 4) -> str:
 
 
 # -- tables ----------------------------------------------------------------------------------------
-def estimator_summary(results: Results) -> list[Table]:
-    """Per gradient problem: one row per estimator with the headline metrics (mean over seeds ± s.e.)."""
+UNBIASED_TITLE, BIASED_TITLE = "unbiased estimators", "biased estimators and deterministic baselines"
+
+
+def _ranking_caption(budget: int) -> dict[bool, str]:
+    """Per group (unbiased?), how its table is ranked."""
+    return {True: ("Unbiased estimators (declared trait), ranked by MSE × loss evaluations per estimate: B × the "
+                   "mean squared error of the average a budget of B loss evaluations buys, whatever B (lower is "
+                   "better), then time."),
+            False: (f"Biased estimators and deterministic baselines, ranked by the MSE at {budget:,} loss evaluations "
+                    f"(the average of the ⌊{budget:,} / evals⌋ estimates they buy: bias² + variance / ⌊{budget:,} / "
+                    "evals⌋; bias² does not average away, so they are ranked apart from unbiased estimators, at "
+                    "this stated budget; –: one estimate costs more), then time.")}
+
+
+def estimator_summary(results: Results, budget: int = DEFAULT_BUDGET) -> list[Table]:
+    """Per gradient problem, two tables: the unbiased estimators ranked by MSE × loss evaluations,
+    and the biased ones and deterministic baselines ranked by MSE at ``budget`` loss evaluations;
+    one row per estimator with the headline metrics (mean over seeds ± s.e.)."""
     metrics = results.gradient
+    traits = figs._unbiased_trait(results.runs)
     tables = []
     for problem in figs._order(metrics["problem_label"]):
         at = metrics[metrics["problem_label"] == problem]
@@ -104,30 +121,37 @@ def estimator_summary(results: Results) -> list[Table]:
                 label: fmt(v, 3) for label, v in pvalues.groupby("estimator_label")["value"].min().items()}
         frame = pd.DataFrame(columns)
         frame.insert(0, "runs", [str(int(seeds[label])) if label in seeds else "–" for label in frame.index])
-        ranking = _ranking_frame(at)["mse × evals"]
-        frame.insert(1, "MSE × loss evals", [fmt(ranking.get(label)) for label in frame.index])
+        ranking = _ranking_frame(at, traits, budget)
         frame = frame.fillna("–").rename_axis("estimator").reset_index()
-        ranked = [label for label in ranking.index[ranking.notna()] if label in set(frame["estimator"])]
-        rest = [label for label in figs._order(frame["estimator"]) if label not in ranked]
-        frame = frame.set_index("estimator").loc[ranked + rest].reset_index()
-        tables.append(Table(problem, "Ranked by MSE × loss evaluations per estimate (mean squared error at an equal "
-                                     "budget of loss evaluations, lower is better; see 'Cost-adjusted error'). Mean "
-                                     "over seeds ± 1 standard error (jackknife over 32 groups, combined over seeds); "
-                                     "exact columns enumerate the estimator's randomness in float64. The Monte Carlo "
-                                     "‖bias‖ of an unbiased estimator is its √(variance / n) noise floor: read bias "
-                                     "from p(unbiased) or the exact column.",
-                            frame))
+        runs = results.runs[results.runs["run_id"].isin(at["run_id"].unique())]
+        method = figs.exact_method_text(list(runs["notes"]), list(runs["estimator_label"]))
+        for unbiased in (True, False):
+            key, heading = ("mse × evals", "MSE × loss evals") if unbiased else ("mse budget", f"MSE at {budget:,} evals")
+            group = ranking[ranking["unbiased"] == unbiased]
+            part = frame[frame["estimator"].isin(group.index)]
+            if part.empty:
+                continue
+            part = part.set_index("estimator").loc[[label for label in group.index if label in set(part["estimator"])]]
+            part.insert(1, heading, [fmt(group.at[label, key]) for label in part.index])
+            tables.append(Table(f"{problem}: {UNBIASED_TITLE if unbiased else BIASED_TITLE}",
+                                _ranking_caption(budget)[unbiased] + " Mean over seeds ± 1 standard error (jackknife "
+                                "over 32 groups, combined over seeds). " + (method + " " if method else "")
+                                + "The Monte Carlo ‖bias‖ of an unbiased estimator is its √(variance / n) noise floor: read bias from p(unbiased) or the exact column.",
+                                part.reset_index()))
     return tables
 
 
-def _ranking_frame(at: pd.DataFrame) -> pd.DataFrame:
-    """Per estimator at one problem (mean over seeds): variance, MSE and their products with the
-    cost of one estimate, ordered by MSE × loss evaluations (then time), the ranking at an equal
-    budget of loss evaluations."""
-    derived = derived_rows(at)
+def _ranking_frame(at: pd.DataFrame, traits: dict[str, str] | None = None,
+                   budget: int = DEFAULT_BUDGET) -> pd.DataFrame:
+    """Per estimator at one problem (mean over seeds): variance, MSE, the MSE at ``budget`` loss
+    evaluations and their products with the cost of one estimate; ``unbiased`` from ``traits``
+    (label -> 'unbiased' / 'biased' / 'trait unknown'; unknown counts as biased). Ordered as the
+    rankings are: unbiased estimators by MSE × loss evaluations, then biased ones by MSE at the
+    budget, each then by time."""
+    derived = derived_rows(at, budget)
     both = pd.concat([at, derived], ignore_index=True)
     columns = {"variance": "variance", "mse": DERIVED_PREFIX + "mse", "mse_se": DERIVED_PREFIX + "mse",
-               "time": "time_per_estimate_s", "evals": "loss_evals"}
+               "time": "time_per_estimate_s", "evals": "loss_evals", "mse budget": DERIVED_PREFIX + "mse_budget"}
     frame = pd.DataFrame({key: summarise(both, metric).set_index("estimator_label")["se" if key.endswith("_se")
                                                                                      else "mean"]
                           for key, metric in columns.items()})
@@ -135,23 +159,32 @@ def _ranking_frame(at: pd.DataFrame) -> pd.DataFrame:
     frame["mse × µs"] = frame["mse"] * frame["time"] * 1e6
     frame["variance × µs"] = frame["variance"] * frame["time"] * 1e6
     frame["variance × loss evals"] = frame["variance"] * frame["evals"]
-    return frame.sort_values(["mse × evals", "time"], na_position="last", kind="stable")
+    frame["unbiased"] = [(traits or {}).get(label) == "unbiased" for label in frame.index]
+    frame["rank key"] = frame["mse × evals"].where(frame["unbiased"], frame["mse budget"])
+    frame["missing key"] = frame["rank key"].isna()
+    frame = frame.sort_values(["unbiased", "missing key", "rank key", "time"], ascending=[False, True, True, True],
+                              na_position="last", kind="stable")
+    return frame.drop(columns=["rank key", "missing key"])
 
 
-def table_ranking(results: Results) -> figs.Ranking:
+def table_ranking(results: Results, budget: int = DEFAULT_BUDGET) -> figs.Ranking:
     """The ranking of the report's tables as one function of one problem's metrics, for the figures
-    (which list estimators in its order): the figures and the tables rank through the same call."""
-    return lambda at: _ranking_frame(at)
+    (which list estimators in its order): unbiased estimators first, then the biased ones at
+    ``budget``, exactly as :func:`estimator_summary` and :func:`cost_adjusted` order them."""
+    traits = figs._unbiased_trait(results.runs)
+    traits.update({_escape_dollars(label): trait for label, trait in list(traits.items())})  # figures' labels
+    return lambda at: _ranking_frame(at, traits, budget)
 
 
-def cost_adjusted(results: Results) -> list[Table]:
-    """Per problem, estimators ranked by MSE × loss evaluations per estimate (the MSE at an equal
-    budget of loss evaluations); variance × cost as a secondary view."""
+def cost_adjusted(results: Results, budget: int = DEFAULT_BUDGET) -> list[Table]:
+    """Per problem, the unbiased estimators ranked by MSE × loss evaluations per estimate (the MSE
+    at an equal budget of loss evaluations), then the biased ones and deterministic baselines by MSE
+    at ``budget`` loss evaluations; variance × cost as a secondary view."""
     metrics = results.gradient
     traits = figs._unbiased_trait(results.runs)
     tables = []
     for problem in figs._order(metrics["problem_label"]):
-        frame = _ranking_frame(metrics[metrics["problem_label"] == problem])
+        frame = _ranking_frame(metrics[metrics["problem_label"] == problem], traits, budget)
         if frame["variance"].isna().all() and frame["mse"].isna().all():
             continue
         on_front = {}
@@ -166,6 +199,7 @@ def cost_adjusted(results: Results) -> list[Table]:
             "variance": [fmt(v) for v in frame["variance"]],
             "MSE": [fmt_pm(v, e, 3) for v, e in zip(frame["mse"], frame["mse_se"])],
             "MSE × loss evals": [fmt(v) for v in frame["mse × evals"]],
+            f"MSE at {budget:,} evals": [fmt(v) for v in frame["mse budget"]],
             "MSE × µs": [fmt(v) for v in frame["mse × µs"]],
             "loss evals": [fmt(v) for v in frame["evals"]],
             "µs / estimate": [fmt(v * 1e6) for v in frame["time"]],
@@ -175,12 +209,10 @@ def cost_adjusted(results: Results) -> list[Table]:
                                       for label in frame.index],
         })
         tables.append(Table(f"Cost-adjusted error: {problem}",
-                            "Ranked by MSE × loss evaluations per estimate (then time): B × the MSE of the average "
-                            "of the estimates a budget of B loss evaluations buys, for an unbiased estimator; a "
-                            "biased one's ‖bias‖² does not average away, so it only falls behind at larger budgets. "
-                            "Lower is better. MSE = variance + ‖bias‖² of one estimate (± 1 s.e.); variance × cost "
-                            "ignores bias and is shown only as a secondary view. Pareto: on the MSE-against-cost "
-                            "front.", out))
+                            "Two groups, unbiased first. " + _ranking_caption(budget)[True] + " "
+                            + _ranking_caption(budget)[False] + " Lower is better. MSE = variance + ‖bias‖² of one "
+                            "estimate (± 1 s.e.); variance × cost ignores bias and is shown only as a secondary "
+                            "view. Pareto: on the MSE-against-cost front.", out))
     return tables
 
 
@@ -323,12 +355,13 @@ def _plain_text(item):
 
 
 def build_sections(results: Results, filters: dict[str, str | None] | None = None,
-                   experiment_sections: Sequence[Section] = ()) -> list[Section]:
+                   experiment_sections: Sequence[Section] = (), budget: int = DEFAULT_BUDGET) -> list[Section]:
     """The report's sections; ``experiment_sections`` (from the experiments layer above, e.g.
-    ``experiments.report_sections``) go after the training section, before what the runs lack."""
+    ``experiments.report_sections``) go after the training section, before what the runs lack;
+    ``budget``: the loss evaluations at which biased estimators are ranked."""
     filters = filters or {}
     built = {figure.key: _plain_text(figure) for figure in figs.all_figures(mathtext_safe(results),
-                                                                            table_ranking(results))}
+                                                                            table_ranking(results, budget))}
 
     def take(*keys):
         return ([built[k] for k in keys if isinstance(built[k], figs.Figure)],
@@ -337,14 +370,14 @@ def build_sections(results: Results, filters: dict[str, str | None] | None = Non
     sections = []
     figures, missing = take("bias-variance")
     gradient_runs = results.finished[results.finished["run_id"].isin(results.gradient["run_id"])]
-    sections.append(Section("summary", "Bias and variance", tables=estimator_summary(results),
+    sections.append(Section("summary", "Bias and variance", tables=estimator_summary(results, budget),
                             text=stateful_notes(zip(gradient_runs["estimator_label"], gradient_runs["notes"])),
                             figures=figures, missing=missing))
     figures, missing = take("snr-cosine")
     sections.append(Section("snr", "Signal-to-noise ratio and cosine", figures=figures, missing=missing))
     figures, missing = take("mse-frontier", "mse-time", "frontier")
     sections.append(Section("cost", "Variance against cost, and the error at an equal budget",
-                            tables=cost_adjusted(results), figures=figures, missing=missing))
+                            tables=cost_adjusted(results, budget), figures=figures, missing=missing))
     figures, missing = take("variance-samples", "variance-estimator-parameters", "variance-dimension",
                             "variance-depth", "variance-width", "variance-scopes")
     sections.append(Section("scaling", "How variance scales", tables=adaptation_table(results), figures=figures,
@@ -454,7 +487,8 @@ def render_html(sections: list[Section], title: str) -> str:
              f"<style>{PAGE_STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
              "<p>Gradient estimators for stochastic and non-smooth units (Bengio, Léonard &amp; Courville 2013): "
              "bias, variance and cost on the same problems and budget. Every Monte Carlo number carries a "
-             "standard error; exact values come from enumerating the estimator's randomness.</p>",
+             "standard error; exact values come from enumerating the estimator's discrete randomness, and "
+             "integrating its continuous noise by quadrature with a checked tolerance.</p>",
              "<nav><ul>" + "".join(f"<li><a href='#{s.key}'>{html.escape(s.title)}</a></li>" for s in sections)
              + "</ul></nav>"]
     for section in sections:
@@ -505,15 +539,15 @@ def render_markdown(sections: list[Section], title: str) -> str:
 
 
 def write_report(results: Results, out: str | Path, filters: dict[str, str | None] | None = None,
-                 title: str = "stochgrad-bench report",
-                 experiment_sections: Sequence[Section] = ()) -> tuple[Path, Path, list[Section]]:
+                 title: str = "stochgrad-bench report", experiment_sections: Sequence[Section] = (),
+                 budget: int = DEFAULT_BUDGET) -> tuple[Path, Path, list[Section]]:
     """Write ``out/index.html`` and ``out/summary.md`` (``out`` is created; its parent must exist)."""
     out = Path(out)
     try:
         out.mkdir(exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create the report directory {out}: {exc.strerror or exc}") from None
-    sections = build_sections(results, filters, experiment_sections)
+    sections = build_sections(results, filters, experiment_sections, budget)
     page, summary = out / "index.html", out / "summary.md"
     _atomic_write(page, render_html(sections, title))
     _atomic_write(summary, render_markdown(sections, title))

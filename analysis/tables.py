@@ -84,12 +84,14 @@ def per_epoch(metrics: pd.DataFrame, metric: str, scope: str = "all") -> pd.Data
 DERIVED_PREFIX = "derived:"
 
 
-def derived_rows(metrics: pd.DataFrame) -> pd.DataFrame:
+def derived_rows(metrics: pd.DataFrame, budget: int | None = None) -> pd.DataFrame:
     """Long-form rows of the per-run numbers bench.summary derives from the end-of-run metrics
     (scope 'all'): ``derived:mse`` (variance + bias² of one estimate, the reference's own noise
-    removed), ``derived:mse_evals`` (MSE × loss evaluations per estimate: the ranking at an equal
-    budget of loss evaluations), ``derived:mse_time`` (MSE × µs per estimate), ``derived:bias_sq``."""
-    from bench.summary import DERIVED, derived_metrics
+    removed), ``derived:mse_evals`` (MSE × loss evaluations per estimate: the ranking of unbiased
+    estimators at an equal budget of loss evaluations), ``derived:mse_time`` (MSE × µs per
+    estimate), ``derived:bias_sq``, ``derived:mse_budget`` (MSE at ``budget`` loss evaluations,
+    default bench.summary.DEFAULT_BUDGET: the ranking of biased ones)."""
+    from bench.summary import DEFAULT_BUDGET, DERIVED, derived_metrics
 
     rows = final_values(metrics)
     rows = rows[rows["scope"] == "all"]
@@ -98,7 +100,7 @@ def derived_rows(metrics: pd.DataFrame) -> pd.DataFrame:
     value = rows.pivot(index="run_id", columns="metric", values="value")
     stderr = rows.pivot(index="run_id", columns="metric", values="stderr")
     samples = rows.groupby("run_id")["samples"].first() if "samples" in rows else pd.Series(dtype=float)
-    value, stderr = derived_metrics(value, stderr, samples)
+    value, stderr = derived_metrics(value, stderr, samples, DEFAULT_BUDGET if budget is None else budget)
     template = rows.drop_duplicates("run_id").set_index("run_id")
     parts = []
     for key in DERIVED:

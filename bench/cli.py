@@ -14,7 +14,7 @@ from typing import Sequence
 
 from bench import commands
 from bench.commands.run import DEFAULT_THREADS, plan, summary_table  # noqa: F401  (the public names of `run`)
-from bench.errors import UserError
+from bench.errors import Stopped, UserError
 from bench.specs import SpecError
 from bench.store import StoreError
 from estimators.registry import RegistryError
@@ -86,12 +86,8 @@ def build_parser() -> Parser:
     return parser
 
 
-class Terminated(KeyboardInterrupt):
+class Terminated(Stopped):
     """SIGTERM or SIGHUP, handled like Ctrl-C: workers stop, finished runs stay stored."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
 
 
 def _terminate(signum, frame) -> None:

@@ -103,7 +103,8 @@ COUPLED = "examples coupled (estimate of one example changes with the others' dr
 
 
 def enumerate_exact(estimator: Estimator, problem, reference) -> tuple[ExactMoments | None, str]:
-    """Exact mean and variance by replaying every outcome of a discrete randomness, when small.
+    """Exact mean and variance by replaying every outcome of a discrete randomness, when small (or,
+    for a problem with an ``enumerate_moments(estimator) -> (mean, variance, note)`` method, by it).
 
     Runs on float64 copies of the problem and the (frozen) estimator, so exact zeros are zeros.
     Outcomes are replayed in blocks, one outcome per example; that is only the estimator that was
@@ -114,6 +115,13 @@ def enumerate_exact(estimator: Estimator, problem, reference) -> tuple[ExactMome
         return None, "not computed: the reference gradient is itself estimated"
     if not estimator.enumerable:
         return None, "not computed: continuous randomness (no finite set of outcomes)"
+    own = getattr(problem, "enumerate_moments", None)
+    if callable(own):  # a problem that enumerates its outcomes itself (sequence problems: by reward class)
+        try:
+            mean, variance, how = own(estimator)
+        except NotEnumerable as exc:
+            return None, f"not computed: {exc}"
+        return ExactMoments(mean, variance), how
     problem = copy.deepcopy(problem).to(torch.float64)
     estimator = copy.deepcopy(estimator).to(torch.float64)
     try:

@@ -1,11 +1,12 @@
 """Runs one (estimator, problem, seed, samples) measurement: streamed estimates, metrics, exact moments.
 
 The run's configuration and provenance live in :mod:`bench.runconfig`, exact enumeration in
-:mod:`bench.enumeration`; their public names are re-exported here, so ``harness.run``,
+:mod:`bench.enumeration`, quadrature over continuous noise in :mod:`bench.quadrature`; their public names are re-exported here, so ``harness.run``,
 ``harness.RunConfig`` and ``harness.make_config`` stay the one entry point."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 import time
@@ -16,9 +17,11 @@ import torch
 
 import estimators
 import problems
+from bench import checkpoints as run_files
 from bench.enumeration import enumerate_exact
 from bench.memory import peak_memory
 from bench.metrics import GradientMoments, Metric, check_exact, time_metrics
+from bench.quadrature import integrate_exact
 from bench.runconfig import RunConfig, RunResult, now
 from bench.runinfo import DESCRIBED, describe
 from estimators.base import Estimator, Noise
@@ -52,7 +55,8 @@ def check_surrogate(estimator: Estimator, args: tuple, kwargs: dict, surrogate) 
     logits = args[0] if args else kwargs.get("logits")
     if not isinstance(logits, torch.Tensor):
         return
-    batch = tuple(logits.shape[:-2] if kwargs.get("categorical") else logits.shape[:-1])
+    event = 2 if kwargs.get("categorical") or kwargs.get("sequence") is not None else 1  # sequence: (states, K)
+    batch = tuple(logits.shape[:-event])
     shape = tuple(surrogate.shape) if isinstance(surrogate, torch.Tensor) else None
     if shape != batch:
         found = f"shape {shape}" if shape is not None else f"a {type(surrogate).__name__}"
@@ -85,11 +89,13 @@ def seeded_noise(seed: int, stream: int, device: torch.device) -> Noise:
     return Noise(torch.Generator(device).manual_seed(state))
 
 
-EVENT_DIMS = {"binary": 1, "categorical": 2}  # trailing axes of one unit layer's h: (units,) or (units, K)
+# trailing axes of one loss evaluation's h: (units,), (units, K), or a response per prompt (prompts, max_len)
+EVENT_DIMS = {"binary": 1, "categorical": 2, "sequence": 2}
 
 
 class LossProbe:
-    """Wraps a loss to count evaluations and the exact zeros of the units fed to it per sample;
+    """Wraps a loss to count evaluations, the exact zeros of the units fed to it per sample and
+    the size of the loss values returned (the scale a loss-differencing estimator rounds at);
     ``event_dims`` trailing axes of h are one evaluation's units (2 for categorical units)."""
 
     def __init__(self, rows: int, device: torch.device, event_dims: int = 1):
@@ -98,6 +104,8 @@ class LossProbe:
         self.evaluations = 0
         self.zeros = torch.zeros(rows, dtype=torch.float64, device=device)
         self.elements = 0
+        self.loss_abs = torch.zeros((), dtype=torch.float64, device=device)
+        self.loss_values = 0
 
     def __call__(self, loss_fn: Callable[[torch.Tensor], torch.Tensor]):
         row_axis = -1 - self.event_dims
@@ -108,7 +116,10 @@ class LossProbe:
                 zeros = (h.detach() == 0).movedim(row_axis, 0).reshape(self.rows, -1)
                 self.zeros += zeros.sum(1)
                 self.elements += zeros.shape[1]
-            return loss_fn(h)
+            loss = loss_fn(h)
+            self.loss_abs += loss.detach().abs().sum().to(torch.float64)
+            self.loss_values += loss.numel()
+            return loss
 
         return observed
 
@@ -119,6 +130,62 @@ class LossProbe:
         if self.event_dims > 1 or not self.elements:
             return None
         return self.zeros / self.elements
+
+
+UNSEEN_ALPHA = 1e-3  # the level the tests flag at: at most this chance that any tested event goes unseen
+
+
+def event_resolution(problem, samples: int, events: int = 1) -> tuple[float, str]:
+    """The smallest event probability a run of ``samples`` estimates resolves, and why, for a
+    problem with ``events`` coordinates that are about single draws. Two limits, the larger wins:
+    the sampler's grid (h = 1[u < p] with u from ``torch.rand`` in the problem's dtype, multiples
+    of eps / 2: 2^-24 in float32, so a logit below about -16.6 is never drawn 1), and the run's
+    size: an event expected c = n p times is never drawn with probability e^-c, and then the
+    coordinate's mean misses its contribution while its standard error, estimated from the same
+    draws, cannot show it; c >= ln(events / UNSEEN_ALPHA) keeps the chance that any tested event
+    goes unseen below UNSEEN_ALPHA."""
+    grid = float(torch.finfo(problem.dtype).eps) / 2
+    size = math.log(max(1, events) / UNSEEN_ALPHA) / samples
+    if grid >= size:
+        return grid, (f"event probability below the {grid:.3g} grid of {str(problem.dtype).removeprefix('torch.')} "
+                      "uniforms: never drawn")
+    times = f"{math.log(max(1, events) / UNSEEN_ALPHA):.3g} times in {samples:,} estimates"
+    if size >= 0.5:  # min(p, 1 - p) <= 1/2: no event can be
+        return size, f"no event can be expected {times}: use more estimates"
+    return size, f"event probability below {size:.3g}: expected fewer than {times}, so possibly never drawn"
+
+
+def unresolved_events(problem, estimator: Estimator, samples: int) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """(indices, probabilities, why) of the gradient coordinates whose event a run of ``samples``
+    estimates cannot resolve (:meth:`~problems.Problem.event_probabilities` below
+    :func:`event_resolution`): the estimate there misses the unseen outcome's contribution, so a
+    difference from the truth is no evidence of bias. None when nothing is sampled (``randomness``
+    'none') or the problem declares no events."""
+    if estimator.randomness == "none":
+        return None
+    events = problem.event_probabilities()
+    if events is None:
+        return None
+    events = events.detach().to("cpu", torch.float64).numpy().reshape(-1)
+    resolution, why = event_resolution(problem, samples, int(np.isfinite(events).sum()))
+    below = np.flatnonzero(events < resolution)  # NaN: about no single draw, kept
+    return below, events[below], why
+
+
+UNMEASURABLE_LISTED = 20  # coordinates named in the notes; the rest are counted
+
+
+def unmeasurable_note(problem, estimator: Estimator, samples: int) -> str | None:
+    """The notes' account of the coordinates left out of the tests: how many, which (with their
+    event probability), and why; None when every coordinate is measurable."""
+    found = unresolved_events(problem, estimator, samples)
+    if found is None or not len(found[0]):
+        return None
+    index, probability, why = found
+    names = [f"{i} (p = {p:.2g})" for i, p in zip(index[:UNMEASURABLE_LISTED], probability[:UNMEASURABLE_LISTED])]
+    more = f" and {len(index) - UNMEASURABLE_LISTED} more" if len(index) > UNMEASURABLE_LISTED else ""
+    return (f"{len(index)} of {problem.dim} coordinates left out of the unbiasedness test and the exact check "
+            f"({why}): {', '.join(names)}{more}")
 
 
 def _sync(device: torch.device) -> None:
@@ -134,21 +201,29 @@ def check_compatible(estimator: Estimator, problem: problems.Problem) -> None:
         raise Incompatible(str(exc)) from None
 
 
-def measure(config: RunConfig, progress: Callable[[int], None] | None = None,
-            notes: dict[str, Any] | None = None) -> tuple[list[Metric], dict[str, Any]]:
-    """Compute every metric of one run. Raises Incompatible when the pair cannot run.
-
-    ``notes`` (a new dict if not given) first receives the description of the built estimator and
-    problem (:func:`bench.runinfo.describe`), so a run that is skipped or fails keeps it too."""
-    notes = {} if notes is None else notes
+def build(config: RunConfig) -> tuple[problems.Problem, Estimator]:
+    """The run's problem and estimator, fresh, on its device (the estimator's surrogate checked)."""
     device = torch.device(config.device)
     problem = problems.build_problem(config.problem, config.problem_params).to(device)
     estimator = estimators.build_estimator(config.estimator, config.estimator_params).to(device)
     estimator.register_forward_hook(check_surrogate, with_kwargs=True)
+    return problem, estimator
+
+
+def measure(config: RunConfig, progress: Callable[[int], None] | None = None,
+            notes: dict[str, Any] | None = None,
+            session: run_files.Session | None = None) -> tuple[list[Metric], dict[str, Any]]:
+    """Compute every metric of one run. Raises Incompatible when the pair cannot run.
+
+    ``notes`` (a new dict if not given) first receives the description of the built estimator and
+    problem (:func:`bench.runinfo.describe`), so a run that is skipped or fails keeps it too.
+    ``session``: a training run's checkpoint file (resumes from it, writes to it)."""
+    notes = {} if notes is None else notes
+    problem, estimator = build(config)
     notes.update(describe(estimator, problem, config.estimator, config.problem))
     check_compatible(estimator, problem)
     if problem.trains_model:
-        metrics, trained = train(problem, estimator, config, progress)
+        metrics, trained = train(problem, estimator, config, progress, session)
         notes.update(trained)
         return metrics, notes
     reference = problem.reference()
@@ -166,6 +241,9 @@ def measure(config: RunConfig, progress: Callable[[int], None] | None = None,
         notes["warmup"] = f"{steps * ADAPTATION_BATCH} estimates (own parameters adapted, then frozen)"
     else:
         notes["warmup"] = warm_up(problem, estimator, config)
+    state = estimator.schedule_state()
+    if state is not None:
+        notes["schedule"] = f"measured at {state}; the warm-up held the schedule (it adapts baselines only)"
     measured, measured_notes = gradient_metrics(problem, estimator, config, reference, scopes, progress)
     metrics.extend(measured)
     notes.update(measured_notes)
@@ -175,11 +253,14 @@ def measure(config: RunConfig, progress: Callable[[int], None] | None = None,
 
 def gradient_metrics(problem, estimator: Estimator, config: RunConfig, reference, scopes: dict[str, slice],
                      progress: Callable[[int], None] | None) -> tuple[list[Metric], dict[str, str]]:
-    """Monte Carlo metrics, then exact moments when the randomness can be enumerated, checked
-    against the Monte Carlo ones: exact moments that disagree are withheld (the notes say why)."""
+    """Monte Carlo metrics, then exact moments when the randomness can be enumerated or integrated,
+    checked against the Monte Carlo ones: exact moments that disagree are withheld (the notes say why)."""
     metrics, sampled = sample_metrics(problem, estimator, config, reference, scopes, progress)
     notes = {"timing": timing_note(timing_rows(problem, estimator, config.samples))}
-    exact, notes["exact_moments"] = enumerate_exact(estimator, problem, reference)
+    unmeasurable = unmeasurable_note(problem, estimator, config.samples)
+    if unmeasurable:
+        notes["unmeasurable"] = unmeasurable
+    exact, notes["exact_moments"] = exact_moments(estimator, problem, reference)
     if exact is None:
         return metrics, notes
     variance = next(m for m in metrics if m.name == "variance" and m.scope == "all")
@@ -191,6 +272,15 @@ def gradient_metrics(problem, estimator: Estimator, config: RunConfig, reference
     else:
         notes["exact_moments"] += "; withheld: they disagree with this run's Monte Carlo moments (see exact_check)"
     return metrics, notes
+
+
+def exact_moments(estimator: Estimator, problem, reference):
+    """Exact mean and variance, and how they were found or why not: by enumerating the discrete
+    draws (``randomness`` 'bernoulli' or 'none'), or for continuous noise by quadrature over the laws
+    the estimator declares (:mod:`bench.quadrature`), with its discrete draws enumerated."""
+    if estimator.randomness == "continuous":
+        return integrate_exact(estimator, problem, reference)
+    return enumerate_exact(estimator, problem, reference)
 
 
 def timing_note(rows: int) -> str:
@@ -206,8 +296,11 @@ def warm_up(problem, estimator: Estimator, config: RunConfig, noise: Noise | Non
 
     The statistics advance once per call, so the calls have a fixed size (STATE_BATCH estimates),
     not the measurement's chunk size: the frozen state, and with it every metric, does not depend
-    on ``--samples``, and a ``decay`` per call means the same in every run."""
-    with estimator.drawing_from(noise or seeded_noise(config.seed, 1, torch.device(config.device))):
+    on ``--samples``, and a ``decay`` per call means the same in every run. A schedule (slope,
+    temperature: the ``schedule`` trait) is held: warm-up adapts baselines, not the estimator's
+    definition, so the run measures the state the estimator's parameters declare."""
+    with estimator.drawing_from(noise or seeded_noise(config.seed, 1, torch.device(config.device))), \
+            estimator.holding_schedule():
         if not estimator.stateful:
             rows = min(16, config.samples)
             problem.sample_gradients(estimator, rows)
@@ -224,7 +317,8 @@ def adapt(problem, estimator: Estimator, config: RunConfig, noise: Noise | None 
     Returns steps."""
     steps = math.ceil(config.warmup / ADAPTATION_BATCH)
     optimizer = None
-    with estimator.drawing_from(noise or seeded_noise(config.seed, 1, torch.device(config.device))):
+    with estimator.drawing_from(noise or seeded_noise(config.seed, 1, torch.device(config.device))), \
+            estimator.holding_schedule():
         for _ in range(steps):
             for parameter in estimator.parameters():
                 parameter.grad = None
@@ -249,10 +343,17 @@ def sample_metrics(problem, estimator: Estimator, config: RunConfig, reference, 
     device = torch.device(config.device)
     units = problem.units
     chunk = chunk_size(config.samples, problem.evaluations_per_estimate(estimator), units, problem.dim)
+    unresolved = unresolved_events(problem, estimator, config.samples)
+    measurable = None
+    if unresolved is not None:
+        measurable = np.ones(problem.dim, dtype=bool)
+        measurable[unresolved[0]] = False
     moments = {name: GradientMoments(reference.gradient[part], config.samples,
-                                     truth_stderr=None if reference.stderr is None else reference.stderr[part])
+                                     truth_stderr=None if reference.stderr is None else reference.stderr[part],
+                                     measurable=None if measurable is None else measurable[part])
                for name, part in scopes.items()}
     evaluated = 0
+    loss_abs, loss_values = 0.0, 0
     noise = seeded_noise(config.seed, stream, device)
     with estimator.drawing_from(noise), estimator.frozen(), peak_memory(device) as peak:
         for start in range(0, config.samples, chunk):
@@ -261,6 +362,7 @@ def sample_metrics(problem, estimator: Estimator, config: RunConfig, reference, 
             estimates = problem.sample_gradients(estimator, rows, probe)
             check_estimates(estimates, rows, problem.dim)
             evaluated += probe.evaluations
+            loss_abs, loss_values = loss_abs + float(probe.loss_abs), loss_values + probe.loss_values
             sparsity = probe.sparsity()
             for name, part in scopes.items():
                 moments[name].add(estimates[:, part], sparsity if name == "all" else None)
@@ -270,8 +372,10 @@ def sample_metrics(problem, estimator: Estimator, config: RunConfig, reference, 
             rows = timing_rows(problem, estimator, config.samples)
             seconds = time_estimates(problem, estimator, rows, device)
     eps = float(torch.finfo(problem.dtype).eps)
+    rounding_scale = float(estimator.loss_rounding) * loss_abs / max(1, loss_values)
     metrics = []
     for name, accumulated in moments.items():
+        accumulated.rounding_scale = rounding_scale
         metrics.extend(dataclasses.replace(m, scope=name) for m in accumulated.metrics(eps)
                        if not (m.name == "sparsity" and math.isnan(m.value)))
     metrics.append(Metric("loss_evals", evaluated / config.samples))
@@ -307,25 +411,77 @@ def time_estimates(problem, estimator: Estimator, rows: int, device: torch.devic
 CHECKPOINT_STREAM = 1000  # noise streams 1000 + k measure the k-th checkpoint
 
 
-def train(problem, estimator: Estimator, config: RunConfig,
-          progress: Callable[[int], None] | None) -> tuple[list[Metric], dict[str, str]]:
+def train(problem, estimator: Estimator, config: RunConfig, progress: Callable[[int], None] | None,
+          session: run_files.Session | None = None) -> tuple[list[Metric], dict[str, str]]:
     """A training problem: the problem trains its model with the estimator and reports records;
     at each :class:`~problems.base.Checkpoint` it yields, the gradient metrics of the frozen model
-    are measured here as for a gradient problem (tagged with the checkpoint's epoch / step)."""
-    metrics: list[Metric] = []
-    notes: dict[str, str] = {}
-    checkpoints = 0
-    with estimator.drawing_from(seeded_noise(config.seed, 0, torch.device(config.device))):
-        for item in problem.fit(estimator, config.seed, progress):
-            if isinstance(item, problems.Checkpoint):
-                measured, exact = checkpoint_metrics(item, estimator, config, CHECKPOINT_STREAM + checkpoints, notes)
-                metrics.extend(measured)
-                checkpoints += 1
-                notes["checkpoints"] = (f"{checkpoints} (reference: {'exact' if exact else 'estimated'}, "
-                                        f"{item.samples} estimates each)")
-            else:
-                metrics.append(dataclasses.replace(item, value=float(item.value),
-                                                   stderr=None if item.stderr is None else float(item.stderr)))
+    are measured here as for a gradient problem (tagged with the checkpoint's epoch / step).
+
+    With a ``session`` and a ``resumable`` problem, the run's whole state is saved at every
+    :class:`~problems.base.Snapshot`, and a saved state is resumed from (see :mod:`bench.checkpoints`):
+    the estimator's buffers and parameters, the noise source, the records and notes so far, then
+    the problem's loop (``fit(resume=...)``). A state that does not fit is noted and the run starts
+    from scratch with a fresh problem and estimator. ``session.keep_models``: the final model is kept."""
+    resumable = session is not None and problem.resumable
+    saved = session.load(estimator, problem) if resumable else None
+    for start in ((saved, None) if saved is not None else (None,)):  # from the checkpoint, else from scratch
+        metrics: list[Metric] = []
+        notes: dict[str, str] = {}
+        checkpoints = 0
+        noise = seeded_noise(config.seed, 0, torch.device(config.device))
+        resume = {"snapshots": True} if resumable else {}
+        try:
+            if start is not None:
+                try:
+                    estimator.load_state(start["estimator"])
+                    noise.generator.set_state(start["noise"])
+                except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+                    raise problems.ResumeError(f"the estimator's state does not fit: {exc}") from None
+                metrics = [Metric(**m) for m in start["metrics"]]
+                notes, checkpoints = dict(start["notes"]), int(start["checkpoints"])
+                resume["resume"] = start["problem"]
+            with estimator.drawing_from(noise):
+                items = problem.fit(estimator, config.seed, progress, **resume)
+                first = next(items, None)  # a resumed fit restores its loop before its first item
+        except problems.ResumeError as exc:
+            if start is None:
+                raise
+            session.ignore(str(exc))
+            problem, estimator = build(config)  # fresh: the failed restore may have changed them
+            continue
+        if start is not None:
+            session.resume(start)
+            point = run_files.where(start)
+            notes["resumed"] = f"{notes['resumed']}; after {point}" if "resumed" in notes else f"after {point}"
+            if progress is not None:
+                progress(int(start["where"]["done"]))
+        with estimator.drawing_from(noise):
+            for item in itertools.chain([] if first is None else [first], items):
+                if isinstance(item, problems.Snapshot):
+                    if resumable:
+                        session.save(item, estimator, problem, noise, metrics, notes, checkpoints)
+                elif isinstance(item, problems.Checkpoint):
+                    measured, exact = checkpoint_metrics(item, estimator, config, CHECKPOINT_STREAM + checkpoints,
+                                                         notes)
+                    metrics.extend(measured)
+                    checkpoints += 1
+                    notes["checkpoints"] = (f"{checkpoints} (reference: {'exact' if exact else 'estimated'}, "
+                                            f"{item.samples} estimates each)")
+                else:
+                    metrics.append(dataclasses.replace(item, value=float(item.value),
+                                                       stderr=None if item.stderr is None else float(item.stderr)))
+        break
+    if session is not None:
+        notes.update(session.notes)
+        model = getattr(problem, "trained_model", None)
+        if session.files.keep_models and model is not None:
+            try:
+                kept = run_files.keep_model(session.files.keep_models, config, model, estimator)
+                notes["model"] = f"kept in {kept.name}"
+            except OSError as exc:  # the run's numbers stand
+                notes["model"] = f"not kept: {exc.strerror or exc}"
+                run_files.note(f"{config.estimator_spec} on {config.problem_spec} seed {config.seed}: "
+                               f"model {notes['model']}")
     return metrics, notes
 
 
@@ -351,6 +507,10 @@ def checkpoint_metrics(checkpoint, estimator: Estimator, config: RunConfig, stre
     measured, _ = sample_metrics(probe, estimator, settings, reference, scopes, progress=None, stream=stream,
                                  timed=False)  # the training's cost is its epoch_time_s
     measured.extend(reference_metrics(reference, scopes))
+    unmeasurable = unmeasurable_note(probe, estimator, checkpoint.samples)
+    if unmeasurable and notes is not None:
+        where = f"step {checkpoint.step}" if checkpoint.step is not None else f"epoch {checkpoint.epoch}"
+        notes["unmeasurable"] = "; ".join(filter(None, [notes.get("unmeasurable"), f"{where}: {unmeasurable}"]))
     for spec in checkpoint.basket:
         measured.extend(basket_metrics(spec, probe, settings, reference, scopes, stream,
                                        {} if notes is None else notes))
@@ -397,13 +557,20 @@ def basket_noise(seed: int, stream: int, device: torch.device) -> Noise:
     return Noise(torch.Generator(device).manual_seed(state))
 
 
-def run(config: RunConfig, progress: Callable[[int], None] | None = None) -> RunResult:
-    """Measure one run; a bug in an estimator or problem gives status 'failed', not an exception."""
+def run(config: RunConfig, progress: Callable[[int], None] | None = None,
+        files: run_files.RunFiles | None = None) -> RunResult:
+    """Measure one run; a bug in an estimator or problem gives status 'failed', not an exception.
+
+    ``files``: where a training run keeps its checkpoints and, on request, its final model (None:
+    from the environment, see :class:`bench.checkpoints.RunFiles`). A resumed run keeps its first
+    start time and its wall time counts every session."""
+    files = run_files.RunFiles.from_environment() if files is None else files
+    session = run_files.Session(config, files)
     started = now()
     began = time.perf_counter()
     notes: dict[str, Any] = {}
     try:
-        metrics, notes = measure(config, progress, notes)
+        metrics, notes = measure(config, progress, notes, session)
         status, error = "finished", None
     except Incompatible as exc:
         metrics, status, error = [], "skipped", str(exc)
@@ -414,4 +581,6 @@ def run(config: RunConfig, progress: Callable[[int], None] | None = None) -> Run
     if status != "finished":  # keep only the description of the estimator and problem
         notes = {key: notes[key] for key in DESCRIBED if key in notes}
     notes["threads"] = str(torch.get_num_threads())  # torch intra-op threads this run had
-    return RunResult(config, status, metrics, notes, started, now(), time.perf_counter() - began, error)
+    wall = time.perf_counter() - began + session.earlier_seconds
+    return RunResult(config, status, metrics, notes, session.started_at if session.resumed else started,
+                     now(), wall, error)

@@ -36,16 +36,28 @@ def _merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
 
 
 class GradientMoments:
-    """Accumulates per-group moments of estimates g (n, dim) against a reference gradient."""
+    """Accumulates per-group moments of estimates g (n, dim) against a reference gradient.
+
+    Two facts about the arithmetic that made the estimates, set by whoever samples them (the
+    harness) before :meth:`metrics`, shape the tests of unbiasedness and of exact moments:
+    ``rounding_scale``, a magnitude the estimator's float rounding is relative to besides the
+    estimates' own values (its ``loss_rounding`` times the mean |L| of the loss values it used;
+    0 for an estimator that uses dL/dh only), and ``measurable``, a boolean mask of the coordinates
+    whose events the sampler resolves (None: all); the others are left out of both tests and
+    counted in ``unmeasurable_coordinates``."""
 
     SCALARS = ("sq_error", "cosine", "sign_agreement", "sparsity")
 
     def __init__(self, truth: torch.Tensor, total: int, groups: int = DEFAULT_GROUPS,
-                 truth_stderr: torch.Tensor | None = None):
+                 truth_stderr: torch.Tensor | None = None, measurable: np.ndarray | None = None):
         if total < 1:
             raise ValueError("total must be at least 1")
         self.truth = truth.to(torch.float64).cpu()
         self.truth_stderr = None if truth_stderr is None else truth_stderr.to(torch.float64).cpu()
+        self.rounding_scale = 0.0
+        self.measurable = None if measurable is None else np.asarray(measurable, dtype=bool).reshape(-1)
+        if self.measurable is not None and self.measurable.size != self.truth.numel():
+            raise ValueError(f"measurable has {self.measurable.size} coordinates, the gradient {self.truth.numel()}")
         self.total = total
         self.groups = max(1, min(groups, total))
         self.edges = [(g * total) // self.groups for g in range(self.groups + 1)]
@@ -158,21 +170,33 @@ class GradientMoments:
                                                    * ((values - values.mean()) ** 2).sum()))
         out = [Metric(name, point[name], stderr[name]) for name in point]
         out.extend(self.unbiasedness_test(n, mean, m2, dtype_eps))
+        if self.measurable is not None:
+            out.append(Metric("unmeasurable_coordinates", float((~self.measurable).sum())))
         return out
+
+    def kept(self) -> np.ndarray:
+        """The coordinates the tests use: the measurable ones."""
+        return np.ones(self.truth.numel(), dtype=bool) if self.measurable is None else self.measurable
 
     def unbiasedness_test(self, n, mean, m2, dtype_eps: float) -> list[Metric]:
         """Per-coordinate t statistics of mean - truth; p-value of the largest |t|, Bonferroni-
-        corrected over coordinates (valid whatever the correlation between coordinates).
+        corrected over the measurable coordinates (valid whatever the correlation between them).
+        None of either when no coordinate is measurable.
 
-        A floor of 8 eps (|truth| + rms) on the standard error keeps a deterministic estimator
-        that equals the truth up to rounding from being flagged.
+        A floor of 8 eps (|truth| + rms + rounding_scale) on the standard error keeps an estimator
+        that equals the truth up to its float rounding from being flagged: rounding relative to
+        the values themselves, and for one that differences loss values, to those (eps |L|).
         """
-        truth = self.truth.numpy()
+        keep = self.kept()
+        if not keep.any():
+            return []
+        truth = self.truth.numpy()[keep]
+        mean, m2 = mean[keep], m2[keep]
         var = m2 / (n - 1) if n > 1 else np.full_like(m2, np.nan)
         rms = np.sqrt(mean**2 + np.nan_to_num(var))
-        se2 = np.nan_to_num(var / n) + (8 * dtype_eps * (np.abs(truth) + rms)) ** 2
+        se2 = np.nan_to_num(var / n) + (8 * dtype_eps * (np.abs(truth) + rms + self.rounding_scale)) ** 2
         if self.truth_stderr is not None:
-            se2 = se2 + self.truth_stderr.numpy() ** 2
+            se2 = se2 + self.truth_stderr.numpy()[keep] ** 2
         with np.errstate(divide="ignore", invalid="ignore"):
             z = np.where(se2 > 0, (mean - truth) / np.sqrt(se2), np.where(mean == truth, 0.0, np.inf))
         z_max = float(np.max(np.abs(z)))
@@ -249,21 +273,24 @@ class ExactCheck:
 def check_exact(sampled: GradientMoments, exact: ExactMoments, variance: Metric,
                 dtype_eps: float = float(torch.finfo(torch.float32).eps)) -> ExactCheck:
     """Do the exact moments describe the estimator that was sampled? z of the Monte Carlo mean of
-    each coordinate against the exact mean (t test, the Monte Carlo standard error), and of the
-    Monte Carlo variance against the exact one (normal, its jackknife standard error ``variance``);
-    the smallest two-sided p-value is Bonferroni-corrected over the dim + 1 tests, so a correct
-    estimator is flagged with probability at most EXACT_CHECK_ALPHA (asymptotically). Standard
-    errors get a floor of 8 ``dtype_eps`` relative to the values (sampled in float32, enumerated in
-    float64; for the variance, the square of that), so rounding alone is not flagged; a coordinate's
-    values include the largest coordinate's, since a coordinate whose true mean is 0 may come out of
-    a sum over the others (a softmax Jacobian's row) as their rounding error."""
+    each measurable coordinate (``sampled.measurable``) against the exact mean (t test, the Monte
+    Carlo standard error), and of the Monte Carlo variance against the exact one (normal, its
+    jackknife standard error ``variance``); the smallest two-sided p-value is Bonferroni-corrected
+    over the tests, so a correct estimator is flagged with probability at most EXACT_CHECK_ALPHA
+    (asymptotically). Standard errors get a floor of 8 ``dtype_eps`` relative to the values
+    (sampled in float32, enumerated in float64; for the variance, the square of that) and to
+    ``sampled.rounding_scale`` (the loss values a loss-differencing estimator rounds at), so
+    rounding alone is not flagged; a coordinate's values include the largest coordinate's, since a
+    coordinate whose true mean is 0 may come out of a sum over the others (a softmax Jacobian's
+    row) as their rounding error."""
     n, mean, var = sampled.pooled()
     exact_mean, exact_var = exact.mean.numpy(), exact.variance.numpy()
     size = np.abs(exact_mean) + np.sqrt(exact_var)
-    rounding = 8 * dtype_eps * (size + (size.max() if size.size else 0.0))  # per coordinate
+    rounding = 8 * dtype_eps * (size + (size.max() if size.size else 0.0) + sampled.rounding_scale)  # per coordinate
     se = np.sqrt(np.nan_to_num(var / n) + rounding**2)
     with np.errstate(divide="ignore", invalid="ignore"):
         z_mean = np.where(se > 0, (mean - exact_mean) / se, np.where(mean == exact_mean, 0.0, np.inf))
+    z_mean = np.where(sampled.kept(), z_mean, 0.0)  # an event the sampler cannot resolve is not tested
     total = float(exact_var.sum())
     jackknife = 0.0 if variance.stderr is None or math.isnan(variance.stderr) else variance.stderr
     variance_se = math.hypot(jackknife, float((rounding**2).sum()) + 8 * dtype_eps * total)
@@ -273,7 +300,7 @@ def check_exact(sampled: GradientMoments, exact: ExactMoments, variance: Metric,
         z_var = 0.0 if variance.value == total else math.inf
     p_mean = 2 * scipy.stats.t.sf(np.abs(z_mean), max(n - 1, 1))
     p_var = 2 * scipy.stats.norm.sf(abs(z_var))
-    tests = exact_mean.size + 1
+    tests = int(sampled.kept().sum()) + 1
     pvalue = float(min(1.0, tests * min(float(p_mean.min()), float(p_var))))
     k = int(np.argmax(np.abs(z_mean)))
     if abs(z_var) >= abs(z_mean[k]):

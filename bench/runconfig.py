@@ -18,7 +18,8 @@ import torch
 import estimators
 import problems
 from bench.metrics import Metric
-from bench.specs import format_spec
+from bench.specs import SpecError, format_spec, parse_spec
+from estimators.registry import RegistryError
 
 DEFAULT_WARMUP = 10_000
 
@@ -73,11 +74,23 @@ def make_config(estimator: str, estimator_params: dict, problem: str, problem_pa
     so both are stored as 0 and do not split otherwise identical runs."""
     est = estimators.build_estimator(estimator, estimator_params)
     prob = problems.build_problem(problem, problem_params)
+    check_basket(prob)
     if prob.trains_model:
         samples, warmup = 0, 0
     return RunConfig(estimator, estimators.ESTIMATORS.resolved_params(est), problem,
                      problems.PROBLEMS.resolved_params(prob), seed, samples, device, warmup)
 
+
+
+def check_basket(problem) -> None:
+    """Each estimator of a training problem's checkpoint basket must parse and build: a typo would
+    otherwise surface only at the first checkpoint, as a note, after the runs trained."""
+    for spec in getattr(problem, "basket", ()) or ():
+        try:
+            name, params = parse_spec(spec)
+            estimators.build_estimator(name, params)
+        except (SpecError, RegistryError) as exc:
+            raise RegistryError(f"basket estimator {spec!r}: {' '.join(str(exc).split())}") from None
 
 
 def environment() -> dict[str, Any]:

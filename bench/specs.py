@@ -48,6 +48,8 @@ def parse_value(text: str) -> Any:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text
+    except (RecursionError, MemoryError):
+        raise SpecError(f"value {text[:20]}... is nested too deeply") from None
 
 
 def parse_spec(text: str) -> tuple[str, dict[str, Any]]:

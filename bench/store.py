@@ -11,6 +11,7 @@ import math
 import os
 import sqlite3
 import stat
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -73,10 +74,17 @@ MIGRATIONS = {1: ("ALTER TABLE metrics RENAME TO metrics_v1",
 EXPECTED_OBJECTS = {("table", "runs"), ("table", "metrics"), ("table", "sqlite_sequence"),
                     ("index", "metrics_key"), ("index", "runs_by_pair"), ("index", "sqlite_autoindex_runs_1"),
                     ("index", "sqlite_autoindex_metrics_1")}
+# The columns every version's tables have (version 1 metrics had no epoch or step; the upgrade adds them).
+REQUIRED_COLUMNS = {"runs": {"run_id", "config_key", "estimator", "estimator_params", "problem", "problem_params", "seed",
+                             "samples", "device", "config", "versions", "started_at", "finished_at", "wall_time_s",
+                             "status", "notes"},
+                    "metrics": {"run_id", "scope", "metric", "value", "stderr"}}
 # SQLite result codes (primary, low byte) that mean the storage failed, not the program.
 STORAGE_ERRORS = {3: "SQLITE_PERM", 8: "SQLITE_READONLY", 10: "SQLITE_IOERR", 11: "SQLITE_CORRUPT",
                   13: "SQLITE_FULL", 14: "SQLITE_CANTOPEN", 26: "SQLITE_NOTADB"}
 CREATION_WAIT_S = 2.0  # how long a reader waits for a store that another process is creating
+SIZE_CHECKS = 4  # reads of the header and size that must all disagree before a store is called cut short
+BUSY_TIMEOUT_MS = 60_000  # how long a writer waits for another writer's transaction to end
 
 
 class StoreError(ValueError):
@@ -150,23 +158,67 @@ def _check_size(path: Path, header: bytes) -> None:
     if page_size < 512 or size % page_size:
         raise StoreError(f"{path} is damaged (its size, {size} bytes, is not a whole number of "
                          f"{page_size}-byte pages: it was cut short); {recovery_hint(path)}")
-    pages, valid_for, changes = (int.from_bytes(header[a:a + 4], "big") for a in (28, 92, 24))
     wal = path.with_name(path.name + "-wal")
-    if valid_for == changes and pages and not (wal.exists() and wal.stat().st_size) and size != pages * page_size:
-        raise StoreError(f"{path} is damaged (the header records {pages} pages, the file holds "
-                         f"{size // page_size}); {recovery_hint(path)}")
+    for attempt in range(SIZE_CHECKS):  # a writer checkpointing meanwhile changes both: read again
+        pages, valid_for, changes = (int.from_bytes(header[a:a + 4], "big") for a in (28, 92, 24))
+        if not (valid_for == changes and pages and not (wal.exists() and wal.stat().st_size)
+                and size != pages * page_size):
+            return
+        time.sleep(0.05 * (attempt + 1))
+        with path.open("rb") as handle:
+            header = handle.read(100)
+        size = path.stat().st_size
+    raise StoreError(f"{path} is damaged (the header records {pages} pages, the file holds "
+                     f"{size // page_size}); {recovery_hint(path)}")
+
+
+def _writable_storage(path: Path) -> bool:
+    """Whether this process may write the store and create files beside it (then so may a writer)."""
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
 
 
 def _uri(path: Path, read_only: bool) -> str:
-    """An SQLite URI for ``path`` (quoted, so '?', '#' and '%' stay part of it). Read-only opens
-    are immutable when no write-ahead log exists: nothing is then created beside the file (a
-    read-only mode=ro open of a WAL store leaves -wal and -shm files), so it works in read-only
-    directories and mounts."""
+    """An SQLite URI for ``path`` (quoted, so '?', '#' and '%' stay part of it).
+
+    A reader must see a consistent snapshot while a writer may be saving runs, so it takes SQLite's
+    locks like any connection; it never opens with ``immutable=1`` (no locks, the file assumed
+    unchanging) unless no writer can exist: read-only storage with no write-ahead log. A reader of
+    writable storage opens read-write (writes refused by ``query_only``, see :class:`Store`) so that
+    closing it removes the -wal and -shm files it made; one whose -wal already exists (a writer is
+    at work, or was killed) opens mode=ro and changes nothing."""
     uri = f"file:{urllib.request.pathname2url(str(path.resolve()))}"
     if not read_only:
         return uri + "?mode=rw"
-    wal = path.with_name(path.name + "-wal")
-    return uri + ("?mode=ro" if wal.exists() else "?mode=ro&immutable=1")
+    if path.with_name(path.name + "-wal").exists():
+        return uri + "?mode=ro"
+    if _writable_storage(path):
+        return uri + "?mode=rw"
+    return uri + "?mode=ro&immutable=1"
+
+
+@contextlib.contextmanager
+def private_folder(purpose: str) -> Iterator[str]:
+    """A temporary folder named with this process's id, removed afterwards; folders of earlier
+    processes that are gone (killed with kill -9 mid-merge: a whole store's copy) are removed first."""
+    import shutil
+
+    prefix = f"stochgrad-{purpose}-"
+    for stale in Path(tempfile.gettempdir()).glob(f"{prefix}*-*"):
+        pid = stale.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-") as folder:
+        yield folder
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's: alive
+        return True
+    return True
 
 
 def check_path(path: Path, create: bool) -> None:
@@ -221,51 +273,99 @@ class Store:
         self.path = Path(path)
         self.read_only = not create
         check_path(self.path, create)
-        self.connection = self._connect(self.read_only)
+        if create and self.path.exists() and not os.access(self.path, os.W_OK):
+            raise StoreError(f"cannot write results database {self.path}: the file is read-only "
+                             f"(export and report can read it)")
+        new = create and not self.path.exists()
         try:
-            self._verify()
-            self._check_version()
-            if create:
-                self._initialise()
+            self.connection = self._connect(self.read_only)
+            try:
+                if self.read_only:  # one snapshot for everything this reader reads (see _begin_reading)
+                    self._begin_reading()
+                self._verify()
+                self._check_version()
+                if create:
+                    self._initialise()
+            except BaseException:
+                self.connection.close()
+                raise
         except BaseException:
-            self.connection.close()
+            if new:  # a store that could not be created (a full disk) is not left behind as an empty file
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    with contextlib.suppress(OSError):
+                        Path(f"{self.path}{suffix}").unlink()
             raise
+
+    def _begin_reading(self) -> None:
+        """Open the read transaction a reader holds until it closes: every query sees the store as
+        it was at the first one (a run and its metrics, or neither), whatever a writer saves meanwhile."""
+        try:
+            self.connection.execute("BEGIN")
+            self.connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise self._storage_error("read", exc) from None
 
     def _connect(self, read_only: bool) -> sqlite3.Connection:
         try:
-            exists = self.path.exists()
-            connection = sqlite3.connect(_uri(self.path, read_only) if exists else self.path, uri=exists,
-                                         timeout=60, isolation_level=None)
+            file = self._file or self.path
+            exists = file.exists()
+            connection = sqlite3.connect(_uri(file, read_only) if exists else file, uri=exists,
+                                         timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
             connection.execute("PRAGMA trusted_schema = OFF")
             connection.execute("PRAGMA foreign_keys = ON")
-            connection.execute("PRAGMA busy_timeout = 60000")
+            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if read_only:
+                connection.execute("PRAGMA query_only = ON")  # opened read-write only to tidy up on close
         except sqlite3.Error as exc:
             raise self._storage_error("open", exc) from None
         return connection
 
     def _storage_error(self, action: str, exc: sqlite3.Error) -> StoreError:
         detail = " ".join(str(exc).split())
+        if _locked(exc):
+            return StoreError(self._locked_message())
         if (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF in (11, 26) or "malformed" in detail:
             return StoreError(f"{self.path} is damaged ({detail}); nothing was written to it; {recovery_hint(self.path)}")
         return StoreError(f"cannot {action} results database {self.path}: {detail}")
 
     def _verify(self) -> None:
-        """Before anything is read or written: SQLite's quick integrity check, and no schema
-        object we did not create (a trigger could rewrite stored results behind our back)."""
+        """Before anything is read or written: SQLite's quick integrity check; the indexes the store
+        relies on (a config-key index missing entries passes quick_check, and runs would then be
+        stored twice), checked against their tables; the columns we read; and no schema object we
+        did not create (a trigger could rewrite stored results behind our back)."""
         try:
             problems = [row[0] for row in self.connection.execute("PRAGMA quick_check")]
             objects = set(self.connection.execute(
                 "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_stat%'").fetchall())
+            if problems == ["ok"] and ("table", "runs") in objects:
+                problems = [row[0] for row in self.connection.execute("PRAGMA integrity_check(runs)")]
+            if problems == ["ok"] and ("index", "metrics_key") in objects:
+                table, indexed = self.connection.execute(
+                    "SELECT (SELECT count(*) FROM metrics NOT INDEXED),"
+                    " (SELECT count(*) FROM metrics INDEXED BY metrics_key WHERE run_id IS NOT NULL)").fetchone()
+                if table != indexed:
+                    problems = [f"index metrics_key holds {indexed} entries for {table} rows"]
+            columns = {table: {row[1] for row in self.connection.execute(f"PRAGMA table_info({table})")}
+                       for kind, table in objects if kind == "table" and table in REQUIRED_COLUMNS}
         except sqlite3.DatabaseError as exc:
             raise self._storage_error("read", exc) from None
         if problems != ["ok"]:
-            raise StoreError(f"{self.path} is damaged (quick_check: {'; '.join(problems[:3])}); nothing was "
-                             f"written to it; {recovery_hint(self.path)}")
+            index = any("index" in problem for problem in problems)
+            repair = (f"rebuild its indexes with `sqlite3 {self.path} REINDEX` (if that fails, "
+                      f"{recovery_hint(self.path)})" if index else recovery_hint(self.path))
+            found = "; ".join(" ".join(problem.split()) for problem in problems[:3])
+            raise StoreError(f"{self.path} is damaged ({found}); nothing was "
+                             f"written to it; {repair}")
         foreign = sorted(objects - EXPECTED_OBJECTS)
         if foreign:
             names = ", ".join(f"{kind} {name}" for kind, name in foreign[:5])
             raise StoreError(f"{self.path} holds schema objects stochgrad-bench does not create ({names}); "
                              f"refusing to use it")
+        for table, present in columns.items():
+            missing = sorted(REQUIRED_COLUMNS[table] - present)
+            if missing:
+                raise StoreError(f"{self.path} has a {table} table without the column(s) {', '.join(missing)}: "
+                                 f"not a results database this version can read; refusing to use it")
 
     def _initialise(self) -> None:
         """Create the schema, or upgrade an older one in the same transaction (all or nothing)."""
@@ -301,7 +401,13 @@ class Store:
         except sqlite3.Error as exc:
             if _storage_failure(exc):
                 raise StorageFailure(failure(exc)) from None
+            if _locked(exc):
+                raise StoreError(self._locked_message()) from None
             raise
+
+    def _locked_message(self) -> str:
+        return (f"results database {self.path} stayed locked by another process for {BUSY_TIMEOUT_MS / 1000:g} s "
+                f"(another sweep or merge writing to it?); nothing was written; try again when it has finished")
 
     def _check_version(self) -> None:
         version = self.connection.execute("PRAGMA user_version").fetchone()[0]
@@ -313,15 +419,34 @@ class Store:
                 self._initialise()
                 return
             self.connection.close()  # a reader upgrades through a writable connection, then reads
+            if not _writable_storage(self.path):  # read-only storage: upgrade a private copy instead
+                self._scratch = contextlib.ExitStack()
+                folder = self._scratch.enter_context(private_folder("upgrade"))
+                copy = Path(folder) / self.path.name
+                source = sqlite3.connect(_uri(self.path, read_only=True), uri=True)
+                target = sqlite3.connect(copy)
+                try:
+                    source.backup(target)
+                finally:
+                    target.close()
+                    source.close()
+                self._file = copy
             self.connection = self._connect(read_only=False)
             try:
                 self._initialise()
             finally:
                 self.connection.close()
             self.connection = self._connect(read_only=True)
+            self._begin_reading()
+            self._verify()
+
+    _scratch: contextlib.ExitStack | None = None  # an upgraded copy of a store on read-only storage
+    _file: Path | None = None  # the file connected to, when not ``path`` (that copy)
 
     def close(self) -> None:
         self.connection.close()
+        if self._scratch is not None:
+            self._scratch.close()
 
     def __enter__(self) -> "Store":
         return self
@@ -405,6 +530,14 @@ def _storage_failure(exc: sqlite3.Error) -> bool:
     return any(text in str(exc) for text in ("disk is full", "disk I/O error", "readonly database", "malformed"))
 
 
+def _locked(exc: sqlite3.Error) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED: another connection held the lock past the busy timeout."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (5, 6)
+    return "database is locked" in str(exc)
+
+
 def _rollback(conn: sqlite3.Connection) -> None:
     """Roll back if a transaction is still open. SQLite has already rolled back after some
     errors (SQLITE_FULL among them); a second ROLLBACK would fail and hide the real cause."""
@@ -421,10 +554,9 @@ def _rollback(conn: sqlite3.Connection) -> None:
 # it is an older version, then its runs are copied into the destination in one transaction.
 # =================================================================================================
 import dataclasses  # noqa: E402
-import tempfile  # noqa: E402
 
 # Times and memory differ between machines running the same config; they are not compared.
-MACHINE_DEPENDENT_SUFFIXES = ("_s", "_bytes")
+MACHINE_DEPENDENT_SUFFIXES = ("_s", "_bytes", "seconds_per_step")  # a name ending so: not compared
 METRIC_COLUMNS = ("scope", "metric", "epoch", "step", "value", "stderr")
 
 
@@ -440,13 +572,18 @@ class MergeReport:
 
 
 def check_merge_source(path: Path) -> None:
-    """Refuse (StoreError, one line) a source that is not a results database of a version we read."""
+    """Refuse (StoreError, one line) a source that is not a whole results database of a version we
+    read: the checks a reader makes (:meth:`Store._verify`), on the source itself, changing nothing."""
     check_path(path, create=False)
-    probe = sqlite3.connect(_uri(path, read_only=True), uri=True, timeout=60)
+    probe = Store.__new__(Store)  # a reader's connection and checks, without a reader's upgrade
+    probe.path, probe.read_only = path, True
+    probe.connection = probe._connect(read_only=True)
     try:
-        version = probe.execute("PRAGMA user_version").fetchone()[0]
+        probe._begin_reading()
+        probe._verify()
+        version = probe.connection.execute("PRAGMA user_version").fetchone()[0]
     finally:
-        probe.close()
+        probe.connection.close()
     if version > SCHEMA_VERSION:
         raise StoreError(f"{path} was written by a newer stochgrad-bench (schema {version}, "
                          f"this one reads up to {SCHEMA_VERSION}); upgrade stochgrad-bench")
@@ -456,7 +593,7 @@ def check_merge_source(path: Path) -> None:
 def snapshot(path: Path) -> Iterator[Store]:
     """A private, current-version copy of the store at ``path`` (which is left as it is)."""
     check_merge_source(path)
-    with tempfile.TemporaryDirectory(prefix="stochgrad-merge-") as folder:
+    with private_folder("merge") as folder:
         copy = Path(folder) / "source.db"
         source = sqlite3.connect(_uri(path, read_only=True), uri=True, timeout=60)
         target = sqlite3.connect(copy)
@@ -465,7 +602,11 @@ def snapshot(path: Path) -> Iterator[Store]:
         finally:
             target.close()
             source.close()
-        with Store(copy, create=False) as store:  # upgrades the copy of an older version
+        try:
+            store = Store(copy, create=False)  # checks the copy, and upgrades that of an older version
+        except StoreError as exc:  # about the source, which the user named
+            raise StoreError(str(exc).replace(str(copy), str(path))) from None
+        with store:
             yield store
 
 

@@ -1,13 +1,17 @@
-"""The table ``python -m bench run`` prints: per problem, the estimators ranked by mean squared
-error at an equal budget of loss evaluations, seeds aggregated, sized to fit the terminal.
+"""The table ``python -m bench run`` prints: per problem, the estimators ranked in two groups,
+seeds aggregated, sized to fit the terminal.
 
 The ranking numbers are derived per run from stored metrics (:func:`derived_metrics`, shared with
-the report): MSE = E‖ĝ − g‖² of one estimate (variance + squared bias), and MSE × loss evaluations
-per estimate, the cost-normalised error (for an unbiased estimator, B × the MSE of the average a
-budget of B loss evaluations buys; a biased estimator's squared bias does not average away, so it
-only gets worse at larger budgets). Over seeds a value is the mean of the runs' values, its
-standard error sqrt(sum se_i^2) / n from the runs' own (jackknife) errors, else the spread between
-seeds / sqrt(n). Full detail (every metric, seed, scope, epoch) stays in ``python -m bench export``.
+the report): MSE = E‖ĝ − g‖² of one estimate (variance + squared bias); MSE × loss evaluations per
+estimate, which for an unbiased estimator is B × the MSE of the average a budget of B loss
+evaluations buys, whatever B; and MSE at a budget of B loss evaluations, bias² + variance / m with
+m = ⌊B / evaluations⌋ estimates averaged, where bias² does not average away. Unbiased estimators
+(the declared trait) are ranked by the first, among themselves; biased ones and deterministic
+baselines by the second, in their own block, at a stated budget (``--budget``): equal loss
+evaluations equalise only what averages away. Over seeds a value is the mean of the runs' values,
+its standard error sqrt(sum se_i^2) / n from the runs' own (jackknife) errors, else the spread
+between seeds / sqrt(n). Full detail (every metric, seed, scope, epoch) stays in
+``python -m bench export``.
 """
 from __future__ import annotations
 
@@ -21,11 +25,14 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+import estimators
+from bench.quadrature import QUADRATURE_NOTE, QUADRATURE_TOLERANCE
 from bench.runinfo import is_training, stored_defaults, stored_traits
 from bench.specs import format_spec
 
 DEFAULT_WIDTH = 100
 MAX_LABEL = 32  # estimator labels longer than this are cut with '…' when the table must shrink
+DEFAULT_BUDGET = 100  # loss evaluations at which biased estimators are ranked: a mini-batch's worth of one-evaluation estimates
 
 # Derived per-run numbers (not stored): key -> description.
 DERIVED = {
@@ -33,6 +40,8 @@ DERIVED = {
     "mse_evals": "MSE × loss evaluations per estimate (equal budget of loss evaluations; lower is better)",
     "mse_time": "MSE × µs per estimate (equal wall time)",
     "bias_sq": "squared bias with the Monte Carlo noise removed, ‖mean − g‖² − variance/n (can be < 0)",
+    "mse_budget": ("MSE of the average of the m = ⌊B / evals⌋ estimates a budget of B loss evaluations buys, "
+                   "bias² + variance / m (bias² counted from 0; '-' where one estimate costs more than B)"),
 }
 # Column key -> (heading, value scale, how seeds combine: 'mean' or 'bonferroni').
 HEADINGS = {
@@ -46,9 +55,11 @@ HEADINGS = {
     "train_criterion": ("train crit.", 1.0), "train_error": ("train %", 1.0), "valid_error": ("valid %", 1.0),
     "test_error": ("test %", 1.0), "sparsity_train": ("train sparsity", 1.0),
     "sparsity_test": ("test sparsity", 1.0), "train_loss": ("train loss", 1.0),
-    "trajectory_variance": ("traj. var", 1.0), "epoch_time_s": ("s/epoch", 1.0),
+    "trajectory_variance": ("traj. var", 1.0), "epoch_time_s": ("s/epoch", 1.0), "mse_budget": ("MSE@B", 1.0),
 }
 GRADIENT_DEFAULT = ("mse_evals", "mse", "unbiased_pvalue", "loss_evals", "time_per_estimate_s")
+BIASED_DEFAULT = ("mse_budget", "bias_sq", "mse", "loss_evals", "unbiased_pvalue", "time_per_estimate_s")
+RANK_KEYS = {True: "mse_evals", False: "mse_budget"}  # per group: unbiased, biased
 TRAINING_DEFAULT = ("valid_error", "test_error", "train_error", "train_criterion", "train_loss", "sparsity_test",
                     "trajectory_variance", "epoch_time_s")
 TRAINING_RANK = ("valid_error", "test_error", "train_criterion", "train_loss")
@@ -77,9 +88,11 @@ def _column(frame: pd.DataFrame, name: str) -> pd.Series:
     return frame[name].astype(float) if name in frame else pd.Series(np.nan, index=frame.index, dtype=float)
 
 
-def derived_metrics(value: pd.DataFrame, stderr: pd.DataFrame, samples: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
+def derived_metrics(value: pd.DataFrame, stderr: pd.DataFrame, samples: pd.Series,
+                    budget: int = DEFAULT_BUDGET) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Add the DERIVED columns to wide frames (index: run, columns: metric) of end-of-run values
-    and standard errors; ``samples`` is each run's number of estimates."""
+    and standard errors; ``samples`` is each run's number of estimates, ``budget`` the B of
+    ``mse_budget``."""
     value, stderr = value.copy(), stderr.copy()
     v, s = (lambda name: _column(value, name)), (lambda name: _column(stderr, name))
     n = samples.reindex(value.index).astype(float)
@@ -95,7 +108,28 @@ def derived_metrics(value: pd.DataFrame, stderr: pd.DataFrame, samples: pd.Serie
     for key, cost, scale in (("mse_evals", "loss_evals", 1.0), ("mse_time", "time_per_estimate_s", 1e6)):
         value[key] = value["mse"] * v(cost) * scale
         stderr[key] = stderr["mse"] * v(cost) * scale
+    averaged = np.floor(budget / v("loss_evals"))  # estimates the budget buys; NaN without a count
+    averaged = averaged.where(averaged >= 1)
+    value["mse_budget"] = value["bias_sq"].clip(lower=0) + v("variance") / averaged
+    stderr["mse_budget"] = np.sqrt(stderr["bias_sq"].where(value["bias_sq"] > 0, 0.0) ** 2
+                                   + (s("variance") / averaged) ** 2)
     return value, stderr
+
+
+def budget_heading(budget: int) -> str:
+    return f"MSE@{budget:,}"
+
+
+def unbiased_trait(notes: dict, name: str, params: dict) -> bool | None:
+    """The ``unbiased`` trait stored with the run (read from the instance: parameters count), else
+    that of the estimator built here with the run's parameters; None when neither is known."""
+    traits = stored_traits(notes)
+    if traits is not None and isinstance(traits.get("unbiased"), bool):
+        return traits["unbiased"]
+    try:
+        return bool(estimators.build_estimator(name, params).unbiased)
+    except Exception:  # not registered in this process (a plugin) or no longer valid
+        return None
 
 
 def over_seeds(values: pd.Series, errors: pd.Series, how: str = "mean") -> tuple[float, float]:
@@ -136,8 +170,10 @@ def _final_rows(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary_table(store, configs: Sequence, columns: Sequence[str] | None = None, width: int | None = None,
-                  label: Callable[[str, dict, str], str] | None = None) -> str:
-    """The text printed after ``run``: one block per problem, estimators ranked, seeds aggregated.
+                  label: Callable[[str, dict, str], str] | None = None, budget: int = DEFAULT_BUDGET) -> str:
+    """The text printed after ``run``: per gradient problem a block of the unbiased estimators
+    ranked by MSE × evals and a block of the biased ones and deterministic baselines ranked by MSE
+    at ``budget`` loss evaluations; per training problem one block; seeds aggregated.
 
     Labels leave out the parameters equal to the defaults stored with the run; for runs stored
     without them, ``label(name, params, kind)`` shortens a spec (default: every parameter)."""
@@ -154,46 +190,64 @@ def summary_table(store, configs: Sequence, columns: Sequence[str] | None = None
     runs = runs[runs["config_key"].isin({c.key for c in configs})]
     if runs.empty:
         return "no runs"
-    runs = runs.assign(notes_dict=[json.loads(n) for n in runs["notes"]],
-                       config_dict=[json.loads(c) for c in runs["config"]])
+    runs = runs.assign(notes_dict=[_json_object(n) for n in runs["notes"]],
+                       config_dict=[_json_object(c) for c in runs["config"]])
     runs["training"] = [is_training(notes, config.get("samples") == 0)  # the guess: runs stored without a kind
                         for notes, config in zip(runs["notes_dict"], runs["config_dict"])]
     for kind in ("estimator", "problem"):
         runs[f"{kind}_label"] = [label(n, json.loads(p), kind, notes) for n, p, notes in
                                  zip(runs[kind], runs[f"{kind}_params"], runs["notes_dict"])]
+    runs["unbiased"] = [unbiased_trait(notes, n, json.loads(p)) is True for n, p, notes in
+                        zip(runs["estimator"], runs["estimator_params"], runs["notes_dict"])]
     finished = runs[runs["status"] == "finished"]
     metrics = store.metrics(finished["run_id"].tolist()) if len(finished) else None
     final = _final_rows(metrics) if metrics is not None and len(metrics) else pd.DataFrame(
         columns=["run_id", "metric", "value", "stderr"])
     value = final.pivot(index="run_id", columns="metric", values="value")
     stderr = final.pivot(index="run_id", columns="metric", values="stderr")
-    value, stderr = derived_metrics(value, stderr, finished.set_index("run_id")["samples"])
+    value, stderr = derived_metrics(value, stderr, finished.set_index("run_id")["samples"], budget)
 
     blocks, legend = [], set()
     for training in (False, True):
         part = runs[runs["training"] == training]
         for problem in sorted(part["problem_label"].unique()):
-            block, used = _problem_block(part[part["problem_label"] == problem], problem, value, stderr, training,
-                                         columns, width)
-            blocks.append(block)
-            legend |= used
+            at = part[part["problem_label"] == problem]
+            groups = [None] if training else [group for group in (True, False) if (at["unbiased"] == group).any()]
+            for group in groups:
+                block, used = _problem_block(at if group is None else at[at["unbiased"] == group], problem, value,
+                                             stderr, training, columns, width, group, budget)
+                blocks.append(block)
+                legend |= used
     text = "\n\n".join(blocks)
-    notes = _legend(legend, width) + exact_notes(runs, width)
+    notes = _legend(legend, width, budget) + exact_notes(runs, width) + unmeasurable_notes(runs, width)
     finished = runs[(runs["status"] == "finished") & ~runs["training"]]
     for sentence in stateful_notes(zip(finished["estimator_label"], finished["notes_dict"])):
         notes += ["", *textwrap.wrap(sentence, width)]
     return text + ("\n\n" + "\n".join(notes) if notes else "")
 
 
+def _block_columns(columns: Sequence[str] | None, training: bool, unbiased: bool | None) -> list[str]:
+    """The columns of one block: the chosen ones (``--columns``) or the group's default, the group's
+    ranking column first (never the other group's)."""
+    if training:
+        return list(columns or TRAINING_DEFAULT)
+    if columns is None:
+        return list(GRADIENT_DEFAULT if unbiased else BIASED_DEFAULT)
+    other = RANK_KEYS[not unbiased]
+    return [key for key in columns if key != other] or [RANK_KEYS[unbiased]]
+
+
 def _problem_block(runs: pd.DataFrame, problem: str, value: pd.DataFrame, stderr: pd.DataFrame, training: bool,
-                   columns: Sequence[str] | None, width: int) -> tuple[str, set[str]]:
-    wanted = list(columns or (TRAINING_DEFAULT if training else GRADIENT_DEFAULT))
+                   columns: Sequence[str] | None, width: int, unbiased: bool | None = None,
+                   budget: int = DEFAULT_BUDGET) -> tuple[str, set[str]]:
+    wanted = _block_columns(columns, training, unbiased)
+    rank_key = None if training else RANK_KEYS[unbiased]
     rows = []
     for estimator, group in runs.groupby("estimator_label", sort=False):
         done = group[group["status"] == "finished"]
         ids = [i for i in done["run_id"] if i in value.index]
         row = {"estimator": estimator, "seeds": f"{len(done)}" if len(done) == len(group) else f"{len(done)}/{len(group)}"}
-        for key in dict.fromkeys([*wanted, *(TRAINING_RANK if training else ("mse_evals", "time_per_estimate_s"))]):
+        for key in dict.fromkeys([*wanted, *(TRAINING_RANK if training else (rank_key, "time_per_estimate_s"))]):
             if key not in value.columns or not ids:
                 row[key] = (math.nan, math.nan)
                 continue
@@ -206,9 +260,10 @@ def _problem_block(runs: pd.DataFrame, problem: str, value: pd.DataFrame, stderr
     if training:
         rank_key = next((k for k in TRAINING_RANK if any(np.isfinite(r[k][0]) for r in rows)), None)
         title = f"{problem}: training" + (f", ranked by {HEADINGS[rank_key][0]}" if rank_key else "")
+    elif unbiased:
+        title = f"{problem}: unbiased, ranked by MSE×evals (equal loss evaluations), then time"
     else:
-        rank_key = "mse_evals"
-        title = f"{problem}: ranked by MSE×evals, then time"
+        title = f"{problem}: biased and deterministic, ranked by {budget_heading(budget)} (bias² counts), then time"
 
     def order(r):
         key = r[rank_key][0] if rank_key else math.nan
@@ -220,11 +275,12 @@ def _problem_block(runs: pd.DataFrame, problem: str, value: pd.DataFrame, stderr
     table = {"#": [str(i + 1) if np.isfinite(r[rank_key][0]) else "-" for i, r in enumerate(rows)]} if rank_key else {}
     table["estimator"] = [r["estimator"] for r in rows]
     table["seeds"] = [r["seeds"] for r in rows]
+    headings = {key: budget_heading(budget) if key == "mse_budget" else HEADINGS[key][0] for key in shown}
     for key in shown:
-        heading, scale = HEADINGS[key]
-        table[heading] = [_fmt(*r[key], scale=scale, digits=2 if key == "unbiased_pvalue" else 3) for r in rows]
+        table[headings[key]] = [_fmt(*r[key], scale=HEADINGS[key][1], digits=2 if key == "unbiased_pvalue" else 3)
+                                for r in rows]
     lines, dropped = _render(table, width)
-    used = {key for key in shown if HEADINGS[key][0] in lines[0]}
+    used = {key for key in shown if headings[key] in lines[0]}
     text = textwrap.wrap(title, width) + lines
     if dropped:
         text += textwrap.wrap(f"(not shown, to fit {width} columns: {', '.join(dropped)}; choose with --columns)",
@@ -267,27 +323,37 @@ def _render(table: dict[str, list[str]], width: int) -> tuple[list[str], list[st
     return lines, dropped
 
 
-def _legend(used: set[str], width: int) -> list[str]:
+def _legend(used: set[str], width: int, budget: int = DEFAULT_BUDGET) -> list[str]:
     explained = {
-        "mse_evals": DERIVED["mse_evals"], "mse": DERIVED["mse"], "mse_time": DERIVED["mse_time"],
+        "mse_evals": ("MSE × loss evaluations per estimate: for an unbiased estimator, B × the MSE of the average "
+                      "a budget of B loss evaluations buys, whatever B (lower is better); it ranks the unbiased "
+                      "estimators"),
+        "mse_budget": (f"MSE of the average of the m = ⌊{budget:,} / evals⌋ estimates a budget of {budget:,} loss "
+                       "evaluations buys (--budget), bias² + variance / m ('-': one estimate costs more); it ranks "
+                       "the biased estimators and deterministic baselines, whose bias² does not average away"),
+        "mse": DERIVED["mse"], "mse_time": DERIVED["mse_time"],
         "bias_sq": DERIVED["bias_sq"],
         "unbiased_pvalue": "test of E ĝ = g (largest per-coordinate |t|, Bonferroni over coordinates and seeds)",
         "loss_evals": "loss evaluations per estimate", "time_per_estimate_s": "wall time per estimate (µs)",
     }
+    headings = {key: budget_heading(budget) if key == "mse_budget" else HEADINGS[key][0] for key in explained}
     text = ("Mean over seeds ± 1 standard error (training: ± 1 sd between seeds). "
-            + "; ".join(f"{HEADINGS[k][0]}: {explained[k]}" for k in explained if k in used)
+            + "; ".join(f"{headings[k]}: {explained[k]}" for k in explained if k in used)
             + ". Every metric, seed and scope: python -m bench export.")
     return textwrap.wrap(text, width)
 
 
 def stateful_notes(runs) -> list[str]:
-    """What the numbers of stateful estimators (running baselines, firing-rate control) describe,
-    one sentence per warm-up: ``runs`` gives (estimator label, stored notes) of gradient runs. They
-    are measured with their running statistics frozen after the warm-up, so their variance, exact
-    or Monte Carlo, is that of the estimator with the baseline it reached, not of an ideal one."""
+    """What the numbers of stateful estimators with running statistics (baselines, firing-rate
+    control) describe, one sentence per warm-up: ``runs`` gives (estimator label, stored notes) of
+    gradient runs. They are measured with their running statistics frozen after the warm-up, so
+    their variance, exact or Monte Carlo, is that of the estimator with the baseline it reached, not
+    of an ideal one. A schedule (``schedule`` trait) is held at its declared state instead, which
+    the run's notes give."""
     groups: dict[str, set[str]] = {}
     for label, notes in runs:
-        if (stored_traits(notes) or {}).get("stateful"):
+        traits = stored_traits(notes) or {}
+        if traits.get("stateful") and not traits.get("schedule"):
             warmup = notes.get("warmup")
             groups.setdefault(f"a warm-up of {warmup}" if warmup else "the warm-up (its size was not recorded)",
                               set()).add(label)
@@ -296,6 +362,17 @@ def stateful_notes(runs) -> list[str]:
             "reached then (itself an estimate from those calls), not with an ideal one such as the exact optimal "
             "baseline of eq. 10."
             for warmup, labels in sorted(groups.items())]
+
+
+def unmeasurable_notes(runs: pd.DataFrame, width: int) -> list[str]:
+    """Which runs left coordinates out of their tests (events the sampler cannot resolve), and why."""
+    lines = []
+    for run in runs[runs["status"] == "finished"].itertuples():
+        note = run.notes_dict.get("unmeasurable")
+        if isinstance(note, str) and note:
+            lines += textwrap.wrap(f"{run.estimator_label} on {run.problem_label} seed {run.seed}: {note}", width,
+                                   initial_indent="  ", subsequent_indent="    ")
+    return ["", "Coordinates left out of the unbiasedness test:", *lines] if lines else []
 
 
 def exact_notes(runs: pd.DataFrame, width: int) -> list[str]:
@@ -311,6 +388,13 @@ def exact_notes(runs: pd.DataFrame, width: int) -> list[str]:
             withheld.append(f"{run.estimator_label} on {run.problem_label} seed {run.seed}: "
                             f"{run.notes_dict.get('exact_check', 'exact and Monte Carlo moments disagree')}")
     lines = []
+    integrated = sorted({f"{run.estimator_label} on {run.problem_label}" for run in runs[runs["status"] == "finished"]
+                         .itertuples() if run.notes_dict.get("exact_moments", "").startswith(QUADRATURE_NOTE)})
+    if integrated:
+        lines += [""] + textwrap.wrap(
+            "Exact bias and variance integrated by quadrature over the continuous noise (discrete draws enumerated; "
+            f"two successive rules agree to {QUADRATURE_TOLERANCE:g} of the estimate's scale; the other exact values "
+            f"enumerate every discrete outcome) for: {'; '.join(integrated)}", width)
     if reasons:
         lines += ["", "Exact bias and variance not computed for:"]
         for reason, by_problem in sorted(reasons.items()):
@@ -322,3 +406,12 @@ def exact_notes(runs: pd.DataFrame, width: int) -> list[str]:
         for text in sorted(withheld):
             lines += textwrap.wrap(text, width, initial_indent="  ", subsequent_indent="    ")
     return lines
+
+
+def _json_object(text) -> dict:
+    """A stored JSON object; {} for one that is not (damaged, crafted, nested too deeply)."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -12,7 +12,7 @@ import problems
 from bench.harness import seeded_noise
 from bench.specs import parse_spec
 
-ESTIMATOR_NAMES = estimators.ESTIMATORS.names()
+ESTIMATOR_NAMES = estimators.unit_estimator_names()  # sequence estimators: sequence problems only
 
 
 def require_problem(name: str) -> None:

@@ -69,7 +69,7 @@ def main() -> None:
     if args.units < 1 or args.categories < 2 or args.rows < 1:
         parser.error("--units and --rows must be at least 1 and --categories at least 2")
     threads = [int(t) for t in args.threads.split(",")]
-    names = estimators.ESTIMATORS.names() if args.estimators == "all" else args.estimators.split(",")
+    names = estimators.unit_estimator_names() if args.estimators == "all" else args.estimators.split(",")
     loss = Loss(args.units, args.categories)
     print(f"{args.units} units x {args.categories} categories, torch {torch.__version__}, "
           f"threads {args.threads}, about {args.seconds:g} s per measurement")

@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     problem, problem_params = parse_spec(args.problem)
-    names = estimators.ESTIMATORS.names() if args.estimators == "all" else args.estimators.split(",")
+    names = estimators.unit_estimator_names() if args.estimators == "all" else args.estimators.split(",")
     print(f"problem {args.problem}, {args.samples} samples, device {args.device}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'estimator':<26} {'end-to-end /s':>14} {'estimation /s':>14} {'peak MiB':>9} {'status'}")

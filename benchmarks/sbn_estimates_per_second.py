@@ -43,7 +43,7 @@ def main() -> None:
         parser.error("--samples must be at least 1")
     device = torch.device(args.device)
     problem = problems.build_problem(*parse_spec(args.problem)).to(device)
-    specs = ([(name, {}) for name in estimators.ESTIMATORS.names()] if args.estimators == "all"
+    specs = ([(name, {}) for name in estimators.unit_estimator_names()] if args.estimators == "all"
              else parse_spec_list(args.estimators))
     print(f"problem {args.problem}: widths {'-'.join(map(str, problem.widths))}, {problem.units} units, "
           f"{problem.dim} parameters; device {args.device}, torch {torch.__version__}, "

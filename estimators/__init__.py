@@ -1,5 +1,5 @@
 """Gradient estimators for layers of stochastic units, one module per family, and their registry."""
-from estimators.base import (Estimator, LossFn, Noise, NotEnumerable, PathwiseEstimator, ReplayNoise,
+from estimators.base import (Estimator, LossFn, Noise, NoiseLaw, NotEnumerable, PathwiseEstimator, ReplayNoise,
                              all_configurations, attach_gradient, parameter_trait)
 from estimators.registry import Registry, RegistryError, load_plugin
 
@@ -11,9 +11,16 @@ ESTIMATORS = Registry(
                      "estimators.perturbation", "estimators.exact", "estimators.gumbel",
                      "estimators.gapped_st", "estimators.reinmax", "estimators.slope_annealed_st",
                      "estimators.antithetic", "estimators.muprop", "estimators.nvil", "estimators.rebar",
-                     "estimators.gaussian_dropout", "estimators.arsm", "estimators.indecater"),
+                     "estimators.gaussian_dropout", "estimators.arsm", "estimators.indecater",
+                     "estimators.advantage"),
 )
 register_estimator = ESTIMATORS.register
+
+
+def unit_estimator_names() -> list[str]:
+    """Registered estimators that serve layers of binary or categorical units (every one but the
+    advantage estimators of sequence problems, whose ``variables`` trait is 'sequence')."""
+    return [entry.name for entry in ESTIMATORS.entries() if getattr(entry.cls, "variables", "binary") != "sequence"]
 
 
 def build_estimator(name: str, params: dict | None = None) -> Estimator:
@@ -21,6 +28,6 @@ def build_estimator(name: str, params: dict | None = None) -> Estimator:
     return ESTIMATORS.build(name, params)
 
 
-__all__ = ["ESTIMATORS", "Estimator", "LossFn", "Noise", "NotEnumerable", "PathwiseEstimator",
+__all__ = ["ESTIMATORS", "Estimator", "LossFn", "Noise", "NoiseLaw", "NotEnumerable", "PathwiseEstimator",
            "ReplayNoise", "Registry", "RegistryError", "all_configurations", "attach_gradient",
-           "build_estimator", "load_plugin", "parameter_trait", "register_estimator"]
+           "build_estimator", "load_plugin", "unit_estimator_names", "parameter_trait", "register_estimator"]

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from estimators import register_estimator
-from estimators.base import Estimator, LossFn, attach_gradient, reduce_to_batch
+from estimators.base import Estimator, LossFn, NoiseLaw, attach_gradient, reduce_to_batch
 
 
 @register_estimator("arm", "ARM: (L(1[u > sigm(-a)]) - L(1[u < sigm(a)])) (u - 1/2), antithetic pair "
@@ -27,6 +27,11 @@ class ARM(Estimator):
     loss_evals = 2
     needs_loss_backprop = False
     randomness = "continuous"
+    loss_rounding = 1.0  # (L(b) - L(b~)) (u - 1/2)
+
+    def noise_laws(self, logits, categorical=False):
+        """u ~ U[0, 1] per unit; the pair changes where u crosses sigm(-a) or sigm(a)."""
+        return (NoiseLaw("uniform", breaks=torch.stack([torch.sigmoid(-logits), torch.sigmoid(logits)], -1)),)
 
     def forward(self, logits: torch.Tensor, loss_fn: LossFn) -> torch.Tensor:
         a = logits.detach()
@@ -54,6 +59,7 @@ class DisARM(Estimator):
     loss_evals = 2
     needs_loss_backprop = False
     randomness = "bernoulli"
+    loss_rounding = 1.0  # (L(b) - L(b~)) sigm(|a|) / 2
 
     def bernoulli_draws(self, units: int) -> int:
         return 2 * units

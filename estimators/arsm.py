@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from estimators import register_estimator
-from estimators.base import Estimator, LossFn, attach_gradient, reduce_to_batch
+from estimators.base import Estimator, LossFn, NoiseLaw, attach_gradient, reduce_to_batch
 
 
 def swap_permutations(K: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,11 +49,22 @@ class ARSM(Estimator):
     needs_loss_backprop = False
     randomness = "continuous"
     variables = "both"
+    loss_rounding = 1.0  # differences of the pseudo actions' losses times (1/K - pi)
     loss_evals = "categories * (categories - 1) // 2 + 1"
 
     def loss_evaluations(self, units: int, categories: int = 2) -> int:
         """Per estimate, for K = ``categories`` (2 for binary units)."""
         return categories * (categories - 1) // 2 + 1
+
+    def noise_laws(self, logits, categorical=False):
+        """Gumbels read only through pi = softmax(-G), Dirichlet(1_K); with K = 2 the action and its
+        swap change where pi_0 crosses sigm(a_0 - a_1) or sigm(a_1 - a_0) (K > 2: lines across the
+        simplex, which the harness refuses)."""
+        base = logits if categorical else torch.stack([torch.zeros_like(logits), logits], -1)
+        if base.shape[-1] != 2:
+            return (NoiseLaw("flat-dirichlet"),)
+        gap = base[..., 0] - base[..., 1]
+        return (NoiseLaw("flat-dirichlet", breaks=torch.sigmoid(torch.stack([gap, -gap], -1))),)
 
     def forward(self, logits: torch.Tensor, loss_fn: LossFn, *, categorical: bool = False) -> torch.Tensor:
         if categorical:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 from typing import Callable, ClassVar, Iterator
 
@@ -34,6 +35,15 @@ import torch
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 
+MAX_DRAWS = 2**20  # samples or draws per estimate an estimator may ask for (K): each is a loss evaluation
+
+
+def check_count(name: str, value, minimum: int, maximum: int = MAX_DRAWS) -> int:
+    """A count parameter (K samples, draws) is an integer in [minimum, maximum]: K=1e18 (a float
+    far past memory) was accepted and failed only once the run started."""
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise ValueError(f"{name} must be at least {minimum} and at most {maximum:,} (an integer), got {value!r}")
+    return value
 
 class NotEnumerable(RuntimeError):
     """Raised when continuous randomness is requested from a replayed (enumerated) sample."""
@@ -160,6 +170,43 @@ class ReplayNoise(Noise):
         raise NotEnumerable("continuous randomness cannot be enumerated")
 
 
+NOISE_LAWS = ("uniform", "logistic", "normal", "gumbel", "flat-dirichlet")
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseLaw:
+    """The law of one continuous draw an estimator makes, so the harness can integrate its moments
+    (exact moments by quadrature, beside enumeration of the discrete draws).
+
+    ``kind`` names the law and the ``Noise`` method that draws it: 'uniform' (U[0, 1]), 'logistic',
+    'normal' (N(0, 1)), 'gumbel' (standard Gumbel), or 'flat-dirichlet' (a ``gumbel`` draw read only
+    through softmax(-G) over its last axis: a point of the simplex under Dirichlet(1, ..., 1)).
+    ``breaks``: where a sample (or anything else the estimate is discontinuous or kinked in) changes
+    value, in the law's own variable; a tensor broadcastable to the draw's shape plus a trailing axis
+    of breakpoints (any order, repeats allowed), or None for a smooth dependence. ``argmax_of``
+    (gumbel only): the estimate changes where argmax(argmax_of + G) over the last axis does (the
+    Gumbel-max trick); the harness then enumerates the argmax and integrates G given it. ``lead``:
+    axes of the draw before the batch axes; with ``copies`` the first of them holds K conditionally
+    i.i.d. copies over which the estimate is an average (a Rao-Blackwellisation's K draws), so the
+    harness integrates one copy and weighs its moments for K. ``grows``: the estimate grows without
+    bound with the noise (a rectifier's), so the rule of an unbounded law clusters its nodes at the
+    infinite ends.
+    """
+
+    kind: str
+    breaks: torch.Tensor | None = None
+    argmax_of: torch.Tensor | None = None
+    lead: int = 0
+    copies: bool = False
+    grows: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in NOISE_LAWS:
+            raise ValueError(f"noise law must be one of {', '.join(NOISE_LAWS)}, got {self.kind!r}")
+        if self.copies and self.lead < 1:
+            raise ValueError("copies need a leading copy axis (lead >= 1)")
+
+
 def attach_gradient(value: torch.Tensor, logits: torch.Tensor, grad: torch.Tensor,
                     event_dims: int = 1) -> torch.Tensor:
     """Return ``value`` unchanged whose gradient w.r.t. ``logits`` is additionally ``grad``.
@@ -229,7 +276,16 @@ class Estimator(torch.nn.Module):
     (non-negative, unbounded); training problems pick a sparsity criterion from it (KL or L1);
     ``adaptation_lr`` -- Adam learning rate for the estimator's own parameters (see below);
     ``variables`` -- the units it serves: 'binary' (Bernoulli logits ``(*batch, units)``, h in {0, 1}),
-    'categorical' (logits ``(*batch, units, K)``, one-hot h of that shape) or 'both'.
+    'categorical' (logits ``(*batch, units, K)``, one-hot h of that shape) or 'both';
+    ``loss_rounding`` -- how far one coordinate of the estimate can move per unit of rounding error in
+    a loss value it uses: 1 for estimators that difference loss values or weight them by a score or a
+    probability (REINFORCE and its baselines, ARM, DisARM, IndeCateR, exact enumeration, ...), whose
+    float rounding is eps |L| however small the gradient; 1 / (2 step) for finite differences; 0 (the
+    default) for estimators that use dL/dh only, which round relative to the estimate's own values.
+    The harness's rounding floors (the unbiasedness test, the exact check) read it;
+    ``schedule`` -- carries a schedule (a slope, a temperature) that advances once per training step
+    while ``update_state`` is True; the harness measures such an estimator at the state its
+    parameters declare (:meth:`holding_schedule` during warm-up, :meth:`schedule_state` in the notes).
     A trait that a parameter changes is declared with :func:`parameter_trait`: the class keeps the
     default, each instance computes its own answer (never assign traits in ``__init__``).
 
@@ -258,11 +314,14 @@ class Estimator(torch.nn.Module):
     activation: ClassVar[str] = "sigmoid"
     adaptation_lr: ClassVar[float] = 1e-2
     variables: ClassVar[str] = "binary"
+    loss_rounding: ClassVar[float] = 0.0
+    schedule: ClassVar[bool] = False
 
     def __init__(self) -> None:
         super().__init__()
         self.rng: Noise = Noise()
         self.update_state = True
+        self.schedule_held = False
 
     def loss_evaluations(self, units: int, categories: int = 2) -> int:
         """Loss evaluations per estimate for a layer of ``units`` units (of ``categories`` categories
@@ -275,6 +334,12 @@ class Estimator(torch.nn.Module):
     def bernoulli_draws(self, units: int) -> int:
         """Bernoulli bits drawn per estimate (what exact enumeration must cover)."""
         return units if self.randomness == "bernoulli" else 0
+
+    def noise_laws(self, logits: torch.Tensor, categorical: bool = False) -> tuple[NoiseLaw, ...] | None:
+        """The law of every continuous draw one call ``self(logits, ...)`` makes, in draw order (see
+        :class:`NoiseLaw`); ``logits`` are the call's own, so breakpoints may depend on them. None
+        (the default): not declared, so the harness computes no exact moments for continuous noise."""
+        return None
 
     def check_units(self, units: int) -> None:
         """Raise ValueError if this estimator cannot serve a layer of ``units`` units."""
@@ -308,6 +373,7 @@ class Estimator(torch.nn.Module):
         clone = copies[index - 1]
         clone.rng = self.rng
         clone.update_state = self.update_state
+        clone.schedule_held = self.schedule_held
         clone.train(self.training)
         return clone
 
@@ -322,6 +388,26 @@ class Estimator(torch.nn.Module):
             self.update_state = previous
 
     @contextlib.contextmanager
+    def holding_schedule(self) -> Iterator["Estimator"]:
+        """Keep a schedule (``schedule`` trait) where it is while running statistics still adapt:
+        the harness's warm-up adapts baselines, never the estimator's definition."""
+        previous = self.schedule_held
+        self.schedule_held = True
+        try:
+            yield self
+        finally:
+            self.schedule_held = previous
+
+    @property
+    def advances_schedule(self) -> bool:
+        """Whether a call now advances the schedule: state updates on and the schedule not held."""
+        return self.update_state and not self.schedule_held
+
+    def schedule_state(self) -> str | None:
+        """The schedule's current state in words ('slope 1.0'), for the run's notes; None without one."""
+        return None
+
+    @contextlib.contextmanager
     def drawing_from(self, noise: Noise) -> Iterator["Estimator"]:
         """Draw every random number inside the block from ``noise`` (and so do the layer copies,
         see :meth:`layer`); the previous source is restored afterwards, also on an exception."""
@@ -331,6 +417,26 @@ class Estimator(torch.nn.Module):
             yield self
         finally:
             self._share_noise(previous)
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Put back a ``state_dict()`` taken during training (to resume a run): the layer copies it
+        names are made first, and running statistics and own parameters sized on first use take
+        the saved shapes (which ``load_state_dict`` would refuse). State that must survive a resume
+        lives in buffers and parameters."""
+        copies = {int(name.split(".")[1]) for name in state if name.startswith("_layer_copies.")}
+        for index in sorted(copies):
+            self.layer(index + 1)
+        device = next((t.device for t in [*self.parameters(), *self.buffers()]), torch.device("cpu"))
+        for name, value in state.items():
+            owner, _, attribute = name.rpartition(".")
+            module = self.get_submodule(owner)
+            value = value.to(device)
+            if attribute in module._parameters and module._parameters[attribute] is not None:
+                module._parameters[attribute].data = value
+            elif attribute in module._buffers:
+                module._buffers[attribute] = value
+            else:
+                raise KeyError(f"{type(self).__name__} has no parameter or buffer {name!r}")
 
     def _share_noise(self, noise: Noise) -> None:
         self.rng = noise

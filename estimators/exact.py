@@ -23,6 +23,7 @@ class Exact(Estimator):
     needs_loss_backprop = False
     randomness = "none"
     loss_evals = "2 ** units"
+    loss_rounding = 1.0  # sum_h P(h) (h - p) L(h): loss values weighted by scores that cancel
     variables = "both"
 
     def __init__(self, max_units: int = 20):

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from estimators import register_estimator
-from estimators.base import PathwiseEstimator
+from estimators.base import NoiseLaw, PathwiseEstimator
 
 
 @register_estimator("gaussian-dropout",
@@ -28,6 +28,10 @@ class GaussianDropout(PathwiseEstimator):
 
     binary_forward = False
     randomness = "continuous"
+
+    def noise_laws(self, logits, categorical=False):
+        """eps ~ N(0, 1) per unit in training; h is linear in eps."""
+        return (NoiseLaw("normal"),) if self.training else ()
 
     def sample(self, logits: torch.Tensor) -> torch.Tensor:
         probs = torch.sigmoid(logits)

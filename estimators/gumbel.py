@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from estimators import register_estimator
-from estimators.base import LossFn, PathwiseEstimator
+from estimators.base import LossFn, NoiseLaw, PathwiseEstimator, check_count
 
 
 def check_temperature(tau: float) -> float:
@@ -118,6 +118,10 @@ class GumbelSoftmax(_Relaxation):
 
     binary_forward = False
 
+    def noise_laws(self, logits, categorical=False):
+        """Logistic L per unit (categorical: a Gumbel per category); the relaxed h is smooth in it."""
+        return (NoiseLaw("gumbel" if categorical else "logistic"),)
+
     def sample(self, logits: torch.Tensor) -> torch.Tensor:
         a = logits.to(compute_dtype(logits.dtype))
         perturbed = a.detach() + self.rng.logistic(a.shape, a)
@@ -142,6 +146,13 @@ class StraightThroughGumbel(_Relaxation):
     derivative of softmax((a + G) / tau), J(softmax((a + G) / tau)) / tau, backward. With K = 2 and
     logits (0, a) it is the binary form with L = G_1 - G_0.
     """
+
+    def noise_laws(self, logits, categorical=False):
+        """Logistic L per unit, h = 1[a + L > 0] changing at L = -a; categorical: Gumbels G, h the
+        argmax of a + G."""
+        if categorical:
+            return (NoiseLaw("gumbel", argmax_of=logits),)
+        return (NoiseLaw("logistic", breaks=-logits[..., None]),)
 
     def sample(self, logits: torch.Tensor) -> torch.Tensor:
         a = logits.to(compute_dtype(logits.dtype))
@@ -194,9 +205,12 @@ class GumbelRao(_Relaxation):
 
     def __init__(self, tau: float = 1.0, K: int = 10):
         super().__init__(tau)
-        if K < 1:
-            raise ValueError(f"K must be at least 1, got {K}")
-        self.K = K
+        self.K = check_count("K", K, 1)
+
+    def noise_laws(self, logits, categorical=False):
+        """After the discrete h: K conditionally i.i.d. copies (uniforms v, categorical: Gumbels g)
+        per unit, mapped to the noise given h smoothly, and averaged."""
+        return (NoiseLaw("gumbel" if categorical else "uniform", lead=1, copies=True),)
 
     def sample(self, logits: torch.Tensor) -> torch.Tensor:
         a = logits.to(compute_dtype(logits.dtype))

@@ -30,6 +30,7 @@ class IndeCateR(Estimator):
     unbiased = True
     needs_loss_backprop = False
     variables = "both"
+    loss_rounding = 1.0  # p_vk (L(k, x_-v) - sum_j p_vj L(j, x_-v)): differences of loss values
     loss_evals = "N * categories * units"
 
     def __init__(self, N: int = 1):

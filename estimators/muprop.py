@@ -25,6 +25,7 @@ class MuProp(Estimator):
     loss_evals = 2
     needs_loss_backprop = True
     randomness = "bernoulli"
+    loss_rounding = 1.0  # (L(b) - L(mu) - ...) (b - mu)
 
     def forward(self, logits: torch.Tensor, loss_fn: LossFn) -> torch.Tensor:
         mu = torch.sigmoid(logits.detach())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from estimators import register_estimator
-from estimators.base import PathwiseEstimator, parameter_trait
+from estimators.base import NoiseLaw, PathwiseEstimator, parameter_trait
 
 NOISES = ("gaussian", "logistic")
 # Beyond this, std * z (|z| < 20 for every draw) is no longer finite in float32 sums of logits.
@@ -45,6 +45,13 @@ class NoisyRectifier(PathwiseEstimator):
     def stateful(self) -> bool:
         """The firing-rate control keeps a moving-average rate and a bias shift per unit."""
         return self.target_rate > 0
+
+    def noise_laws(self, logits, categorical=False):
+        """z per unit (Gaussian or logistic, in training); h = max(0, a + std z) kinks at z = -a / std."""
+        if not (self.training and self.std > 0):
+            return ()
+        shifted = logits + self.bias_shift if self.stateful and self.bias_shift.numel() == logits.shape[-1] else logits
+        return (NoiseLaw("normal" if self.noise == "gaussian" else "logistic", breaks=(-shifted / self.std)[..., None], grows=True),)
 
     def sample(self, logits: torch.Tensor) -> torch.Tensor:
         units = logits.shape[-1]

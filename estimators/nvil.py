@@ -30,6 +30,7 @@ class NVIL(Estimator):
     needs_loss_backprop = False
     randomness = "bernoulli"
     has_parameters = True
+    loss_rounding = 1.0  # (L - C_psi(a)) (b - sigm(a))
 
     def __init__(self, hidden: int = 16, normalise: bool = False, decay: float = 0.9, init_seed: int = 0):
         super().__init__()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from estimators import register_estimator
-from estimators.base import PathwiseEstimator
+from estimators.base import NoiseLaw, PathwiseEstimator
 from estimators.noisy_rectifier import MAX_STD
 
 
@@ -33,6 +33,10 @@ class SigmoidNoise(PathwiseEstimator):
         if not 0 <= std <= MAX_STD:
             raise ValueError(f"std must be in [0, {MAX_STD:g}], got {std}")
         self.std = std
+
+    def noise_laws(self, logits, categorical=False):
+        """z ~ N(0, 1) per unit in training; h = sigm(a + std z) is smooth in z."""
+        return (NoiseLaw("normal"),) if self.training and self.std > 0 else ()
 
     def sample(self, logits: torch.Tensor) -> torch.Tensor:
         if self.training and self.std > 0:

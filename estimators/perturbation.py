@@ -8,7 +8,7 @@ import math
 import torch
 
 from estimators import register_estimator
-from estimators.base import Estimator, LossFn, attach_gradient, reduce_to_batch
+from estimators.base import Estimator, LossFn, NoiseLaw, attach_gradient, parameter_trait, reduce_to_batch
 
 
 def _check_step(name: str, value: float) -> None:
@@ -30,6 +30,16 @@ class SPSA(Estimator):
         super().__init__()
         _check_step("c", c)
         self.c = c
+
+    @parameter_trait(default=5.0)
+    def loss_rounding(self) -> float:
+        """A difference of two loss values divided by 2 c."""
+        return 1 / (2 * self.c)
+
+    def noise_laws(self, logits, categorical=False):
+        """u ~ U[0, 1] per unit (then the discrete direction D); h changes where u crosses sigm(a -+ c)."""
+        return (NoiseLaw("uniform", breaks=torch.stack([torch.sigmoid(logits - self.c),
+                                                        torch.sigmoid(logits + self.c)], -1)),)
 
     def forward(self, logits: torch.Tensor, loss_fn: LossFn) -> torch.Tensor:
         base = logits.detach()
@@ -57,8 +67,18 @@ class FiniteDifference(Estimator):
         _check_step("eps", eps)
         self.eps = eps
 
+    @parameter_trait(default=5.0)
+    def loss_rounding(self) -> float:
+        """A difference of two loss values divided by 2 eps."""
+        return 1 / (2 * self.eps)
+
     def loss_evaluations(self, units: int) -> int:
         return 2 * units
+
+    def noise_laws(self, logits, categorical=False):
+        """u ~ U[0, 1] per unit; h changes where u crosses sigm(a) or sigm(a -+ eps)."""
+        return (NoiseLaw("uniform", breaks=torch.sigmoid(torch.stack([logits - self.eps, logits,
+                                                                      logits + self.eps], -1))),)
 
     def forward(self, logits: torch.Tensor, loss_fn: LossFn) -> torch.Tensor:
         base = logits.detach()

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from estimators import register_estimator
-from estimators.base import Estimator, LossFn, attach_gradient
+from estimators.base import Estimator, LossFn, NoiseLaw, attach_gradient
 from estimators.own_parameters import LazyMLP, add_objective_gradient
 
 # |log temperature| is clamped here when used: beyond it sigm(z / lambda) is already a hard step
@@ -51,6 +51,7 @@ class RelaxedControlVariate(Estimator):
     needs_loss_backprop = True
     randomness = "continuous"
     has_parameters = True
+    loss_rounding = 1.0  # (L(b) - c(z~)) (b - theta)
     adaptation_lr = 3e-2
 
     def __init__(self, temperature: float, eta: float):
@@ -70,6 +71,10 @@ class RelaxedControlVariate(Estimator):
                 logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(c(z), c(z~)) from the losses at (sigma_lambda(z), sigma_lambda(z~)), shape (2, *batch)."""
         raise NotImplementedError
+
+    def noise_laws(self, logits, categorical=False):
+        """e1, e2 logistic per unit: b = 1[a + e1 > 0] changes at e1 = -a; z~ is smooth in e2 given b."""
+        return NoiseLaw("logistic", breaks=-logits[..., None]), NoiseLaw("logistic")
 
     def forward(self, logits: torch.Tensor, loss_fn: LossFn) -> torch.Tensor:
         work = torch.promote_types(logits.dtype, torch.float32)
@@ -116,29 +121,45 @@ class REBAR(RelaxedControlVariate):
         return scaled[0], scaled[1]
 
 
+RELAX_FORMS = ("grathwohl", "disarm")
+
+
 @register_estimator("relax", "RELAX: REBAR's control variate plus a learned network of the relaxed "
                              "sample (Grathwohl et al. 2018); 3 evaluations, needs dL/dh")
 class RELAX(RelaxedControlVariate):
     """RELAX (Grathwohl et al. 2018), discrete case, for Bernoulli units:
-    g = [L(b) - c(z~)] d log p(b)/da + d/da c(z) - d/da c(z~), with the control variate of their
-    discrete experiments, c(z) = eta L(sigma_lambda(z)) + r_rho(z): REBAR's term plus a free-form
-    network r_rho (``hidden`` tanh units). r_rho reads the relaxed sample z beside the detached
-    logits (a function of the input, held constant: c stays a function of z alone at this a, as
-    the identity behind g requires); its output layer starts at 0, so RELAX starts as REBAR.
-    lambda, eta and rho are trained to minimise the variance of g."""
+    g = [L(b) - c(z~)] d log p(b)/da + d/da c(z) - d/da c(z~), with a control variate c of the
+    logistic sample z (and of z~), built from REBAR's term and a free-form network r_rho.
 
-    def __init__(self, temperature: float = 0.5, eta: float = 1.0, hidden: int = 16, init_seed: int = 0):
+    ``form`` 'grathwohl' (the default; the control variate of their discrete experiments):
+    c(z) = eta L(sigma_lambda(z)) + r_rho(z), r_rho one hidden layer of ``hidden`` tanh units whose
+    output layer starts at 0, so RELAX starts as REBAR.
+    ``form`` 'disarm': the control variate of the official DisARM code (google-research
+    ``disarm/binary/networks.py``, ``DiscreteVAE.get_relax_control_variate``, the network built in
+    ``experiment_launcher_singlelayer.main``): c(z) = eta [L(sigma_lambda(z)) + r_rho(z)], the network
+    scaled by eta too, r_rho = Dense(hidden, LeakyReLU(0.3)) -> Dense(1) with Keras's Glorot-uniform
+    weights and zero biases (theirs: hidden = 137, temperature 0.1 at the start: write
+    ``relax(form='disarm',hidden=137,temperature=0.1)``). Their network reads (x, z); the contract
+    gives an estimator the logits, so here, in both forms, r_rho reads the detached logits beside z (a
+    function of the input, held constant: c stays a function of z alone at this a, as the identity
+    behind g requires). lambda, eta and rho are trained to minimise the variance of g."""
+
+    def __init__(self, temperature: float = 0.5, eta: float = 1.0, hidden: int = 16, init_seed: int = 0,
+                 form: str = "grathwohl"):
         super().__init__(temperature, eta)
         if hidden < 1:
             raise ValueError(f"hidden must be at least 1, got {hidden}")
-        self.hidden = hidden
-        self.network = LazyMLP(hidden, init_seed)
+        if form not in RELAX_FORMS:
+            raise ValueError(f"form must be one of {', '.join(RELAX_FORMS)}, got {form!r}")
+        self.hidden, self.form = hidden, form
+        self.network = LazyMLP(hidden, init_seed, "keras" if form == "disarm" else "zero-output")
 
     def own_parameters(self):
         return [self.log_temperature, self.eta, *self.network.parameters()]
 
     def control(self, relaxed_losses, z, z_tilde, logits):
-        scaled = self.eta.to(relaxed_losses.dtype) * relaxed_losses
+        eta = self.eta.to(relaxed_losses.dtype)
         given = logits.to(z.dtype).expand(2, *logits.shape)
         r = self.network(torch.cat([given, torch.stack([z, z_tilde])], dim=-1))
-        return scaled[0] + r[0], scaled[1] + r[1]
+        c = eta * (relaxed_losses + r) if self.form == "disarm" else eta * relaxed_losses + r
+        return c[0], c[1]

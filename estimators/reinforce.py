@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from estimators import register_estimator
-from estimators.base import Estimator, LossFn, attach_gradient, reduce_to_batch
+from estimators.base import Estimator, LossFn, attach_gradient, check_count, reduce_to_batch
 
 
 def _check_decay(decay: float) -> None:
@@ -52,6 +52,7 @@ class ScoreFunctionEstimator(Estimator):
 
     unbiased = True
     needs_loss_backprop = False
+    loss_rounding = 1.0  # (h - p)(L - Lbar): a difference of loss values times a score
 
     def baseline(self, shape: torch.Size | int, like: torch.Tensor) -> torch.Tensor | float:
         """Lbar for units of event ``shape``: (units,) (or the int units) or, categorical, (units, K)."""
@@ -159,13 +160,12 @@ class ReinforceLeaveOneOut(Estimator):
     unbiased = True
     needs_loss_backprop = False
     loss_evals = "K"
+    loss_rounding = 1.0  # (h_k - p)(L_k - mean of the others)
     variables = "both"
 
     def __init__(self, K: int = 4):
         super().__init__()
-        if K < 2:
-            raise ValueError(f"K must be at least 2, got {K}")
-        self.K = K
+        self.K = check_count("K", K, 2)
 
     def loss_evaluations(self, units: int, categories: int = 2) -> int:
         return self.K

@@ -18,7 +18,9 @@ class SlopeAnnealedStraightThrough(PathwiseEstimator):
     s_t = min(max_slope, slope + growth t) after t training steps (Chung et al. 2016 grow it linearly,
     +0.04 per epoch up to 5; here t counts calls made while ``update_state`` is True, one per
     training step, default +0.001 per step up to 5, and a frozen estimator keeps its slope, so at
-    fixed parameters it is a fixed estimator; growth = 0 pins the slope).
+    fixed parameters it is a fixed estimator; growth = 0 pins the slope). The slope is a schedule
+    (``schedule`` trait): the harness's warm-up holds it, so a gradient run measures the estimator at
+    ``slope``, the state its parameters declare (``slope=3`` measures slope 3).
 
     The unit it samples is Bernoulli(sigm(s a)): at s = 1 this is straight-through-sigmoid exactly;
     for s > 1 the estimator measures a sharper unit than Bernoulli(sigm(a)), which is part of its
@@ -27,6 +29,7 @@ class SlopeAnnealedStraightThrough(PathwiseEstimator):
 
     unbiased = False
     stateful = True
+    schedule = True
 
     def __init__(self, slope: float = 1.0, growth: float = 0.001, max_slope: float = 5.0):
         super().__init__()
@@ -43,12 +46,16 @@ class SlopeAnnealedStraightThrough(PathwiseEstimator):
     def current_slope(self) -> float:
         return min(self.max_slope, self.slope + self.growth * int(self.steps))
 
+    def schedule_state(self) -> str:
+        return (f"slope {self.current_slope:g} (after {int(self.steps)} steps; training adds {self.growth:g} per "
+                f"step up to {self.max_slope:g})")
+
     def sample(self, logits: torch.Tensor) -> torch.Tensor:
         a = logits.to(compute_dtype(logits.dtype))
         slope = self.current_slope
         scaled = slope * a.detach()
         hard = self.rng.bernoulli(torch.sigmoid(scaled))
-        if self.update_state:
+        if self.advances_schedule:
             self.steps += 1
         derivative = slope * torch.sigmoid(scaled) * torch.sigmoid(-scaled)  # d sigm(s a) / da
         return straight_through(hard, a, derivative).to(logits.dtype)

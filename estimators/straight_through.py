@@ -7,7 +7,7 @@ import torch
 
 from estimators import register_estimator
 from estimators.base import PathwiseEstimator
-from estimators.gumbel import CategoricalForm, softmax_jacobian_term
+from estimators.gumbel import CategoricalForm, check_temperature, softmax_jacobian_term, tempered_softmax
 
 
 @register_estimator("straight-through", "Straight-through: binary sample forward, dL/da := dL/dh (eq. 13)")
@@ -15,17 +15,27 @@ class StraightThrough(CategoricalForm, PathwiseEstimator):
     """h = 1[u < sigm(a)] with the identity's gradient: biased, one evaluation, needs dL/dh.
 
     Categorical form (Bengio, Leonard & Courville 2013; the "ST" of Jang et al. 2017 and Liu et al.
-    2023 at tau = 1): D ~ Categorical(softmax(a)) one-hot forward, dL/da := J(softmax(a)) dL/dD,
-    i.e. D - sg(softmax(a)) + softmax(a). With K = 2 and logits (0, a) this is the binary
-    straight-through-sigmoid (the softmax's Jacobian there is sigm'(a)), not the identity form."""
+    2023): D ~ Categorical(softmax(a)) one-hot forward, dL/da := J(softmax(a / tau)) dL/dD / tau,
+    i.e. D - sg(softmax(a / tau)) + softmax(a / tau) (ReinMax's ``st``, whose Table 8 tunes tau;
+    tau = 1 is the plain form). With K = 2, logits (0, a) and tau = 1 this is the binary
+    straight-through-sigmoid (the softmax's Jacobian there is sigm'(a)), not the identity form.
+    The binary form has no temperature: a binary call with tau != 1 is refused."""
+
+    def __init__(self, tau: float = 1.0):
+        super().__init__()
+        self.tau = check_temperature(tau)
 
     def sample(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.tau != 1.0:
+            raise ValueError(f"straight-through's tau ({self.tau}) applies to categorical units only; "
+                             "the binary form is the identity")
         bits = self.rng.bernoulli(torch.sigmoid(logits).detach())
         return bits + (logits - logits.detach())
 
     def sample_categorical(self, logits: torch.Tensor) -> torch.Tensor:
         probs = torch.softmax(logits.detach(), -1)
-        return self.rng.categorical(probs) + softmax_jacobian_term(probs, logits)
+        tempered = probs if self.tau == 1.0 else tempered_softmax(logits.detach(), self.tau)
+        return self.rng.categorical(probs) + softmax_jacobian_term(tempered, logits) / self.tau
 
 
 @register_estimator("straight-through-sigmoid",

@@ -15,7 +15,7 @@ from experiments.base import Experiment, Planned, plan_run, planned_results
 
 EXPERIMENTS = Registry(kind="experiment", group="bench.experiments",
                        builtin_modules=("experiments.bernoulli_vae", "experiments.mlp_regulariser",
-                                        "experiments.paper_fig2"))
+                                        "experiments.paper_fig2", "experiments.vae_seeds"))
 register_experiment = EXPERIMENTS.register
 
 

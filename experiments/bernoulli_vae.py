@@ -96,12 +96,13 @@ def schedule(steps: int) -> dict[str, int]:
 
 def estimator_specs(text: str | Sequence[str]) -> list[str]:
     """Comma-separated estimator specs (or a sequence of them), each written as format_spec writes it;
-    'all': every registered estimator (one that cannot serve a Bernoulli encoder is stored as skipped)."""
+    'all': every registered estimator of unit layers (one that cannot serve a Bernoulli encoder is stored as
+    skipped; the advantage estimators of sequence problems are not listed)."""
     items = ",".join(text) if not isinstance(text, str) else text
     if items.strip() == "all":
         import estimators
 
-        return estimators.ESTIMATORS.names()
+        return estimators.unit_estimator_names()
     return list(dict.fromkeys(format_spec(name, params) for name, params in parse_spec_list(items)))
 
 
@@ -177,7 +178,8 @@ class BernoulliVae(Experiment):
 def _setting_name(problem: str, params: dict) -> str:
     architecture = params.get("architecture", "?")
     steps = params.get("steps")
-    return f"{problem}, {architecture}" + (f", {int(steps):,} steps" if isinstance(steps, (int, float)) else "")
+    return (f"{problem}, {architecture}, protocol {protocol_of(params)}"
+            + (f", {int(steps):,} steps" if isinstance(steps, (int, float)) else ""))
 
 
 def _mean_sd(values: pd.Series) -> str:
@@ -355,29 +357,51 @@ def elbo_figure(vae: Results, setting: pd.Series) -> figs.Figure | figs.Missing:
     return figs.Figure(key, title, caption, figure)
 
 
+def protocol_of(params: dict) -> str:
+    """A run's protocol: runs stored before protocols existed were the 'suite' one."""
+    return str(params.get("protocol", "suite"))
+
+
+# The trajectory metric each protocol's papers plot (problems/vae.py: trajectory_records)
+TRAJECTORY_METRIC = {"disarm": "disarm_variance", "suite": "trajectory_variance"}
+
+
+def trajectory_rows(vae: Results) -> pd.DataFrame:
+    """Per run the variance along training that matches its protocol (:data:`TRAJECTORY_METRIC`),
+    scope all, positive values, at a step."""
+    wanted = {run: TRAJECTORY_METRIC.get(protocol_of(params), "trajectory_variance")
+              for run, params in zip(vae.runs["run_id"], vae.runs["problem_params_dict"])}
+    rows = vae.training
+    rows = rows[(rows["metric"] == rows["run_id"].map(wanted)) & (rows["scope"] == "all") & rows["step"].notna()]
+    return rows[rows["value"] > 0].assign(step=lambda r: r["step"].astype(float))
+
+
 def trajectory_figure(vae: Results, setting: pd.Series) -> figs.Figure | figs.Missing:
     key, title = "vae-trajectory-variance", "Bernoulli VAE: gradient variance along training (trajectory)"
-    rows = vae.training
-    rows = rows[(rows["metric"] == "trajectory_variance") & (rows["scope"] == "all") & rows["step"].notna()]
-    rows = _with_setting(rows[rows["value"] > 0], setting).assign(step=lambda r: r["step"].astype(float))
+    rows = _with_setting(trajectory_rows(vae), setting)
     if rows.empty:
-        return figs.Missing(key, title, "no Bernoulli VAE run stored a positive trajectory_variance at a step")
+        return figs.Missing(key, title, "no Bernoulli VAE run stored a positive trajectory variance at a step")
     panels = figs._order(rows["setting"])
     palette = _palette(rows["estimator_label"])
     columns = min(len(panels), 2)
+    names = {name: sorted(set(rows.loc[rows["setting"] == name, "metric"])) for name in panels}
     with figs._style():
         figure, axes = figs._new_figure(-(-len(panels) // columns), columns)
         for ax in axes.flat[len(panels):]:
             ax.set_axis_off()
         for ax, name in zip(axes.flat, panels):
             _band(ax, rows[rows["setting"] == name], "step", "estimator_label", palette, log=True)
-            _label_panel(ax, "step", "trajectory variance, encoder gradient (log)", name)
+            _label_panel(ax, "step", f"{' / '.join(names[name])}, encoder gradient (log)", name)
         _legend(figure, palette, rows["estimator_label"].unique())
-    caption = ("DisARM's measurement of the variance along training: an exponential moving average (decay 0.999) "
-               "of the encoder-parameter gradient's mean and second moment, the variance summed over coordinates "
-               "(trajectory_variance, scope all), one line per training estimator, log scale. It mixes in the drift "
-               "of the parameters; the checkpoint figure below measures at fixed parameters. Lines: mean over seeds; "
-               f"band: ± 1 sd ({_seed_text(vae, rows, setting)}).")
+    caption = ("The variance of the encoder-parameter gradient along training, as each run's protocol measures it, "
+               "one line per training estimator, log scale. Protocol disarm: disarm_variance, DisARM's own number "
+               "(exponential moving averages, decay 0.999, started at 0 and not bias-corrected, of the batch-mean "
+               "gradient and its square; the variance averaged over encoder parameters), the curve their figures "
+               "plot. Protocol suite: trajectory_variance (the same averages bias-corrected, the variance summed over "
+               "parameters): after the first few thousand steps it is disarm_variance times the number of encoder "
+               "parameters (157,000 for the linear model). Both mix in the drift of the parameters; the checkpoint "
+               f"figure below measures at fixed parameters. Lines: mean over seeds; band: ± 1 sd "
+               f"({_seed_text(vae, rows, setting)}).")
     return figs.Figure(key, title, caption, figure)
 
 
@@ -442,10 +466,12 @@ def section(results: Results) -> Section | None:
         return None
     setting = settings(vae.runs)
     built = [elbo_figure(vae, setting), trajectory_figure(vae, setting), checkpoint_figure(vae, setting)]
+    protocols = sorted({protocol_of(p) for p in vae.runs["problem_params_dict"]})
     intro = ("A variational autoencoder with Bernoulli latents (q(z|x) = Bernoulli(σ(encoder(x))), Bernoulli "
              "decoder, learned factorised prior) trained on binarised MNIST (or Fashion-MNIST) by each estimator "
-             "under one protocol (batch 50, Adam 1e-4 for encoder and decoder, SGD 1e-2 for the prior logits). "
-             "python -m bench vae runs it.")
+             "under one protocol (batch 50, Adam 1e-4 for encoder and decoder, SGD 1e-2 for the prior logits); "
+             f"protocol{'s' if len(protocols) > 1 else ''} here: {', '.join(protocols)} (disarm: the official DisARM "
+             "code's training step; suite: this suite's variant; README, Protocols). python -m bench vae runs it.")
     return Section("bernoulli-vae", "Discrete VAE: the Bernoulli VAE benchmark", text=[intro],
                    tables=report_tables(vae, setting),
                    figures=[f for f in built if isinstance(f, figs.Figure)],

@@ -48,6 +48,7 @@ PAPER_TABLE: dict[str, tuple[float, float, float]] = {
 }
 
 QUICK = {"epochs": 1, "train_subset": 2000, "eval_subset": 2000}
+OFF_BY = 0.5  # points of test error beyond which a row's difference from the paper needs explaining
 FINAL_METRICS = ("train_criterion", "valid_error", "test_error", "sparsity_test")
 
 
@@ -83,7 +84,60 @@ class PaperFig2(Experiment):
         caption = textwrap.fill("Ours: mean ± sd over seeds of the last epoch; below each row, the estimator and the "
                                 "published MNIST numbers (paper). Errors in %; criterion = training NLL (nats per "
                                 "example); sparsity = fraction of test-time gates exactly zero.", width)
-        return "\n".join([heading, render(store_table(store, planned), width), caption])
+        table = store_table(store, planned)
+        lines = [heading, render(table, width), caption]
+        if not quick:
+            tests = {label: values for label, values in table.attrs.get("test_errors", {}).items() if values}
+            lines += [textwrap.fill(line, width) for line in verdict(tests)]
+        return "\n".join(lines)
+
+
+# -- the verdict -----------------------------------------------------------------------------------
+def verdict(test_errors: dict[str, Sequence[float]], table: dict = PAPER_TABLE) -> list[str]:
+    """Sentences comparing our final test errors (label -> one value per seed) with the paper's:
+    per row ours - paper (flagged beyond ``OFF_BY`` points), then whether the paper's ordering of
+    the rows holds: Kendall's tau between the two orderings and every pair of rows we reverse,
+    with both gaps and, with several seeds, whether our gap exceeds the seed-to-seed spread."""
+    from scipy import stats
+
+    published = published_numbers(table)
+    ours = {label: [float(v) for v in values] for label, values in test_errors.items()
+            if len(values) and label in published and published[label][2] is not None}
+    if not ours:
+        return []
+    mean = {label: sum(v) / len(v) for label, v in ours.items()}
+    sd = {label: float(pd.Series(v).std()) if len(v) > 1 else None for label, v in ours.items()}
+    paper = {label: published[label][2] for label in ours}
+
+    def signed(x: float) -> str:
+        return f"{x:+.2f}"
+
+    diffs = [f"{label} {signed(mean[label] - paper[label])}" + (" (beyond ±0.5)" if abs(mean[label] - paper[label]) > OFF_BY
+                                                                  else "") for label in ours]
+    off = [label for label in ours if abs(mean[label] - paper[label]) > OFF_BY]
+    lines = ["Test error, ours − paper (points): " + "; ".join(diffs) + "."]
+    lines.append(f"{len(off)} of {len(ours)} rows differ from the paper by more than {OFF_BY} points"
+                 + (f": {', '.join(off)}." if off else "."))
+    labels = list(ours)
+    if len(labels) >= 2:
+        tau = stats.kendalltau([paper[label] for label in labels], [mean[label] for label in labels])
+        by_paper = " < ".join(sorted(labels, key=paper.get))
+        by_ours = " < ".join(sorted(labels, key=mean.get))
+        pairs = [(a, b) for i, a in enumerate(labels) for b in labels[i + 1:] if paper[a] != paper[b]]
+        reversed_pairs = []
+        for a, b in pairs:
+            lo, hi = (a, b) if paper[a] < paper[b] else (b, a)
+            if mean[lo] > mean[hi]:
+                spread = [sd[lo], sd[hi]]
+                beyond = (" beyond the seeds' spread" if all(x is not None for x in spread)
+                          and mean[lo] - mean[hi] > max(spread) else "")
+                reversed_pairs.append(f"{lo} vs {hi} (paper {paper[lo]:.2f} < {paper[hi]:.2f}, ours "
+                                      f"{mean[lo]:.2f} > {mean[hi]:.2f}{beyond})")
+        lines.append(f"Ordering by test error, paper: {by_paper}; ours: {by_ours}.")
+        lines.append(f"The paper's ordering holds for {len(pairs) - len(reversed_pairs)} of {len(pairs)} pairs of rows "
+                     f"(Kendall's tau {tau.statistic:.2f})"
+                     + (": reversed " + "; ".join(reversed_pairs) + "." if reversed_pairs else "."))
+    return lines
 
 
 # -- the report section ------------------------------------------------------------------------------
@@ -133,9 +187,9 @@ def report_tables(results: Results, rows=PAPER_ROWS, table=PAPER_TABLE) -> tuple
             protocol[setting] = (run.problem, shared)
     if not matched:
         return [], ["This store has gater runs, but none with the estimators and settings of the paper's rows."]
-    tables = []
+    tables, notes = [], []
     for setting, by_label in sorted(matched.items()):
-        records = []
+        records, test_errors = [], {}
         for label, _, _ in rows:
             paper = published.get(label, (None, None, None))
             ids = by_label.get(label, [])
@@ -145,10 +199,16 @@ def report_tables(results: Results, rows=PAPER_ROWS, table=PAPER_TABLE) -> tuple
                 values = ours.loc[ours["metric"] == metric, "value"]
                 return fmt_pm(values.mean(), values.std() if len(values) > 1 else None) if len(values) else "–"
 
+            tests = ours.loc[ours["metric"] == "test_error", "value"].astype(float)
+            if len(tests):
+                test_errors[label] = list(tests)
+
             records.append({"model": label, "seeds": str(len(ids)),
                             "train criterion (paper)": fmt(paper[0]), "train criterion (ours)": mean_sd("train_criterion"),
                             "valid % (paper)": fmt(paper[1]), "valid % (ours)": mean_sd("valid_error"),
                             "test % (paper)": fmt(paper[2]), "test % (ours)": mean_sd("test_error"),
+                            "test % ours − paper": (f"{tests.mean() - paper[2]:+.2f}" if len(tests) and paper[2]
+                                                     is not None else "–"),
                             "test sparsity (ours)": mean_sd("sparsity_test")})
         why, differs = comparability(*protocol[setting])
         title = f"Fig. 2 (right) vs {setting}" + (f" (not comparable with the paper: {why})" if why else "")
@@ -160,7 +220,10 @@ def report_tables(results: Results, rows=PAPER_ROWS, table=PAPER_TABLE) -> tuple
         if differs:
             caption += f" This setting differs from our reproduction of the paper's protocol in {differs}."
         tables.append(Table(title, caption, pd.DataFrame(records)))
-    return tables, []
+        lines = (verdict(test_errors, table) if not why else  # no verdict on numbers that cannot stand beside it
+                 [f"No comparison with the paper's test errors: not comparable ({why})."])
+        notes += [f"{setting}: {line}" if len(matched) > 1 else line for line in lines]
+    return tables, notes
 
 
 def comparability(problem: str, shared: dict) -> tuple[str, str]:
@@ -195,13 +258,14 @@ def store_table(store: Store, planned: Sequence[Planned]) -> pd.DataFrame:
     metrics = store.metrics(runs["run_id"].tolist()) if len(runs) else pd.DataFrame(
         columns=["run_id", "metric", "value", "epoch"])
     final = _final_epoch(metrics)
-    rows = []
+    rows, test_errors = [], {}
     for label, spec, _ in PAPER_ROWS:
         mine = runs[runs["config_key"].map(label_of) == label]
         row = {"model": label, "estimator": spec}
         finished = mine[mine["status"] == "finished"]
         row["seeds"] = f"{len(finished)}/{len(mine)}" if len(mine) else "0"
         values = final[final["run_id"].isin(finished["run_id"])]
+        test_errors[label] = values.loc[values["metric"] == "test_error", "value"].astype(float).tolist()
         for metric in FINAL_METRICS:
             series = values.loc[values["metric"] == metric, "value"].astype(float)
             row[metric] = _mean_sd(series, metric)
@@ -211,9 +275,11 @@ def store_table(store: Store, planned: Sequence[Planned]) -> pd.DataFrame:
         if len(unfinished):
             row["note"] = "; ".join(f"seed {r.seed} {r.status}: {r.error}" for r in unfinished.itertuples())
         rows.append(row)
-    return pd.DataFrame(rows).fillna("").rename(columns={
+    table = pd.DataFrame(rows).fillna("").rename(columns={
         "train_criterion": "train criterion", "valid_error": "valid %", "test_error": "test %",
         "sparsity_test": "test sparsity"})
+    table.attrs["test_errors"] = test_errors  # label -> final test error per finished seed
+    return table
 
 
 OURS = ("train criterion", "valid %", "test %", "test sparsity")
@@ -261,4 +327,4 @@ def _mean_sd(series: pd.Series, metric: str) -> str:
 
 
 __all__ = ["DEFAULT_EPOCHS", "PAPER_ROWS", "PAPER_TABLE", "PaperFig2", "QUICK", "SOURCE", "comparability",
-           "published_numbers", "render", "report_tables", "store_table"]
+           "published_numbers", "render", "report_tables", "store_table", "verdict"]

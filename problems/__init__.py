@@ -1,10 +1,12 @@
 """Problems with exact (or reference) gradients of an expected loss, one module per family."""
 from estimators.registry import Registry, RegistryError
-from problems.base import BernoulliProblem, CategoricalProblem, Checkpoint, Problem, Record, Reference, TrainingProblem
+from problems.base import (BernoulliProblem, CategoricalProblem, Checkpoint, Problem, Record, Reference, ResumeError,
+                           Snapshot, TrainingProblem, TrainingState)
 
 PROBLEMS = Registry(kind="problem", group="bench.problems",
                     builtin_modules=("problems.bernoulli", "problems.sigmoid_belief_net", "problems.gater",
-                                     "problems.mlp", "problems.vae", "problems.categorical"))
+                                     "problems.mlp", "problems.vae", "problems.categorical",
+                                     "problems.sequence"))
 register_problem = PROBLEMS.register
 
 
@@ -14,4 +16,4 @@ def build_problem(name: str, params: dict | None = None) -> Problem:
 
 
 __all__ = ["PROBLEMS", "BernoulliProblem", "CategoricalProblem", "Checkpoint", "Problem", "Record", "Reference", "RegistryError",
-           "TrainingProblem", "build_problem", "register_problem"]
+           "ResumeError", "Snapshot", "TrainingProblem", "TrainingState", "build_problem", "register_problem"]

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Callable, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 
-from estimators.base import all_categories, all_configurations
+from estimators.base import Noise, all_categories, all_configurations
 
 MAX_ENUMERATION_UNITS = 20
 LossObserver = Callable[[Callable[[torch.Tensor], torch.Tensor]], Callable[[torch.Tensor], torch.Tensor]]
@@ -60,6 +60,97 @@ class Checkpoint:
     basket: tuple[str, ...] = ()
 
 
+@dataclasses.dataclass
+class Snapshot:
+    """A point where a training run can stop and later resume (yielded by ``fit`` of a problem with
+    ``resumable``): ``state()`` returns everything the problem's loop holds (model, optimisers,
+    generators, counters), to be called before the next item is requested; ``fit(..., resume=that
+    state)`` continues from here with exactly the numbers an uninterrupted run gives. ``done``:
+    units of ``progress_total`` finished; ``epoch`` / ``step``: where training stands."""
+
+    state: Callable[[], dict[str, Any]]
+    done: int
+    epoch: int | None = None
+    step: int | None = None
+
+
+class ResumeError(ValueError):
+    """A saved training state does not fit the run being resumed (another model shape, another
+    optimiser): the caller starts the run from scratch."""
+
+
+def _capture(part) -> Any:
+    if isinstance(part, torch.Generator):
+        return part.get_state()
+    if isinstance(part, Noise):
+        return part.generator.get_state()
+    if isinstance(part, torch.Tensor):
+        return part.detach().clone()
+    if isinstance(part, (list, tuple)):
+        return [_capture(item) for item in part]
+    return part.state_dict()
+
+
+def _restore(part, saved) -> None:
+    if isinstance(part, torch.Generator):
+        part.set_state(saved)
+    elif isinstance(part, Noise):
+        part.generator.set_state(saved)
+    elif isinstance(part, torch.Tensor):
+        if part.shape != saved.shape:
+            raise ValueError(f"a tensor of shape {tuple(saved.shape)} where {tuple(part.shape)} is expected")
+        with torch.no_grad():
+            part.copy_(saved)
+    elif isinstance(part, (list, tuple)):
+        if len(part) != len(saved):
+            raise ValueError(f"{len(saved)} saved items where {len(part)} are expected")
+        for item, value in zip(part, saved):
+            _restore(item, value)
+    else:
+        part.load_state_dict(saved)
+
+
+class TrainingState:
+    """The parts of a training loop that a :class:`Snapshot` saves and a resume restores in place:
+    modules, optimisers, generators, noise sources, tensors (and lists of them), or anything with
+    ``state_dict`` / ``load_state_dict``. A ``None`` part is left out (e.g. a generator a run does
+    not use). Loop variables (epoch, sums, flags) travel as the snapshot's ``values``.
+    ``snapshots``: whether :meth:`resume_point` yields anything (``fit``'s flag of that name)."""
+
+    def __init__(self, snapshots: bool = True, **parts) -> None:
+        self.snapshots = snapshots
+        self.parts = {name: part for name, part in parts.items() if part is not None}
+
+    def resume_point(self, done: int, epoch: int | None = None, step: int | None = None,
+                     **values) -> Iterator[Snapshot]:
+        """A :class:`Snapshot` here (none unless ``snapshots``): ``values`` (numbers, tensors), with
+        ``epoch`` and ``step``, come back from :meth:`restore`."""
+        if not self.snapshots:
+            return
+
+        def state() -> dict[str, Any]:
+            return {"parts": {name: _capture(part) for name, part in self.parts.items()},
+                    "values": {**values, "epoch": epoch, "step": step}}
+
+        yield Snapshot(state, done, epoch, step)
+
+    def restore(self, saved: dict[str, Any]) -> dict[str, Any]:
+        """Load a snapshot's state into the parts; returns its ``values``. Raises ResumeError when
+        the state does not fit these parts."""
+        why = "the problem's state does not fit"
+        try:
+            parts = saved["parts"]
+            if set(parts) != set(self.parts):
+                raise ResumeError(f"{why}: saved parts {sorted(parts)}, expected {sorted(self.parts)}")
+            for name, part in self.parts.items():
+                _restore(part, parts[name])
+            return dict(saved["values"])
+        except ResumeError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            raise ResumeError(f"{why}: {type(exc).__name__}: {' '.join(str(exc).split())}") from None
+
+
 def parse_sizes(text: str, name: str) -> tuple[int, ...]:
     """Layer sizes written as positive integers joined by '-' ('8-6-4'); ``name`` is the parameter
     named in the one-line error."""
@@ -87,7 +178,7 @@ class Problem(torch.nn.Module):
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     trains_model: ClassVar[bool] = False
-    variables: ClassVar[str] = "binary"  # its stochastic units: 'binary' or 'categorical'
+    variables: ClassVar[str] = "binary"  # its stochastic units: 'binary', 'categorical' or 'sequence'
 
     @property
     def dim(self) -> int:
@@ -124,17 +215,27 @@ class Problem(torch.nn.Module):
         return estimator.loss_evaluations(self.units)
 
     def check_variables(self, estimator) -> None:
-        """Raise ValueError if the estimator's ``variables`` trait ('binary', 'categorical' or
-        'both') does not cover this problem's units."""
+        """Raise ValueError if the estimator's ``variables`` trait ('binary', 'categorical', 'both'
+        -- binary and categorical -- or 'sequence') does not cover this problem's units."""
         serves = getattr(estimator, "variables", "binary")
-        if serves not in ("both", self.variables):
-            raise ValueError(f"{estimator.name or type(estimator).__name__} serves {serves} units only; "
+        covered = serves == self.variables or (serves == "both" and self.variables in ("binary", "categorical"))
+        if not covered:
+            what = "binary and categorical" if serves == "both" else serves
+            raise ValueError(f"{estimator.name or type(estimator).__name__} serves {what} units only; "
                              f"{self.name or type(self).__name__} has {self.variables} units")
 
     def scopes(self) -> dict[str, slice]:
         """Named parts of the gradient vector (e.g. 'layer1', 'layer1.weight') that the harness
         reports separately, besides 'all'. Empty when the gradient has no natural parts."""
         return {}
+
+    def event_probabilities(self) -> torch.Tensor | None:
+        """Per gradient coordinate (float64, shape (dim,)), the probability of the rarer outcome of
+        the one draw the coordinate is about: min(p, 1 - p) of the unit (or category) whose logit it
+        is; NaN for a coordinate that is about no single draw (a weight feeding many units). The
+        harness leaves a coordinate out of its tests when the sampler cannot resolve that event.
+        None (the default): no coordinate is about a single draw."""
+        return None
 
 
 class TrainingProblem(Problem):
@@ -144,9 +245,15 @@ class TrainingProblem(Problem):
     are measured (per-epoch curves carry ``epoch``). ``seed`` drives initialisation and data order;
     the units' noise is the source the caller hands in (``with estimator.drawing_from(noise):``).
     NOTE: the method is ``fit`` and the flag ``trains_model``; ``train``/``training`` belong to
-    nn.Module (mode)."""
+    nn.Module (mode).
+
+    ``resumable``: ``fit`` takes two more keywords, ``snapshots=True`` (also yield a :class:`Snapshot`
+    at every point it can resume from: each epoch, or each log step) and ``resume=`` a snapshot's
+    state (restore its loop, then continue); the caller restores the estimator (its buffers and
+    parameters) and its noise source. A problem without it (a plugin's, say) gets neither."""
 
     trains_model = True
+    resumable: ClassVar[bool] = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -178,15 +285,24 @@ class TrainingProblem(Problem):
         estimator's gradient of the model as it is at that point."""
         raise NotImplementedError
 
+    def model_for(self, estimator, seed: int) -> torch.nn.Module:
+        """An untrained model of the shape ``fit`` trains (``trained_model``), on the problem's
+        device, to load a saved state into."""
+        raise NotImplementedError(f"{self.name or type(self).__name__} cannot rebuild its model")
+
 
 class OwnParameterOptimizer:
-    """Adam at ``estimator.adaptation_lr`` on an estimator's own parameters, trained alongside a
-    model (the contract in ``estimators.base``): ``zero_grad`` before a training step, ``step``
-    after its backward pass. The Adam is made at the first ``step`` that finds trainable
-    parameters: estimators create them on first use (per-layer copies on each layer's first use)."""
+    """Adam on an estimator's own parameters, trained alongside a model (the contract in
+    ``estimators.base``): ``zero_grad`` before a training step, ``step`` after its backward pass.
+    The learning rate is the estimator's ``adaptation_lr`` unless a protocol gives ``lr`` (with
+    ``betas`` and ``eps``, e.g. DisARM's Adam(1e-4, beta1 = 0.999)). The Adam is made at the first
+    ``step`` that finds trainable parameters: estimators create them on first use (per-layer copies
+    on each layer's first use)."""
 
-    def __init__(self, estimator) -> None:
+    def __init__(self, estimator, lr: float | None = None, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
         self.estimator = estimator
+        self.lr, self.betas, self.eps = lr, betas, eps
         self.optimizer: torch.optim.Optimizer | None = None
 
     def zero_grad(self) -> None:
@@ -200,8 +316,27 @@ class OwnParameterOptimizer:
             own = [p for p in self.estimator.parameters() if p.requires_grad]
             if not own:
                 return
-            self.optimizer = torch.optim.Adam(own, lr=self.estimator.adaptation_lr)
+            lr = self.estimator.adaptation_lr if self.lr is None else self.lr
+            self.optimizer = torch.optim.Adam(own, lr=lr, betas=self.betas, eps=self.eps)
         self.optimizer.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The Adam's state and the names of the estimator's parameters it steps (None: not made yet)."""
+        if self.optimizer is None:
+            return {"parameters": None}
+        names = {id(p): name for name, p in self.estimator.named_parameters()}
+        return {"parameters": [names[id(p)] for group in self.optimizer.param_groups for p in group["params"]],
+                "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Remake the Adam over the same named parameters (restored into the estimator first)."""
+        if state["parameters"] is None:
+            self.optimizer = None
+            return
+        named = dict(self.estimator.named_parameters())
+        self.optimizer = torch.optim.Adam([named[name] for name in state["parameters"]],
+                                          lr=self.estimator.adaptation_lr)
+        self.optimizer.load_state_dict(state["optimizer"])
 
 
 class EnumerableProblem(Problem):
@@ -262,6 +397,10 @@ class BernoulliProblem(EnumerableProblem):
         weight = torch.exp((configs * torch.log(probs) + (1 - configs) * torch.log1p(-probs)).sum(-1))
         return configs, probs, weight, problem.loss(configs)
 
+    def event_probabilities(self) -> torch.Tensor:
+        """min(sigm(phi_i), 1 - sigm(phi_i)) = sigm(-|phi_i|) per unit."""
+        return torch.sigmoid(-self.logits.detach().to("cpu", torch.float64).abs()).reshape(-1)
+
     def sample_gradients(self, estimator, n: int, observe: LossObserver | None = None) -> torch.Tensor:
         logits = self.logits.detach().expand(n, self.units).clone().requires_grad_(True)
         loss_fn = self.loss if observe is None else observe(self.loss)
@@ -304,6 +443,13 @@ class CategoricalProblem(EnumerableProblem):
         log_probs = torch.log_softmax(problem.logits, -1)
         weight = torch.exp((configs * log_probs).sum((-2, -1)))
         return configs, log_probs.exp(), weight, problem.loss(configs)
+
+    def event_probabilities(self) -> torch.Tensor:
+        """min(p_ik, 1 - p_ik) per unit i and category k (p = softmax(phi_i)), flattened row-major;
+        1 - p_ik summed over the other categories, so that it stays exact near p_ik = 1."""
+        probs = torch.softmax(self.logits.detach().to("cpu", torch.float64), -1)
+        others = (probs.unsqueeze(-2) * (1 - torch.eye(probs.shape[-1], dtype=torch.float64))).sum(-1)
+        return torch.minimum(probs, others).reshape(-1)
 
     def sample_gradients(self, estimator, n: int, observe: LossObserver | None = None) -> torch.Tensor:
         logits = self.logits.detach().expand(n, *self.logits.shape).clone().requires_grad_(True)

@@ -23,17 +23,23 @@ def _seeded(data_seed: int) -> torch.Generator:
 @register_problem("bernoulli-target", "L(h) = sum_i (h_i - t)^2 at logits phi; closed-form gradient")
 class BernoulliTarget(BernoulliProblem):
     """dE[L]/dphi_i = (1 - 2t) sigm(phi)(1 - sigm(phi)): units do not interact; t near 0.5 makes
-    the gradient small against the estimators' noise (the classic hard case)."""
+    the gradient small against the estimators' noise (the classic hard case). The logits are
+    evenly spaced over [logit - spread, logit + spread] (all equal to ``logit`` at spread 0). At
+    logit 0 with spread 0 (p = 1/2) several estimators coincide: the mean-field gradient is exact,
+    ReinMax is straight-through-sigmoid, the optimal baseline is the moving average."""
 
-    def __init__(self, d: int = 4, t: float = 0.45, logit: float = 0.0):
+    def __init__(self, d: int = 4, t: float = 0.45, logit: float = 0.0, spread: float = 0.0):
         super().__init__()
         _check_units(d)
         if not 0.0 <= t <= 1.0:
             raise ValueError(f"t must be in [0, 1], got {t}")
         if not math.isfinite(logit):
             raise ValueError(f"logit must be finite, got {logit}")
-        self.d, self.t, self.logit = d, t, logit
-        self.register_buffer("logits", torch.full((d,), float(logit)))
+        if not (math.isfinite(spread) and spread >= 0):
+            raise ValueError(f"spread must be a finite number >= 0, got {spread}")
+        self.d, self.t, self.logit, self.spread = d, t, logit, spread
+        offsets = torch.linspace(-1.0, 1.0, d, dtype=torch.float64) if d > 1 else torch.zeros(1, dtype=torch.float64)
+        self.register_buffer("logits", (logit + spread * offsets).to(torch.float32))
 
     def loss(self, h: torch.Tensor) -> torch.Tensor:
         return ((h - self.t) ** 2).sum(-1)

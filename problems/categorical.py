@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from estimators.base import check_count
 from problems import register_problem
 from problems.base import CategoricalProblem, OwnParameterOptimizer, Record, TrainingProblem
 
@@ -22,8 +23,7 @@ INIT_STREAM = 0  # seeded_generator(seed, INIT_STREAM): the training problem's i
 def _check(units: int, K: int, t: float, p: float, logit: float) -> None:
     if units < 1:
         raise ValueError(f"units must be at least 1, got {units}")
-    if K < 2:
-        raise ValueError(f"K must be at least 2, got {K}")
+    check_count("K", K, 2)  # categories: logits hold units x K numbers
     if not 0.0 <= t <= 1.0:
         raise ValueError(f"t must be in [0, 1], got {t}")
     if not (math.isfinite(p) and p >= 1.0):

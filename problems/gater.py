@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from problems import register_problem
-from problems.base import OwnParameterOptimizer, Record
+from problems.base import OwnParameterOptimizer, Record, Snapshot, TrainingState
 from problems.conditional import GatedShape, flops_per_example
 from problems.training import (CLASSES, EVAL_CHUNK, EVAL_EXAMPLES, INPUTS, TRAIN_EXAMPLES, MnistTrainingProblem,
                                Stopwatch, Stream, check_subset, chunked_sums, seeded_generator, seeded_linear, sgd,
@@ -287,6 +287,8 @@ class GaterProblem(MnistTrainingProblem):
     (measured on one CPU thread: 10,000 tuning and 10,000 test examples every epoch took 10-14 %).
     """
 
+    resumable = True
+
     def __init__(self, epochs: int = DEFAULT_EPOCHS, train_subset: int = 0, eval_subset: int = 0,
                  gate_units: int = 2000, hidden: int = 400, sparsity_target: float = 0.1, lr: float = 0.1,
                  gater_lr: float | None = None, momentum: float | None = None, kl_lambda: float = 1e-2,
@@ -366,7 +368,11 @@ class GaterProblem(MnistTrainingProblem):
         return moved
 
     # -- training --------------------------------------------------------------------------------
-    def fit(self, estimator, seed: int, progress: Callable[[int], None] | None = None) -> Iterator[Record]:
+    def model_for(self, estimator, seed: int) -> GaterNet:
+        return self.build_model(estimator, seed)
+
+    def fit(self, estimator, seed: int, progress: Callable[[int], None] | None = None,
+            resume: dict | None = None, snapshots: bool = False) -> Iterator[Record | Snapshot]:
         """Train for ``epochs``; yield per epoch (``epoch`` = 1, 2, ...): ``train_criterion`` (mean
         per-example classification negative log-likelihood, nats, over the epoch's mini-batches in
         training mode, sparsity penalty excluded: our reading of the paper's "training criterion",
@@ -382,7 +388,8 @@ class GaterProblem(MnistTrainingProblem):
         and per example, in multiply-adds as ``problems.conditional`` counts them, at the final test
         sparsity: ``flops_gater``, ``flops_expert_dense`` and ``flops_expert_sparse`` (expert with the
         output layer, all units or only the active ones) and ``flops_speedup_bound``. The network
-        being trained is ``self.trained_model``."""
+        being trained is ``self.trained_model``. With ``snapshots``, a :class:`Snapshot` after every
+        epoch; ``resume`` (its state) continues after that epoch."""
         estimator.check_units(self.gate_units)
         device = self.device
         data = self.data()
@@ -390,11 +397,19 @@ class GaterProblem(MnistTrainingProblem):
         model = self.trained_model = trainer.model
         n_train = data["train"][0].shape[0]
         order_rng = seeded_generator(seed, Stream.ORDER)
-        yield Record("gater_lr", float(trainer.settings["gater_lr"]))
-        yield Record("momentum", float(trainer.settings["momentum"]))
-
+        state = TrainingState(snapshots, model=model, optimizer=trainer.optimizer,
+                              own_parameters=trainer.own_parameters, order=order_rng)
         test_sparsity = threshold = 0.0
-        for epoch in range(1, self.epochs + 1):
+        first = 1
+        if resume is not None:
+            values = state.restore(resume)
+            first, test_sparsity, threshold = values["epoch"] + 1, values["test_sparsity"], values["threshold"]
+            trainer.lam = values["lam"].to(device)
+        else:
+            yield Record("gater_lr", float(trainer.settings["gater_lr"]))
+            yield Record("momentum", float(trainer.settings["momentum"]))
+
+        for epoch in range(first, self.epochs + 1):
             (nll_sum, zeros, elements), epoch_time = trainer.epoch(data["train"], order_rng, self.batch_size,
                                                                    progress)
             watch = Stopwatch(device)
@@ -420,6 +435,8 @@ class GaterProblem(MnistTrainingProblem):
                 yield Record("threshold", threshold, epoch=epoch)
             yield Record("epoch_time_s", epoch_time, epoch=epoch)
             yield Record("eval_time_s", eval_time, epoch=epoch)
+            yield from state.resume_point(epoch * self.batches_per_epoch(), epoch=epoch, lam=trainer.lam,
+                                 test_sparsity=test_sparsity, threshold=threshold)
 
         if trainer.criterion is not None:
             yield Record("threshold", threshold)

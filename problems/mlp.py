@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from estimators.base import Noise
 from problems import register_problem
 from problems.base import (MAX_ENUMERATION_UNITS, Checkpoint, LossObserver, OwnParameterOptimizer, Problem,
-                           Record, Reference, parse_sizes)
+                           Record, Reference, Snapshot, TrainingState, parse_sizes)
 from problems.training import (CLASSES, EVAL_EXAMPLES, INPUTS, TRAIN_EXAMPLES, MnistTrainingProblem, Stopwatch,
                                Stream, check_subset, chunked_sums, first_examples, seed_stream, seeded_generator,
                                seeded_linear, sgd, train_epoch)
@@ -398,6 +398,8 @@ class MlpProblem(MnistTrainingProblem):
     ``minibatch_variance``: the variance over ``probe_minibatches`` random mini-batches of the
     estimator's one-draw gradient (unit noise plus mini-batch noise)."""
 
+    resumable = True
+
     def __init__(self, hidden: str = DEFAULT_HIDDEN, epochs: int = DEFAULT_EPOCHS, lr: float = 0.1,
                  momentum: float = 0.9, batch_size: int = 100, train_subset: int = 0, eval_subset: int = 0,
                  train_eval_subset: int = 10_000, checkpoints: str = DEFAULT_CHECKPOINTS, probe_batch: int = 100,
@@ -443,7 +445,11 @@ class MlpProblem(MnistTrainingProblem):
         moved["train_eval"] = first_examples(moved["train"], self.train_eval_subset)
         return moved
 
-    def fit(self, estimator, seed: int, progress: Callable[[int], None] | None = None) -> Iterator[Record | Checkpoint]:
+    def model_for(self, estimator, seed: int) -> Mlp:
+        return self.build_model(seed)
+
+    def fit(self, estimator, seed: int, progress: Callable[[int], None] | None = None,
+            resume: dict | None = None, snapshots: bool = False) -> Iterator[Record | Checkpoint | Snapshot]:
         """Train for ``epochs``. Yields first (epoch None) ``lr`` and ``momentum``; per epoch e:
         ``train_criterion`` (mean per-example cross-entropy, nats, over the epoch's mini-batches as
         trained: the estimator's surrogate value), ``train_error`` / ``valid_error`` / ``test_error``
@@ -451,7 +457,8 @@ class MlpProblem(MnistTrainingProblem):
         ``train_error_sampled`` / ``valid_error_sampled`` / ``test_error_sampled`` (units produced
         as in training, one draw, a separate noise stream), ``epoch_time_s`` (the training pass) and
         ``eval_time_s``; at each checkpoint epoch, a :class:`Checkpoint` and ``minibatch_variance``
-        per scope ('all', 'layer1', ...). The trained net is ``self.trained_model``."""
+        per scope ('all', 'layer1', ...); then, with ``snapshots``, a :class:`Snapshot` (``resume``,
+        its state, continues after that epoch). The trained net is ``self.trained_model``."""
         device = self.device
         data = self.data()
         model = self.trained_model = self.build_model(seed)
@@ -461,6 +468,8 @@ class MlpProblem(MnistTrainingProblem):
         order_rng = seeded_generator(seed, Stream.ORDER)
         evaluation_noise = _noise(seed, Stream.EVAL_NOISE, device)
         probe_rng = seeded_generator(seed, Stream.PROBE_BATCHES)
+        state = TrainingState(snapshots, model=model, optimizer=optimizer, own_parameters=own_parameters,
+                              order=order_rng, evaluation_noise=evaluation_noise, probe=probe_rng)
 
         def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor]:
             optimizer.zero_grad()
@@ -471,10 +480,14 @@ class MlpProblem(MnistTrainingProblem):
             own_parameters.step()
             return (surrogate.detach().sum(),)
 
-        yield Record("lr", float(self.lr))
-        yield Record("momentum", float(self.momentum))
+        first = 0
+        if resume is not None:
+            first = state.restore(resume)["epoch"] + 1
+        else:
+            yield Record("lr", float(self.lr))
+            yield Record("momentum", float(self.momentum))
 
-        for epoch in range(0, self.epochs + 1):
+        for epoch in range(first, self.epochs + 1):
             if epoch:
                 (criterion_sum,), epoch_time = train_epoch(step, data["train"], self.batch_size, order_rng,
                                                            [torch.zeros((), device=device)], (model, estimator),
@@ -490,6 +503,7 @@ class MlpProblem(MnistTrainingProblem):
                 yield Record("eval_time_s", eval_time, epoch=epoch)
             if epoch in self.checkpoint_epochs:
                 yield from self._checkpoint(model, estimator, data["train"], epoch, probe_rng, seed)
+            yield from state.resume_point(epoch * self.batches_per_epoch(), epoch=epoch)
 
     def _errors(self, model: Mlp, estimator, data, noise: Noise) -> dict[str, torch.Tensor]:
         """% misclassified (device scalars), deterministic and sampled, on each evaluation set."""

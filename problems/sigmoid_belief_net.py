@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from problems import register_problem
 from problems.base import (MAX_ENUMERATION_UNITS, LossObserver, OwnParameterOptimizer, Problem, Record, Reference,
-                           TrainingProblem, parse_sizes)
+                           Snapshot, TrainingProblem, TrainingState, parse_sizes)
 from problems.training import BeliefNetStream, seeded_generator
 
 DEFAULT_WIDTHS = (4, 3, 2)
@@ -50,6 +50,9 @@ _REFERENCE_CACHE: "collections.OrderedDict[tuple, Reference]" = collections.Orde
 _REFERENCE_CACHE_SIZE = 32
 
 
+MAX_DEPTH = 1000  # layers: each is its own parameters, buffers and estimator call
+
+
 def parse_widths(widths: str, depth: int, width: int) -> tuple[int, ...]:
     """Layer sizes from ``widths`` ('8-6-4') or from ``depth`` x ``width``; neither: 4-3-2."""
     if depth or width:
@@ -60,10 +63,15 @@ def parse_widths(widths: str, depth: int, width: int) -> tuple[int, ...]:
             raise ValueError(f"depth must be at least 1, got {depth}")
         if width < 1:
             raise ValueError(f"width must be at least 1, got {width}")
+        if depth > MAX_DEPTH:
+            raise ValueError(f"depth must be at most {MAX_DEPTH}, got {depth}")
         return (width,) * depth
     if not widths:
         return DEFAULT_WIDTHS
-    return parse_sizes(widths, "widths")
+    sizes = parse_sizes(widths, "widths")
+    if len(sizes) > MAX_DEPTH:
+        raise ValueError(f"widths must name at most {MAX_DEPTH} layers, got {len(sizes)}")
+    return sizes
 
 
 def initial_parameters(widths: tuple[int, ...],
@@ -426,8 +434,12 @@ class SigmoidBeliefNet(_BeliefNet, Problem):
         more than MAX_NESTED_VALUES unit values per estimate."""
         for l, width in enumerate(self.widths):
             estimator.check_units(width)
-        values = sum(math.prod(estimator.loss_evaluations(w) for w in self.widths[:l + 1]) * width
-                     for l, width in enumerate(self.widths))
+        values, nested = 0, 1  # a running product: the nested count of layer l is prod over layers <= l
+        for width in self.widths:
+            nested *= estimator.loss_evaluations(width)
+            values += nested * width
+            if values > MAX_NESTED_VALUES:
+                break
         if values > MAX_NESTED_VALUES:
             raise ValueError(f"{estimator.name or type(estimator).__name__} would evaluate this net's layers "
                              f"{values:.3g} unit values per estimate through nested evaluations "
@@ -463,6 +475,8 @@ class SigmoidBeliefNetTraining(_BeliefNet, TrainingProblem):
     zeroed before each step and an Adam at ``estimator.adaptation_lr`` steps them after it.
     """
 
+    resumable = True
+
     def __init__(self, widths: str = "", depth: int = 0, width: int = 0, loss: str = "mlp",
                  hidden_weight: float = 0.0, data_seed: int = 0, steps: int = 500, batch: int = 16,
                  optimizer: str = "adam", lr: float = 0.05, log_every: int = 25, ema_decay: float = 0.99,
@@ -486,12 +500,17 @@ class SigmoidBeliefNetTraining(_BeliefNet, TrainingProblem):
     def progress_total(self) -> int:
         return self.steps
 
-    def fit(self, estimator, seed: int,
-            progress: Callable[[int], None] | None = None) -> Iterator[Record]:
-        device, dtype = self.device, self.dtype
-        biases, weights = initial_parameters(self.widths, seed)
-        biases = [b.to(device, dtype).requires_grad_(True) for b in biases]
-        weights = [None if W is None else W.to(device, dtype).requires_grad_(True) for W in weights]
+    def model_for(self, estimator, seed: int) -> "BeliefNetParameters":
+        return BeliefNetParameters(*initial_parameters(self.widths, seed)).to(self.device, self.dtype)
+
+    def fit(self, estimator, seed: int, progress: Callable[[int], None] | None = None,
+            resume: dict | None = None, snapshots: bool = False) -> Iterator[Record | Snapshot]:
+        """Train for ``steps`` (records: the class docstring), with ``snapshots`` a :class:`Snapshot`
+        at every logged step; ``resume`` (a snapshot's state) continues after that step. The trained
+        parameters are ``self.trained_model`` (a :class:`BeliefNetParameters`)."""
+        device = self.device
+        net = self.trained_model = self.model_for(estimator, seed)
+        biases, weights = net.layers()
         params = _flat(biases, weights)
         optimiser = (torch.optim.Adam(params, lr=self.lr) if self.optimizer == "adam"
                      else torch.optim.SGD(params, lr=self.lr))
@@ -501,6 +520,8 @@ class SigmoidBeliefNetTraining(_BeliefNet, TrainingProblem):
         first = torch.zeros(self.parameter_count, dtype=torch.float64, device=device)
         second = torch.zeros_like(first)
         own_parameters = OwnParameterOptimizer(estimator)
+        state = TrainingState(snapshots, model=net, optimizer=optimiser, own_parameters=own_parameters,
+                              evaluation=evaluation, first=first, second=second)
 
         def train_loss(step: int) -> Record:
             if self.units <= MAX_ENUMERATION_UNITS:
@@ -508,8 +529,12 @@ class SigmoidBeliefNetTraining(_BeliefNet, TrainingProblem):
             mean, stderr = self._mc_loss(biases, weights, self.eval_samples, evaluation)
             return Record("train_loss", mean, stderr, step=step)
 
-        yield train_loss(0)
-        for step in range(1, self.steps + 1):
+        start = 1
+        if resume is not None:
+            start = state.restore(resume)["step"] + 1
+        else:
+            yield train_loss(0)
+        for step in range(start, self.steps + 1):
             own_parameters.zero_grad()
             surrogate = self._surrogate(biases, weights, estimator, self.batch)
             grads = torch.autograd.grad(surrogate.mean(), params, allow_unused=True)
@@ -530,3 +555,17 @@ class SigmoidBeliefNetTraining(_BeliefNet, TrainingProblem):
                 for scope, where in scopes.items():
                     yield Record("trajectory_variance", float(spread[where].sum()), scope=scope, step=step)
                 yield train_loss(step)
+                yield from state.resume_point(step, step=step)
+
+
+class BeliefNetParameters(torch.nn.Module):
+    """A sigmoid belief net's trainable parameters: ``biases[l]`` produces layer l+1, ``weights[l - 1]``
+    is W_l (layer 1 has none); :meth:`layers` gives the (biases, weights) lists the problem takes."""
+
+    def __init__(self, biases: list[torch.Tensor], weights: list[torch.Tensor | None]):
+        super().__init__()
+        self.biases = torch.nn.ParameterList([torch.nn.Parameter(b.detach().clone()) for b in biases])
+        self.weights = torch.nn.ParameterList([torch.nn.Parameter(W.detach().clone()) for W in weights[1:]])
+
+    def layers(self) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+        return list(self.biases), [None, *self.weights]

@@ -47,6 +47,7 @@ class Stream(enum.IntEnum):
     VAE_REFERENCE = 61         # VAE: (seed, VAE_REFERENCE, step) a checkpoint probe's ``reference_seed``
     VAE_EVALUATION = 62        # VAE: latent draws and dynamic binarisation of the ELBO / bound evaluations
     VAE_ELBO = 63              # VAE: the extra draw of the training ELBO (relaxed or biased estimators)
+    VAE_DECODER = 64           # VAE (DisARM protocol): the fresh draw z ~ q of the decoder and prior gradients
     CHECKPOINT_REFERENCE = 100  # + epoch: a checkpoint probe's ``reference_seed``
     CHECKPOINT_NOISE = 200     # + epoch: the units' noise of a checkpoint's mini-batch variance
 
@@ -131,6 +132,14 @@ class Binariser:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Binary images (x's shape, dtype and device) with P(pixel = 1) = its intensity."""
         return torch.bernoulli(x, generator=self._generator(x.device))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Where each device's dynamic draws stand (a static binariser has no state)."""
+        return {str(device): generator.get_state() for device, generator in self._generators.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for device, generator_state in state.items():
+            self._generator(torch.device(device)).set_state(generator_state)
 
 
 # -- layers and optimiser ------------------------------------------------------------------------------

@@ -261,14 +261,17 @@ def test_adaptation_table_compares_before_and_after(db):
 # -- rankings on MSE at an equal budget, SNR, estimator families ------------------------------------
 def _budget_store(db):
     """At an equal budget of loss evaluations reinforce-loo(K=8) (MSE 0.004 x 8) beats reinforce
-    (0.05 x 1), which beats the zero-variance but biased rectifier (0.09 x 1); exact is
-    deterministic (SNR 4.3e8, rounding noise)."""
+    (0.05 x 1); exact is deterministic (SNR 4.3e8, rounding noise). Among the biased ones, at 100
+    loss evaluations the deterministic sigmoid (bias² 0) beats the zero-variance rectifier (bias²
+    0.09), which beats straight-through (bias² 2 + variance 1 / 100)."""
     with Store(db) as store:
         for name, params, mse, variance, evals, snr in (
                 ("rectifier", {}, 0.09, 0.0, 1.0, math.inf), ("reinforce", {}, 0.05, 0.05, 1.0, 0.5),
                 ("reinforce-loo", {"K": 8}, 0.004, 0.004, 8.0, 2.0), ("straight-through", {}, 3.0, 1.0, 1.0, 3.0),
                 ("exact", {}, 1e-16, 1e-17, 8.0, 4.3e8), ("sigmoid", {}, 0.0, 0.0, 1.0, math.nan)):
+            bias = math.sqrt(mse - variance + variance / 1000)  # bias² debiased: ‖bias‖² − variance / n
             save(store, name, params, [Metric("mse", mse, 1e-4), Metric("variance", variance, 1e-4),
+                                       Metric("bias_norm", bias, 1e-4),
                                        Metric("loss_evals", evals), Metric("time_per_estimate_s", 1e-5),
                                        Metric("snr", snr, 0.01), Metric("cosine", 0.5, 0.01)])
     return load_results(db)
@@ -277,11 +280,20 @@ def _budget_store(db):
 def test_rankings_and_front_use_mse_at_equal_budget(db):
     results = _budget_store(db)
     table = report.cost_adjusted(results)[0].frame
-    assert table["estimator"].tolist() == ["sigmoid", "exact", "reinforce-loo(K=8)", "reinforce", "rectifier",
+    # unbiased ones at equal loss evaluations, then biased ones at 100 loss evaluations
+    assert table["estimator"].tolist() == ["exact", "reinforce-loo(K=8)", "reinforce", "sigmoid", "rectifier",
                                            "straight-through"]
-    summary = report.estimator_summary(results)[0].frame
-    assert summary["estimator"].tolist() == table["estimator"].tolist()  # the summary table is ranked the same way
-    figure = figures.mse_frontier(results, rank=report._ranking_frame)
+    assert table["unbiased"].tolist() == ["unbiased"] * 3 + ["biased"] * 3
+    assert table["MSE at 100 evals"].tolist()[3:] == ["0", "0.09", "2.01"]
+    unbiased, biased = report.estimator_summary(results)
+    assert unbiased.title == "bernoulli-target(d=3): unbiased estimators"
+    assert biased.title == "bernoulli-target(d=3): biased estimators and deterministic baselines"
+    # the summary tables are ranked the same way, each group on its own
+    assert unbiased.frame["estimator"].tolist() + biased.frame["estimator"].tolist() == table["estimator"].tolist()
+    assert "MSE × loss evals" in unbiased.frame and "MSE at 100 evals" in biased.frame
+    assert "MSE at 100 evals" not in unbiased.frame and "MSE × loss evals" not in biased.frame
+    assert report.estimator_summary(results, budget=1)[1].frame["MSE at 1 evals"].tolist() == ["0", "0.09", "3"]
+    figure = figures.mse_frontier(results, rank=report.table_ranking(results))
     assert "Mean squared error" in figure.title
     evals_ax = figure.figure.axes[1]
     front = [line for line in evals_ax.lines if line.get_linestyle() == "--"][0]
@@ -289,10 +301,10 @@ def test_rankings_and_front_use_mse_at_equal_budget(db):
     # One panel per family, each naming its estimators beside their points with their place in the ranking.
     named = {" ".join(ax.get_title().split()): sorted(t.get_text() for t in ax.texts)
              for ax in figure.figure.axes if ax.axison}
-    assert named == {"bernoulli-target(d=3): exact": ["#2 exact"],
-                     "bernoulli-target(d=3): score function": ["#3 reinforce-loo(K=8)", "#4 reinforce"],
+    assert named == {"bernoulli-target(d=3): exact": ["#1 exact"],
+                     "bernoulli-target(d=3): score function": ["#2 reinforce-loo(K=8)", "#3 reinforce"],
                      "bernoulli-target(d=3): straight-through": ["#6 straight-through"],
-                     "bernoulli-target(d=3): non-binary": ["#1 sigmoid", "#5 rectifier"]}
+                     "bernoulli-target(d=3): non-binary": ["#4 sigmoid", "#5 rectifier"]}
 
 
 def test_snr_is_logarithmic_with_deterministic_estimators_set_apart(db):

@@ -335,6 +335,7 @@ def test_polynomial_programming_training_refuses_binary_estimators():
 
 @pytest.mark.parametrize("name, params, fragment", [
     ("categorical-target", {"K": 1}, "K must be at least 2"),
+    ("categorical-target", {"K": 10**18}, "K must be at least 2 and at most 1,048,576"),
     ("categorical-target", {"units": 0}, "units must be at least 1"),
     ("polynomial-programming", {"p": 0.5}, "p must be a number >= 1"),
     ("polynomial-programming", {"t": 2.0}, "t must be in [0, 1]"),

@@ -60,7 +60,7 @@ class TestCategoricalVaeProbe(CategoricalContract):
 
 
 # -- exact gradients at an enumerable size ---------------------------------------------------------------
-CATEGORICAL = [name for name in ESTIMATORS.names() if build_estimator(name).variables != "binary"]
+CATEGORICAL = [name for name in ESTIMATORS.names() if build_estimator(name).variables in ("categorical", "both")]
 UNBIASED = [name for name in CATEGORICAL if build_estimator(name).unbiased]
 DISCRETE = [name for name in UNBIASED if build_estimator(name).enumerable]
 CONTINUOUS = [name for name in UNBIASED if not build_estimator(name).enumerable]
@@ -229,10 +229,11 @@ def test_registered_with_the_bernoulli_vae_parameters():
     built = problems.build_problem("categorical-vae", {})
     params = problems.PROBLEMS.resolved_params(built)
     bernoulli = set(problems.PROBLEMS.resolved_params(problems.build_problem("bernoulli-vae", {})))
-    assert set(params) == (bernoulli - {"prior_lr"}) | {"categories"}  # the prior is fixed
+    assert set(params) == (bernoulli - {"prior_lr"}) | {"categories", "optimizer"}  # the prior is fixed
     assert (params["latents"], params["categories"], params["architecture"], params["hidden"]) == (30, 10, "nonlinear",
                                                                                                  "512-256")
-    assert (params["batch"], params["lr"]) == (100, 1e-3)  # ReinMax's settings
+    assert (params["batch"], params["lr"], params["protocol"]) == (100, 1e-3, "reinmax")  # ReinMax's settings
+    assert built.steps == 96_000 and built.binarisation == "none"  # 160 epochs of 60,000 grey images
     assert built.variables == "categorical" and built.units == 30 and built.categories == 10
     assert problems.build_problem("fashion-mnist-categorical-vae", {}).dataset == "fashion-mnist"
 

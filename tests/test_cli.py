@@ -28,7 +28,7 @@ PLUGIN_DIST = "stochgrad-bench-example-plugin"
 METRIC_NAMES = {"bias_norm", "relative_bias", "bias_z_max", "unbiased_pvalue", "variance", "mse", "snr",
                 "cosine", "sign_agreement", "loss_evals", "time_per_estimate_s", "peak_memory_bytes",
                 "sparsity", "exact_bias_norm", "exact_variance", "time_per_estimate_min_s", "time_per_estimate_max_s",
-                "exact_check_pvalue"}
+                "exact_check_pvalue", "unmeasurable_coordinates"}
 EXPORT_COLUMNS = ["run_id", "estimator", "problem", "seed", "samples", "metric", "value", "stderr"]
 TIMING_METRICS = {"time_per_estimate_s", "time_per_estimate_min_s", "time_per_estimate_max_s", "peak_memory_bytes"}
 # bernoulli-target(d=3, t=0.45, logit=0): dE[L]/dphi_i = (1 - 2t) / 4 in every coordinate.
@@ -143,7 +143,7 @@ def test_list_json_describes_every_builtin(listing):
     straight = listing.items["estimator", "straight-through"]
     assert straight["traits"]["unbiased"] is False and straight["traits"]["needs_loss_backprop"] is True
     target = listing.items["problem", "bernoulli-target"]
-    assert target["parameters"] == {"d": 4, "t": 0.45, "logit": 0.0}
+    assert target["parameters"] == {"d": 4, "t": 0.45, "logit": 0.0, "spread": 0.0}
     assert "traits" not in target
 
 
@@ -262,12 +262,14 @@ def sweep(tmp_path_factory):
 def test_run_prints_summary_and_stores_runs(sweep):
     assert_succeeded(sweep.first)
     lines = sweep.first.stdout.splitlines()
-    # One block per problem; seeds aggregated; ranked by MSE at an equal budget of loss evaluations.
-    assert lines[0].startswith("bernoulli-target(d=3): ranked by MSE×evals")
+    # Per problem a block of unbiased estimators ranked by MSE at an equal budget of loss
+    # evaluations, then one of biased ones ranked at a stated budget; seeds aggregated.
+    assert lines[0].startswith("bernoulli-target(d=3): unbiased, ranked by MSE×evals")
     header = lines[1].split()
     assert header[:3] == ["#", "estimator", "seed"[:4] + "s"] and "p(unbiased)" in header and "bias_norm" not in header
-    rows = [line.split() for line in lines[2:4]]
-    assert [(row[1], row[2]) for row in rows] == [("reinforce", "2"), ("straight-through", "2")]
+    assert lines[2].split()[1:3] == ["reinforce", "2"] and lines[3] == ""
+    assert lines[4].startswith("bernoulli-target(d=3): biased and deterministic, ranked by MSE@100")
+    assert lines[6].split()[1:3] == ["straight-through", "2"]
     assert str(sweep.db) in sweep.first.stdout
 
     runs = sweep.runs_first
@@ -652,12 +654,16 @@ def _summary_store(db: Path) -> list:
 
 
 def _blocks(text: str) -> dict[str, list[list[str]]]:
-    """Problem title -> table rows split into cells (the header row first)."""
+    """Problem title (with ' [biased]' for the block of biased estimators) -> table rows split into
+    cells (the header row first)."""
     blocks = {}
     for block in text.split("\n\n"):
         lines = block.splitlines()
-        if len(lines) > 1 and lines[1].startswith("#"):
-            blocks[lines[0].split(":")[0]] = [line.split() for line in lines[1:] if not line.startswith("  ")]
+        header = next((i for i, line in enumerate(lines) if line.startswith("#")), None)
+        if header:  # a title (wrapped over one or more lines) above the header
+            problem, kind = lines[0].split(": ", 1)
+            key = problem + (" [biased]" if kind.startswith("biased") else "")
+            blocks[key] = [line.split() for line in lines[header:] if not line.startswith("  ")]
     return blocks
 
 
@@ -670,16 +676,22 @@ def test_summary_ranks_by_mse_at_equal_budget_and_aggregates_seeds(tmp_path):
         text = summary_table(store, configs, width=100)
     assert max(map(len, text.splitlines())) <= 100, text
     blocks = _blocks(text)
-    # Short labels: only the parameters that differ from the registered defaults.
-    assert set(blocks) == {"bernoulli-target(d=3)", "bernoulli-quadratic(data_seed=12345)"}, text
+    # Short labels: only the parameters that differ from the registered defaults; the unbiased
+    # estimators apart from the biased rectifier.
+    assert set(blocks) == {"bernoulli-target(d=3)", "bernoulli-quadratic(data_seed=12345)",
+                           "bernoulli-target(d=3) [biased]", "bernoulli-quadratic(data_seed=12345) [biased]"}, text
     header, *rows = blocks["bernoulli-target(d=3)"]
     assert header[:3] == ["#", "estimator", "seeds"] and "MSE×evals" in header and "p(unbiased)" in header
     assert "bias_norm" not in text and "‖bias‖" not in text  # the raw norm includes the noise floor
-    assert [row[1] for row in rows] == ["reinforce-loo(K=8)", "reinforce", "rectifier"]  # one row per estimator
-    assert [row[0] for row in rows] == ["1", "2", "3"]
-    assert [row[2] for row in rows] == ["2", "2/3", "2"]  # seeds; one reinforce run failed
+    assert [row[1] for row in rows] == ["reinforce-loo(K=8)", "reinforce"]  # one row per estimator
+    assert [row[0] for row in rows] == ["1", "2"]
+    assert [row[2] for row in rows] == ["2", "2/3"]  # seeds; one reinforce run failed
     column = header.index("MSE×evals")
     assert rows[0][column] == "0.036±0.006"  # mean over seeds 0.0045 x 8; se sqrt(2 x 0.001²) / 2 x 8
+    header, *rows = blocks["bernoulli-target(d=3) [biased]"]
+    assert header[:4] == ["#", "estimator", "seeds", "MSE@100"] and "MSE×evals" not in header
+    # zero variance: MSE@100 is its bias², 0.3² - 0 / 1000, ± 2 x 0.3 x 1e-4 / sqrt(2) (two seeds)
+    assert [row[:4] for row in rows] == [["1", "rectifier", "2", "0.09±4e-05"]]
     assert "reinforce seed 2 failed: RuntimeError: boom" in text
     # Exact-moment notes name the estimator and the problem.
     assert "reinforce-loo(K=8) on bernoulli-target(d=3): 2^40 outcomes" in text
@@ -700,9 +712,11 @@ def test_summary_fits_the_terminal_and_columns_are_chosen(tmp_path, monkeypatch)
     header = _blocks(chosen)["bernoulli-target(d=3)"][0]
     assert header == ["#", "estimator", "seeds", "variance", "bias²"]
     rows = _blocks(chosen)["bernoulli-target(d=3)"][1:]
-    assert [row[1] for row in rows] == ["reinforce-loo(K=8)", "reinforce", "rectifier"]  # still ranked by MSE
+    assert [row[1] for row in rows] == ["reinforce-loo(K=8)", "reinforce"]  # still ranked by MSE×evals
+    header, *rows = _blocks(chosen)["bernoulli-target(d=3) [biased]"]
+    assert header == ["#", "estimator", "seeds", "variance", "bias²"] and rows[0][1] == "rectifier"
     # Debiased bias²: ‖mean − g‖² − variance / n, 0.3² − 0.0005 / 1000 for the rectifier.
-    assert rows[2][4].startswith("0.09")
+    assert rows[0][4].startswith("0.09")
 
 
 def test_run_rejects_unknown_summary_columns(invoke, tmp_path):
@@ -755,7 +769,7 @@ def test_readme_pandas_example_gives_the_final_values(tmp_path, monkeypatch, one
     nvil = variance[variance["estimator"] == "nvil"]
     final, before = nvil.loc[nvil["step"].isna(), "value"].item(), nvil.loc[nvil["step"] == 0, "value"].item()
     assert final != pytest.approx(before, rel=1e-3)  # else the test could not tell them apart
-    problem = "bernoulli-target(d=3,logit=0.0,t=0.45)"
+    problem = "bernoulli-target(d=3,logit=0.0,spread=0.0,t=0.45)"
     nvil_spec = next(s for s in table.index.get_level_values("estimator_spec") if s.startswith("nvil"))
     assert table.at[(nvil_spec, problem), "variance"] == pytest.approx(final, rel=1e-12)
     for k in (2, 4):

@@ -343,7 +343,7 @@ def test_cli_corrupt_mirror_exits_2_with_one_line(tmp_path, capfd):
     assert (status, out) == (2, "")
     assert one_line(err).startswith(f"error: --mirror {url}: could not fetch train-images-idx3-ubyte.gz: "
                                     f"{url}train-images-idx3-ubyte.gz: corrupt download (not a complete gzip file")
-    assert list((tmp_path / "dest" / "mnist").iterdir()) == []
+    assert not (tmp_path / "dest").exists()  # the folders the failed fetch made (dest/, dest/mnist/) are gone
 
 
 @needs_mnist
@@ -356,6 +356,12 @@ def test_cli_default_mirrors_failing_exits_1(tmp_path, monkeypatch, capfd):
     assert (status, out) == (1, "")
     assert one_line(err) == ("error: could not fetch train-images-idx3-ubyte.gz: "
                              f"{url}train-images-idx3-ubyte.gz: HTTP 404 File not found")
+    assert not (tmp_path / "dest").exists()
+    existing = tmp_path / "existing"  # a folder that was there before is kept
+    existing.mkdir()
+    with serve(served) as (url, _):
+        assert run_main(capfd, "data", "fetch", "mnist", "--quiet", "--dest", existing / "a" / "b")[0] == 1
+    assert existing.is_dir() and list(existing.iterdir()) == []
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -488,7 +488,7 @@ BIAS_CASES = [
 def test_bias_and_variance_on_one_unit_match_the_harness(name, params, moments):
     # The bias is a property of the estimator, reported by the harness: its Monte Carlo bias and
     # variance must agree with the hand/quadrature values within 4 standard errors (false alarm
-    # ~4e-4 per comparison), and where it enumerates, its exact figures to 1e-9.
+    # ~4e-4 per comparison), and its exact figures to 1e-9 where it enumerates, 1e-7 where it integrates.
     mean, second = moments()
     bias, variance = abs(mean - target_gradient()), second - mean**2
     assert bias > 0.005  # biased here, and by a measurable amount
@@ -496,11 +496,11 @@ def test_bias_and_variance_on_one_unit_match_the_harness(name, params, moments):
     assert abs(m["bias_norm"].value - bias) < 4 * m["bias_norm"].stderr
     assert abs(m["variance"].value - variance) < 4 * m["variance"].stderr
     assert m["unbiased_pvalue"].value < 1e-6
-    if build_estimator(name, params).enumerable:
-        assert m["exact_bias_norm"].value == pytest.approx(bias, rel=1e-9)
-        assert m["exact_variance"].value == pytest.approx(variance, rel=1e-9)
-    else:
-        assert "exact_bias_norm" not in m
+    # enumerated, or integrated over the continuous noise (to the quadrature's 1e-8 tolerance)
+    assert m["exact_bias_norm"].value == pytest.approx(bias, rel=1e-9 if build_estimator(name, params).enumerable
+                                                       else 1e-7)
+    assert m["exact_variance"].value == pytest.approx(variance, rel=1e-9 if build_estimator(name, params).enumerable
+                                                      else 1e-7)
 
 
 @pytest.mark.parametrize("problem, params", [("bernoulli-quadratic", {"d": 4}),

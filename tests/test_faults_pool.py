@@ -15,12 +15,14 @@ import pytest
 
 from bench import harness, sweep
 from bench.errors import UserError
+from estimators.base import Estimator
 from conftest import cli_command, cli_env, run_cli
 
 FAULT_PLUGIN = '''
 """An estimator that misbehaves on request, to test the worker pool."""
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -30,10 +32,16 @@ from estimators import register_estimator
 from estimators.base import Estimator, attach_gradient
 
 
+class Halt(BaseException):
+    """A BaseException that is not an Exception."""
+
+
 @register_estimator("fault")
 class Fault(Estimator):
     """REINFORCE, after doing ``action`` on its first call: none; exit (os._exit(7)); kill (SIGKILL
-    to itself); sysexit (raise SystemExit(3)); sleep (touch started-<pid> in the cwd, sleep 300 s)."""
+    to itself); sysexit (raise SystemExit(3)); interrupt (raise KeyboardInterrupt); base (raise a
+    BaseException subclass); sleep (touch started-<pid> in the cwd, sleep 300 s); spawn (start a
+    `sleep 300` child, its pid in child-<pid>, then sleep)."""
 
     needs_loss_backprop = False
 
@@ -48,6 +56,15 @@ class Fault(Estimator):
             os.kill(os.getpid(), signal.SIGKILL)
         if self.action == "sysexit":
             raise SystemExit(3)
+        if self.action == "interrupt":
+            raise KeyboardInterrupt
+        if self.action == "base":
+            raise Halt("not an Exception")
+        if self.action == "spawn":
+            child = subprocess.Popen(["sleep", "300"])
+            Path(f"child-{child.pid}").touch()
+            Path(f"started-{os.getpid()}").touch()
+            time.sleep(300)
         if self.action == "sleep":
             Path(f"started-{os.getpid()}").touch()
             time.sleep(300)
@@ -198,6 +215,10 @@ def started(args, cwd: Path):
     ("kill", 2, "worker died: killed by SIGKILL (out of memory?)"),
     ("sysexit", 2, "SystemExit: the run called exit(3)"),
     ("sysexit", 1, "SystemExit: the run called exit(3)"),
+    ("exit", 1, "worker died: exit code 7"),  # --jobs 1 runs in a worker process too
+    ("kill", 1, "worker died: killed by SIGKILL (out of memory?)"),
+    ("interrupt", 1, "KeyboardInterrupt raised by the run"),  # the run's own, not Ctrl-C
+    ("base", 1, "Halt raised by the run: not an Exception"),
 ])
 def test_dead_worker_fails_its_run_and_the_sweep_goes_on(plugin, action, jobs, reason):
     """Both workers die on the first two configs; the pool is rebuilt and the last two finish."""
@@ -304,3 +325,126 @@ def test_workers_that_die_while_starting_are_one_line_error(tmp_path):
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [
         "error: worker processes die while starting (worker died: exit code 5); try --jobs 1"]
+
+
+# -- a run's own KeyboardInterrupt in-process, and Ctrl-C ----------------------------------------------
+class _Interrupting(Estimator):
+    """Raises KeyboardInterrupt itself, or sends this process SIGINT (a real Ctrl-C)."""
+
+    def __init__(self, signal_it: bool = False):
+        super().__init__()
+        self.signal_it = signal_it
+
+    def forward(self, logits, loss_fn):
+        if self.signal_it:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        raise KeyboardInterrupt
+
+
+@pytest.fixture
+def interrupting(monkeypatch):
+    import estimators
+
+    estimators.ESTIMATORS.ensure_loaded()
+    monkeypatch.setattr(estimators.ESTIMATORS, "_entries", dict(estimators.ESTIMATORS._entries))
+    estimators.register_estimator("test-interrupting", "test only")(_Interrupting)
+
+
+def test_in_process_a_runs_keyboard_interrupt_fails_it_and_ctrl_c_still_stops(interrupting, tmp_path, one_thread):
+    """Registered only in this process, the estimator cannot be rebuilt by a worker: the sweep runs
+    in-process, where its own KeyboardInterrupt is a failed run and the sweep goes on, while a
+    SIGINT to the process stops the sweep (finished runs stored)."""
+    configs = [harness.make_config(name, params, "bernoulli-target", {"d": 2}, 0, 500)
+               for name, params in (("test-interrupting", {}), ("reinforce", {}))]
+    assert not sweep.rebuildable(configs, [])
+    db = tmp_path / "r.db"
+    assert sweep.run_sweep(configs, db, quiet=True)[0] == 1
+    with sqlite3.connect(db) as con:
+        rows = dict(con.execute("SELECT estimator, coalesce(error, status) FROM runs"))
+    assert rows == {"test-interrupting": "KeyboardInterrupt raised by the run", "reinforce": "finished"}
+    stopped = [harness.make_config("reinforce", {}, "bernoulli-target", {"d": 2}, 1, 500),
+               harness.make_config("test-interrupting", {"signal_it": True}, "bernoulli-target", {"d": 2}, 0, 500)]
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(stopped, tmp_path / "s.db", quiet=True)
+    with sqlite3.connect(tmp_path / "s.db") as con:
+        assert con.execute("SELECT seed, status FROM runs").fetchall() == [(1, "finished")]
+
+
+# -- hangs and leftovers -----------------------------------------------------------------------------------
+def test_a_plugin_whose_import_blocks_in_the_workers_is_bounded_by_the_run_timeout(tmp_path):
+    plugin = tmp_path / "blocking_plugin.py"
+    plugin.write_text("import multiprocessing, time\n\nif multiprocessing.parent_process() is not None:\n"
+                      "    time.sleep(300)\n")
+    result = run_cli("run", "--plugin", plugin, "--estimators", "reinforce", *TINY, "--run-timeout", "3",
+                     "--db", tmp_path / "results.db", cwd=tmp_path, timeout=2 * PROGRESS_TIMEOUT_S)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: loading the plugins (") and "took longer than the run time limit of 3 s" in line
+
+
+def test_processes_a_run_starts_end_with_its_timeout(plugin):
+    result = run_cli(*fault_sweep(plugin, "spawn|none", "--run-timeout", "3"), cwd=plugin.parent,
+                     timeout=2 * PROGRESS_TIMEOUT_S)
+    assert result.returncode == 1, result.stderr
+    assert by_action(plugin.parent / "results.db") == {"spawn": [("failed", "timed out after 3 s")],
+                                                        "none": [("finished", None)]}
+    spawned = {int(path.name.split("-")[1]) for path in plugin.parent.glob("child-*")}
+    assert spawned
+    assert_gone(spawned)
+
+
+# -- memory caps from the control group --------------------------------------------------------------------
+def fake_cgroup(root: Path, version: int, limit: str, usage: int, cache: int = 0) -> Path:
+    """A /sys/fs/cgroup tree and a /proc/self/cgroup file naming this process's group in it."""
+    if version == 2:
+        group = root / "user.slice" / "job"
+        group.mkdir(parents=True)
+        (group / "memory.max").write_text(limit + "\n")
+        (group / "memory.current").write_text(f"{usage}\n")
+        (group / "memory.stat").write_text(f"anon 1\ninactive_file {cache}\n")
+        (root / "user.slice" / "memory.max").write_text("max\n")
+        (root / "user.slice" / "memory.current").write_text("1\n")
+        membership = "0::/user.slice/job\n"
+    else:  # v1 in a container: the group's path does not exist under the mount, its root is read
+        (root / "memory").mkdir(parents=True)
+        (root / "memory" / "memory.limit_in_bytes").write_text(limit + "\n")
+        (root / "memory" / "memory.usage_in_bytes").write_text(f"{usage}\n")
+        (root / "memory" / "memory.stat").write_text(f"total_inactive_file {cache}\n")
+        membership = "4:memory:/process_api/abc\n3:cpuset:/\n"
+    path = root.parent / f"cgroup-{version}"
+    path.write_text(membership)
+    return path
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_the_memory_cap_reads_the_control_groups_limit(tmp_path, monkeypatch, version):
+    root = tmp_path / f"v{version}" / "cgroup"
+    membership = fake_cgroup(root, version, str(3 * 2**30), 2**30, cache=2**28)
+    assert sweep.cgroup_available(root, membership) == 2 * 2**30 + 2**28  # limit - usage + reclaimable cache
+    unlimited = tmp_path / f"u{version}" / "cgroup"
+    assert sweep.cgroup_available(unlimited, fake_cgroup(unlimited, version, "max" if version == 2 else str(2**63 - 4096),
+                                                         2**30)) is None
+    # a 3 GB group on a host with much more free: --jobs 16 runs 2 workers of 1 GiB
+    monkeypatch.delenv(WORKER_MEMORY_ENV)
+    monkeypatch.setattr(sweep, "cgroup_available", lambda: 2 * 2**30 + 2**28)
+    assert sweep.available_memory() == 2 * 2**30 + 2**28
+    assert sweep.capped_jobs(16, 100) == (2, "2.2 GiB of memory available, about 1 GiB per worker")
+
+
+def test_a_run_timeout_beyond_what_poll_takes_is_fine(monkeypatch, one_thread):
+    """--run-timeout above about 24.9 days (2^31 ms) overflowed the wait for workers."""
+    from bench import workers
+
+    waits, real_wait = [], workers.multiprocessing.connection.wait
+
+    def wait(objects, timeout=None):
+        waits.append(timeout)
+        return real_wait(objects, timeout)
+
+    monkeypatch.setattr(workers.multiprocessing.connection, "wait", wait)
+    config = harness.make_config("reinforce", {}, "bernoulli-target", {"d": 2}, 0, 500)
+    with workers.Pool(1, [], timeout=3e6, threads=1) as pool:  # about 35 days
+        (result,) = pool.results([config])
+    assert result.status == "finished", result.error
+    assert any(w is not None for w in waits) and all(w is None or w <= workers.MAX_WAIT_S for w in waits)

@@ -339,3 +339,211 @@ def test_plugin_help_says_it_runs_code():
         sub = parser._subparsers._group_actions[0].choices[command]
         text = sub.format_help()
         assert "runs as ordinary Python code" in " ".join(text.split())
+
+
+# -- readers beside a writer -----------------------------------------------------------------------------
+def run_keys_and_metric_counts(store: Store) -> tuple[list[int], dict[int, int]]:
+    runs = store.runs()
+    metrics = store.metrics()
+    return sorted(runs["run_id"]), metrics.groupby("run_id").size().to_dict()
+
+
+@pytest.mark.parametrize("writer_open", [False, True], ids=["no-wal-at-open", "writer-open"])
+def test_a_reader_sees_one_snapshot_while_a_writer_saves(store, writer_open):
+    """A reader's runs and metrics come from one snapshot: runs a writer saves (and checkpoints)
+    after the reader opened are invisible to it, whether a writer was open then (a -wal file
+    existed) or not (the reader once opened such a store immutable, assuming it never changes)."""
+    writer = Store(store) if writer_open else None
+    try:
+        with Store(store, create=False) as reader:
+            before_runs, _ = run_keys_and_metric_counts(reader)
+            with Store(store) as other:
+                for seed in range(3, 40):  # replaced and new runs, enough pages to move the tables
+                    other.save(make_result(seed=seed % 6, metrics=gradient_metrics(seed) +
+                                           [Metric(f"pad{i}", float(i)) for i in range(200)]), VERSIONS, None, "cpu")
+                other.connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            runs, counts = run_keys_and_metric_counts(reader)
+        assert runs == before_runs == [1, 2, 3]
+        assert counts == {1: 5, 2: 5, 3: 5}  # every run with all its metrics, and nothing else
+    finally:
+        if writer is not None:
+            writer.close()
+    with Store(store, create=False) as reader:  # a new reader sees the writer's runs
+        runs, counts = run_keys_and_metric_counts(reader)
+    assert len(runs) == 6 and set(counts.values()) == {205}
+
+
+def test_a_reader_leaves_no_files_beside_a_closed_store_and_is_refused_writes(store):
+    before = files(store.parent)
+    with Store(store, create=False) as reader:
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader.connection.execute("DELETE FROM runs")
+        assert len(reader.runs()) == 3
+    assert files(store.parent) == before
+
+
+def test_size_check_reads_again_before_calling_a_store_cut_short(store, monkeypatch):
+    """The header's page count and the file's size are read apart; a writer checkpointing between
+    the two reads made a healthy store look cut short ("damaged ... restore it from a backup")."""
+    from bench import store as store_module
+
+    real_stat, calls = Path.stat, []
+
+    def stale_size(self, *args, **kwargs):  # the first size read sees one page more than the header
+        result = real_stat(self, *args, **kwargs)
+        if self == store and not calls:
+            calls.append(1)
+            return os.stat_result((*result[:6], result.st_size + 4096, *result[7:]))
+        return result
+
+    header = store.read_bytes()[:100]
+    monkeypatch.setattr(Path, "stat", stale_size)
+    store_module._check_size(store, header)  # no StoreError: the second read agrees
+    assert calls == [1]
+
+
+# -- damaged indexes -------------------------------------------------------------------------------------
+def damage_config_key_index(path: Path) -> None:
+    """Change one config key inside the runs table's unique index only (its last hex digit, so the
+    order holds): quick_check passes, but the index no longer finds that run."""
+    con = sqlite3.connect(path)
+    root, page_size = con.execute("SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_runs_1'").fetchone()[0], \
+        con.execute("PRAGMA page_size").fetchone()[0]
+    key = con.execute("SELECT config_key FROM runs ORDER BY run_id LIMIT 1").fetchone()[0]
+    con.close()
+    data = bytearray(path.read_bytes())
+    page = slice((root - 1) * page_size, root * page_size)
+    at = bytes(data[page]).index(key.encode())
+    last = at + len(key) - 1
+    data[page.start + last] = ord("0") if data[page.start + last] != ord("0") else ord("1")
+    path.write_bytes(bytes(data))
+    assert raw(path, "PRAGMA quick_check") == [("ok",)]
+
+
+def test_a_damaged_config_key_index_is_found_and_nothing_is_stored_twice(invoke, store, tmp_path):
+    damage_config_key_index(store)
+    before = files(store.parent)
+    for argv in (("run", "--estimators", "reinforce", "--problems", "bernoulli-target(d=2)", "--samples", "100",
+                  "--db", store),
+                 ("export", "--db", store, "--format", "csv", "--out", tmp_path / "o.csv"),
+                 ("merge", store, "--into", tmp_path / "merged.db")):
+        code, out, err = invoke(*argv)
+        one_line_error(code, err, str(store), "damaged", "REINDEX")
+    assert files(store.parent) == before
+    assert not (tmp_path / "merged.db").exists() and not (tmp_path / "o.csv").exists()
+    con = sqlite3.connect(store)
+    con.execute("REINDEX")  # the repair the message names
+    con.close()
+    with Store(store) as s:
+        assert len(s.runs()) == 3
+
+
+def test_a_metrics_index_missing_entries_is_found(store):
+    """The metrics index rebuilt as if partial (no 'variance' rows), then declared whole again: a
+    sound b-tree that quick_check passes, missing three entries."""
+    con = sqlite3.connect(store)
+    (sql,) = con.execute("SELECT sql FROM sqlite_master WHERE name = 'metrics_key'").fetchone()
+    con.execute("PRAGMA writable_schema = ON")
+    con.execute("UPDATE sqlite_master SET sql = ? WHERE name = 'metrics_key'", (sql + " WHERE metric != 'variance'",))
+    con.commit()
+    con.close()
+    con = sqlite3.connect(store)
+    con.execute("REINDEX metrics_key")
+    con.execute("PRAGMA writable_schema = ON")
+    con.execute("UPDATE sqlite_master SET sql = ? WHERE name = 'metrics_key'", (sql,))
+    con.commit()
+    con.close()
+    assert raw(store, "PRAGMA quick_check") == [("ok",)]
+    with pytest.raises(StoreError, match=r"damaged \(index metrics_key holds 12 entries for 15 rows\).*REINDEX"):
+        Store(store, create=False)
+
+
+def test_a_store_with_wrong_columns_is_one_line(invoke, tmp_path):
+    db = tmp_path / "cols.db"
+    with Store(db):
+        pass
+    con = sqlite3.connect(db)
+    con.execute("ALTER TABLE runs DROP COLUMN notes")
+    con.close()
+    for argv in (("export", "--db", db, "--format", "csv", "--out", tmp_path / "o.csv"),
+                 ("run", "--estimators", "reinforce", "--problems", "bernoulli-target(d=2)", "--samples", "100",
+                  "--db", db)):
+        code, out, err = invoke(*argv)
+        one_line_error(code, err, str(db), "without the column(s) notes")
+
+
+# -- read-only storage -----------------------------------------------------------------------------------
+def test_a_read_only_store_is_refused_for_writing_with_nothing_created_beside_it(invoke, store, monkeypatch):
+    store.chmod(0o444)
+    if AS_ROOT:  # root may write anything: this process is told it may not write the store
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if (Path(path) == store and mode & os.W_OK)
+                            else real_access(path, mode, **kw))
+    before = files(store.parent)
+    code, out, err = invoke("run", "--estimators", "reinforce", "--problems", "bernoulli-target(d=2)", "--samples",
+                            "100", "--db", store)
+    one_line_error(code, err, str(store), "read-only")
+    assert files(store.parent) == before
+
+
+def test_a_version_1_store_on_read_only_storage_is_exported(invoke, tmp_path, monkeypatch):
+    """Storage this process cannot write (a read-only mount; simulated, as root writes anywhere):
+    the upgrade is made in a private copy, and the store is left as it was."""
+    from bench import store as store_module
+    from test_store import make_v1_store
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    make_v1_store(folder / "old.db")
+    before = files(folder)
+    monkeypatch.setattr(store_module, "_writable_storage", lambda path: path.parent != folder)
+    code, out, err = invoke("export", "--db", folder / "old.db", "--format", "csv", "--out", tmp_path / "o.csv")
+    assert code == 0, err
+    assert files(folder) == before
+    frame = pd.read_csv(tmp_path / "o.csv")
+    assert sorted(zip(frame["scope"], frame["value"])) == [("all", 0.5), ("unit0", 0.25)]
+
+
+def test_a_store_locked_past_the_busy_timeout_is_one_line(invoke, store, monkeypatch):
+    from bench import store as store_module
+
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_MS", 300)
+    holder = sqlite3.connect(store, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process's write transaction that does not end
+    try:
+        with Store(store):  # opening for writing takes the write lock (schema check, WAL mode)
+            pass
+    except StoreError as exc:
+        assert "stayed locked by another process for 0.3 s" in str(exc) and "\n" not in str(exc)
+    else:
+        pytest.fail("a locked store was opened for writing")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def test_a_store_that_cannot_be_created_leaves_no_empty_file(invoke, tmp_path, monkeypatch):
+    from bench.store import StorageFailure
+
+    def full(self):
+        raise StorageFailure(f"cannot write to results database {self.path}: database or disk is full")
+
+    monkeypatch.setattr(Store, "_initialise", full)
+    db = tmp_path / "new.db"
+    code, out, err = invoke("run", "--estimators", "reinforce", "--problems", "bernoulli-target(d=2)", "--samples",
+                            "100", "--db", db)
+    one_line_error(code, err, "disk is full")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("new.db")) == []
+
+
+def test_the_records_readme_shows_device_and_revision_fields_as_text(tmp_path):
+    from analysis.frames import load_results
+    from analysis.record import readme
+
+    db = tmp_path / "r.db"
+    with Store(db) as s:
+        s.save(make_result(), VERSIONS, "abc123\n- injected item", "cpu <script>alert(1)</script>\n# Injected heading")
+    text = readme(load_results(db), "t", ["python", "-m", "bench"])
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; # Injected heading" in text
+    assert "abc123 - injected item" in text
+    assert not any(line.startswith(("# Injected", "- injected")) for line in text.splitlines())

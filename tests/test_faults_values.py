@@ -238,3 +238,42 @@ def test_exact_too_large_is_stored_skipped():
     result = harness.run(harness.make_config("exact", {"max_units": 30}, "bernoulli-quadratic", {"d": 26}, 0, 100,
                                              warmup=0))
     assert result.status == "skipped" and "needs tensors of" in result.error
+
+
+# -- limits that gave tracebacks or ran forever ------------------------------------------------------------
+@pytest.mark.parametrize("argv, fragment", [
+    (["--samples", str(2**63)], "--samples: must be below 2^63"),
+    (["--warmup", str(2**63)], "--warmup: must be below 2^63"),
+    (["--threads", str(2**31)], f"--threads {2**31} is more than torch takes"),
+], ids=["samples", "warmup", "threads"])
+def test_counts_too_large_are_one_line(invoke, tmp_path, argv, fragment):
+    code, out, err = invoke("run", "--estimators", "reinforce", "--problems", "bernoulli-target(d=2)", "--quiet",
+                            "--db", tmp_path / "r.db", *argv)
+    one_line_error(code, err, fragment)
+    assert not (tmp_path / "r.db").exists()
+
+
+def test_an_out_name_too_long_is_one_line(invoke, tmp_path):
+    with Store(tmp_path / "r.db") as store:
+        store.save(make_result(), {}, None, "cpu")
+    code, out, err = invoke("export", "--db", tmp_path / "r.db", "--format", "csv", "--out", tmp_path / ("x" * 300))
+    one_line_error(code, err, "cannot write --out", "File name too long")
+
+
+def test_json_nested_too_deeply_in_a_store_is_read_as_unreadable(invoke, tmp_path):
+    import sqlite3
+
+    import pandas as pd
+
+    from analysis.frames import _parse_json
+
+    db = tmp_path / "r.db"
+    with Store(db) as store:
+        store.save(make_result(), {}, None, "cpu")
+    deep = "[" * 100_000 + "]" * 100_000
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE runs SET estimator_params = ?, notes = ?", (deep, deep))
+    code, out, err = invoke("export", "--db", db, "--format", "csv", "--out", tmp_path / "o.csv")
+    assert code == 0, err
+    assert set(pd.read_csv(tmp_path / "o.csv")["estimator_spec"]) == {"reinforce(unreadable parameters)"}
+    assert _parse_json(deep) is None

@@ -284,7 +284,7 @@ def test_own_parameter_estimators_are_trained_alongside(synthetic):
     assert math.isfinite(records[("train_criterion", 1)])
 
 
-@pytest.mark.parametrize("name", estimators.ESTIMATORS.names())
+@pytest.mark.parametrize("name", estimators.unit_estimator_names())
 def test_every_registered_estimator_can_gate(synthetic, name):
     problem = problems.build_problem("mnist-gater", {"gate_units": 6, "hidden": 4, "epochs": 1, "train_subset": 64})
     estimator = estimators.build_estimator(name)
@@ -416,3 +416,40 @@ def test_paper_command_says_how_to_get_missing_data(tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "python -m bench data fetch mnist" in err
     assert not (tmp_path / "paper.db").exists()
+
+
+def test_test_set_is_evaluated_every_test_every_epochs_and_at_the_last(synthetic):
+    records, _ = fit(problems.build_problem("mnist-gater", {**SMALL, "epochs": 5, "test_every": 2}),
+                     "straight-through")
+    assert sorted(e for name, e in records if name == "valid_error") == [1, 2, 3, 4, 5]
+    assert sorted(e for name, e in records if name == "test_error") == [2, 4, 5]
+    assert sorted(e for name, e in records if name == "sparsity_test") == [2, 4, 5]
+
+
+@pytest.mark.parametrize("tune_examples", [100, 640])
+def test_threshold_is_tuned_on_the_first_tune_examples(synthetic, tune_examples):
+    problem = problems.build_problem("mnist-gater", {**SMALL, "epochs": 1, "tune_examples": tune_examples})
+    records, _ = fit(problem, "straight-through")
+    model = problem.trained_model
+    with torch.no_grad():
+        logits = model.gate_logits(synthetic["train"][0][:tune_examples])
+    assert records[("threshold", None)] == float(tune_threshold(logits, 0.1))
+    assert int((logits > records[("threshold", None)]).sum()) == round(0.1 * logits.numel())
+
+
+@pytest.mark.parametrize("bad", [{"tune_examples": 0}, {"test_every": 0}])
+def test_evaluation_settings_must_be_positive(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        problems.build_problem("mnist-gater", bad)
+
+
+def test_fig2_verdict_reports_differences_and_the_pairs_it_reverses():
+    table = {"A": (None, None, 1.0), "B": (None, None, 2.0), "C": (None, None, 3.0)}
+    lines = paper_fig2.verdict({"A": [1.2, 1.4], "B": [1.0, 1.2], "C": [3.6]}, table)
+    assert lines[0] == "Test error, ours − paper (points): A +0.30; B -0.90 (beyond ±0.5); C +0.60 (beyond ±0.5)."
+    assert lines[1] == "2 of 3 rows differ from the paper by more than 0.5 points: B, C."
+    assert lines[2] == "Ordering by test error, paper: A < B < C; ours: B < A < C."
+    # A and B swap (gap 0.2, spread 0.14 each: beyond it); tau = (2 - 1) / 3
+    assert lines[3] == ("The paper's ordering holds for 2 of 3 pairs of rows (Kendall's tau 0.33): reversed A vs B "
+                        "(paper 1.00 < 2.00, ours 1.30 > 1.10 beyond the seeds' spread).")
+    assert paper_fig2.verdict({"A": []}, table) == []

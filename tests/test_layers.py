@@ -5,9 +5,10 @@ cycle and no import upwards between layers.
     top      bench.cli, bench.__main__, bench.commands.*          (the command line)
     middle   experiments.*, analysis.*                           (experiments may import analysis, not back)
     lower    the rest of bench.* (harness, store, sweep, ...)
-    bottom   estimators.*, problems.*                            (problems use only estimators.base and
-                                                                  estimators.registry; estimators never
-                                                                  import problems)
+    bottom   estimators.*, problems.*                            (problems use only estimators.base,
+                                                                  estimators.sequence (the contract of
+                                                                  sequence units) and estimators.registry;
+                                                                  estimators never import problems)
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("bench", "estimators", "problems", "analysis", "experiments")
 TOP, MIDDLE, LOWER, BOTTOM = 3, 2, 1, 0
-PROBLEMS_MAY_USE = {"estimators.base", "estimators.registry"}  # the contract and the registry machinery
+PROBLEMS_MAY_USE = {"estimators.base", "estimators.sequence",  # the contracts (units, sequences)
+                    "estimators.registry"}  # and the registry machinery
 
 
 def modules(root: Path = REPO_ROOT) -> dict[str, Path]:

@@ -2,6 +2,7 @@
 non-store file, one transaction per source, and merging twice."""
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -167,3 +168,36 @@ def test_each_source_is_one_transaction(tmp_path, capsys, monkeypatch):
         main(["merge", str(first), str(second), "--into", str(dst)])
     assert raw(dst, "SELECT seed FROM runs") == [(0,)]
     assert raw(dst, "SELECT count(*) FROM metrics") == [(4,)]
+
+
+def test_training_runs_differing_only_in_their_speed_are_not_conflicts(tmp_path, capsys):
+    """Identical VAE runs on two machines: seconds_per_step (and the times) differ, the numbers do not."""
+    def vae_like(path: Path, speed: float) -> Path:
+        with Store(path) as store:
+            metrics = [Metric("train_elbo", -100.5, step=1000), Metric("seconds_per_step", speed, step=1000),
+                       Metric("wall_time_s", 1000 * speed, step=1000)]
+            store.save(make_result(0, metrics), VERSIONS, None, "cpu")
+        return path
+
+    status, out, err = merge(capsys, vae_like(tmp_path / "a.db", 0.01), vae_like(tmp_path / "b.db", 0.03),
+                             "--into", tmp_path / "all.db")
+    assert (status, err) == (0, "")
+    assert "b.db: 0 run(s) copied, 1 already present" in out and "conflict" not in out
+
+
+def test_a_copy_left_by_a_killed_merge_is_removed_by_the_next(tmp_path, capsys):
+    import subprocess
+    import tempfile
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that no longer runs
+    left = Path(tempfile.gettempdir()) / f"stochgrad-merge-{gone.pid}-abcd1234"
+    left.mkdir()
+    (left / "source.db").write_bytes(b"x" * 1000)
+    mine = Path(tempfile.gettempdir()) / f"stochgrad-merge-{os.getpid()}-alive000"  # a live process's: kept
+    mine.mkdir()
+    try:
+        assert merge(capsys, make_store(tmp_path / "a.db", [0]), "--into", tmp_path / "all.db")[0] == 0
+        assert not left.exists() and mine.exists()
+    finally:
+        mine.rmdir()

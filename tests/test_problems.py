@@ -178,11 +178,13 @@ class ProblemContract:
         for (name, x), (_, y) in zip(a.named_buffers(), b.named_buffers()):
             assert torch.equal(x, y), name
 
+    sample_estimator = "reinforce"  # an estimator that serves the family's units
+
     def test_sample_gradients_shape(self, spec):
         from estimators import build_estimator
 
         problem = build(spec)
-        estimator = build_estimator("reinforce")
+        estimator = build_estimator(self.sample_estimator)
         estimator.rng.generator = torch.Generator().manual_seed(0)
         grads = problem.sample_gradients(estimator, 7)
         assert grads.shape == (7, problem.dim)
@@ -412,7 +414,8 @@ class TestPolynomialProgramming(CategoricalContract):
 CONTRACT_CLASSES = [TestBernoulliTarget, TestBernoulliQuadratic, TestBernoulliBlackbox, TestSigmoidBeliefNet,
                     TestMlpProbe, TestCategoricalTarget, TestPolynomialProgramming]
 _COVERED = ({name for cls in CONTRACT_CLASSES for name, _ in cls.specs}
-            | {"bernoulli-vae-probe", "categorical-vae-probe"})  # tests/test_vae.py, tests/test_categorical_vae.py
+            | {"bernoulli-vae-probe", "categorical-vae-probe",  # tests/test_vae.py, tests/test_categorical_vae.py
+               "sequence-bandit"})  # tests/test_sequence.py
 
 
 def _gradient_problem(name: str) -> bool:
@@ -503,7 +506,7 @@ def test_integral_float_parameters_are_coerced():
 def test_resolved_params_round_trip():
     problem = problems.build_problem("bernoulli-target", {"d": 3, "t": 0.3, "logit": -1.5})
     params = problems.PROBLEMS.resolved_params(problem)
-    assert params == {"d": 3, "t": 0.3, "logit": -1.5}
+    assert params == {"d": 3, "t": 0.3, "logit": -1.5, "spread": 0.0}
     rebuilt = problems.build_problem("bernoulli-target", params)
     torch.testing.assert_close(rebuilt.exact_gradient(), problem.exact_gradient(), rtol=0, atol=0)
 

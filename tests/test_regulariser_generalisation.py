@@ -127,12 +127,25 @@ def test_record_regenerated_from_a_store(tmp_path):
     readme = (record / "README.md").read_text()
     assert f"python -m bench run --estimators {CLAIM},{CONTROL} --problems {PROBLEM} --seeds 0,1,2" in readme \
         or f"python -m bench run --estimators {CONTROL},{CLAIM} --problems {PROBLEM} --seeds 0,1,2" in readme
-    assert f"python -m bench report --db {db} --record {record}" in readme
+    assert f"python -m bench report --db {db.name} --record {record.name}" in readme
+    assert str(tmp_path) not in "".join(p.read_text() for p in record.iterdir())  # no absolute paths
     assert "cpu (test)" in readme and "| torch |" in readme
     assert "sum of the runs' wall times 12 s (per run 2 s to 2 s)" in readme  # 6 runs x 2 s
     summary = (record / "summary.md").read_text()
     assert "verdict on 'binary stochastic units generalise better'" in summary
     assert "Generalisation at the final and at the best-validation epoch" in summary
+
+
+def test_record_splits_training_time_into_steps_and_evaluation():
+    import pandas as pd
+
+    from analysis.record import time_split
+
+    metrics = pd.DataFrame({"metric": ["epoch_time_s", "eval_time_s"] * 2 + ["epoch_time_s"],
+                            "epoch": [1, 1, 2, 2, None], "value": [20.0, 1.0, 18.0, 1.0, 99.0]})
+    assert time_split(metrics) == ("- training steps 38 s, evaluation 2 s (5.0 % of the two; per-epoch values "
+                                   "in `metrics.csv`);")
+    assert time_split(metrics[metrics["metric"] == "epoch_time_s"]) is None
 
 
 def test_report_without_out_or_record_is_a_user_error(tmp_path, capsys):

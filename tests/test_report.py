@@ -128,13 +128,13 @@ def test_summary_tables_hold_the_stored_numbers(store_path, report_dir):
     summary = (report_dir / "summary.md").read_text()
     exact = stored(store_path, "exact_variance")
     for d in (2, 3):
-        params = json.dumps({"d": d, "logit": 0.0, "t": 0.45}, sort_keys=True)
-        cells = table_row(summary, f"bernoulli-target(d={d})", "reinforce")
+        params = json.dumps({"d": d, "logit": 0.0, "spread": 0.0, "t": 0.45}, sort_keys=True)
+        cells = table_row(summary, f"bernoulli-target(d={d}): unbiased estimators", "reinforce")
         assert cells[1] == "2"  # runs (seeds)
         assert fmt(sum(exact[("reinforce", params)]) / 2) in cells
-        loo = table_row(summary, f"bernoulli-target(d={d})", "reinforce-loo(K=2)")
+        loo = table_row(summary, f"bernoulli-target(d={d}): unbiased estimators", "reinforce-loo(K=2)")
         assert fmt(sum(exact[("reinforce-loo", params)]) / 2) in loo
-    # Cost-adjusted table: the exact estimator has zero variance, so it leads the ranking.
+    # Cost-adjusted table: the exact estimator has zero variance, so it leads the unbiased ranking.
     cost = summary.split("## Variance against cost", 1)[1]
     first_row = cost.split("| --- |", 1)[1].split("\n")[1]
     assert first_row.startswith("| exact | unbiased | 0 |")

@@ -138,7 +138,7 @@ def test_notes_describe_the_estimator_the_problem_and_the_kind(one_thread, tiny_
     registered = estimators.ESTIMATORS.entry("nvil").parameters()
     assert estimator["defaults"] == {k: v["default"] for k, v in registered.items()}
     assert notes["problem"] == {"trains_model": False, "module": "problems.bernoulli", "units": 3, "dim": 3,
-                                "defaults": {"d": 4, "t": 0.45, "logit": 0.0}}
+                                "defaults": {"d": 4, "t": 0.45, "logit": 0.0, "spread": 0.0}}
 
     training = harness.run(harness.make_config("straight-through", {}, "tiny-trainer", {"lr": 0.1}, 0, 100))
     assert training.status == "finished", training.error
@@ -182,7 +182,7 @@ def test_stored_description_wins_over_the_registry_and_the_guess(tmp_path):
                    RunConfig("straight-through", {}, "bernoulli-target", TARGET, 0, 1000)]
         table = summary.summary_table(store, configs, width=200)
     gradient, training = table.split("\n\n")[:2]  # the stored kinds, not samples == 0
-    assert gradient.startswith("bernoulli-target: ranked by MSE") and "-  reinforce-loo  " in gradient
+    assert gradient.startswith("bernoulli-target: biased and deterministic") and "-  reinforce-loo  " in gradient
     assert ": training" in training.splitlines()[0] and "straight-through" in training
 
 

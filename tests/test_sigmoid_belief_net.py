@@ -17,7 +17,7 @@ import torch
 
 import problems
 from bench.harness import exact_estimator_moments, make_config, run
-from estimators import ESTIMATORS, Estimator, build_estimator
+from estimators import ESTIMATORS, Estimator, build_estimator, unit_estimator_names
 from estimators.base import Noise, ReplayNoise, all_configurations, attach_gradient
 from estimators.registry import RegistryError
 from problems.sigmoid_belief_net import _REFERENCE_CACHE, SigmoidBeliefNet
@@ -86,10 +86,13 @@ def test_spec_strings_reach_the_problem():
     ("sigmoid-belief-net-training", {"lr": 0.0}, "lr must be a positive number"),
     ("sigmoid-belief-net-training", {"ema_decay": 1.0}, "ema_decay must be in [0, 1)"),
     ("sigmoid-belief-net-training", {"widths": "3--3"}, "has an empty layer"),
+    ("sigmoid-belief-net", {"depth": 100_000, "width": 1}, "depth must be at most 1000"),  # hung in validation
+    ("sigmoid-belief-net", {"widths": "-".join(["1"] * 1001)}, "widths must name at most 1000 layers"),
 ], ids=["empty-layer", "zero-layer", "not-numbers", "widths-and-depth", "depth-without-width",
         "width-without-depth", "negative-depth", "unknown-loss", "nan-hidden-weight", "exact-too-large",
         "unknown-reference-method", "too-few-reference-samples", "training-steps-0", "training-batch-0",
-        "training-optimizer", "training-lr-0", "training-ema-1", "training-empty-layer"])
+        "training-optimizer", "training-lr-0", "training-ema-1", "training-empty-layer", "depth-too-large",
+        "widths-too-many"])
 def test_bad_parameters(name, params, fragment):
     with pytest.raises(RegistryError) as info:
         problems.build_problem(name, params)
@@ -118,7 +121,7 @@ def test_data_seed_draws_the_net_and_deeper_nets_extend_shallower_ones():
 # estimators through depth: every registered one composes through the contract
 # =============================================================================================
 
-ALL_ESTIMATORS = ESTIMATORS.names()
+ALL_ESTIMATORS = unit_estimator_names()
 
 
 class CountingObserver:

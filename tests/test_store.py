@@ -245,7 +245,7 @@ def kill_sweep(db: Path, cwd: Path, after_runs: int | None, delay: float) -> Non
     process = subprocess.Popen(cli_command(*SWEEP, "--db", db), cwd=cwd, env=cli_env(), stdin=subprocess.DEVNULL,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # the run command starts a worker process (two torch imports)
         if after_runs is not None:
             while count_runs(db) < after_runs:
                 assert process.poll() is None, f"the sweep ended before it was killed: {process.stderr.read()}"

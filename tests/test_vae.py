@@ -18,7 +18,7 @@ import problems
 from bench import harness
 from bench.enumeration import enumerate_exact
 from bench.metrics import Metric
-from estimators import ESTIMATORS, build_estimator
+from estimators import build_estimator, unit_estimator_names
 from estimators.base import Noise
 from estimators.registry import RegistryError
 from problems.training import Binariser
@@ -82,7 +82,7 @@ class TestVaeProbe(ProblemContract):
 
 
 # -- exact gradients at an enumerable size ---------------------------------------------------------------
-UNBIASED = [name for name in ESTIMATORS.names() if build_estimator(name).unbiased]
+UNBIASED = [name for name in unit_estimator_names() if build_estimator(name).unbiased]
 DISCRETE = [name for name in UNBIASED if build_estimator(name).enumerable]
 CONTINUOUS = [name for name in UNBIASED if not build_estimator(name).enumerable]
 SMALL_K = {"reinforce-loo": {"K": 2}}  # K = 4 nested over two layers draws too many bits to enumerate

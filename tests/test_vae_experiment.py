@@ -99,22 +99,23 @@ def test_the_table_holds_mean_and_sd_over_seeds_and_the_published_numbers(synthe
     db, planned = synthetic
     lines = table_lines(db, planned)
     assert max(map(len, lines)) <= 100
-    header = lines[lines.index("bernoulli-vae, linear, 40 steps") + 1].split("  ")
+    header = lines[lines.index("bernoulli-vae, linear, protocol suite, 40 steps") + 1].split("  ")
     assert [h.strip() for h in header if h.strip()] == ["estimator", "seeds", "train ELBO", "test bound", "s / step",
                                                         "steps", "RELAX paper"]
     # train: mean of (-110, -112, -111) = -111, sd 1; test: -106 ± 1; s/step: 0.02 + mean(0, .01, .02) = 0.03
-    assert row(lines, "bernoulli-vae, linear, 40 steps", "disarm") == [
+    assert row(lines, "bernoulli-vae, linear, protocol suite, 40 steps", "disarm") == [
         "3/3", "-111.00 ± 1.00", "-106.00 ± 1.00", "0.03", "40", "–"]  # DisARM has no RELAX-paper number
-    assert row(lines, "bernoulli-vae, linear, 40 steps", "gumbel-softmax") == [
+    assert row(lines, "bernoulli-vae, linear, protocol suite, 40 steps", "gumbel-softmax") == [
         "3/3", "-116.00 ± 1.00", "-108.50 ± 0.00", "0.02", "40", "-111.3"]  # Concrete, one linear layer
-    assert row(lines, "bernoulli-vae, two-layer, 40 steps", "disarm")[:3] == ["3/3", "-111.00 ± 1.00",
+    assert row(lines, "bernoulli-vae, two-layer, protocol suite, 40 steps", "disarm")[:3] == ["3/3", "-111.00 ± 1.00",
                                                                               "-106.00 ± 1.00"]
 
 
 def test_skipped_estimators_are_shown_with_their_reason(synthetic):
     db, planned = synthetic
     lines = table_lines(db, planned)
-    assert row(lines, "bernoulli-vae, linear, 40 steps", "nvil") == ["0/3", "skipped", "skipped", "–", "–", "-112.5"]
+    assert row(lines, "bernoulli-vae, linear, protocol suite, 40 steps", "nvil") == [
+        "0/3", "skipped", "skipped", "–", "–", "-112.5"]
     text = " ".join(" ".join(lines).split())
     assert f"nvil seeds 0,1,2 skipped: {SKIP_REASON}" in text and "nvil seed 0" not in text
 
@@ -134,7 +135,7 @@ def test_the_published_numbers_name_their_protocol(synthetic):
                    "Table 1 (dynamically binarised MNIST, Fashion-MNIST and Omniglot, linear and nonlinear, 1M steps)",
                    "were not found"):
         assert phrase in text
-    assert row(table_lines(db, planned), "bernoulli-vae, two-layer, 40 steps", "disarm")[-1] == "–"
+    assert row(table_lines(db, planned), "bernoulli-vae, two-layer, protocol suite, 40 steps", "disarm")[-1] == "–"
 
 
 def test_the_report_section_draws_curves_and_variances_without_clipping(synthetic):
@@ -154,11 +155,11 @@ def test_the_report_section_draws_curves_and_variances_without_clipping(syntheti
     assert all(ax.get_yscale() == "log" for ax in trajectory.axes + checkpoint.axes if ax.axison)
     # One checkpoint panel per (setting, training estimator); in each, the own variance and the basket's.
     titles = [ax.get_title().replace("\n", " ") for ax in checkpoint.axes if ax.axison]
-    assert len(titles) == 3 and "trained by disarm; bernoulli-vae, linear, 40 steps" in titles
+    assert len(titles) == 3 and "trained by disarm; bernoulli-vae, linear, protocol suite, 40 steps" in titles
     legend = {t.get_text() for t in checkpoint.legends[0].get_texts()}
     assert {"disarm", "gumbel-softmax", "reinforce-loo(K=2)"} <= legend
     tables = {t.title: t.frame for t in section.tables}
-    frame = tables["Bernoulli VAE table: bernoulli-vae, linear, 40 steps"].set_index("estimator")
+    frame = tables["Bernoulli VAE table: bernoulli-vae, linear, protocol suite, 40 steps"].set_index("estimator")
     assert frame.loc["disarm", "train ELBO"] == "-111.00 ± 1.00" and frame.loc["nvil", "train ELBO"] == "skipped"
 
 
@@ -248,7 +249,9 @@ def test_the_command_help_names_the_experiments_defaults():
     (["--estimators", "disarm(K=2"], ""),
     (["--dataset", "omniglot"], "--dataset"),
     (["--steps", "0"], "--steps"),
-], ids=["architecture", "estimator", "malformed-spec", "dataset", "steps"])
+    (["--basket", "disarm+reinforce-lo(K=2)"], "basket estimator 'reinforce-lo(K=2)': unknown estimator 'reinforce-lo'"),
+    (["--basket", "disarm(K=2"], "basket estimator 'disarm(K=2'"),
+], ids=["architecture", "estimator", "malformed-spec", "dataset", "steps", "basket-typo", "basket-malformed"])
 def test_user_mistakes_are_one_line(argv, message, tmp_path, capsys, vae_problem):
     assert main(["vae", *argv, "--db", str(tmp_path / "v.db")]) == 2
     err = capsys.readouterr().err
@@ -305,7 +308,7 @@ def test_vae_quick_end_to_end(tmp_path, monkeypatch):
     lines = first.stdout.splitlines()
     assert max(map(len, lines)) <= 100, first.stdout
     for label in ("disarm", "gumbel-softmax"):
-        cells = row(lines, f"bernoulli-vae, linear, {vae.QUICK_STEPS} steps", label)
+        cells = row(lines, f"bernoulli-vae, linear, protocol disarm, {vae.QUICK_STEPS} steps", label)
         assert cells[0] == "1/1" and cells[1] != "–" and cells[2] != "–", cells
         assert cells[4] == str(vae.QUICK_STEPS)
     again = run_cli(*[a for a in argv if a != "--quiet"], cwd=tmp_path)

@@ -10,7 +10,7 @@ import importlib
 
 COMMAND_MODULES = ("bench.commands.listing", "bench.commands.run", "bench.commands.export", "bench.commands.data",
                    "bench.commands.merge", "bench.commands.paper", "bench.commands.report", "bench.commands.reproduce",
-                   "bench.commands.vae")
+                   "bench.commands.vae", "bench.commands.check_advantage")
 
 
 def add_parsers(subparsers) -> None:

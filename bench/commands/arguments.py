@@ -22,6 +22,9 @@ PLUGIN_HELP = ("a plugin .py file or module to load; it runs as ordinary Python 
                "so load only plugins you trust")
 
 
+MAX_COUNT = 2**63 - 1  # counts are stored as 64-bit integers; a larger one would run "forever" first
+
+
 def int_at_least(minimum: int, kind: str):
     def parse(text: str) -> int:
         try:
@@ -30,6 +33,8 @@ def int_at_least(minimum: int, kind: str):
             value = minimum - 1
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be a {kind} integer, got {text!r}")
+        if value > MAX_COUNT:
+            raise argparse.ArgumentTypeError(f"must be below 2^63 = {MAX_COUNT + 1}, got {text!r}")
         return value
 
     return parse
@@ -89,6 +94,28 @@ def add_threads_option(parser: argparse.ArgumentParser) -> None:
                         help=f"torch intra-op threads per process, each worker of --jobs included (default: "
                              f"{DEFAULT_THREADS}: --jobs N then uses N cores; more threads pay only for large "
                              "models on an otherwise idle machine; recorded in each run's notes)")
+
+
+KEEP_MODELS_HELP = ("keep each training run's final model in DIR (created if missing), one file per run, "
+                    "read back with bench.checkpoints.load_model")
+
+
+def add_keep_models_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keep-models", type=Path, default=None, metavar="DIR", help=KEEP_MODELS_HELP)
+
+
+def keep_models(path: Path | None) -> Path | None:
+    """``--keep-models DIR``: None, or the directory, made here if missing (a file there, or a
+    directory that cannot be made, is a one-line error before any run starts)."""
+    if path is None:
+        return None
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--keep-models {path} is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--keep-models {path}: cannot make the directory ({exc.strerror or exc})") from None
+    return path
 
 
 def add_plugin_option(parser: argparse.ArgumentParser) -> None:

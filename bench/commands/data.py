@@ -10,6 +10,7 @@ one line on stderr.
 """
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -42,19 +43,37 @@ def add_parser(subparsers) -> None:
     path.set_defaults(func=command_path)
 
 
+def _first_missing(path: Path | None) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (what a fetch would create)."""
+    if path is None:
+        return None
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
 def command_fetch(args) -> int:
     if args.dest is not None and args.dest.exists() and not args.dest.is_dir():
         raise UserError(f"--dest {args.dest} exists and is not a directory")
     try:
         dest = None if args.dest is None else args.dest / datasets.dataset_info(args.name).name
+    except datasets.DataError as exc:
+        raise UserError(str(exc)) from None
+    created = _first_missing(dest)
+    try:
         directory = datasets.fetch(args.name, mirror=args.mirror, dest=dest, progress=not args.quiet)
-    except datasets.FetchError as exc:
+    except datasets.DataError as exc:  # FetchError included
+        if created is not None:  # a failed fetch leaves no folder it made behind
+            shutil.rmtree(created, ignore_errors=True)
+        if not isinstance(exc, datasets.FetchError):
+            raise UserError(str(exc)) from None
         if args.mirror is not None:
             raise UserError(f"--mirror {args.mirror}: {exc}") from None
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except datasets.DataError as exc:
-        raise UserError(str(exc)) from None
     print(directory)
     return 0
 

@@ -41,10 +41,13 @@ def command_export(args) -> int:
     to_stdout = str(args.out) == "-"
     args.format = output_format(args.out, args.format)
     if not to_stdout:
-        if not args.out.parent.exists():
-            raise UserError(f"directory {args.out.parent} does not exist (for --out {args.out})")
-        if args.out.is_dir():
-            raise UserError(f"--out {args.out} is a directory; give a file name")
+        try:
+            if not args.out.parent.exists():
+                raise UserError(f"directory {args.out.parent} does not exist (for --out {args.out})")
+            if args.out.is_dir():
+                raise UserError(f"--out {args.out} is a directory; give a file name")
+        except OSError as exc:  # a name too long, a path through a file
+            raise UserError(f"cannot write --out {args.out}: {exc.strerror or exc}") from None
     if args.format == "parquet":
         try:
             import pyarrow  # noqa: F401
@@ -79,7 +82,7 @@ def _specs(names: pd.Series, params: pd.Series) -> list[str]:
     def spec(name: str, text: str) -> str:
         try:
             return format_spec(name, json.loads(text))
-        except (TypeError, ValueError, AttributeError):  # a damaged or crafted row: say so, do not crash
+        except (TypeError, ValueError, AttributeError, RecursionError):  # a damaged or crafted row: say so
             return f"{name}(unreadable parameters)"
 
     return [cache.setdefault((n, p), spec(n, p)) for n, p in zip(names, params)]

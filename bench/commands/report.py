@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bench.commands.arguments import positive_int
 from bench.errors import UserError
 from bench.store import DEFAULT_DB
+from bench.summary import DEFAULT_BUDGET
 
 
 def add_parser(subparsers) -> None:
@@ -27,6 +29,9 @@ def add_parser(subparsers) -> None:
                         help="only these estimators: comma-separated names or specs name(key=value)")
     parser.add_argument("--problems", default=None,
                         help="only these problems: comma-separated names or specs name(key=value)")
+    parser.add_argument("--budget", type=positive_int, default=DEFAULT_BUDGET, metavar="B",
+                        help="loss evaluations at which biased estimators and deterministic baselines are ranked "
+                             f"(default: {DEFAULT_BUDGET}); unbiased ones are ranked by MSE × evaluations")
     parser.set_defaults(func=command_report)
 
 
@@ -58,7 +63,8 @@ def command_report(args: argparse.Namespace) -> int:
     # The registered experiments' sections (analysis never imports them), '$' safe in figures.
     extra = plain_sections(report_sections(mathtext_safe(results)))
     if args.out is not None:
-        page, summary, sections = write_report(results, args.out, filters, experiment_sections=extra)
+        page, summary, sections = write_report(results, args.out, filters, experiment_sections=extra,
+                                               budget=args.budget)
         figures = figure_count(sections)
         print(f"wrote {page} ({figures} figure{'s' if figures != 1 else ''}) and {summary} from {runs}")
     if args.record is not None:
@@ -69,8 +75,10 @@ def command_report(args: argparse.Namespace) -> int:
         for option, value in filters.items():
             if value is not None:
                 words += [option, value]
+        if args.budget != DEFAULT_BUDGET:
+            words += ["--budget", str(args.budget)]
         if sections is None:
-            sections = build_sections(results, filters, experiment_sections=extra)
+            sections = build_sections(results, filters, experiment_sections=extra, budget=args.budget)
         paths = write_record(results, args.record, sections, args.record.resolve().name, words)
         print(f"wrote the record {args.record} ({', '.join(p.name for p in paths)}) from {runs}")
     return 0

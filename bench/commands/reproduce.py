@@ -53,6 +53,7 @@ def add_run_options(parser: argparse.ArgumentParser, quick_help: str, seeds_help
     parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--force", action="store_true", help="recompute runs already in the store")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    arguments.add_keep_models_option(parser)
     distributed.add_options(parser)
 
 
@@ -100,6 +101,7 @@ def run_experiment(experiment, args: argparse.Namespace, **settings: Any) -> int
     here = args.scheduler is None  # a Dask cluster's workers may have other devices and disks
     device = arguments.device(args.device, here=here)
     seeds = args.seeds if args.seeds is not None else list(experiment.quick_seeds if args.quick else experiment.seeds)
+    keep_models = arguments.keep_models(args.keep_models)
     planned = experiment.runs(quick=args.quick, seeds=seeds, device=device, **settings)
     if not planned:
         raise UserError(f"experiment {experiment.name!r} plans no runs with these settings")
@@ -107,7 +109,7 @@ def run_experiment(experiment, args: argparse.Namespace, **settings: Any) -> int
     began = time.perf_counter()
     status, db = sweep.run_sweep([p.config for p in planned], args.db, jobs=args.jobs, force=args.force,
                                  quiet=args.quiet, plugins=getattr(args, "plugin", ()), threads=args.threads,
-                                 run_timeout=args.run_timeout, **executor)
+                                 run_timeout=args.run_timeout, keep_models=keep_models, **executor)
     wall = time.perf_counter() - began
     width = terminal_width()
     with Store(db, create=False) as store:

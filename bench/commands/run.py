@@ -18,7 +18,9 @@ from bench.specs import MAX_GRID, format_spec, parse_spec_list
 from bench.store import DEFAULT_DB, Store
 from estimators.registry import RegistryError
 
-DEFAULT_PROBLEMS = "bernoulli-target(d=4,t=0.45),bernoulli-quadratic(d=6),bernoulli-blackbox(d=8)"
+# Chosen by benchmarks/discrimination.py (README "The default problems"): logits of mixed signs away
+# from 0, where no two different estimators coincide.
+DEFAULT_PROBLEMS = "bernoulli-target(d=4,t=0.45,logit=0.5,spread=2.0),bernoulli-quadratic(d=6),bernoulli-blackbox(d=8)"
 DEFAULT_SAMPLES = 100_000
 
 
@@ -48,8 +50,13 @@ def add_parser(subparsers) -> None:
     run.add_argument("--data-dir", type=Path, default=None,
                      help="directory holding datasets (sets STOCHGRAD_BENCH_DATA for this run)")
     run.add_argument("--force", action="store_true", help="recompute runs already in the store")
+    arguments.add_keep_models_option(run)
     add_plugin_option(run)
     run.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
+    run.add_argument("--budget", type=positive_int, default=summary.DEFAULT_BUDGET, metavar="B",
+                     help="loss evaluations at which the summary ranks biased estimators and deterministic "
+                          "baselines: MSE of the average of the estimates B evaluations buy, where bias² counts "
+                          f"(default: {summary.DEFAULT_BUDGET}); unbiased ones are ranked by MSE × evaluations")
     run.add_argument("--columns", type=columns, default=None,
                      help="summary-table columns, comma-separated (default: "
                           f"{', '.join(summary.GRADIENT_DEFAULT)}; for training runs: "
@@ -98,19 +105,20 @@ def command_run(args) -> int:
     check_data(datasets_of(configs), None, here=args.scheduler is None)
     status, path = sweep.run_sweep(configs, args.db, jobs=args.jobs, force=args.force, quiet=args.quiet,
                                    plugins=args.plugin, threads=args.threads, run_timeout=args.run_timeout,
-                                   **executor)
+                                   keep_models=arguments.keep_models(args.keep_models), **executor)
     if not args.quiet:
         with Store(path, create=False) as store:
-            print(summary_table(store, configs, args.columns))
+            print(summary_table(store, configs, args.columns, budget=args.budget))
         print(f"\nresults in {path} (python -m bench export --db {path} --format csv --out results.csv)")
     return status
 
 
 def summary_table(store: Store, configs: Sequence[harness.RunConfig], columns: Sequence[str] | None = None,
-                  width: int | None = None) -> str:
-    """Per problem, the estimators ranked by MSE at an equal budget of loss evaluations, seeds
-    aggregated, labels showing only non-default parameters (see bench.summary)."""
-    return summary.summary_table(store, configs, columns, width, label=_short_label)
+                  width: int | None = None, budget: int = summary.DEFAULT_BUDGET) -> str:
+    """Per problem, the unbiased estimators ranked by MSE at an equal budget of loss evaluations and
+    the biased ones by MSE at ``budget`` loss evaluations, seeds aggregated, labels showing only
+    non-default parameters (see bench.summary)."""
+    return summary.summary_table(store, configs, columns, width, label=_short_label, budget=budget)
 
 
 def _short_label(name: str, params: dict, kind: str) -> str:
