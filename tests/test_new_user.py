@@ -130,15 +130,19 @@ def _gater_store(path, params: dict) -> None:
 
 def test_the_html_paper_table_warns_beside_quick_runs(tmp_path):
     _gater_store(tmp_path / "quick.db", dict(paper_fig2.QUICK))
-    tables, _ = paper_fig2.report_tables(load_results(tmp_path / "quick.db"))
+    tables, notes = paper_fig2.report_tables(load_results(tmp_path / "quick.db"))
     (table,) = tables
+    assert notes == ["No comparison with the paper's test errors: not comparable (the --quick smoke test; trained on "
+                     "2,000 of the 50,000 training examples; errors on 2,000 of the 10,000 validation and test "
+                     "examples; 1 epoch of training)."]
     assert "(not comparable with the paper: the --quick smoke test; trained on 2,000 of the 50,000" in table.title
     assert table.caption.startswith("Not comparable with the paper: the --quick smoke test;")
     page = render_html([paper_fig2.PaperFig2().sections(load_results(tmp_path / "quick.db"))[0]], "t")
     assert "not comparable with the paper: the --quick smoke test" in page
     _gater_store(tmp_path / "full.db", {})
-    (table,) = paper_fig2.report_tables(load_results(tmp_path / "full.db"))[0]
+    (table,), notes = paper_fig2.report_tables(load_results(tmp_path / "full.db"))
     assert "comparable" not in table.title + table.caption
+    assert notes[0] == "Test error, ours − paper (points): Straight-through +19.61 (beyond ±0.5)."  # a verdict
 
 
 # -- verdicts ---------------------------------------------------------------------------------------------
