@@ -611,7 +611,8 @@ def _cost_figure(results: Results, key: str, title: str, metric: str, ylabel: st
                     ax.set_yscale("log")
                 if log_x:  # plain numbers (1, 2, 5, 10, ...): costs are read, not their exponents
                     ax.set_xscale("log")
-                    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+                    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if x_high <= 100 * x_low
+                                                          else (1.0,)))  # 1 2 5 10 ...; 1 10 100 over wider spans
                     ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
                     ax.xaxis.set_minor_formatter(NullFormatter())
                 ax.set_xlim(*x_limits)
