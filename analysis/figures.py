@@ -2,7 +2,14 @@
 
 Each builder takes :class:`analysis.frames.Results` and returns a :class:`Figure` (the matplotlib
 figure with a title and a caption saying what was measured and how) or a :class:`Missing` (what
-the store lacks for it). :func:`all_figures` returns every one in report order.
+the store lacks for it). :func:`all_figures` returns every one in report order; given a ranking
+function (``rank``: one problem's metrics -> a frame indexed by estimator label, best first; the
+report passes its own) the builders list estimators in that order.
+
+Every figure is sized for the report page read at 1,400 px: at most MAX_FIGURE_WIDTH inches wide
+at 100 dpi (so the page never scales it down), no text below MIN_TEXT_PT, legends below the
+panels in as many columns as fit, and :func:`fit_layout` grows panels that rotated labels squeeze
+and rewraps axis labels longer than their panel.
 """
 from __future__ import annotations
 
@@ -12,14 +19,17 @@ import io
 import math
 import re
 import textwrap
-from typing import Iterable, Sequence
+import weakref
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure as MplFigure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+from matplotlib.transforms import Bbox
 
 from analysis.frames import FAMILY_ORDER, OTHER_FAMILY, Results, curves, final_values, labels
 from analysis.tables import DERIVED_PREFIX, PAIR, combined_stderr, derived_rows, summarise
@@ -28,6 +38,14 @@ from bench.quadrature import QUADRATURE_NOTE
 ZERO_RELATIVE = 1e-6      # values below this fraction of a panel's largest count as zero there
 LOG_SPAN = 100.0          # a panel goes logarithmic when its positive values span more than this
 PANEL_W, PANEL_H = 4.6, 3.2
+DPI = 100                 # figures are saved at this resolution (Figure.png)
+MAX_FIGURE_WIDTH = 12.0   # inches: 1,200 px, inside the report's 1,250 px column, so shown unscaled
+MIN_AXES_HEIGHT = 1.8     # inches a panel keeps whatever its rotated tick labels take
+MIN_TEXT_PT = 8.0         # the smallest text drawn: 11 px at DPI
+LEGEND_FONT = 9.0
+LABEL_FONT = 8.0          # direct point labels and rotated estimator names
+FACET_COLUMNS = 4         # family panels per row in the cost figures
+COST_LOG_SPAN = 4.0       # a cost axis goes logarithmic when its costs span more than this (costs multiply)
 KIND_MC, KIND_EXACT = "Monte Carlo (± 1 s.e.)", "exact (enumerated or integrated)"
 LEARNING_METRICS = {
     "train_criterion": "training criterion",
@@ -38,16 +56,25 @@ LEARNING_METRICS = {
 }
 SPARSITY_METRICS = {"sparsity_train": "sparsity, training set (fraction of gates = 0)",
                     "sparsity_test": "sparsity, test set (fraction of gates = 0)"}
+Ranking = Callable[[pd.DataFrame], pd.DataFrame]
+_LAID_OUT: "weakref.WeakSet[MplFigure]" = weakref.WeakSet()  # figures fit_layout has finished
 
 
 @dataclasses.dataclass
 class Figure:
+    """A drawn figure with its title and caption; laid out for the report on construction
+    (:func:`fit_layout`)."""
+
     key: str
     title: str
     caption: str
     figure: MplFigure
 
-    def png(self, dpi: int = 100) -> bytes:
+    def __post_init__(self) -> None:
+        if self.figure not in _LAID_OUT:  # a builder that placed labels has laid it out already
+            fit_layout(self.figure)
+
+    def png(self, dpi: int = DPI) -> bytes:
         buffer = io.BytesIO()
         self.figure.savefig(buffer, format="png", dpi=dpi)
         return buffer.getvalue()
@@ -67,9 +94,70 @@ def _style():
 
 
 def _new_figure(rows: int, cols: int, width: float = PANEL_W, height: float = PANEL_H):
-    figure = MplFigure(figsize=(max(width * cols, 5.0), height * rows), layout="constrained")
+    """A constrained-layout figure of rows x cols panels, panels narrowed so that the figure is at
+    most MAX_FIGURE_WIDTH wide."""
+    width = min(width, MAX_FIGURE_WIDTH / cols)
+    figure = MplFigure(figsize=(max(width * cols, 5.0), height * rows), dpi=DPI, layout="constrained")
     axes = figure.subplots(rows, cols, squeeze=False)
     return figure, axes
+
+
+def legend(figure: MplFigure, handles: Sequence[Line2D]) -> None:
+    """The figure's legend: below the panels at LEGEND_FONT without a frame, in as many columns
+    as fit the figure's width (entries measured as drawn)."""
+    from matplotlib.text import Text
+
+    handles = list(handles)
+    if not handles:
+        return
+    renderer = (figure.canvas if isinstance(figure.canvas, FigureCanvasAgg) else FigureCanvasAgg(figure)).get_renderer()
+    size = LEGEND_FONT * figure.dpi / 72
+    widest = max(Text(0, 0, h.get_label(), fontsize=LEGEND_FONT, figure=figure).get_window_extent(renderer).width
+                 for h in handles)
+    column = widest + (2.0 + 0.8 + 2.0) * size  # handle length, handle-text pad and column spacing (em)
+    columns = max(1, min(len(handles), int(0.96 * figure.get_figwidth() * figure.dpi // column)))
+    figure.legend(handles=handles, loc="outside lower center", ncols=columns, frameon=False, fontsize=LEGEND_FONT)
+
+
+def _renderer(figure: MplFigure):
+    canvas = figure.canvas if isinstance(figure.canvas, FigureCanvasAgg) else FigureCanvasAgg(figure)
+    figure.draw_without_rendering()
+    return canvas.get_renderer()
+
+
+def fit_layout(figure: MplFigure):
+    """Lay ``figure`` out as it will be saved and repair what constrained layout leaves: panels that
+    rotated tick labels or a tall legend squeeze below MIN_AXES_HEIGHT (the figure grows), and y
+    labels taller than their panel and titles wider than it (rewrapped: constrained layout gives
+    them no room along the panel, so they ran out of the figure). Returns the renderer."""
+    renderer = _renderer(figure)
+    shown = [ax for ax in figure.axes if ax.axison]
+    if shown:
+        shortest = min(ax.get_window_extent(renderer).height for ax in shown) / figure.dpi
+        if shortest < MIN_AXES_HEIGHT:
+            rows = shown[0].get_subplotspec().get_gridspec().nrows
+            figure.set_size_inches(figure.get_figwidth(), figure.get_figheight() + rows * (MIN_AXES_HEIGHT - shortest))
+            renderer = _renderer(figure)
+    changed = False
+    for ax in shown:
+        box = ax.get_window_extent(renderer)
+        for text, size in ((ax.yaxis.label, lambda e: e.height), (ax.title, lambda e: e.width)):
+            room = box.height if text is ax.yaxis.label else box.width
+            changed |= _rewrap(text, lambda: size(text.get_window_extent(renderer)) <= room)
+    _LAID_OUT.add(figure)
+    return _renderer(figure) if changed else renderer
+
+
+def _rewrap(text, fits: Callable[[], bool]) -> bool:
+    """Wrap a matplotlib Text into ever shorter lines until ``fits()``; whether it changed."""
+    words = " ".join(text.get_text().split())
+    if not words or fits():
+        return False
+    for width in range(len(words) - 1, 5, -1):
+        text.set_text("\n".join(textwrap.wrap(words, width, break_on_hyphens=False)))
+        if fits():
+            break
+    return True
 
 
 def _wants_log(values: Iterable[float]) -> bool:
@@ -149,6 +237,18 @@ def _natural(text: str):
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(text))]
 
 
+def ranked(at: pd.DataFrame, rank: Ranking | None, among: Iterable[str] | None = None) -> list[str]:
+    """The estimator labels of one problem's metrics ``at`` (or ``among``) in the order of
+    ``rank`` (the report's ranking), those it leaves unranked after them in natural order; natural
+    order when there is no ranking."""
+    present = _order(at["estimator_label"] if among is None else among)
+    if rank is None or at.empty:
+        return present
+    frame = rank(at)
+    first = [label for label in frame.index if label in set(present)]
+    return first + [label for label in present if label not in set(first)]
+
+
 # -- per estimator and problem: bias, variance, SNR, cosine ----------------------------------------
 def _point_panel(ax, table: pd.DataFrame, order: Sequence[str], ylabel: str, palette: dict,
                  force_log: bool = False) -> list[str]:
@@ -186,7 +286,7 @@ def _point_panel(ax, table: pd.DataFrame, order: Sequence[str], ylabel: str, pal
             ax.scatter(rows["x"], rows["y"], marker="v", s=55, color=palette[kind], zorder=3)
     if log:
         ax.set_yscale("log", nonpositive="clip")
-    ax.set_xticks(range(len(order)), order, rotation=60, ha="right", fontsize=8)
+    ax.set_xticks(range(len(order)), order, rotation=60, ha="right", fontsize=LABEL_FONT)
     ax.set_xlim(-0.6, len(order) - 0.4)
     ax.set_xlabel("estimator")
     _ylabel(ax, ylabel + (" (log)" if log else ""))
@@ -200,15 +300,16 @@ def _kind_legend(figure: MplFigure, palette: dict, exact: bool, zero_marker: boo
     if zero_marker:
         handles.append(Line2D([], [], marker="v", linestyle="none", color="0.3",
                               label=f"zero (< {ZERO_RELATIVE:g} × panel max), drawn at the floor"))
-    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
+    legend(figure, handles)
 
 
 def _estimator_panels(results: Results, key: str, title: str, columns: Sequence[tuple[str, str | None, str]],
-                      what: str, log_metrics: Sequence[str] = (), set_apart: dict[str, str] | None = None
-                      ) -> Figure | Missing:
-    """Rows: problems; columns: (Monte Carlo metric, exact metric or None, y label). Metrics in
-    ``log_metrics`` always get a log axis, and leave out the (problem, estimator) pairs that
-    ``set_apart`` maps to a reason (given in the caption)."""
+                      what: str, log_metrics: Sequence[str] = (), set_apart: dict[str, str] | None = None,
+                      rank: Ranking | None = None) -> Figure | Missing:
+    """Rows: problems; columns: (Monte Carlo metric, exact metric or None, y label); estimators in
+    the order of ``rank`` (see :func:`ranked`). Metrics in ``log_metrics`` always get a log axis,
+    and leave out the (problem, estimator) pairs that ``set_apart`` maps to a reason (given in the
+    caption)."""
     metrics = results.gradient
     apart = set_apart or {}
     names = {name for mc, exact, _ in columns for name in (mc, exact) if name}
@@ -222,7 +323,8 @@ def _estimator_panels(results: Results, key: str, title: str, columns: Sequence[
         figure, axes = _new_figure(len(problems), len(columns))
         for row, problem in enumerate(problems):
             at_problem = present[present["problem_label"] == problem]
-            order = _order(at_problem["estimator_label"])
+            order = ranked(results.gradient[results.gradient["problem_label"] == problem], rank,
+                           at_problem["estimator_label"])
             for col, (mc_name, exact_name, ylabel) in enumerate(columns):
                 parts = []
                 drawn = at_problem
@@ -241,13 +343,14 @@ def _estimator_panels(results: Results, key: str, title: str, columns: Sequence[
                     ax.set_axis_off()
                     continue
                 table = pd.concat(parts, ignore_index=True)
-                panel_order = order if drawn is at_problem else _order(drawn["estimator_label"])
+                panel_order = [label for label in order if label in set(drawn["estimator_label"])]
                 notes += [f"{problem}, {mc_name}: {n}" for n in _point_panel(ax, table, panel_order, ylabel, palette,
                                                                                force_log=mc_name in log_metrics)]
                 zero_marker |= ax.get_yscale() == "log" and bool(_zeros(table["mean"].to_numpy(float)).any())
                 _title(ax, problem)
         _kind_legend(figure, palette, exact_present, zero_marker)
-    caption = what + " " + _describe_runs(_runs_of(results, present))
+    caption = (what + (" Estimators in the order of the problem's ranking table (best first)." if rank else "")
+               + " " + _describe_runs(_runs_of(results, present)))
     if exact_present:
         runs = _runs_of(results, present)
         caption += (" " + exact_method_text(list(runs["notes"]), list(runs["estimator_label"]))
@@ -261,7 +364,7 @@ def _estimator_panels(results: Results, key: str, title: str, columns: Sequence[
     return Figure(key, title, caption, figure)
 
 
-def bias_variance(results: Results) -> Figure | Missing:
+def bias_variance(results: Results, rank: Ranking | None = None) -> Figure | Missing:
     return _estimator_panels(
         results, "bias-variance", "Bias and variance per estimator and problem",
         [("bias_norm", "exact_bias_norm", "‖bias‖ (gradient units)"),
@@ -270,7 +373,7 @@ def bias_variance(results: Results) -> Figure | Missing:
         "Circles: Monte Carlo over the run's estimates, mean over seeds, bars ± 1 standard error "
         "(delete-one-group jackknife over 32 groups, combined over seeds as √Σse²/n). The Monte Carlo "
         "bias norm of an unbiased estimator is not zero but about √(variance / estimates): the exact "
-        "value (diamonds) settles it.")
+        "value (diamonds) settles it.", rank=rank)
 
 
 DETERMINISTIC_SNR = 1e6  # above this the variance is rounding noise: the estimator is deterministic
@@ -289,7 +392,7 @@ def deterministic_pairs(results: Results) -> dict[tuple[str, str], str]:
     return {pair: reason for pair, flag in apart.items() if flag}
 
 
-def snr_cosine(results: Results) -> Figure | Missing:
+def snr_cosine(results: Results, rank: Ranking | None = None) -> Figure | Missing:
     return _estimator_panels(
         results, "snr-cosine", "Signal-to-noise ratio and cosine to the true gradient",
         [("snr", None, "SNR (dimensionless)"),
@@ -297,7 +400,7 @@ def snr_cosine(results: Results) -> Figure | Missing:
         "Left: gradient signal-to-noise ratio ‖E ĝ‖ / √(Σᵢ Var ĝᵢ), on a log axis; right: mean over "
         "estimates of the cosine between one estimate and the true gradient g (1 = always the right "
         "direction). Mean over seeds, bars ± 1 standard error (jackknife, combined over seeds).",
-        log_metrics=("snr",), set_apart=deterministic_pairs(results))
+        log_metrics=("snr",), set_apart=deterministic_pairs(results), rank=rank)
 
 
 # -- variance against cost -------------------------------------------------------------------------
@@ -351,109 +454,262 @@ def estimator_styles(runs: pd.DataFrame) -> dict[str, tuple[tuple, str, str]]:
     return styles
 
 
-def _style_legend(figure: MplFigure, styles: dict, shown: Iterable[str], extra: Sequence[Line2D]) -> None:
-    """Legend grouped by family: a family heading, then its estimators with their markers."""
-    handles = []
-    for family in dict.fromkeys(styles[label][2] for label in styles if label in set(shown)):
-        handles.append(Line2D([], [], linestyle="none", label=family.upper()))
-        handles += [Line2D([], [], marker=marker, linestyle="none", color=colour, label=label)
-                    for label, (colour, marker, fam) in styles.items() if fam == family and label in set(shown)]
-    figure.legend(handles=[*handles, *extra], loc="outside right center", frameon=False, fontsize=7)
+def _label_box(point: tuple[float, float], size: tuple[float, float], offset: tuple[float, float]) -> Bbox:
+    return Bbox.from_bounds(point[0] + offset[0], point[1] + offset[1], *size)
 
 
-def _cost_figure(results: Results, key: str, title: str, metric: str, ylabel: str, what: str) -> Figure | Missing:
-    """Per problem, ``metric`` (mean over seeds) against each stored cost, with the Pareto front."""
+def _overlap(a: Bbox, b: Bbox) -> float:
+    width = min(a.x1, b.x1) - max(a.x0, b.x0)
+    height = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return max(width, 0.0) * max(height, 0.0)
+
+
+def _label_offsets(w: float, h: float, gap: float, steps: int = 12) -> list[tuple[float, float]]:
+    """Where a w x h label may go relative to its point (offsets of its lower-left corner, px), the
+    nearest first: right and left of it, and above and below it at eight horizontal alignments,
+    then the same further up and down."""
+    across = [(gap, -h / 2), (-gap - w, -h / 2)]
+    for y in (gap, -gap - h):
+        across += [(-w * k / 8, y) for k in range(9)]
+    offsets = list(across)
+    for step in range(1, steps):
+        for sign in (1, -1):
+            offsets += [(x, y + sign * step * h) for x, y in across]
+    return sorted(dict.fromkeys(offsets), key=lambda o: math.hypot(o[0] + w / 2, o[1] + h / 2))
+
+
+def _inside(candidate: Bbox, box: Bbox) -> Bbox:
+    """``candidate`` moved (not resized) the least to lie inside ``box``, where it fits."""
+    dx = max(box.x0 + 1 - candidate.x0, 0.0) - max(candidate.x1 - box.x1 + 1, 0.0)
+    dy = max(box.y0 + 1 - candidate.y0, 0.0) - max(candidate.y1 - box.y1 + 1, 0.0)
+    return candidate.translated(dx, dy)
+
+
+def _distance(point: tuple[float, float], box: Bbox) -> float:
+    return math.hypot(max(box.x0 - point[0], 0.0, point[0] - box.x1), max(box.y0 - point[1], 0.0, point[1] - box.y1))
+
+
+def direct_labels(ax, points: Sequence[tuple[float, float, str, tuple]], renderer, fontsize: float = LABEL_FONT,
+                  marker_px: float = 5.0) -> list:
+    """Write each point's label beside it (``points``: data x, data y, text, colour), inside the
+    panel, overlapping neither another label nor any point: the nearest free place (see
+    :func:`_label_offsets`, each moved inside the panel), joined to its point by a thin line when it
+    is not right beside it; the least covered place when none is free. Call once the figure is laid
+    out; returns the annotations."""
+    from matplotlib.text import Text
+
+    box = ax.get_window_extent(renderer)
+    pixels = ax.transData.transform([(x, y) for x, y, _, _ in points]) if points else np.empty((0, 2))
+    markers = [Bbox.from_bounds(px - marker_px, py - marker_px, 2 * marker_px, 2 * marker_px) for px, py in pixels]
+    placed: list[Bbox] = []
+    made = []
+    scale = 72 / ax.figure.dpi
+    gap = marker_px + 2
+    order = sorted(range(len(points)), key=lambda i: (-pixels[i][1], pixels[i][0]))
+    for i in order:
+        x, y, text, colour = points[i]
+        extent = Text(0, 0, text, fontsize=fontsize, figure=ax.figure).get_window_extent(renderer)
+        w, h = extent.width + 2, extent.height
+        best, best_cost = None, math.inf
+        for offset in _label_offsets(w, h, gap):
+            candidate = _inside(_label_box(pixels[i], (w, h), offset), box)
+            cost = sum(_overlap(candidate, other) for other in placed) + sum(_overlap(candidate, m) for m in markers)
+            if cost < best_cost:
+                best, best_cost = candidate, cost
+            if cost == 0:
+                break
+        placed.append(best)
+        made.append(ax.annotate(
+            text, (x, y), xytext=((best.x0 - pixels[i][0]) * scale, (best.y0 - pixels[i][1]) * scale),
+            textcoords="offset points", ha="left", va="bottom", fontsize=fontsize, color=colour, annotation_clip=False,
+            arrowprops=dict(arrowstyle="-", color="0.55", linewidth=0.6, shrinkA=0, shrinkB=marker_px * scale)
+            if _distance(pixels[i], best) > gap + 1 else None))
+        made[-1].set_in_layout(False)
+    return made
+
+
+def _darker(colour: tuple) -> tuple:
+    """A label's colour: the family colour darkened so that text stays readable on white."""
+    return tuple(0.6 * c for c in colour[:3])
+
+
+def _cost_figure(results: Results, key: str, title: str, metric: str, ylabel: str, cost_name: str,
+                 cost_label: str, what: str, rank: Ranking | None = None) -> Figure | Missing:
+    """``metric`` (mean over seeds) against one cost per estimate, one panel per problem and
+    estimator family: the family's estimators in colour with their names beside them (prefixed
+    with their place in the problem's ranking when ``rank`` is given), every other estimator of the
+    problem as a grey dot, and the Pareto front over all of them. A problem's panels share axes."""
     metrics = results.gradient
     values = summarise(pd.concat([metrics, derived_rows(metrics)], ignore_index=True), metric)
     if values.empty:
         return Missing(key, title, f"no reported gradient-problem run has what {ylabel} needs")
-    costs = [(name, label) for name, label in (("time_per_estimate_s", "time per estimate (µs)"),
-                                               ("loss_evals", "loss evaluations per estimate"))
-             if not summarise(metrics, name).empty]
-    if not costs:
-        return Missing(key, title, "no run stored a cost (time_per_estimate_s or loss_evals)")
-    problems = _order(values["problem_label"])
-    styles = estimator_styles(results.runs[results.runs["estimator_label"].isin(values["estimator_label"])])
-    zero_drawn = False
+    cost = summarise(metrics, cost_name)
+    if cost.empty:
+        return Missing(key, title, f"no run stored the cost {cost_name}")
+    table = values.merge(cost[[*PAIR, "mean"]].rename(columns={"mean": "cost"}), on=list(PAIR))
+    table = table[np.isfinite(table["mean"].astype(float)) & np.isfinite(table["cost"].astype(float))].copy()
+    if table.empty:
+        return Missing(key, title, f"no estimator has both {metric} and {cost_name} on one problem")
+    if cost_name == "time_per_estimate_s":
+        table["cost"] = table["cost"] * 1e6
+    styles = estimator_styles(results.runs[results.runs["estimator_label"].isin(table["estimator_label"])])
+    problems = _order(table["problem_label"])
+    family_order = list(dict.fromkeys(styles[label][2] for label in styles))
+    blocks = []
+    for problem in problems:
+        present = {styles[label][2] for label in table.loc[table["problem_label"] == problem, "estimator_label"]}
+        blocks.append((problem, [f for f in family_order if f in present]))
+    columns = min(FACET_COLUMNS, max(len(families) for _, families in blocks))
+    rows = sum(-(-len(families) // columns) for _, families in blocks)
+    to_label, zero_drawn = [], False
     with _style():
-        figure, axes = _new_figure(len(problems), len(costs), width=5.0)
-        for row, problem in enumerate(problems):
-            for col, (cost_name, cost_label) in enumerate(costs):
-                ax = axes[row, col]
-                cost = summarise(metrics[metrics["problem_label"] == problem], cost_name)
-                table = values[values["problem_label"] == problem].merge(
-                    cost[["estimator_label", "mean"]].rename(columns={"mean": "cost"}), on="estimator_label")
-                table = table[np.isfinite(table["mean"].astype(float)) & np.isfinite(table["cost"].astype(float))]
-                if cost_name == "time_per_estimate_s":
-                    table["cost"] = table["cost"] * 1e6
-                if table.empty:
-                    ax.set_axis_off()
-                    continue
-                zero = _zeros(table["mean"].to_numpy(float))
-                log_y = _wants_log(table.loc[~zero, "mean"])
-                table["y"] = table["mean"].astype(float)
-                if log_y and zero.any():
-                    table.loc[zero, "y"] = float(table.loc[~zero, "mean"].min()) / 4
-                    zero_drawn = True
-                front = table.iloc[pareto_front(table["cost"].tolist(), table["mean"].astype(float).tolist())]
+        figure, axes = _new_figure(rows, columns, width=MAX_FIGURE_WIDTH / columns, height=2.9)
+        row = 0
+        for problem, families in blocks:
+            part = table[table["problem_label"] == problem].reset_index(drop=True)
+            place = {label: i + 1 for i, label in enumerate(ranked(metrics[metrics["problem_label"] == problem],
+                                                                    rank, part["estimator_label"]))} if rank else {}
+            zero = _zeros(part["mean"].to_numpy(float))
+            log_y = _wants_log(part.loc[~zero, "mean"])
+            part["y"] = part["mean"].astype(float)
+            if log_y and zero.any():
+                part.loc[zero, "y"] = float(part.loc[~zero, "mean"].min()) / 4
+                zero_drawn = True
+            log_x = _wants_log(part["cost"]) or (part["cost"] > 0).all() and part["cost"].max() > COST_LOG_SPAN * part["cost"].min()
+            front = part.iloc[pareto_front(part["cost"].tolist(), part["mean"].astype(float).tolist())]
+            x_low, x_high = float(part["cost"].min()), float(part["cost"].max())
+            if log_x:
+                x_limits = (x_low / 2.0, x_high * 2.0)
+            else:
+                pad = max(x_high - x_low, abs(x_high) * 0.5, 1e-12) * 0.35
+                x_limits = (x_low - pad, x_high + pad)
+            y_low, y_high = float(part["y"].min()), float(part["y"].max())
+            if log_y:
+                y_limits = (y_low / 3.0, y_high * 3.0)
+            else:
+                pad = max(y_high - y_low, abs(y_high) * 0.5, 1e-12) * 0.15
+                y_limits = (y_low - pad, y_high + pad)
+            for i, family in enumerate(families):
+                ax = axes[row + i // columns, i % columns]
+                members = part[[styles[label][2] == family for label in part["estimator_label"]]]
+                others = part.drop(members.index)
+                ax.scatter(others["cost"], others["y"], s=14, color="0.78", zorder=2, linewidths=0)
                 ax.plot(front["cost"], front["y"], drawstyle="steps-post", color="0.35", linestyle="--",
                         linewidth=1, zorder=1)
-                for point in table.itertuples():
+                points = []
+                for point in members.itertuples():
                     colour, marker, _ = styles[point.estimator_label]
-                    ax.scatter([point.cost], [point.y], color=colour, marker=marker, s=55, zorder=3,
-                               edgecolors="0.15" if point.Index in front.index else "none", linewidths=0.8)
-                if log_y and zero.any():
-                    ax.scatter(table.loc[zero, "cost"], table.loc[zero, "y"], marker="v", s=80, facecolors="none",
-                               edgecolors="0.2", zorder=4)
+                    ax.scatter([point.cost], [point.y], color=colour, marker=marker, s=42, zorder=3,
+                               edgecolors="0.1" if point.Index in front.index else "none", linewidths=0.9)
+                    name = point.estimator_label
+                    points.append((point.cost, point.y, f"#{place[name]} {name}" if name in place else name,
+                                   _darker(colour)))
+                lows = members[zero[members.index]] if log_y else members.iloc[0:0]
+                if not lows.empty:
+                    ax.scatter(lows["cost"], lows["y"], marker="v", s=70, facecolors="none", edgecolors="0.2", zorder=4)
                 if log_y:
                     ax.set_yscale("log")
-                if _wants_log(table["cost"]):
+                if log_x:  # plain numbers (1, 2, 5, 10, ...): costs are read, not their exponents
                     ax.set_xscale("log")
+                    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if x_high <= 100 * x_low
+                                                          else (1.0,)))  # 1 2 5 10 ...; 1 10 100 over wider spans
+                    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+                    ax.xaxis.set_minor_formatter(NullFormatter())
+                ax.set_xlim(*x_limits)
+                ax.set_ylim(*y_limits)
                 ax.set_xlabel(cost_label)
                 _ylabel(ax, ylabel + (" (log)" if log_y else ""))
-                _title(ax, problem)
-        extra = [Line2D([], [], linestyle="--", color="0.35", label="Pareto front (lower-left is better)")]
+                _title(ax, f"{problem}: {family}")
+                to_label.append((ax, points))
+            for i in range(len(families), -(-len(families) // columns) * columns):
+                axes[row + i // columns, i % columns].set_axis_off()
+            row += -(-len(families) // columns)
+        extra = [Line2D([], [], linestyle="--", color="0.35", label="Pareto front over all estimators (lower-left is better)"),
+                 Line2D([], [], marker="o", linestyle="none", color="0.78", label="the problem's other estimators")]
         if zero_drawn:
             extra.append(Line2D([], [], marker="v", linestyle="none", markerfacecolor="none", color="0.2",
                                 label="zero, drawn at the floor"))
-        _style_legend(figure, styles, values["estimator_label"], extra)
+        legend(figure, extra)
+    renderer = fit_layout(figure)
+    for ax, points in to_label:
+        direct_labels(ax, points, renderer)
     measured = {"time_per_estimate_s": "the wall-clock time of the estimator and its backward pass",
                 "loss_evals": "the loss evaluations counted by the harness"}
-    caption = (what + " Cost: "
-               + " and ".join(f"{measured[name]} ({'left' if i == 0 and len(costs) > 1 else 'right' if i else 'x'})"
-                              for i, (name, _) in enumerate(costs))
-               + ". Colour: estimator family; marker: estimator within it (legend). The dashed line is the "
-               "Pareto front (points on it are outlined): no estimator is both cheaper and better than a point "
-               "on it. " + _describe_runs(_runs_of(results, metrics[metrics["metric"] == "variance"])))
+    caption = (what + f" Cost (x): {measured[cost_name]}. One panel per problem and estimator family (colour: "
+               "family, marker: estimator), the family's estimators named beside their points"
+               + (" with their row in the problem's ranking tables (#1 first; where the ranking is split, "
+                  "unbiased estimators come first, then the biased ones)" if rank else "")
+               + "; grey dots are the problem's other estimators, and a problem's panels share both axes. The "
+               "dashed line is the Pareto front over all of the problem's estimators (points on it are outlined): "
+               "no estimator is both cheaper and better than a point on it. "
+               + _describe_runs(_runs_of(results, metrics[metrics["metric"] == "variance"])))
     return Figure(key, title, caption, figure)
 
 
-def mse_frontier(results: Results) -> Figure | Missing:
-    return _cost_figure(
-        results, "mse-frontier", "Mean squared error against cost: the frontier", DERIVED_PREFIX + "mse",
-        "MSE of one estimate (gradient units²)",
-        "Mean squared error E‖ĝ − g‖² = variance + ‖bias‖² of one gradient estimate (mean over seeds) "
-        "against what one estimate costs. A budget of B loss evaluations buys B / cost estimates; their "
-        "average has MSE variance × cost / B + ‖bias‖², so the tables rank by MSE × loss evaluations, and "
-        "a biased estimator's ‖bias‖² never averages away.")
+MSE_WHAT = ("Mean squared error E‖ĝ − g‖² = variance + ‖bias‖² of one gradient estimate (mean over seeds) against "
+            "what one estimate costs. A budget of B loss evaluations buys B / cost estimates; their average has MSE "
+            "variance × cost / B + ‖bias‖², so the tables rank by MSE × loss evaluations, and a biased estimator's "
+            "‖bias‖² never averages away.")
 
 
-def frontier(results: Results) -> Figure | Missing:
+def mse_frontier(results: Results, rank: Ranking | None = None) -> Figure | Missing:
     return _cost_figure(
-        results, "frontier", "Variance against cost: the frontier", "variance", "variance (gradient units²)",
+        results, "mse-frontier", "Mean squared error against loss evaluations: the frontier", DERIVED_PREFIX + "mse",
+        "MSE of one estimate (gradient units²)", "loss_evals", "loss evaluations per estimate", MSE_WHAT, rank)
+
+
+def mse_time_frontier(results: Results, rank: Ranking | None = None) -> Figure | Missing:
+    return _cost_figure(
+        results, "mse-time", "Mean squared error against time: the frontier", DERIVED_PREFIX + "mse",
+        "MSE of one estimate (gradient units²)", "time_per_estimate_s", "time per estimate (µs)",
+        MSE_WHAT.replace("so the tables rank", "so the tables (by loss evaluations, the deterministic cost) rank"),
+        rank)
+
+
+def frontier(results: Results, rank: Ranking | None = None) -> Figure | Missing:
+    return _cost_figure(
+        results, "frontier", "Variance against loss evaluations: the frontier", "variance", "variance (gradient units²)",
+        "loss_evals", "loss evaluations per estimate",
         "Secondary view: the variance of one gradient estimate alone (mean over seeds) against its cost. "
         "It ignores bias, so a deterministic but biased estimator (zero variance) sits at the bottom; "
-        "the mean-squared-error frontier above ranks them fairly.")
+        "the mean-squared-error frontier above ranks them fairly.", rank)
 
 
 # -- variance against settings ---------------------------------------------------------------------
+def _evals_text(values: Iterable[float]) -> str:
+    """'1 loss eval' or '2–32 loss evals' per estimate, from the counts of the drawn runs."""
+    counts = sorted({float(v) for v in values if np.isfinite(v)})
+    if not counts:
+        return ""
+    low, high = (f"{c:,.0f}" if c == round(c) else f"{c:.3g}" for c in (counts[0], counts[-1]))
+    return f"{low} loss eval{'s' if counts[-1] != 1 else ''}" if low == high else f"{low}–{high} loss evals"
+
+
+def _seed_statement(params: pd.Series, families: pd.Series) -> str:
+    """What the problems of each panel were drawn from: their ``data_seed`` parameter, stated once
+    when every panel shares it."""
+    seeds = pd.DataFrame({"family": families.to_numpy(),
+                          "seed": [p.get("data_seed") if isinstance(p, dict) else None for p in params]})
+    seeds = seeds[seeds["seed"].notna()]
+    if seeds.empty:
+        return ""
+    per_family = seeds.groupby("family")["seed"].agg(lambda s: ", ".join(str(v) for v in sorted(set(s))))
+    if per_family.nunique() == 1:
+        return f" Every problem in the figure was drawn from the same seed (problem parameter data_seed = {per_family.iloc[0]})."
+    return (" The problems were drawn from the seed (problem parameter data_seed) " +
+            "; ".join(f"{seed} in panel {family}" for family, seed in per_family.items()) + ".")
+
+
 def _sweep(results: Results, key: str, title: str, coordinate: str, xlabel: str, drop_params: Sequence[str],
-           what: str, noun: str, metric: str = "variance") -> Figure | Missing:
+           what: str, noun: str, metric: str = "variance", equal_cost: bool = False) -> Figure | Missing:
     """Lines of ``metric`` against a run coordinate, one per estimator, one panel per problem family
-    with every other problem parameter fixed (a line needs at least two distinct coordinates)."""
+    with every other problem parameter fixed (a line needs at least two distinct coordinates).
+    ``equal_cost``: beside each panel, ``metric`` × the run's loss evaluations per estimate, the
+    comparison at an equal budget of evaluations; the legend gives each estimator's evaluations."""
     metrics = results.gradient
-    rows = final_values(metrics)
-    rows = rows[(rows["metric"] == metric) & (rows["scope"] == "all")]
+    final = final_values(metrics)
+    final = final[final["scope"] == "all"]
+    rows = final[final["metric"] == metric]
     runs = results.runs.set_index("run_id")
     if coordinate == "samples":
         rows = rows.assign(x=rows["run_id"].map(runs["samples"]).astype(float))
@@ -466,9 +722,14 @@ def _sweep(results: Results, key: str, title: str, coordinate: str, xlabel: str,
     rows = rows.assign(family=labels(rows["problem"], params.map(
         lambda p: {k: v for k, v in p.items() if k not in drop_params}), "problem",
         rows["run_id"].map(runs["problem_defaults"]) if "problem_defaults" in runs else None))
+    evals = final[final["metric"] == "loss_evals"].drop_duplicates("run_id").set_index("run_id")["value"]
+    rows = rows.assign(evals=rows["run_id"].map(evals).astype(float))
+    rows = rows.assign(cost_value=rows["value"] * rows["evals"], cost_stderr=rows["stderr"] * rows["evals"])
     grouped = rows.groupby(["family", "estimator_label", "x"], sort=True)
     table = grouped["value"].agg(mean="mean", n="count").reset_index()
     table["se"] = grouped["stderr"].apply(combined_stderr).to_numpy()
+    table["cost_mean"] = grouped["cost_value"].mean().to_numpy()
+    table["cost_se"] = grouped["cost_stderr"].apply(combined_stderr).to_numpy()
     counts = table.groupby(["family", "estimator_label"])["x"].nunique()
     lines = counts[counts >= 2].reset_index()[["family", "estimator_label"]]
     if lines.empty:
@@ -476,35 +737,53 @@ def _sweep(results: Results, key: str, title: str, coordinate: str, xlabel: str,
         return Missing(key, title, f"no estimator was run at two or more values of it on otherwise equal "
                                    f"problems ({xlabel}: {seen} stored)")
     table = table.merge(lines, on=["family", "estimator_label"])
+    drawn = rows.merge(lines, on=["family", "estimator_label"])
+    equal_cost = equal_cost and bool(np.isfinite(table["cost_mean"]).any())
     families = _order(table["family"])
     estimators_all = _order(table["estimator_label"])
     palette = dict(zip(estimators_all, sns.color_palette("husl", len(estimators_all))))
+    panels = [("mean", "se", f"{metric} of one estimate (gradient units²)")]
+    if equal_cost:
+        panels.append(("cost_mean", "cost_se", f"{metric} × loss evaluations per estimate (at an equal budget)"))
     with _style():
-        figure, axes = _new_figure(len(families), 1, width=6.0)
+        figure, axes = _new_figure(len(families), len(panels), width=6.0 if len(panels) == 1 else 5.6)
         for row, family in enumerate(families):
-            ax = axes[row, 0]
             part = table[table["family"] == family]
-            sns.lineplot(data=part, x="x", y="mean", hue="estimator_label", palette=palette, marker="o", ax=ax,
-                         estimator=None, legend=False)
-            for label, line in part.groupby("estimator_label"):
-                good = line["se"].notna()
-                ax.errorbar(line.loc[good, "x"], line.loc[good, "mean"], yerr=line.loc[good, "se"], fmt="none",
-                            ecolor=palette[label], capsize=2, elinewidth=1)
-            positive = part["mean"][part["mean"] > 0]
-            if _wants_log(positive) and (part["mean"] > 0).all():
-                ax.set_yscale("log")
-            if _wants_log(part["x"]):
-                ax.set_xscale("log")
-            elif (part["x"] == part["x"].round()).all():
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel(f"{metric} (gradient units²)" + (" (log)" if ax.get_yscale() == "log" else ""))
-            _title(ax, family)
-        handles = [Line2D([], [], marker="o", color=palette[e], label=e) for e in estimators_all]
-        figure.legend(handles=handles, loc="outside right center", frameon=False, fontsize=7)
+            for col, (mean, se, ylabel) in enumerate(panels):
+                ax = axes[row, col]
+                shown = part[np.isfinite(part[mean].astype(float))]
+                if shown.empty:
+                    ax.set_axis_off()
+                    continue
+                sns.lineplot(data=shown, x="x", y=mean, hue="estimator_label", palette=palette, marker="o", ax=ax,
+                             estimator=None, legend=False)
+                for label, line in shown.groupby("estimator_label"):
+                    good = line[se].notna()
+                    ax.errorbar(line.loc[good, "x"], line.loc[good, mean], yerr=line.loc[good, se], fmt="none",
+                                ecolor=palette[label], capsize=2, elinewidth=1)
+                positive = shown[mean][shown[mean] > 0]
+                if _wants_log(positive) and (shown[mean] > 0).all():
+                    ax.set_yscale("log")
+                if _wants_log(shown["x"]):
+                    ax.set_xscale("log")
+                elif (shown["x"] == shown["x"].round()).all():
+                    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                ax.set_xlabel(xlabel)
+                _ylabel(ax, ylabel + (" (log)" if ax.get_yscale() == "log" else ""), width=34)
+                _title(ax, family)
+        cost_of = drawn.groupby("estimator_label")["evals"].apply(_evals_text)
+        handles = [Line2D([], [], marker="o", color=palette[e],
+                          label=f"{e} ({cost_of[e]} per estimate)" if cost_of.get(e) else e) for e in estimators_all]
+        legend(figure, handles)
     used = results.runs[results.runs["run_id"].isin(rows["run_id"])]
     caption = (f"{what} Points: mean over seeds; bars ± 1 standard error (jackknife, combined over seeds). "
-               f"Only estimators measured at two or more values are drawn. " + _describe_runs(used))
+               + ("Left: the metric of one estimate; right: the same times the loss evaluations one estimate "
+                  "makes, which is the budget times the variance of the mean of the estimates a budget of loss "
+                  "evaluations buys, so estimators of different cost compare at an equal budget; the legend gives "
+                  "each estimator's evaluations per estimate over the drawn runs. " if equal_cost else "")
+               + "Only estimators measured at two or more values are drawn."
+               + _seed_statement(drawn["run_id"].map(runs["problem_params_dict"]), drawn["family"])
+               + " " + _describe_runs(used))
     return Figure(key, title, caption, figure)
 
 
@@ -520,23 +799,29 @@ def variance_vs_dimension(results: Results) -> Figure | Missing:
     return _sweep(results, "variance-dimension", "Variance against the number of units d", "d",
                   "units d (problem parameter)", ("d",),
                   "Total variance of one gradient estimate against the problem's number of stochastic units d, "
-                  "every other problem parameter fixed (one panel per setting).", "a problem parameter d")
+                  "every other problem parameter fixed (one panel per setting).", "a problem parameter d",
+                  equal_cost=True)
 
 
 def variance_vs_depth(results: Results) -> Figure | Missing:
     return _sweep(results, "variance-depth", "Variance against network depth", "depth",
                   "stochastic layers (depth)", ("depth", "widths"),
                   "Total variance of one gradient estimate of a layered problem (sigmoid belief net) against "
-                  "its number of stochastic layers, the width and other parameters fixed.",
-                  "a depth (layered problems such as sigmoid-belief-net)")
+                  "its number of stochastic layers, the width and other parameters fixed. Each depth is its own "
+                  "net; sigmoid-belief-net draws layer l of every net from its own stream of the net's seed, so a "
+                  "deeper net keeps a shallower one's layers and adds to them, and its loss reads its last layer. "
+                  "An estimator that evaluates the loss k times per layer evaluates the net k^depth times per "
+                  "estimate (2^depth for the two-evaluation disarm), which the right-hand panels charge it for.",
+                  "a depth (layered problems such as sigmoid-belief-net)", equal_cost=True)
 
 
 def variance_vs_width(results: Results) -> Figure | Missing:
     return _sweep(results, "variance-width", "Variance against layer width", "width",
                   "units per layer (width)", ("width", "widths"),
                   "Total variance of one gradient estimate of a layered problem (sigmoid belief net) against "
-                  "the units per layer, the depth and other parameters fixed.",
-                  "a layer width (layered problems such as sigmoid-belief-net with equal widths)")
+                  "the units per layer, the depth and other parameters fixed. Each width is its own net, drawn "
+                  "from the seed stated below.",
+                  "a layer width (layered problems such as sigmoid-belief-net with equal widths)", equal_cost=True)
 
 
 def variance_vs_estimator_parameters(results: Results) -> Figure | Missing:
@@ -577,7 +862,7 @@ def variance_vs_estimator_parameters(results: Results) -> Figure | Missing:
             ax.set_xlabel(f"{name} parameter {param}")
             ax.set_ylabel("variance (gradient units²)")
             _title(ax, problem)
-            ax.legend(loc="best", fontsize=7)
+            ax.legend(loc="best", fontsize=LEGEND_FONT)
     used = results.runs[results.runs["run_id"].isin(pd.concat([f[3] for f in found])["run_id"])]
     caption = ("Total variance of one gradient estimate against one estimator parameter, the others fixed "
                "(e.g. the K samples of reinforce-loo: its cost in loss evaluations grows with K). Points: mean "
@@ -619,8 +904,7 @@ def variance_per_scope(results: Results) -> Figure | Missing:
             ax.set_xlabel("gradient scope (parameters producing that stochastic layer)")
             ax.set_ylabel("variance (gradient units²)")
             _title(ax, problem)
-        handles = [Line2D([], [], marker="o", color=palette[e], label=e) for e in estimators_all]
-        figure.legend(handles=handles, loc="outside right center", frameon=False, fontsize=7)
+        legend(figure, [Line2D([], [], marker="o", color=palette[e], label=e) for e in estimators_all])
     caption = ("Total variance of the part of one gradient estimate that belongs to each scope (for a sigmoid "
                "belief net: the parameters producing each stochastic layer, layer 1 nearest the input noise). "
                + ("Only top-level scopes are drawn. " if not top.empty else "")
@@ -659,7 +943,7 @@ def _curves_figure(results: Results, key: str, title: str, names: dict[str, str]
                 _title(ax, problem)
         handles = [Line2D([], [], color=palette[e], label=e) for e in estimators_all]
         handles.append(Line2D([], [], color="0.6", linewidth=6, alpha=0.4, label="± 1 sd over seeds"))
-        figure.legend(handles=handles, loc="outside right center", frameon=False, fontsize=7)
+        legend(figure, handles)
     used = results.runs[results.runs["run_id"].isin(rows["run_id"])]
     seeds = used.groupby(list(PAIR))["seed"].nunique()
     counted = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}–{seeds.max()}"
@@ -682,10 +966,13 @@ def sparsity_curves(results: Results) -> Figure | Missing:
                           "(0.9 at the paper's 10% target).")
 
 
-BUILDERS = (bias_variance, snr_cosine, mse_frontier, frontier, variance_vs_samples, variance_vs_estimator_parameters,
-            variance_vs_dimension, variance_vs_depth, variance_vs_width, variance_per_scope, learning_curves,
-            sparsity_curves)
+BUILDERS = (bias_variance, snr_cosine, mse_frontier, mse_time_frontier, frontier, variance_vs_samples,
+            variance_vs_estimator_parameters, variance_vs_dimension, variance_vs_depth, variance_vs_width,
+            variance_per_scope, learning_curves, sparsity_curves)
+RANKED = (bias_variance, snr_cosine, mse_frontier, mse_time_frontier, frontier)  # take ``rank``
 
 
-def all_figures(results: Results) -> list[Figure | Missing]:
-    return [build(results) for build in BUILDERS]
+def all_figures(results: Results, rank: Ranking | None = None) -> list[Figure | Missing]:
+    """Every figure in report order; ``rank`` orders the estimators of those that list them
+    (see :func:`ranked`)."""
+    return [build(results, rank) if build in RANKED else build(results) for build in BUILDERS]

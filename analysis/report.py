@@ -4,9 +4,10 @@ the regulariser study) are made by the experiments layer above and handed in by 
 (``experiment_sections``): analysis never imports experiments.
 
 The page needs no network: no scripts, styles or fonts from elsewhere. A few lines of inline
-script record, in ``data-*`` attributes of <body>, any error the page raised and every image's
-rendered width, the page's scroll width and the tables wider than their box, so an automated
-browser can check that it loaded and fits (the page works without it).
+script record, in ``data-*`` attributes of <body>, any error the page raised, every image's
+width, each figure's natural and displayed width, the page's scroll width, the tables wider than
+their box and any number in a table cell that wraps across lines, so an automated browser can check
+that it loaded, fits and reads (the page works without it).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import dataclasses
 import datetime as dt
 import html
 import math
+import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -26,7 +28,7 @@ from analysis.frames import Results, final_values
 from analysis.tables import DERIVED_PREFIX, PAIR, combined_stderr, derived_rows, summarise
 from bench.errors import UserError
 from bench.files import write_text_atomically
-from bench.summary import DEFAULT_BUDGET
+from bench.summary import DEFAULT_BUDGET, stateful_notes
 
 SUMMARY_COLUMNS = (  # (metric, exact twin or None, column heading)
     ("bias_norm", "exact_bias_norm", "‖bias‖"),
@@ -163,6 +165,15 @@ def _ranking_frame(at: pd.DataFrame, traits: dict[str, str] | None = None,
     frame = frame.sort_values(["unbiased", "missing key", "rank key", "time"], ascending=[False, True, True, True],
                               na_position="last", kind="stable")
     return frame.drop(columns=["rank key", "missing key"])
+
+
+def table_ranking(results: Results, budget: int = DEFAULT_BUDGET) -> figs.Ranking:
+    """The ranking of the report's tables as one function of one problem's metrics, for the figures
+    (which list estimators in its order): unbiased estimators first, then the biased ones at
+    ``budget``, exactly as :func:`estimator_summary` and :func:`cost_adjusted` order them."""
+    traits = figs._unbiased_trait(results.runs)
+    traits.update({_escape_dollars(label): trait for label, trait in list(traits.items())})  # figures' labels
+    return lambda at: _ranking_frame(at, traits, budget)
 
 
 def cost_adjusted(results: Results, budget: int = DEFAULT_BUDGET) -> list[Table]:
@@ -349,7 +360,8 @@ def build_sections(results: Results, filters: dict[str, str | None] | None = Non
     ``experiments.report_sections``) go after the training section, before what the runs lack;
     ``budget``: the loss evaluations at which biased estimators are ranked."""
     filters = filters or {}
-    built = {figure.key: _plain_text(figure) for figure in figs.all_figures(mathtext_safe(results))}
+    built = {figure.key: _plain_text(figure) for figure in figs.all_figures(mathtext_safe(results),
+                                                                            table_ranking(results, budget))}
 
     def take(*keys):
         return ([built[k] for k in keys if isinstance(built[k], figs.Figure)],
@@ -357,11 +369,13 @@ def build_sections(results: Results, filters: dict[str, str | None] | None = Non
 
     sections = []
     figures, missing = take("bias-variance")
+    gradient_runs = results.finished[results.finished["run_id"].isin(results.gradient["run_id"])]
     sections.append(Section("summary", "Bias and variance", tables=estimator_summary(results, budget),
+                            text=stateful_notes(zip(gradient_runs["estimator_label"], gradient_runs["notes"])),
                             figures=figures, missing=missing))
     figures, missing = take("snr-cosine")
     sections.append(Section("snr", "Signal-to-noise ratio and cosine", figures=figures, missing=missing))
-    figures, missing = take("mse-frontier", "frontier")
+    figures, missing = take("mse-frontier", "mse-time", "frontier")
     sections.append(Section("cost", "Variance against cost, and the error at an equal budget",
                             tables=cost_adjusted(results, budget), figures=figures, missing=missing))
     figures, missing = take("variance-samples", "variance-estimator-parameters", "variance-dimension",
@@ -380,8 +394,30 @@ def build_sections(results: Results, filters: dict[str, str | None] | None = Non
     return sections
 
 
+NUMBER = re.compile(r"(?<![\w&#.])[−-]?(?:\d[\d,]*(?:\.\d*)?|\.\d+)(?:e[−+-]?\d+)?%?")
+
+
+def _html_cell(value):
+    """A table cell for HTML: a value and its error ("1.2e-05 ± 3e-07") may break before the '±' and
+    nowhere else (the ± is joined to the error by a no-break space, and :func:`_unbroken_numbers`
+    keeps each number whole)."""
+    return value.replace(" ± ", " ±\u00a0") if isinstance(value, str) else value
+
+
+def _unbroken_numbers(body: str) -> str:
+    """Each number with a sign or an exponent in the text of an HTML fragment in a <span class='n'>
+    that may not wrap: browsers break "2.5e-05" or "-0.3" after the hyphen when a column is narrow
+    (digits, points and commas alone never break)."""
+    def whole(number: re.Match) -> str:
+        text = number.group(0)
+        return f"<span class='n'>{text}</span>" if text[0] in "−-" or "e" in text else text
+
+    return re.sub(r">([^<]+)<", lambda m: ">" + NUMBER.sub(whole, m.group(1)) + "<", body)
+
+
 def _html_table(table: Table) -> str:
-    body = table.frame.to_html(index=False, escape=True, na_rep="–", border=0, classes="data")
+    body = _unbroken_numbers(table.frame.map(_html_cell).to_html(index=False, escape=True, na_rep="–", border=0,
+                                                                 classes="data"))
     return (f"<div class='table'><h3>{html.escape(table.title)}</h3>{body}"
             f"<p class='caption'>{html.escape(table.caption)}</p></div>")
 
@@ -398,6 +434,27 @@ PAGE_SCRIPT = """(function () {
     document.body.setAttribute('data-errors', JSON.stringify(errors));
     document.body.setAttribute('data-image-widths', JSON.stringify(widths));
     document.body.setAttribute('data-page-width', String(document.documentElement.scrollWidth));
+    document.body.setAttribute('data-figures', JSON.stringify(Array.prototype.map.call(
+      document.querySelectorAll('figure'), function (figure) {
+        var img = figure.querySelector('img');
+        return {id: figure.id, natural: img ? img.naturalWidth : 0,
+                shown: img ? img.getBoundingClientRect().width : 0}; })));
+    var split = [];
+    Array.prototype.forEach.call(document.querySelectorAll('table.data td'), function (cell) {
+      var walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT), node;
+      while ((node = walker.nextNode())) {
+        var number = /[0-9][0-9.,]*(?:e[-+\u2212]?[0-9]+)?/g, match;
+        while ((match = number.exec(node.data))) {
+          var range = document.createRange();
+          range.setStart(node, match.index);
+          range.setEnd(node, match.index + match[0].length);
+          var tops = {};
+          Array.prototype.forEach.call(range.getClientRects(), function (r) { tops[Math.round(r.top)] = 1; });
+          if (Object.keys(tops).length > 1) { split.push(match[0]); }
+        }
+      }
+    });
+    document.body.setAttribute('data-split-numbers', JSON.stringify(split));
     var wide = Array.prototype.filter.call(document.querySelectorAll('div.table'), function (div) {
       return div.scrollWidth > div.clientWidth + 1; });
     document.body.setAttribute('data-overflowing-tables', JSON.stringify(wide.map(function (div) {
@@ -413,7 +470,8 @@ h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccd; padding-bottom: .2e
 h3 { font-size: 1em; margin-bottom: .3em; }
 table.data { border-collapse: collapse; font-size: .82em; margin: .3em 0; }
 table.data th, table.data td { border: 1px solid #d5d8dc; padding: .2em .45em; text-align: right; }
-table.data td { white-space: normal; overflow-wrap: anywhere; }  /* "1.2e-05 ± 3e-07" may wrap: no table wider than the page */
+table.data td { white-space: normal; overflow-wrap: normal; }  /* breaks only between words: "1.2e-05" / "± 3e-07" */
+table.data span.n { white-space: nowrap; }
 table.data th { background: #f1f3f5; white-space: normal; vertical-align: bottom; min-width: 3.5em; }
 table.data td:first-child { text-align: left; white-space: normal; min-width: 9em; }
 div.table { overflow-x: auto; } figure { margin: 1.2em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }

@@ -45,8 +45,42 @@ class Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
+def version_text() -> str:
+    """What ``--version`` prints: the package version, where the running code is and its git
+    revision (in a checkout), and the Python and torch it runs on."""
+    import importlib.metadata
+    import platform
+    from pathlib import Path
+
+    import torch
+
+    from bench.runconfig import git_revision
+
+    try:
+        version = importlib.metadata.version("stochgrad-bench")
+    except importlib.metadata.PackageNotFoundError:
+        version = "(not installed)"
+    code = Path(__file__).resolve().parent
+    revision = git_revision()
+    where = f"code in {code}" + (f", git {revision}" if revision else "")
+    return f"stochgrad-bench {version} ({where}; Python {platform.python_version()}, torch {torch.__version__})"
+
+
+class VersionAction(argparse.Action):
+    """``--version``: print :func:`version_text` and exit 0 (computed only when asked)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="python -m bench", description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser.add_argument("--version", action=VersionAction,
+                        help="print the version, where the code runs from (and its git revision) and exit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     commands.add_parsers(sub)
     return parser

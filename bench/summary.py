@@ -220,6 +220,9 @@ def summary_table(store, configs: Sequence, columns: Sequence[str] | None = None
                 legend |= used
     text = "\n\n".join(blocks)
     notes = _legend(legend, width, budget) + exact_notes(runs, width) + unmeasurable_notes(runs, width)
+    finished = runs[(runs["status"] == "finished") & ~runs["training"]]
+    for sentence in stateful_notes(zip(finished["estimator_label"], finished["notes_dict"])):
+        notes += ["", *textwrap.wrap(sentence, width)]
     return text + ("\n\n" + "\n".join(notes) if notes else "")
 
 
@@ -338,6 +341,27 @@ def _legend(used: set[str], width: int, budget: int = DEFAULT_BUDGET) -> list[st
             + "; ".join(f"{headings[k]}: {explained[k]}" for k in explained if k in used)
             + ". Every metric, seed and scope: python -m bench export.")
     return textwrap.wrap(text, width)
+
+
+def stateful_notes(runs) -> list[str]:
+    """What the numbers of stateful estimators with running statistics (baselines, firing-rate
+    control) describe, one sentence per warm-up: ``runs`` gives (estimator label, stored notes) of
+    gradient runs. They are measured with their running statistics frozen after the warm-up, so
+    their variance, exact or Monte Carlo, is that of the estimator with the baseline it reached, not
+    of an ideal one. A schedule (``schedule`` trait) is held at its declared state instead, which
+    the run's notes give."""
+    groups: dict[str, set[str]] = {}
+    for label, notes in runs:
+        traits = stored_traits(notes) or {}
+        if traits.get("stateful") and not traits.get("schedule"):
+            warmup = notes.get("warmup")
+            groups.setdefault(f"a warm-up of {warmup}" if warmup else "the warm-up (its size was not recorded)",
+                              set()).add(label)
+    return [f"{', '.join(sorted(labels))}: stateful, measured with the running statistics frozen after "
+            f"{warmup}. Their bias and variance, exact or Monte Carlo, describe the estimator with the baseline it "
+            "reached then (itself an estimate from those calls), not with an ideal one such as the exact optimal "
+            "baseline of eq. 10."
+            for warmup, labels in sorted(groups.items())]
 
 
 def unmeasurable_notes(runs: pd.DataFrame, width: int) -> list[str]:

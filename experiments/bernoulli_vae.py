@@ -310,7 +310,7 @@ def _band(ax, part: pd.DataFrame, x: str, hue: str, palette: dict, log: bool) ->
 def _legend(figure, palette: dict, shown, extra: Sequence[Line2D] = ()) -> None:
     handles = [Line2D([], [], color=palette[e], label=e) for e in figs._order(shown)]
     handles += [*extra, Line2D([], [], color="0.6", linewidth=6, alpha=0.4, label="± 1 sd over seeds")]
-    figure.legend(handles=handles, loc="outside right center", frameon=False, fontsize=7)
+    figs.legend(figure, handles)
 
 
 def _label_panel(ax, x: str, ylabel: str, title: str, ticks: int = 4, width: int = 30) -> None:

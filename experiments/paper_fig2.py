@@ -172,6 +172,7 @@ def report_tables(results: Results, rows=PAPER_ROWS, table=PAPER_TABLE) -> tuple
     final = final[final["scope"] == "all"]
     row_keys = {key for _, _, problem_params in rows for key in problem_params}
     matched: dict[str, dict[str, list[int]]] = {}
+    protocol: dict[str, tuple[str, dict]] = {}
     for label, spec, problem_params in rows:
         name, params = parse_spec(spec) if isinstance(spec, str) else spec
         hits = gater_runs[[r.estimator == name and params_include(r.estimator_params_dict, params)
@@ -183,6 +184,7 @@ def report_tables(results: Results, rows=PAPER_ROWS, table=PAPER_TABLE) -> tuple
                       if k not in row_keys and (k not in defaults or defaults[k] != v)}
             setting = format_spec(run.problem, shared)
             matched.setdefault(setting, {}).setdefault(label, []).append(run.run_id)
+            protocol[setting] = (run.problem, shared)
     if not matched:
         return [], ["This store has gater runs, but none with the estimators and settings of the paper's rows."]
     tables, notes = [], []
@@ -208,12 +210,43 @@ def report_tables(results: Results, rows=PAPER_ROWS, table=PAPER_TABLE) -> tuple
                             "test % ours − paper": (f"{tests.mean() - paper[2]:+.2f}" if len(tests) and paper[2]
                                                      is not None else "–"),
                             "test sparsity (ours)": mean_sd("sparsity_test")})
-        tables.append(Table(f"Fig. 2 (right) vs {setting}",
-                            "Paper: Bengio, Léonard & Courville (2013), Fig. 2 (right), MNIST. Ours: final values, "
-                            "mean ± 1 standard deviation over seeds. The paper's training criterion may be defined "
-                            "differently from ours (see problems/gater.py).", pd.DataFrame(records)))
-        notes += [f"{setting}: {line}" if len(matched) > 1 else line for line in verdict(test_errors, table)]
+        why, differs = comparability(*protocol[setting])
+        title = f"Fig. 2 (right) vs {setting}" + (f" (not comparable with the paper: {why})" if why else "")
+        caption = ("Paper: Bengio, Léonard & Courville (2013), Fig. 2 (right), MNIST. Ours: final values, "
+                   "mean ± 1 standard deviation over seeds. The paper's training criterion may be defined "
+                   "differently from ours (see problems/gater.py).")
+        if why:
+            caption = f"Not comparable with the paper: {why}. " + caption
+        if differs:
+            caption += f" This setting differs from our reproduction of the paper's protocol in {differs}."
+        tables.append(Table(title, caption, pd.DataFrame(records)))
+        lines = (verdict(test_errors, table) if not why else  # no verdict on numbers that cannot stand beside it
+                 [f"No comparison with the paper's test errors: not comparable ({why})."])
+        notes += [f"{setting}: {line}" if len(matched) > 1 else line for line in lines]
     return tables, notes
+
+
+def comparability(problem: str, shared: dict) -> tuple[str, str]:
+    """(why a gater setting's numbers cannot stand beside the paper's, '' when they can; the other
+    parameters in which it differs from the paper's protocol as reproduced here, '' when none).
+    Not comparable: another problem than the paper's MNIST gater, training or evaluation on a subset
+    (the --quick smoke test does both), or fewer epochs than the reproduction's DEFAULT_EPOCHS;
+    ``shared``: the setting's parameters that differ from the defaults."""
+    reasons = []
+    if problem != "mnist-gater":
+        reasons.append(f"{problem} is not the paper's MNIST gater (mnist-gater)")
+    if shared.get("train_subset"):
+        reasons.append(f"trained on {shared['train_subset']:,} of the 50,000 training examples")
+    if shared.get("eval_subset"):
+        reasons.append(f"errors on {shared['eval_subset']:,} of the 10,000 validation and test examples")
+    epochs = shared.get("epochs")
+    if isinstance(epochs, int) and epochs < DEFAULT_EPOCHS:
+        reasons.append(f"{epochs} epoch{'s' if epochs != 1 else ''} of training")
+    if all(shared.get(key) == value for key, value in QUICK.items()) and problem.endswith("mnist-gater"):
+        reasons.insert(0, "the --quick smoke test")
+    said = {"train_subset", "eval_subset"} | ({"epochs"} if isinstance(epochs, int) and epochs < DEFAULT_EPOCHS else set())
+    differs = ", ".join(f"{key}={value!r}" for key, value in sorted(shared.items()) if key not in said)
+    return "; ".join(reasons), differs
 
 
 # -- the terminal table ------------------------------------------------------------------------------
@@ -293,5 +326,5 @@ def _mean_sd(series: pd.Series, metric: str) -> str:
     return text
 
 
-__all__ = ["DEFAULT_EPOCHS", "PAPER_ROWS", "PAPER_TABLE", "PaperFig2", "QUICK", "SOURCE",
+__all__ = ["DEFAULT_EPOCHS", "PAPER_ROWS", "PAPER_TABLE", "PaperFig2", "QUICK", "SOURCE", "comparability",
            "published_numbers", "render", "report_tables", "store_table", "verdict"]

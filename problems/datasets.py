@@ -153,11 +153,16 @@ def search_path(name: str) -> list[Path]:
 
 
 def how_to_get(name: str, dest: Path | None = None) -> str:
-    """The exact command(s) that get the data, for error messages."""
+    """The exact command(s) that put the data in folder ``dest`` (default: the user cache), for
+    error messages. ``fetch --dest DIR`` writes DIR/<name>/, so a ``dest`` named otherwise gets the
+    cache's files copied in."""
     info = dataset_info(name)
     command = f"python -m bench data fetch {name}"
-    if dest is not None:
-        command += f" --dest {shlex.quote(str(dest))}"
+    if dest is not None and Path(dest).name == name:
+        command += f" --dest {shlex.quote(str(Path(dest).parent))}"
+    elif dest is not None:
+        command += f", then copy its four files from {shlex.quote(str(cache_dir(name)))} into " \
+                   f"{shlex.quote(str(dest))}"
     if info.system_package and dest is None:
         command += f", or: sudo apt-get install {info.system_package}"
     return command

@@ -220,9 +220,10 @@ def test_scoped_variance_and_frontier(db):
     assert [t.get_text() for t in ax.get_xticklabels()] == ["layer1", "layer2"]  # top-level scopes only
     assert data_lines(ax) == [(1.0, 2.0)]
     frontier = figures.frontier(results)
-    time_ax, evals_ax = frontier.figure.axes[:2]
+    (evals_ax,) = [ax for ax in frontier.figure.axes if ax.axison]  # one family: one panel
     front = [line for line in evals_ax.lines if line.get_linestyle() == "--"]
     assert [tuple(front[0].get_xdata()), tuple(front[0].get_ydata())] == [(1.0, 4.0), (3.0, 0.3)]
+    (time_ax,) = [ax for ax in figures.mse_time_frontier(results).figure.axes if ax.axison]
     assert tuple(time_ax.lines[0].get_xdata()) == pytest.approx((2.0, 8.0))  # µs
     table = report.cost_adjusted(results)[0].frame.set_index("estimator")
     assert table.at["reinforce-loo", "variance × loss evals"] == "1.2"
@@ -292,14 +293,18 @@ def test_rankings_and_front_use_mse_at_equal_budget(db):
     assert "MSE × loss evals" in unbiased.frame and "MSE at 100 evals" in biased.frame
     assert "MSE at 100 evals" not in unbiased.frame and "MSE × loss evals" not in biased.frame
     assert report.estimator_summary(results, budget=1)[1].frame["MSE at 1 evals"].tolist() == ["0", "0.09", "3"]
-    figure = figures.mse_frontier(results)
+    figure = figures.mse_frontier(results, rank=report.table_ranking(results))
     assert "Mean squared error" in figure.title
     evals_ax = figure.figure.axes[1]
     front = [line for line in evals_ax.lines if line.get_linestyle() == "--"][0]
     assert 0.09 not in [round(y, 6) for y in front.get_ydata()]  # the biased rectifier is not on the MSE front
-    legend = [t.get_text() for legend in figure.figure.legends for t in legend.get_texts()]
-    assert {"SCORE FUNCTION", "NON-BINARY", "EXACT", "STRAIGHT-THROUGH"} <= set(legend)
-    assert {"reinforce", "reinforce-loo(K=8)", "rectifier", "straight-through", "exact"} <= set(legend)
+    # One panel per family, each naming its estimators beside their points with their place in the ranking.
+    named = {" ".join(ax.get_title().split()): sorted(t.get_text() for t in ax.texts)
+             for ax in figure.figure.axes if ax.axison}
+    assert named == {"bernoulli-target(d=3): exact": ["#1 exact"],
+                     "bernoulli-target(d=3): score function": ["#2 reinforce-loo(K=8)", "#3 reinforce"],
+                     "bernoulli-target(d=3): straight-through": ["#6 straight-through"],
+                     "bernoulli-target(d=3): non-binary": ["#4 sigmoid", "#5 rectifier"]}
 
 
 def test_snr_is_logarithmic_with_deterministic_estimators_set_apart(db):

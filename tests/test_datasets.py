@@ -165,13 +165,20 @@ def test_search_order_env_var_then_cache_and_explicit_dir_alone(tmp_path, monkey
     assert datasets.locate("mnist") == cache  # variable set, but no mnist/ in it
     linked_copy(env_root / "mnist")
     assert datasets.locate("mnist") == env_root / "mnist"
-    empty = tmp_path / "empty"
-    empty.mkdir()
+    empty = tmp_path / "empty" / "mnist"
+    empty.mkdir(parents=True)
     with pytest.raises(DataError) as info:
         datasets.locate("mnist", empty)  # an explicit folder is the only place looked at
-    assert one_line(str(info.value)) == (
+    assert one_line(str(info.value)) == (  # fetch --dest DIR writes DIR/mnist
         f"mnist data not found in {empty} (missing {', '.join(MNIST_FILES)}); "
-        f"get it with: python -m bench data fetch mnist --dest {empty}")
+        f"get it with: python -m bench data fetch mnist --dest {empty.parent}")
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    with pytest.raises(DataError) as info:
+        datasets.locate("mnist", other)
+    assert one_line(str(info.value)).endswith(
+        f"get it with: python -m bench data fetch mnist, then copy its four files from {datasets.cache_dir('mnist')} "
+        f"into {other}")
 
 
 def test_missing_everywhere_says_where_it_looked_and_how_to_get_it(tmp_path, monkeypatch):
@@ -193,14 +200,14 @@ def test_unknown_dataset_names_the_valid_ones():
 
 @needs_mnist
 def test_wrong_md5_is_a_one_line_error(tmp_path):
-    directory = linked_copy(tmp_path / "bad")
+    directory = linked_copy(tmp_path / "bad" / "mnist")
     bad = replace_file(directory, "train-labels-idx1-ubyte.gz", relabelled_labels_gz())
     with pytest.raises(DataError) as info:
         datasets.load_dataset("mnist", directory)
     message = one_line(str(info.value))
     assert message.startswith(f"{bad} is corrupt (md5 of its content is ")
     assert message.endswith(", expected a25bea736e30d166cdddb491f175f624); re-download it with: "
-                            f"python -m bench data fetch mnist --dest {directory}")
+                            f"python -m bench data fetch mnist --dest {directory.parent}")
 
 
 @needs_mnist
@@ -321,9 +328,9 @@ def test_cli_fetch_in_a_subprocess_then_path(tmp_path, capfd):
     with serve(MNIST_DIR) as (url, _):
         fetched = run_cli("data", "fetch", "mnist", "--mirror", url, "--dest", dest, cwd=tmp_path)
     assert fetched.returncode == 0, fetched.stderr
-    assert fetched.stdout.strip() == str(dest)
+    assert fetched.stdout.strip() == str(dest / "mnist")  # the layout --data-dir reads
     assert fetched.stderr.count("md5 ok") == 4
-    assert run_main(capfd, "data", "path", "mnist", "--data-dir", dest) == (0, f"{dest}\n", "")
+    assert run_main(capfd, "data", "path", "mnist", "--data-dir", dest) == (0, f"{dest / 'mnist'}\n", "")
 
 
 @needs_mnist
@@ -336,7 +343,7 @@ def test_cli_corrupt_mirror_exits_2_with_one_line(tmp_path, capfd):
     assert (status, out) == (2, "")
     assert one_line(err).startswith(f"error: --mirror {url}: could not fetch train-images-idx3-ubyte.gz: "
                                     f"{url}train-images-idx3-ubyte.gz: corrupt download (not a complete gzip file")
-    assert not (tmp_path / "dest").exists()  # the folder the failed fetch made is gone
+    assert not (tmp_path / "dest").exists()  # the folders the failed fetch made (dest/, dest/mnist/) are gone
 
 
 @needs_mnist
@@ -361,10 +368,10 @@ def test_cli_default_mirrors_failing_exits_1(tmp_path, monkeypatch, capfd):
     pytest.param(("data", "fetch", "mnst"),
                  "error: unknown dataset 'mnst' (did you mean 'mnist'?); valid: mnist, fashion-mnist", id="unknown-name"),
     pytest.param(("data", "path", "mnist", "--data-dir", "{tmp}"),
-                 "error: mnist data not found in {tmp} (missing " + ", ".join(MNIST_FILES)
+                 "error: mnist data not found in {tmp}/mnist (missing " + ", ".join(MNIST_FILES)
                  + "); get it with: python -m bench data fetch mnist --dest {tmp}", id="path-missing"),
     pytest.param(("data", "fetch", "mnist", "--dest", "{tmp}/file"),
-                 "error: dest {tmp}/file exists and is not a directory", id="dest-is-a-file"),
+                 "error: --dest {tmp}/file exists and is not a directory", id="dest-is-a-file"),
     pytest.param(("data", "fetch", "mnist", "--mirro", "x"), None, id="abbreviated-option"),
 ])
 def test_cli_user_mistakes_exit_2_with_one_line(tmp_path, capfd, argv, message):

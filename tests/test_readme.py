@@ -84,3 +84,17 @@ def test_committed_records_name_no_absolute_machine_path():
     for path in (ROOT / "results").rglob("*"):
         if path.is_file():
             assert not pattern.search(path.read_text(errors="replace")), path
+
+
+def test_readme_numbers_follow_the_code():
+    """The estimator count is the registry's, the VAE's default steps the experiment's, and the
+    test command's duration is stated beside it (no number that drifts from the code)."""
+    import estimators
+    from experiments.bernoulli_vae import DEFAULT_STEPS
+
+    count = sum(1 for entry in estimators.ESTIMATORS.entries() if entry.source == "built-in")
+    stated = re.findall(r"\b(\d+) built-in estimators\b", README)
+    assert stated and {int(n) for n in stated} == {count}, stated
+    assert "DEFAULT_STEPS" not in README and f"{DEFAULT_STEPS:,} steps" in README
+    setup = README.split("Run the tests", 1)[1].split("## The command line", 1)[0]
+    assert re.search(r"The tests take about \d+ minutes on a quiet 2-core machine", setup)

@@ -363,7 +363,8 @@ def test_reference_floor_absent_is_not_said(tmp_path):
 def test_learning_curves_reuse_the_training_figure(db):
     figure = regulariser.learning_curves(regulariser.mlp_results(load_results(db)))
     train, test, criterion = figure.figure.axes[:3]
-    assert train.get_ylabel() == "training error, mean-field net (%)" and criterion.get_xlabel() == "training epoch"
+    assert " ".join(train.get_ylabel().split()) == "training error, mean-field net (%)"  # wrapped to its panel
+    assert criterion.get_xlabel() == "training epoch"
     means = [tuple(line.get_ydata()) for line in train.lines if len(line.get_xdata()) == EPOCHS]
     assert all(tuple(TRAIN[name]) in means for name in TRAIN)  # the mean over seeds at each epoch
     assert "± 1 standard deviation between seeds" in figure.caption

@@ -6,6 +6,8 @@ exit 2); :func:`device` raises :class:`bench.errors.UserError`.
 from __future__ import annotations
 
 import argparse
+import difflib
+import importlib.util
 import math
 import sys
 from pathlib import Path
@@ -82,6 +84,18 @@ def device(text: str, here: bool = True) -> str:
 
 
 
+DEFAULT_THREADS = 1  # measured: see README "Performance"
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """``--threads``, the same default and help for every command that runs: one torch thread per
+    process (``--jobs N`` then uses N cores)."""
+    parser.add_argument("--threads", type=positive_int, default=DEFAULT_THREADS,
+                        help=f"torch intra-op threads per process, each worker of --jobs included (default: "
+                             f"{DEFAULT_THREADS}: --jobs N then uses N cores; more threads pay only for large "
+                             "models on an otherwise idle machine; recorded in each run's notes)")
+
+
 KEEP_MODELS_HELP = ("keep each training run's final model in DIR (created if missing), one file per run, "
                     "read back with bench.checkpoints.load_model")
 
@@ -108,9 +122,35 @@ def add_plugin_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plugin", action="append", default=[], help=PLUGIN_HELP)
 
 
+def check_plugin_targets(targets: Sequence[str]) -> None:
+    """Raise a one-line UserError for a ``--plugin`` that names nothing: a .py file that does not
+    exist (with the close matches beside it), or a module that cannot be found. A plugin that is
+    there but fails to load is reported and skipped when it is loaded, never fatal."""
+    for target in targets:
+        if target.endswith(".py"):
+            path = Path(target)
+            if path.is_file():
+                continue
+            folder = path.parent if path.parent.is_dir() else None
+            close = difflib.get_close_matches(path.name, [p.name for p in folder.glob("*.py")], n=3) if folder else []
+            hint = f"; did you mean {', '.join(str(folder / name) for name in close)}?" if close else ""
+            raise UserError(f"--plugin {target}: no such file{hint}")
+        try:
+            found = importlib.util.find_spec(target)
+        except ModuleNotFoundError:
+            found = None
+        except (ImportError, ValueError):  # there, but broken: reported when it is loaded
+            continue
+        if found is None:
+            raise UserError(f"--plugin {target}: no module named {target!r} can be imported (give a .py file "
+                            "or the name of an installed module)")
+
+
 def load_plugins(targets: Sequence[str]) -> None:
-    """Load ``--plugin`` targets; one that fails is a warning line, not an error."""
+    """Load ``--plugin`` targets: one that names nothing is a user error (exit 2, before anything
+    runs); one that fails to load is a warning line, and the others are loaded."""
     from bench import sweep
 
+    check_plugin_targets(targets)
     for error in sweep.load_plugins(targets):
         print(f"warning: {error} (skipped)", file=sys.stderr)

@@ -12,20 +12,34 @@ from bench.files import write_atomically
 from bench.specs import format_spec
 from bench.store import DEFAULT_DB, Store
 
+FORMATS = ("csv", "parquet")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
 
 def add_parser(subparsers) -> None:
     export = subparsers.add_parser("export", allow_abbrev=False, help="write the stored metrics in long form")
     export.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"results database (default: {DEFAULT_DB})")
-    export.add_argument("--format", choices=("csv", "parquet"), required=True)
+    export.add_argument("--format", choices=FORMATS, default=None,
+                        help="csv or parquet (default: from the --out suffix, .parquet or .pq for parquet; "
+                             "csv otherwise and for standard output)")
     export.add_argument("--out", type=Path, required=True, help="output file, or - for standard output")
 
     export.set_defaults(func=command_export)
+
+
+def output_format(out: Path, given: str | None) -> str:
+    """``--format`` when given, else from the file's suffix: parquet for .parquet / .pq, CSV for
+    anything else and for standard output (text a pipe can read)."""
+    if given is not None:
+        return given
+    return "parquet" if str(out) != "-" and out.suffix.lower() in PARQUET_SUFFIXES else "csv"
 
 
 def command_export(args) -> int:
     """Write the metrics in long form to a file (through a temporary file and a rename, so a
     failure leaves no partial file) or, with ``--out -``, to standard output."""
     to_stdout = str(args.out) == "-"
+    args.format = output_format(args.out, args.format)
     if not to_stdout:
         try:
             if not args.out.parent.exists():

@@ -1,14 +1,19 @@
-"""``python -m bench list``: the installed estimators and problems, with traits, parameters and source."""
+"""``python -m bench list``: the installed estimators and problems, with traits, parameters and source,
+in lines that fit the terminal (100 columns when the output is not one)."""
 from __future__ import annotations
 
 import json
+import textwrap
 
 import estimators
 import problems
 from bench.commands.arguments import add_plugin_option, load_plugins
+from bench.summary import terminal_width
 
 TRAITS = ("unbiased", "loss_evals", "needs_loss_backprop", "binary_forward", "randomness", "stateful",
           "has_parameters", "activation", "variables")
+NAME_WIDTH = 26  # the name column
+MIN_WIDTH = 40   # narrower terminals get lines of this width
 
 
 def add_parser(subparsers) -> None:
@@ -36,22 +41,34 @@ def command_list(args) -> int:
     if args.json:
         print(json.dumps({"items": items, "broken_plugins": broken}, indent=2, default=str))
         return 0
-    for kind in ("estimator", "problem"):
-        print(f"{kind.upper()}S")
-        for item in (i for i in items if i["kind"] == kind):
-            params = ", ".join(f"{k}={v!r}" for k, v in item["parameters"].items()) or "-"
-            print(f"  {item['name']:<26} {item['description']}")
-            print(f"  {'':<26} parameters: {params}")
-            if kind == "estimator":
-                traits = item["traits"]
-                print(f"  {'':<26} traits: unbiased={traits['unbiased']} loss_evals={traits['loss_evals']} "
-                      f"needs_loss_backprop={traits['needs_loss_backprop']} binary_forward={traits['binary_forward']} "
-                      f"randomness={traits['randomness']} stateful={traits['stateful']} "
-                      f"has_parameters={traits['has_parameters']} activation={traits['activation']}")
-            print(f"  {'':<26} source: {item['source']}")
-        print()
-    if broken:
-        print("BROKEN PLUGINS (skipped)")
-        for b in broken:
-            print(f"  {b['source']}: {b['error']}")
+    for line in text_listing(items, broken, max(terminal_width(), MIN_WIDTH)):
+        print(line)
     return 0
+
+
+def text_listing(items: list[dict], broken: list[dict], width: int) -> list[str]:
+    """The listing as lines of at most ``width`` characters: per item its name and description,
+    then its parameters, traits (every one in TRAITS) and source, each wrapped under the name."""
+    name_width = min(NAME_WIDTH, width // 4)
+    lines = []
+
+    def block(first: str, rest: str, text: str) -> None:
+        lines.extend(textwrap.wrap(text, width, initial_indent=first, subsequent_indent=rest,
+                                   break_on_hyphens=False) or [first.rstrip()])
+
+    for kind in ("estimator", "problem"):
+        lines.append(f"{kind.upper()}S")
+        for item in (i for i in items if i["kind"] == kind):
+            under = " " * (name_width + 3)
+            block("  ", under, f"{item['name']:<{name_width}} {item['description']}")
+            params = ", ".join(f"{k}={v!r}" for k, v in item["parameters"].items()) or "-"
+            block(under, under + "  ", f"parameters: {params}")
+            if kind == "estimator":
+                block(under, under + "  ", "traits: " + " ".join(f"{k}={item['traits'][k]}" for k in TRAITS))
+            block(under, under + "  ", f"source: {item['source']}")
+        lines.append("")
+    if broken:
+        lines.append("BROKEN PLUGINS (skipped)")
+        for b in broken:
+            block("  ", "    ", f"{b['source']}: {b['error']}")
+    return lines

@@ -44,8 +44,7 @@ def add_run_options(parser: argparse.ArgumentParser, quick_help: str, seeds_help
     parser.add_argument("--seeds", type=arguments.seeds, default=None, help=seeds_help)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--jobs", type=arguments.positive_int, default=1, help="runs trained at once in worker processes")
-    parser.add_argument("--threads", type=arguments.positive_int, default=None,
-                        help="torch threads per process (default: cores / jobs; recorded in each run's notes)")
+    arguments.add_threads_option(parser)  # one thread per process by default, as in `run`
     parser.add_argument("--run-timeout", type=arguments.positive_float, default=None, metavar="SECONDS",
                         help="a run taking longer is killed and stored as failed; the others go on")
     parser.add_argument("--db", type=Path, default=None, help=f"results database (default: {DEFAULT_DB})")
@@ -64,6 +63,7 @@ def command_reproduce(args: argparse.Namespace) -> int:
     import problems
     from estimators.registry import load_plugin
 
+    arguments.check_plugin_targets(args.plugin)  # a mistyped path is a user error
     for target in args.plugin:  # a failure is listed under the experiments' broken plugins
         error = load_plugin(target, (experiments.EXPERIMENTS, estimators.ESTIMATORS, problems.PROBLEMS))
         if error:

@@ -10,7 +10,9 @@ import estimators
 import problems
 from bench import distributed, harness, summary, sweep
 from bench.commands import arguments
-from bench.commands.arguments import add_plugin_option, load_plugins, non_negative_int, positive_float, positive_int, seeds
+from bench.commands.arguments import (DEFAULT_THREADS, add_plugin_option, add_threads_option, load_plugins,  # noqa: F401
+                                      non_negative_int, positive_float, positive_int, seeds)
+from bench.commands.reproduce import check_data, datasets_of
 from bench.errors import UserError
 from bench.specs import MAX_GRID, format_spec, parse_spec_list
 from bench.store import DEFAULT_DB, Store
@@ -20,7 +22,6 @@ from estimators.registry import RegistryError
 # from 0, where no two different estimators coincide.
 DEFAULT_PROBLEMS = "bernoulli-target(d=4,t=0.45,logit=0.5,spread=2.0),bernoulli-quadratic(d=6),bernoulli-blackbox(d=8)"
 DEFAULT_SAMPLES = 100_000
-DEFAULT_THREADS = 1  # measured: see README "Performance"
 
 
 def columns(text: str) -> list[str]:
@@ -43,9 +44,7 @@ def add_parser(subparsers) -> None:
     run.add_argument("--jobs", type=positive_int, default=1,
                      help="worker processes running configs in parallel (each gets --threads threads; "
                           "capped at the runs to do and at 1 GiB of available memory per worker)")
-    run.add_argument("--threads", type=positive_int, default=DEFAULT_THREADS,
-                     help=f"torch threads per process (default: {DEFAULT_THREADS}, fastest for these small "
-                          "problems; recorded in each run's notes)")
+    add_threads_option(run)
     run.add_argument("--run-timeout", type=positive_float, default=None, metavar="SECONDS",
                      help="a run taking longer is killed and stored as failed; the sweep goes on")
     run.add_argument("--data-dir", type=Path, default=None,
@@ -101,6 +100,9 @@ def command_run(args) -> int:
             raise UserError(f"--data-dir {args.data_dir} is not a directory")
         os.environ["STOCHGRAD_BENCH_DATA"] = str(args.data_dir.resolve())
     configs = plan(args)
+    # Data the problems need, loaded and checked once: a missing or corrupt data set is one line and
+    # exit 2 here, as in `vae` and `reproduce`, not a failed run per config.
+    check_data(datasets_of(configs), None, here=args.scheduler is None)
     status, path = sweep.run_sweep(configs, args.db, jobs=args.jobs, force=args.force, quiet=args.quiet,
                                    plugins=args.plugin, threads=args.threads, run_timeout=args.run_timeout,
                                    keep_models=arguments.keep_models(args.keep_models), **executor)
