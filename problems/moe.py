@@ -15,7 +15,7 @@ ReinMax is exact: a check). The routing (``routing``) is
   exact gradient (away from ties, which the seeded point does not have) is the derivative through the
   kept weights, which is what the conventional router computes: there the question is how far the
   others move from it.
-Estimators are the router estimators (``estimators.routers``, ``variables = 'router'``); their cost is
+Estimators are the router estimators (``estimators.routers``, the contract ``estimators.mixture``, ``variables = 'router'``); their cost is
 counted in expert evaluations per estimate (k or E per input), stored as the ``expert_evals`` metric.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from estimators.routers import ROUTINGS, WEIGHTS, MoELayer, kept_weights
+from estimators.mixture import ROUTINGS, WEIGHTS, MoELayer, combine, kept_weights
 from problems import register_problem
 from problems.base import EnumerableProblem, LossObserver, Record
 from problems.training import MnistTrainingProblem
@@ -233,8 +233,6 @@ class MoEClassifier(torch.nn.Module):
         probs = torch.softmax(logits, -1)
         mask = torch.nn.functional.one_hot(index, logits.shape[-1]).sum(-2).bool()
         outputs = self.experts(x, mask)
-        from estimators.routers import combine
-
         return combine(outputs, index, kept_weights(probs, index, weights)), index
 
 
