@@ -12,6 +12,7 @@ import torch
 import estimators
 import problems
 from bench.enumeration import enumerate_exact
+from conftest import MNIST_DATA_ROOT, needs_mnist
 from bench.harness import make_config, run
 from estimators import build_estimator
 from estimators.base import Noise, ReplayNoise
@@ -353,3 +354,49 @@ def test_the_layer_counts_the_experts_it_is_asked_for():
         with estimator.drawing_from(Noise(torch.Generator().manual_seed(1))):
             estimator(logits, problem.loss, router=layer)
         assert counter[0] == 5 * 2 * per_input
+
+
+# -- training and the experiment -----------------------------------------------------------------------
+@needs_mnist
+def test_moe_mnist_records_errors_balance_and_the_experts_it_evaluated(monkeypatch):
+    monkeypatch.setenv("STOCHGRAD_BENCH_DATA", str(MNIST_DATA_ROOT))
+    for name, per_example in (("topk-router", 1.0), ("densemixer", 4.0)):
+        problem = problems.build_problem("moe-mnist", {"epochs": 2, "train_subset": 300, "eval_subset": 100})
+        estimator = build_estimator(name)
+        with estimator.drawing_from(Noise(torch.Generator().manual_seed(0))):
+            records = list(problem.fit(estimator, seed=0))
+        by_name = {}
+        for record in records:
+            by_name.setdefault(record.name, []).append(record)
+        assert {"train_loss", "valid_error", "test_error", "load_imbalance", "expert_evals", "step_time_s"} <= set(by_name)
+        assert [r.epoch for r in by_name["test_error"]] == [1, 2]
+        assert all(r.value == per_example for r in by_name["expert_evals"])
+        assert all(1.0 <= r.value <= 4.0 for r in by_name["load_imbalance"])
+        assert all(0.0 <= r.value <= 100.0 for r in by_name["test_error"])
+        model = problem.trained_model
+        x = torch.rand(7, 784)
+        out, index = model.inference(x, 1, "softmax")
+        p = torch.softmax(model.logits(x), -1)
+        manual = torch.stack([p[i, index[i, 0]] * model.expert(int(index[i, 0]), x[i:i + 1])[0] for i in range(7)])
+        torch.testing.assert_close(out, manual, rtol=1e-5, atol=1e-6)
+
+
+def test_moe_mnist_skips_sampling_estimators_on_topk_routing():
+    problem = problems.build_problem("moe-mnist", {"routing": "topk"})
+    with pytest.raises(ValueError, match="samples its routing"):
+        problem.check_estimator(build_estimator("sparsemixer"))
+    problem.check_estimator(build_estimator("densemixer"))
+
+
+def test_the_experiment_plans_the_pairs_that_apply():
+    from experiments import build_experiment
+
+    experiment = build_experiment("moe-routers")
+    planned = experiment.runs(quick=False, seeds=[0, 1, 2], device="cpu")
+    gradient = [p for p in planned if p.config.problem == "moe-router"]
+    training = [p for p in planned if p.config.problem == "moe-mnist"]
+    assert len(gradient) == 9 + 6 + 4 and {p.config.seed for p in gradient} == {0}
+    assert len(training) == (9 + 4) * 3
+    assert len({p.config.key for p in planned}) == len(planned)
+    quick = experiment.runs(quick=True, seeds=[0], device="cpu")
+    assert all(p.config.problem_params.get("train_subset") == 500 for p in quick if p.config.problem == "moe-mnist")
