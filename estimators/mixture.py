@@ -33,7 +33,7 @@ from typing import Callable, ClassVar
 
 import torch
 
-from estimators.base import Estimator, LossFn
+from estimators.base import Estimator, LossFn, ReplayNoise
 
 ROUTINGS = ("sampled", "topk")
 WEIGHTS = ("softmax", "renormalised")
@@ -62,8 +62,16 @@ def route(rng, logits: torch.Tensor, layer: MoELayer) -> tuple[torch.Tensor, tor
     for _ in range(layer.top_k):
         q = torch.softmax(base.masked_fill(taken, -math.inf), -1)
         h = rng.categorical(q)
+        pick = h.argmax(-1)
+        # the inverse CDF's float rounding can land on an expert already drawn (probability ~ eps):
+        # take the likeliest one left instead, so no expert is kept twice (a replayed draw stays as
+        # given: its probability, 0, already weighs it out of exact moments)
+        again = taken.gather(-1, pick.unsqueeze(-1)).squeeze(-1) & (h.sum(-1) > 0)
+        if bool(again.any()) and not isinstance(rng, ReplayNoise):
+            pick = torch.where(again, q.argmax(-1), pick)
+            h = torch.nn.functional.one_hot(pick, base.shape[-1]).to(base.dtype)
         score = score + h - q
-        picks.append(h.argmax(-1))
+        picks.append(pick)
         taken = taken | h.bool()
     return torch.stack(picks, -1), score
 

@@ -154,7 +154,7 @@ def router_tables(results: Results, planned: Sequence[Planned]) -> list[Table]:
     for _, run in results.runs.iterrows():
         status.setdefault(run["config_key"], []).append((run["run_id"], run["status"], run.get("error")))
     metric_names = ("exact_bias_norm", "exact_variance", "exact_cosine", "expert_evals", "time_per_estimate_s",
-                    "test_error", "load_imbalance", "step_time_s")
+                    "test_error", "load_imbalance", "step_time_s", "flops_per_example")
     values = {name: _final(results.metrics, name) for name in metric_names}
     by_label: dict[str, list[Planned]] = {}
     for p in planned:
@@ -210,6 +210,7 @@ def router_tables(results: Results, planned: Sequence[Planned]) -> list[Table]:
         rows.append({"run": label, "runs": f"{len(done)}/{len(by_label[label])}", "test err %": _mean_sd(over("test_error")),
                      "imbalance": _mean_sd(over("load_imbalance")),
                      "evals": fmt(np.nanmean(over("expert_evals")), 3) if done else "–",
+                     "kFLOPs": fmt(np.nanmean(over("flops_per_example")) / 1e3, 3) if done else "–",
                      "s / step": _mean_sd(over("step_time_s"), 3)})
     if rows:
         first = next(p for p in planned if _tag(p.label).startswith("mnist"))
@@ -218,7 +219,7 @@ def router_tables(results: Results, planned: Sequence[Planned]) -> list[Table]:
                    "the label says: mean ± sd over seeds at the last epoch. Test error (%) with deterministic top-k "
                    "routing for every estimator; imbalance = the largest expert's share of the test set's routed "
                    "slots times the number of experts (1 balanced, 4 one expert takes all); evals = expert "
-                   "evaluations per training example (counted); wall seconds per training step (the thread count "
+                   "evaluations per training example (counted); kFLOPs = thousands of multiply-adds of the training forward pass per example; wall seconds per training step (the thread count "
                    "and the machine's load apply).")
         if notes:
             caption += " Not finished: " + "; ".join(notes) + "."

@@ -249,7 +249,8 @@ class MoEMnist(MnistTrainingProblem):
     ``valid_error`` and ``test_error`` (% misclassified), ``load_imbalance`` (on the test set, the
     largest expert's share of the routed slots times E: 1 is balanced, E is one expert taking all),
     ``expert_evals`` (expert evaluations per training example, counted), ``epoch_time_s`` and
-    ``step_time_s`` (the training pass, and per mini-batch)."""
+    ``step_time_s`` (the training pass, and per mini-batch); at the end ``flops_per_example``
+    (multiply-adds of the training forward pass at the last epoch's expert evaluations)."""
 
     variables = "router"
     dataset = "mnist"
@@ -338,6 +339,14 @@ class MoEMnist(MnistTrainingProblem):
             yield Record("epoch_time_s", seconds, epoch=epoch)
             yield Record("step_time_s", seconds / batches, epoch=epoch)
             yield Record("eval_time_s", watch.seconds(), epoch=epoch)
+        yield Record("flops_per_example", float(self.flops_per_example(counter[0] / n_train)))
+
+    def flops_per_example(self, expert_evals: float) -> float:
+        """Multiply-adds of one training forward pass per example: the router (784 x E) and the
+        experts evaluated (784 x hidden + hidden x 10 each)."""
+        from problems.training import CLASSES, INPUTS
+
+        return INPUTS * self.experts + expert_evals * (INPUTS * self.hidden + self.hidden * CLASSES)
 
     def _error(self, model: MoEClassifier, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
         """(% misclassified, each expert's share of the routed slots) with deterministic top-k routing."""

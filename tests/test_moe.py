@@ -371,6 +371,7 @@ def test_moe_mnist_records_errors_balance_and_the_experts_it_evaluated(monkeypat
         assert {"train_loss", "valid_error", "test_error", "load_imbalance", "expert_evals", "step_time_s"} <= set(by_name)
         assert [r.epoch for r in by_name["test_error"]] == [1, 2]
         assert all(r.value == per_example for r in by_name["expert_evals"])
+        assert by_name["flops_per_example"][0].value == 784 * 4 + per_example * (784 * 32 + 32 * 10)
         assert all(1.0 <= r.value <= 4.0 for r in by_name["load_imbalance"])
         assert all(0.0 <= r.value <= 100.0 for r in by_name["test_error"])
         model = problem.trained_model
