@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import math
 import time
 
@@ -103,7 +104,8 @@ def rule_nodes(kind: str, breaks: torch.Tensor, index: torch.Tensor, n: torch.Te
     """Node ``index`` (piece index // n, node index % n) of the composite rule of ``n`` nodes per
     piece, for each element: (its value in the integration variable, its weight), shapes of
     ``index``. ``breaks``: (*index.shape, breakpoints) in the law's own variable; ``n``: broadcastable
-    to ``index``."""
+    to ``index``. The one-node rule weighs its piece's midpoint by the piece's exact mass (exact for
+    an estimate constant on the piece, whatever the law's density)."""
     lower, upper = _piece_edges(kind, breaks.to(torch.float64))
     n = n.expand(index.shape)
     piece, node = index // n, index % n
@@ -114,11 +116,13 @@ def rule_nodes(kind: str, breaks: torch.Tensor, index: torch.Tensor, n: torch.Te
     if kind == "logistic":
         return torch.logit(lo + (hi - lo) * (t + 1) / 2), (hi - lo) / 2 * w
     if kind == "logistic-tails":
-        return _logistic_nodes(lo, hi, t, w, n, node)
+        x, weight = _logistic_nodes(lo, hi, t, w, n, node)
+        return x, torch.where(n == 1, hi - lo, weight)
     x = lo + (hi - lo) * (t + 1) / 2
     weight = (hi - lo) / 2 * w
     if kind == "normal":
-        weight = weight * torch.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+        mass = torch.special.ndtr(hi) - torch.special.ndtr(lo)
+        weight = torch.where(n == 1, mass, weight * torch.exp(-x * x / 2) / math.sqrt(2 * math.pi))
     return x, weight
 
 
@@ -369,7 +373,9 @@ class QuadratureNoise(_Declared, ReplayNoise):
             big = torch.where(first, 2 * t[..., 0], 2 * t[..., 0] - 1)
             small = big * t[..., 1]
             u = torch.stack([torch.where(first, big, small), torch.where(first, small, big)], -1)
-            joint = joint * 4 * t[..., 1] / (1 + t[..., 1] - big * t[..., 1]) ** 3  # 2 (dt -> du) x 2 s / (...)^3
+            density = 4 * t[..., 1] / (1 + t[..., 1] - big * t[..., 1]) ** 3  # 2 (dt -> du) x 2 s / (...)^3
+            one_node = (self.orders[:, columns] == 1).reshape(rows, units, K - 1).all(-1)
+            joint = joint * torch.where(one_node, 1.0, density)  # one node per triangle: its mass, 1/2
         self.weight = self.weight * torch.where(free, joint, torch.ones_like(joint)).prod(-1)
         others = torch.arange(K, device=location.device).expand(rows, units, K)[one_hot == 0]
         others = others.reshape(rows, units, K - 1)
@@ -430,67 +436,195 @@ class _Integrand:
 
 def _probe_rows(layout: Layout, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Base points (random discrete draws and nodes) and, for each continuous dimension, the same
-    points with that dimension moved through two nodes of every piece: (configs, indices, the
-    dimension each row moves, -1 for a base row)."""
+    points with that dimension moved through every node of every piece of the PROBE_ORDER rule:
+    (configs, indices, the dimension each row moves, -1 for a base row). A moved dimension's rows
+    come piece by piece, node by node, PROBE_ROWS at a time."""
     radix = torch.tensor(layout.arities, dtype=torch.long)
     sizes = torch.tensor(layout.pieces, dtype=torch.long) * PROBE_ORDER
     configs = torch.randint(0, 2**62, (PROBE_ROWS, len(layout.arities)), generator=generator) % radix
     indices = torch.randint(0, 2**62, (PROBE_ROWS, len(layout.pieces)), generator=generator) % sizes
     all_configs, all_indices, moved = [configs], [indices], [-1] * PROBE_ROWS
     for j, pieces in enumerate(layout.pieces):
-        for piece in range(pieces):
-            for node in (0, PROBE_ORDER - 1):
-                changed = indices.clone()
-                changed[:, j] = piece * PROBE_ORDER + node
-                all_configs.append(configs)
-                all_indices.append(changed)
-                moved += [j] * PROBE_ROWS
+        for index in range(pieces * PROBE_ORDER):
+            changed = indices.clone()
+            changed[:, j] = index
+            all_configs.append(configs)
+            all_indices.append(changed)
+            moved += [j] * PROBE_ROWS
     return torch.cat(all_configs), torch.cat(all_indices), moved
 
 
-def dependencies(integrand: _Integrand, layout: Layout) -> tuple[torch.Tensor, bool]:
-    """(depends (dim, continuous dimensions): which coordinates of the estimate change with which
-    noise dimension, found by moving each dimension through two nodes of every piece at PROBE_ROWS
-    random base points; coupled: whether one example's estimate changes with the other rows' draws,
-    replayed alone, beside other rows, and beside different ones)."""
+def dependencies(integrand: _Integrand, layout: Layout) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(depends, varies, coupled). depends (dim, continuous dimensions): which coordinates of the
+    estimate change with which noise dimension, found by moving each dimension through every node
+    of every piece of the PROBE_ORDER rule at PROBE_ROWS random base points; varies: which change
+    with it inside a piece (the others are constant on each piece: one node per piece integrates
+    them exactly, as enumeration would); coupled: whether one example's estimate changes with the
+    other rows' draws, replayed alone, beside other rows, and beside different ones."""
     generator = torch.Generator().manual_seed(0)
     configs, indices, moved = _probe_rows(layout, generator)
     free = torch.ones(len(layout.pieces), dtype=torch.bool)
     order = torch.tensor(PROBE_ORDER)
     estimates, _ = integrand.replay(layout, configs, indices, order, free)
-    base = estimates[:PROBE_ROWS].repeat(len(moved) // PROBE_ROWS, 1)
     scale = float(estimates.abs().max()) if estimates.numel() else 0.0
-    changed = (estimates - base).abs() > 1e-12 * scale
-    depends = torch.zeros(estimates.shape[1], len(layout.pieces), dtype=torch.bool)
+    dim = estimates.shape[1]
+    depends = torch.zeros(dim, len(layout.pieces), dtype=torch.bool)
+    varies = torch.zeros_like(depends)
     moved_t = torch.tensor(moved)
-    for j in range(len(layout.pieces)):
-        depends[:, j] = changed[moved_t == j].any(0)
+    base = estimates[:PROBE_ROWS]
+    for j, pieces in enumerate(layout.pieces):
+        rows = estimates[moved_t == j].reshape(pieces, PROBE_ORDER, PROBE_ROWS, dim)
+        depends[:, j] = ((rows - base).abs() > 1e-12 * scale).flatten(0, 2).any(0)
+        varies[:, j] = ((rows - rows[:, :1]).abs() > 1e-12 * scale).flatten(0, 2).any(0)
     alone = integrand.replay(layout, configs[:1], indices[:1], order, free)[0][0]
     beside = integrand.replay(layout, configs[:4], indices[:4], order, free)[0][0]
     others = torch.cat([configs[:1], configs[4:7]]), torch.cat([indices[:1], indices[4:7]])
     with_others = integrand.replay(layout, *others, order, free)[0][0]
     tolerance = 1e-9 * float(alone.abs().max()) if alone.numel() else 0.0
     same = all(torch.allclose(alone, b, rtol=1e-9, atol=tolerance) for b in (beside, with_others))
-    return depends, not same
+    return depends, varies, not same
 
 
 @dataclasses.dataclass
 class _Group:
-    """Coordinates of the estimate that depend on the same continuous dimensions."""
+    """Coordinates of the estimate that depend on the same continuous dimensions: ``dimensions``,
+    which they vary with inside a piece (integrated by the rule ladder), and ``fixed``, on whose
+    every piece they are constant (one node per piece with the piece's exact mass: enumerated)."""
 
     coordinates: torch.Tensor  # long indices
     dimensions: list[int]
+    fixed: list[int] = dataclasses.field(default_factory=list)
+    split: _Split | None = None
 
 
-def _groups(depends: torch.Tensor, layout: Layout) -> list[_Group]:
-    """Coordinates grouped by the dimensions they depend on (widened to whole blocks)."""
+@dataclasses.dataclass
+class _Split:
+    """Given the ``outer`` dimensions (with the discrete draws and the fixed dimensions' pieces),
+    the group's estimate is a sum of functions of one ``component`` of the other dimensions each
+    (no two components interact), so its conditional mean and variance are sums of integrals over
+    one component at a time: f = f(x_O, c) + sum_c [f(x_O, x_c, c) - f(x_O, c)] with the other
+    dimensions at an anchor c (the anchored decomposition, exact for such an f)."""
+
+    outer: list[int]
+    components: list[list[int]]
+
+    def describe(self) -> str:
+        widest = max(len(c) for c in self.components)
+        return (f"conditionally on {len(self.outer)} dimension(s), additive over {len(self.components)} "
+                f"independent components of at most {widest} dimension(s)")
+
+
+INTERACTION_TOLERANCE = 1e-10  # a mixed difference below this share of the estimate's scale is rounding
+MAX_SPLIT_UNITS = 4  # the outer dimensions of a split are at most this many blocks
+
+
+def interactions(integrand: _Integrand, layout: Layout) -> torch.Tensor:
+    """(dim, dimensions, dimensions): which coordinates of the estimate have a non-zero mixed
+    difference f(x) - f(x_j') - f(x_k') + f(x_j', x_k') in dimensions j and k (of different
+    blocks), at PROBE_ROWS random base points (discrete draws, pieces and nodes) each moved to a
+    random other node; zero everywhere means the estimate is a sum of a function without x_j and
+    one without x_k."""
+    P = len(layout.pieces)
+    generator = torch.Generator().manual_seed(1)
+    radix = torch.tensor(layout.arities, dtype=torch.long)
+    sizes = torch.tensor(layout.pieces, dtype=torch.long) * PROBE_ORDER
+    configs = torch.randint(0, 2**62, (PROBE_ROWS, len(layout.arities)), generator=generator) % radix
+    indices = torch.randint(0, 2**62, (PROBE_ROWS, P), generator=generator) % sizes
+    others = (indices + 1 + torch.randint(0, 2**62, (PROBE_ROWS, P), generator=generator) % (sizes - 1)) % sizes
+    pairs = [(j, k) for j in range(P) for k in range(j + 1, P) if layout.blocks[j] != layout.blocks[k]]
+    found = torch.zeros(integrand.problem.dim, P, P, dtype=torch.bool)
+    if not pairs:
+        return found
+    rows = []
+    for j, k in pairs:
+        for move in ((), (j,), (k,), (j, k)):
+            moved = indices.clone()
+            moved[:, list(move)] = others[:, list(move)]
+            rows.append(moved)
+    free = torch.ones(P, dtype=torch.bool)
+    every = torch.cat(rows)
+    estimates = torch.cat([integrand.replay(layout, configs.repeat(len(chunk) // PROBE_ROWS, 1), chunk,
+                                            torch.tensor(PROBE_ORDER), free)[0]
+                           for chunk in every.split(PROBE_ROWS * 4 * 256)])
+    values = estimates.reshape(len(pairs), 4, PROBE_ROWS, -1)
+    mixed = values[:, 0] - values[:, 1] - values[:, 2] + values[:, 3]
+    scale = float(values.abs().max())
+    hit = (mixed.abs() > INTERACTION_TOLERANCE * scale).any(1)  # (pairs, dim)
+    for (j, k), row in zip(pairs, hit):
+        found[:, j, k] = found[:, k, j] = row
+    return found
+
+
+def _split(group: _Group, interact: torch.Tensor, layout: Layout) -> _Split | None:
+    """The cheapest split of the group's varying dimensions into outer blocks and at least two
+    non-interacting components of the rest (cost of a product rule of 16 nodes per piece), or None."""
+    if len(group.dimensions) < 2 or layout.copies > 1:
+        return None
+    linked = interact[group.coordinates].any(0)
+    units: dict[int, list[int]] = {}
+    for j in group.dimensions:
+        units.setdefault(layout.blocks[j], []).append(j)
+    blocks = list(units.values())
+
+    def size(dims) -> int:
+        return math.prod(layout.pieces[j] * 16 for j in dims)
+
+    best = None
+    for count in range(0, min(MAX_SPLIT_UNITS, len(blocks) - 2) + 1):
+        for outer in itertools.combinations(range(len(blocks)), count):
+            rest = [b for b in range(len(blocks)) if b not in outer]
+            parent = {b: b for b in rest}
+
+            def root(b):
+                while parent[b] != b:
+                    b = parent[b]
+                return b
+
+            for a, b in itertools.combinations(rest, 2):
+                if bool(linked[blocks[a]][:, blocks[b]].any()):
+                    parent[root(a)] = root(b)
+            joined: dict[int, list[int]] = {}
+            for b in rest:
+                joined.setdefault(root(b), []).extend(blocks[b])
+            if len(joined) < 2:
+                continue
+            outer_dims = [j for b in outer for j in blocks[b]]
+            cost = size(outer_dims) * (1 + sum(size(c) for c in joined.values()))
+            if best is None or cost < best[0]:
+                best = (cost, _Split(outer_dims, [sorted(c) for c in joined.values()]))
+    return None if best is None else best[1]
+
+
+def _split_groups(groups: list[_Group], interact: torch.Tensor, layout: Layout) -> list[_Group]:
+    """Each group's coordinates regrouped by the split that suits each alone (:func:`_split`);
+    those without one stay together, as before."""
+    found: list[_Group] = []
+    for group in groups:
+        alone: dict[tuple, list[int]] = {}
+        splits: dict[tuple, _Split | None] = {}
+        for i in group.coordinates.tolist():
+            split = _split(_Group(torch.tensor([i]), group.dimensions, group.fixed), interact, layout)
+            key = () if split is None else (tuple(split.outer), tuple(tuple(c) for c in split.components))
+            alone.setdefault(key, []).append(i)
+            splits[key] = split
+        found.extend(_Group(torch.tensor(coords), group.dimensions, group.fixed, splits[key])
+                     for key, coords in alone.items())
+    return found
+
+
+def _groups(depends: torch.Tensor, varies: torch.Tensor, layout: Layout) -> list[_Group]:
+    """Coordinates grouped by the dimensions they depend on and vary with inside a piece (each
+    widened to whole blocks)."""
     blocks = torch.tensor(layout.blocks, dtype=torch.long)
-    found: dict[tuple[int, ...], list[int]] = {}
+
+    def widened(mask: torch.Tensor) -> tuple[int, ...]:
+        return tuple(int(j) for j in torch.nonzero(torch.isin(blocks, blocks[mask].unique())).flatten())
+
+    found: dict[tuple[tuple[int, ...], tuple[int, ...]], list[int]] = {}
     for i in range(depends.shape[0]):
-        touched = blocks[depends[i]].unique() if depends.shape[1] else blocks
-        dims = torch.nonzero(torch.isin(blocks, touched)).flatten() if depends.shape[1] else blocks
-        found.setdefault(tuple(int(j) for j in dims), []).append(i)
-    return [_Group(torch.tensor(coords), list(dims)) for dims, coords in found.items()]
+        dims, smooth = widened(depends[i]), widened(varies[i])
+        found.setdefault((smooth, tuple(j for j in dims if j not in smooth)), []).append(i)
+    return [_Group(torch.tensor(coords), list(smooth), list(fixed)) for (smooth, fixed), coords in found.items()]
 
 
 @dataclasses.dataclass
@@ -505,7 +639,26 @@ class Rule:
     def evaluations(self, layout: Layout, group: _Group) -> int:
         per_term = (math.prod(layout.pieces[j] * n for j, n in zip(group.dimensions, orders))
                     for _, orders in self.terms)
-        return math.prod(layout.arities) * sum(per_term)
+        return math.prod(layout.arities) * math.prod(layout.pieces[j] for j in group.fixed) * sum(per_term)
+
+
+@dataclasses.dataclass
+class SplitRule:
+    """The product rule of ``n`` nodes per piece over a split group: the outer dimensions (with the
+    discrete draws and fixed pieces) once with the others at their anchor, then once per node of
+    each component."""
+
+    n: int
+
+    @property
+    def name(self) -> str:
+        return f"a product Gauss rule of {self.n} nodes per piece"
+
+    def evaluations(self, layout: Layout, group: _Group) -> int:
+        outer = (math.prod(layout.arities) * math.prod(layout.pieces[j] for j in group.fixed)
+                 * math.prod(layout.pieces[j] * self.n for j in group.split.outer))
+        inner = sum(math.prod(layout.pieces[j] * self.n for j in c) for c in group.split.components)
+        return outer * (1 + inner)
 
 
 def tensor_rule(dimensions: int, n: int) -> Rule:
@@ -545,6 +698,9 @@ def rule_ladder(layout: Layout, group: _Group):
     if not dims:
         yield tensor_rule(0, 1)
         return
+    if group.split is not None:
+        yield from (SplitRule(n) for n in TENSOR_NODES)
+        return
     last = 0
     for n in TENSOR_NODES:
         rule = tensor_rule(dims, n)
@@ -582,9 +738,10 @@ def _integrate(integrand: _Integrand, layout: Layout, group: _Group, rule: Rule)
     With K averaged copies (conditionally i.i.d. given the discrete draws before them, the key) the
     replay ties them, giving one copy's estimate phi; then Var(mean of K) = C / K + (1 - 1/K) B with
     C = Var(phi) and B = Var(E[phi | key]) (the copies' covariance), B summed over the keys."""
+    integrated = group.dimensions + group.fixed
     free = torch.zeros(len(layout.pieces), dtype=torch.bool)
-    free[group.dimensions] = True
-    dims = torch.tensor(group.dimensions, dtype=torch.long)
+    free[integrated] = True
+    dims = torch.tensor(integrated, dtype=torch.long)
     draws = len(layout.arities)
     block = max(1, ENUMERATION_ELEMENTS // max(1, integrand.problem.dim, draws + len(layout.pieces)))
     key_radix = torch.tensor(layout.arities[:layout.conditioning], dtype=torch.long)
@@ -594,14 +751,15 @@ def _integrate(integrand: _Integrand, layout: Layout, group: _Group, rule: Rule)
     def rows():
         """(discrete digits, indices, orders, coefficient) in chunks of at most ``block`` rows."""
         for coefficient, orders in rule.terms:
-            sizes = [layout.pieces[j] * n for j, n in zip(group.dimensions, orders)]
+            orders = tuple(orders) + (1,) * len(group.fixed)
+            sizes = [layout.pieces[j] * n for j, n in zip(integrated, orders)]
             radix = torch.tensor(layout.arities + sizes, dtype=torch.long)
             total = math.prod(radix.tolist())
             for start in range(0, total, block):
                 digits = mixed_radix(torch.arange(start, min(start + block, total)), radix)
                 indices = torch.zeros(digits.shape[0], len(layout.pieces), dtype=torch.long)
                 order = torch.ones(len(layout.pieces), dtype=torch.long)
-                if len(group.dimensions):
+                if integrated:
                     indices[:, dims] = digits[:, draws:]
                     order[dims] = torch.tensor(orders, dtype=torch.long)
                 yield digits[:, :draws], indices, order.expand_as(indices), coefficient
@@ -654,6 +812,71 @@ def _integrate(integrand: _Integrand, layout: Layout, group: _Group, rule: Rule)
     return _Moments(mean, variance, total)
 
 
+def _integrate_split(integrand: _Integrand, layout: Layout, group: _Group, rule: SplitRule) -> _Moments:
+    """Mean and variance of a split group's coordinates (see :class:`_Split`): per outer node o
+    (discrete draws, fixed pieces, outer nodes; weight w_o), the anchored value f0_o and, per
+    component, T = f(o, x_c) - f0_o over the component's nodes: E[f | o] = f0_o + sum_c E[T | o] and
+    Var[f | o] = sum_c Var[T | o] (the components are independent given o); then the law of total
+    variance over o."""
+    split, n, P = group.split, rule.n, len(layout.pieces)
+    draws = len(layout.arities)
+    outer = split.outer + group.fixed
+    orders = [n] * len(split.outer) + [1] * len(group.fixed)
+    radix = torch.tensor(layout.arities + [layout.pieces[j] * o for j, o in zip(outer, orders)], dtype=torch.long)
+    digits = mixed_radix(torch.arange(math.prod(radix.tolist())), radix)
+    configs = digits[:, :draws]
+    base = torch.zeros(digits.shape[0], P, dtype=torch.long)
+    base_orders = torch.ones(digits.shape[0], P, dtype=torch.long)
+    outer_t = torch.tensor(outer, dtype=torch.long)
+    if outer:
+        base[:, outer_t] = digits[:, draws:]
+        base_orders[:, outer_t] = torch.tensor(orders, dtype=torch.long)
+    free = torch.zeros(P, dtype=torch.bool)
+    free[outer_t] = True
+    block = max(1, ENUMERATION_ELEMENTS // max(1, integrand.problem.dim, draws + P))
+    coords = group.coordinates
+    parts = [integrand.replay(layout, c, i, o, free) for c, i, o in
+             zip(configs.split(block), base.split(block), base_orders.split(block))]
+    f0 = torch.cat([e for e, _ in parts])[:, coords.to(parts[0][0].device)].cpu()
+    w0 = torch.cat([w for _, w in parts]).cpu()
+    f0 = torch.where(w0.unsqueeze(1) != 0, f0, 0.0)
+    conditional_mean, conditional_variance = f0.clone(), torch.zeros_like(f0)
+    deviation = abs(float(w0.sum()) - 1)
+    for component in split.components:
+        inner_radix = torch.tensor([layout.pieces[j] * n for j in component], dtype=torch.long)
+        M = math.prod(inner_radix.tolist())
+        inner = mixed_radix(torch.arange(M), inner_radix)
+        comp_t = torch.tensor(component, dtype=torch.long)
+        comp_free = free.clone()
+        comp_free[comp_t] = True
+        chunk = max(1, block // M)
+        inner_total = None
+        for start in range(0, len(base), chunk):
+            rows = slice(start, min(len(base), start + chunk))
+            k = rows.stop - rows.start
+            indices = base[rows].repeat_interleave(M, 0)
+            indices[:, comp_t] = inner.repeat(k, 1)
+            order = base_orders[rows].repeat_interleave(M, 0)
+            order[:, comp_t] = n
+            estimates, weights = integrand.replay(layout, configs[rows].repeat_interleave(M, 0), indices, order,
+                                                  comp_free)
+            estimates = estimates[:, coords.to(estimates.device)].cpu().reshape(k, M, -1)
+            weights = weights.cpu().reshape(k, M)
+            outer_w = w0[rows].unsqueeze(1)
+            inner_w = torch.where(outer_w != 0, weights / torch.where(outer_w != 0, outer_w, 1.0), 0.0)
+            T = torch.where(weights.unsqueeze(2) != 0, estimates - f0[rows].unsqueeze(1), 0.0)
+            m = (inner_w.unsqueeze(2) * T).sum(1)
+            conditional_mean[rows] += m
+            conditional_variance[rows] += (inner_w.unsqueeze(2) * (T - m.unsqueeze(1)) ** 2).sum(1)
+            heaviest = int(w0[rows].argmax())
+            if inner_total is None and float(w0[rows][heaviest]) > 0:
+                inner_total = float(inner_w[heaviest].sum())
+        deviation = max(deviation, abs((inner_total if inner_total is not None else 0.0) - 1))
+    mean = (w0.unsqueeze(1) * conditional_mean).sum(0)
+    variance = (w0.unsqueeze(1) * ((conditional_mean - mean) ** 2 + conditional_variance)).sum(0)
+    return _Moments(mean, variance, 1 + deviation)
+
+
 @dataclasses.dataclass
 class _Converged:
     """A group's moments from the last rule of its ladder, the gap to the rule before it, the rule's
@@ -677,7 +900,7 @@ def converge(integrand: _Integrand, layout: Layout, group: _Group, budget: int) 
         if spent + cost > budget:
             break
         spent += cost
-        current = _integrate(integrand, layout, group, rule)
+        current = (_integrate_split if isinstance(rule, SplitRule) else _integrate)(integrand, layout, group, rule)
         if not dims:
             return _Converged(current, 0.0, "enumeration", spent)
         if previous is not None:
@@ -709,10 +932,12 @@ def integrate_exact(estimator: Estimator, problem, reference) -> tuple[ExactMome
         device = next(iter(problem.buffers()), torch.empty(0)).device
         integrand = _Integrand(estimator, problem, device)
         layout = integrand.count()
-        depends, coupled = dependencies(integrand, layout)
+        depends, varies, coupled = dependencies(integrand, layout)
         if coupled:
             return None, "not computed: examples coupled (estimate of one example changes with the others' draws)"
-        groups = _groups(depends, layout)
+        groups = _groups(depends, varies, layout)
+        if any(len(g.dimensions) > 1 for g in groups) and layout.copies == 1:
+            groups = _split_groups(groups, interactions(integrand, layout), layout)
         share = MAX_QUADRATURE_EVALUATIONS // len(groups)
         found = []
         for group in groups:
