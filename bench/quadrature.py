@@ -902,7 +902,7 @@ def converge(integrand: _Integrand, layout: Layout, group: _Group, budget: int) 
         spent += cost
         current = (_integrate_split if isinstance(rule, SplitRule) else _integrate)(integrand, layout, group, rule)
         if not dims:
-            return _Converged(current, 0.0, "enumeration", spent)
+            return _Converged(current, 0.0, "enumeration of the pieces", spent)
         if previous is not None:
             scale = float((current.mean.abs() + current.variance.clamp_min(0).sqrt()).max())
             gap = abs(current.total - 1) if scale == 0 else max(
@@ -911,7 +911,8 @@ def converge(integrand: _Integrand, layout: Layout, group: _Group, budget: int) 
             if gap <= QUADRATURE_TOLERANCE:
                 return _Converged(current, gap, rule.name, spent)
         previous = current
-    over = f"{dims} continuous dimension(s) x {outcome_count(layout.arities)} discrete outcomes"
+    fixed = f" and {len(group.fixed)} constant on each piece" if group.fixed else ""
+    over = f"{dims} varying continuous dimension(s){fixed} x {outcome_count(layout.arities)} discrete outcomes"
     if previous is None or math.isinf(gap):
         return f"over {over}, more than {budget:,} evaluations are needed for two rules to compare"
     return (f"quadrature did not converge within {budget:,} evaluations: over {over} the last two rules "
@@ -954,13 +955,16 @@ def integrate_exact(estimator: Estimator, problem, reference) -> tuple[ExactMome
     for group, result in zip(groups, found):
         mean[group.coordinates], variance[group.coordinates] = result.moments.mean, result.moments.variance
     kinds = ", ".join(sorted(set(layout.kinds))) or "none"
-    widest = max(range(len(groups)), key=lambda k: len(groups[k].dimensions))
+    widest = max(range(len(groups)), key=lambda k: (len(groups[k].dimensions), len(groups[k].fixed)))
+    group = groups[widest]
+    how = found[widest].rule + (f", {group.split.describe()}" if group.split is not None else "")
+    fixed = f" and {len(group.fixed)} constant on each piece (one node per piece)" if group.fixed else ""
     evaluations = sum(c.evaluations for c in found)
     gap = max(c.gap for c in found)
     copies = f"; {layout.copies} averaged copies from one" if layout.copies > 1 else ""
     return ExactMoments(mean, variance), (
         f"{QUADRATURE_NOTE}: {len(layout.pieces)} continuous dimension(s) ({kinds}) integrated in "
-        f"{len(groups)} group(s) of coordinates, the widest over {len(groups[widest].dimensions)} by "
-        f"{found[widest].rule}, x {outcome_count(layout.arities)} discrete outcomes enumerated{copies}; successive "
+        f"{len(groups)} group(s) of coordinates, the widest varying in {len(group.dimensions)} ({how}){fixed}, "
+        f"x {outcome_count(layout.arities)} discrete outcomes enumerated{copies}; successive "
         f"rules agree to {gap:.1e} of the estimate's scale (tolerance {QUADRATURE_TOLERANCE:g}); {evaluations:,} "
         f"evaluations in {time.perf_counter() - began:.2f} s")
