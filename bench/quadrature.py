@@ -295,11 +295,38 @@ class QuadratureNoise(_Declared, ReplayNoise):
     the ``free`` dimensions (the others are held at their node, not integrated). Averaged copies all
     replay the same value (one copy's integrals; the harness weighs them for K)."""
 
-    def __init__(self, configs: torch.Tensor, indices: torch.Tensor, orders: torch.Tensor, free: torch.Tensor):
+    def __init__(self, configs: torch.Tensor, indices: torch.Tensor, orders: torch.Tensor, free: torch.Tensor,
+                 held: torch.Tensor | None = None):
         super().__init__(configs)
         self.indices, self.orders, self.free = indices, orders, free
+        self.held = torch.zeros(configs.shape[1], dtype=torch.bool, device=configs.device) if held is None else held
         self.column = 0
         self.weight = torch.ones(indices.shape[0], dtype=torch.float64, device=indices.device)
+        self.draw_log_probs: list[torch.Tensor] = []  # (rows, entries) per discrete draw, in order
+
+    def bernoulli(self, probs, shape=None):
+        """As :class:`ReplayNoise`; a held draw (one whose outcome no estimate of the group depends
+        on) is replayed at its given outcome without its probability: summing over its outcomes
+        would multiply by 1."""
+        start, before = self.offset, self.log_prob
+        bits = super().bernoulli(probs, shape)
+        shape = torch.Size(probs.shape if shape is None else shape)
+        p, b = probs.expand(shape).to(torch.float64), bits.to(torch.float64)
+        log_p = torch.where(b > 0, torch.log(p), torch.log1p(-p)).movedim(-2, 0).reshape(b.shape[-2], -1)
+        return self._record(start, before, log_p, bits)
+
+    def categorical(self, probs, shape=None):
+        start, before = self.offset, self.log_prob
+        one_hot = super().categorical(probs, shape)
+        shape = torch.Size(probs.shape if shape is None else shape)
+        index = one_hot.argmax(-1, keepdim=True)
+        log_p = torch.log(probs.expand(shape).to(torch.float64)).gather(-1, index).squeeze(-1)
+        return self._record(start, before, log_p.movedim(-2, 0).reshape(self.configs.shape[0], -1), one_hot)
+
+    def _record(self, start: int, before: torch.Tensor, log_p: torch.Tensor, drawn: torch.Tensor) -> torch.Tensor:
+        self.draw_log_probs.append(log_p)
+        self.log_prob = before + torch.where(self.held[start:self.offset], 0.0, log_p).sum(-1)
+        return drawn
 
     def rademacher(self, shape, like):
         half = torch.full((), 0.5, dtype=like.dtype, device=like.device)
@@ -355,7 +382,7 @@ class QuadratureNoise(_Declared, ReplayNoise):
         corner where both vanish; the first dimension's two pieces pick the triangle u_2 <= u_1 or
         u_1 < u_2, and Duffy's map (the smaller u = s times the larger) makes it 4 s / (1 + s - u s)^3."""
         rows, units, K = location.shape
-        one_hot = ReplayNoise.categorical(self, torch.softmax(location, -1))
+        one_hot = self.categorical(torch.softmax(location, -1))
         columns = self._columns(units * (K - 1))
         free = self.free[columns].reshape(units, K - 1)
         if bool((free.any(-1) != free.all(-1)).any()):
@@ -422,10 +449,14 @@ class _Integrand:
         return counter.found
 
     def replay(self, layout: Layout, configs: torch.Tensor, indices: torch.Tensor, orders: torch.Tensor,
-               free: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+               free: torch.Tensor, held: torch.Tensor | None = None,
+               noise_out: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(estimates (rows, dim), weights (rows,)): P(discrete draws) x the free dimensions' weights."""
         noise = QuadratureNoise(configs.to(self.device, torch.float64), indices.to(self.device),
-                                orders.to(self.device).expand(indices.shape), free.to(self.device))
+                                orders.to(self.device).expand(indices.shape), free.to(self.device),
+                                None if held is None else held.to(self.device))
+        if noise_out is not None:
+            noise_out.append(noise)
         with self.estimator.drawing_from(noise), self.estimator.frozen():
             estimates = self.problem.sample_gradients(self.estimator, indices.shape[0]).detach().to(torch.float64)
         if noise.offset != len(layout.arities) or noise.column != len(layout.pieces):
@@ -486,6 +517,62 @@ def dependencies(integrand: _Integrand, layout: Layout) -> tuple[torch.Tensor, t
 
 
 @dataclasses.dataclass
+class _Draws:
+    """Which coordinates of the estimate change with which discrete draw (``depends``, (dim,
+    draws)); ``holdable``: draws that change no other draw's probability nor a continuous weight
+    (a group whose estimate does not change with one holds it at ``held``, its likeliest outcome,
+    instead of enumerating it)."""
+
+    depends: torch.Tensor
+    holdable: torch.Tensor
+    held: torch.Tensor
+
+
+def discrete_dependencies(integrand: _Integrand, layout: Layout) -> _Draws:
+    """Move each discrete draw through all its outcomes at PROBE_ROWS random base points (discrete
+    draws and nodes) and see which coordinates change, and whether the other draws' probabilities
+    or the continuous weights do."""
+    count, dim = len(layout.arities), integrand.problem.dim
+    if not count:
+        empty = torch.zeros(0, dtype=torch.long)
+        return _Draws(torch.zeros(dim, 0, dtype=torch.bool), empty.bool(), empty)
+    generator = torch.Generator().manual_seed(2)
+    radix = torch.tensor(layout.arities, dtype=torch.long)
+    sizes = torch.tensor(layout.pieces, dtype=torch.long) * PROBE_ORDER
+    configs = torch.randint(0, 2**62, (PROBE_ROWS, count), generator=generator) % radix
+    indices = torch.randint(0, 2**62, (PROBE_ROWS, len(layout.pieces)), generator=generator) % sizes
+    moved_configs = [configs]
+    for k, arity in enumerate(layout.arities):
+        for outcome in range(arity):
+            changed = configs.clone()
+            changed[:, k] = outcome
+            moved_configs.append(changed)
+    every = torch.cat(moved_configs)
+    noises: list = []
+    estimates, _ = integrand.replay(layout, every, indices.repeat(len(moved_configs), 1), torch.tensor(PROBE_ORDER),
+                                    torch.ones(len(layout.pieces), dtype=torch.bool), noise_out=noises)
+    log_p = torch.cat(noises[0].draw_log_probs, 1).cpu()
+    weight = noises[0].weight.cpu()
+    scale = float(estimates.abs().max()) if estimates.numel() else 0.0
+    depends = torch.zeros(dim, count, dtype=torch.bool)
+    holdable = torch.ones(count, dtype=torch.bool)
+    held = torch.zeros(count, dtype=torch.long)
+    start = PROBE_ROWS
+    for k, arity in enumerate(layout.arities):
+        rows = slice(start, start + arity * PROBE_ROWS)
+        start = rows.stop
+        moved = estimates[rows].cpu().reshape(arity, PROBE_ROWS, dim)
+        depends[:, k] = ((moved - estimates[:PROBE_ROWS].cpu()).abs() > 1e-12 * scale).flatten(0, 1).any(0)
+        others = torch.cat([log_p[:, :k], log_p[:, k + 1:]], 1)
+        base_others = others[:PROBE_ROWS].repeat(arity, 1)
+        same_others = torch.allclose(others[rows], base_others, rtol=1e-12, atol=1e-12, equal_nan=True)
+        same_weight = torch.allclose(weight[rows], weight[:PROBE_ROWS].repeat(arity), rtol=1e-12, atol=0)
+        holdable[k] = same_others and same_weight
+        held[k] = int(log_p[rows, k].reshape(arity, PROBE_ROWS)[:, 0].argmax())
+    return _Draws(depends, holdable, held)
+
+
+@dataclasses.dataclass
 class _Group:
     """Coordinates of the estimate that depend on the same continuous dimensions: ``dimensions``,
     which they vary with inside a piece (integrated by the rule ladder), and ``fixed``, on whose
@@ -495,6 +582,26 @@ class _Group:
     dimensions: list[int]
     fixed: list[int] = dataclasses.field(default_factory=list)
     split: _Split | None = None
+    draws: list[int] | None = None  # the discrete draws enumerated (None: all); the others are held
+    held: torch.Tensor | None = None  # (draws,) the outcome every draw is held at when not enumerated
+
+    def arities(self, layout: Layout) -> list[int]:
+        return layout.arities if self.draws is None else [layout.arities[k] for k in self.draws]
+
+    def held_mask(self, layout: Layout) -> torch.Tensor | None:
+        if self.draws is None:
+            return None
+        mask = torch.ones(len(layout.arities), dtype=torch.bool)
+        mask[self.draws] = False
+        return mask
+
+    def configs(self, layout: Layout, digits: torch.Tensor) -> torch.Tensor:
+        """Full discrete configurations from the digits of the enumerated draws."""
+        if self.draws is None:
+            return digits
+        full = self.held.expand(digits.shape[0], -1).clone()
+        full[:, self.draws] = digits
+        return full
 
 
 @dataclasses.dataclass
@@ -603,28 +710,33 @@ def _split_groups(groups: list[_Group], interact: torch.Tensor, layout: Layout) 
         alone: dict[tuple, list[int]] = {}
         splits: dict[tuple, _Split | None] = {}
         for i in group.coordinates.tolist():
-            split = _split(_Group(torch.tensor([i]), group.dimensions, group.fixed), interact, layout)
+            split = _split(dataclasses.replace(group, coordinates=torch.tensor([i])), interact, layout)
             key = () if split is None else (tuple(split.outer), tuple(tuple(c) for c in split.components))
             alone.setdefault(key, []).append(i)
             splits[key] = split
-        found.extend(_Group(torch.tensor(coords), group.dimensions, group.fixed, splits[key])
+        found.extend(dataclasses.replace(group, coordinates=torch.tensor(coords), split=splits[key])
                      for key, coords in alone.items())
     return found
 
 
-def _groups(depends: torch.Tensor, varies: torch.Tensor, layout: Layout) -> list[_Group]:
+def _groups(depends: torch.Tensor, varies: torch.Tensor, layout: Layout, draws: _Draws | None = None) -> list[_Group]:
     """Coordinates grouped by the dimensions they depend on and vary with inside a piece (each
-    widened to whole blocks)."""
+    widened to whole blocks), and by the discrete draws they enumerate (those they depend on, and
+    every draw that cannot be held)."""
     blocks = torch.tensor(layout.blocks, dtype=torch.long)
 
     def widened(mask: torch.Tensor) -> tuple[int, ...]:
         return tuple(int(j) for j in torch.nonzero(torch.isin(blocks, blocks[mask].unique())).flatten())
 
-    found: dict[tuple[tuple[int, ...], tuple[int, ...]], list[int]] = {}
+    found: dict[tuple, list[int]] = {}
     for i in range(depends.shape[0]):
         dims, smooth = widened(depends[i]), widened(varies[i])
-        found.setdefault((smooth, tuple(j for j in dims if j not in smooth)), []).append(i)
-    return [_Group(torch.tensor(coords), list(smooth), list(fixed)) for (smooth, fixed), coords in found.items()]
+        enumerated = (None if draws is None else
+                      tuple(int(k) for k in torch.nonzero(draws.depends[i] | ~draws.holdable).flatten()))
+        found.setdefault((smooth, tuple(j for j in dims if j not in smooth), enumerated), []).append(i)
+    return [_Group(torch.tensor(coords), list(smooth), list(fixed), None,
+                   None if enumerated is None else list(enumerated), None if draws is None else draws.held)
+            for (smooth, fixed, enumerated), coords in found.items()]
 
 
 @dataclasses.dataclass
@@ -639,7 +751,7 @@ class Rule:
     def evaluations(self, layout: Layout, group: _Group) -> int:
         per_term = (math.prod(layout.pieces[j] * n for j, n in zip(group.dimensions, orders))
                     for _, orders in self.terms)
-        return math.prod(layout.arities) * math.prod(layout.pieces[j] for j in group.fixed) * sum(per_term)
+        return math.prod(group.arities(layout)) * math.prod(layout.pieces[j] for j in group.fixed) * sum(per_term)
 
 
 @dataclasses.dataclass
@@ -655,7 +767,7 @@ class SplitRule:
         return f"a product Gauss rule of {self.n} nodes per piece"
 
     def evaluations(self, layout: Layout, group: _Group) -> int:
-        outer = (math.prod(layout.arities) * math.prod(layout.pieces[j] for j in group.fixed)
+        outer = (math.prod(group.arities(layout)) * math.prod(layout.pieces[j] for j in group.fixed)
                  * math.prod(layout.pieces[j] * self.n for j in group.split.outer))
         inner = sum(math.prod(layout.pieces[j] * self.n for j in c) for c in group.split.components)
         return outer * (1 + inner)
@@ -742,7 +854,8 @@ def _integrate(integrand: _Integrand, layout: Layout, group: _Group, rule: Rule)
     free = torch.zeros(len(layout.pieces), dtype=torch.bool)
     free[integrated] = True
     dims = torch.tensor(integrated, dtype=torch.long)
-    draws = len(layout.arities)
+    draws = len(group.arities(layout))
+    held = group.held_mask(layout)
     block = max(1, ENUMERATION_ELEMENTS // max(1, integrand.problem.dim, draws + len(layout.pieces)))
     key_radix = torch.tensor(layout.arities[:layout.conditioning], dtype=torch.long)
     keys = math.prod(key_radix.tolist())
@@ -753,7 +866,7 @@ def _integrate(integrand: _Integrand, layout: Layout, group: _Group, rule: Rule)
         for coefficient, orders in rule.terms:
             orders = tuple(orders) + (1,) * len(group.fixed)
             sizes = [layout.pieces[j] * n for j, n in zip(integrated, orders)]
-            radix = torch.tensor(layout.arities + sizes, dtype=torch.long)
+            radix = torch.tensor(group.arities(layout) + sizes, dtype=torch.long)
             total = math.prod(radix.tolist())
             for start in range(0, total, block):
                 digits = mixed_radix(torch.arange(start, min(start + block, total)), radix)
@@ -762,7 +875,7 @@ def _integrate(integrand: _Integrand, layout: Layout, group: _Group, rule: Rule)
                 if integrated:
                     indices[:, dims] = digits[:, draws:]
                     order[dims] = torch.tensor(orders, dtype=torch.long)
-                yield digits[:, :draws], indices, order.expand_as(indices), coefficient
+                yield group.configs(layout, digits[:, :draws]), indices, order.expand_as(indices), coefficient
 
     def blocks():
         pending: list = []
@@ -773,7 +886,7 @@ def _integrate(integrand: _Integrand, layout: Layout, group: _Group, rule: Rule)
             indices = torch.cat([p[1] for p in pending])
             orders = torch.cat([p[2] for p in pending])
             coefficients = torch.cat([torch.full((p[0].shape[0],), p[3], dtype=torch.float64) for p in pending])
-            estimates, weights = integrand.replay(layout, configs, indices, orders, free)
+            estimates, weights = integrand.replay(layout, configs, indices, orders, free, held)
             estimates = torch.where(weights.unsqueeze(1) != 0, estimates, 0.0)  # nodes of empty pieces
             key = (configs[:, :layout.conditioning] * places).sum(-1) if keys > 1 else torch.zeros(len(configs),
                                                                                                dtype=torch.long)
@@ -819,12 +932,14 @@ def _integrate_split(integrand: _Integrand, layout: Layout, group: _Group, rule:
     Var[f | o] = sum_c Var[T | o] (the components are independent given o); then the law of total
     variance over o."""
     split, n, P = group.split, rule.n, len(layout.pieces)
-    draws = len(layout.arities)
+    draws = len(group.arities(layout))
+    held = group.held_mask(layout)
     outer = split.outer + group.fixed
     orders = [n] * len(split.outer) + [1] * len(group.fixed)
-    radix = torch.tensor(layout.arities + [layout.pieces[j] * o for j, o in zip(outer, orders)], dtype=torch.long)
+    radix = torch.tensor(group.arities(layout) + [layout.pieces[j] * o for j, o in zip(outer, orders)],
+                         dtype=torch.long)
     digits = mixed_radix(torch.arange(math.prod(radix.tolist())), radix)
-    configs = digits[:, :draws]
+    configs = group.configs(layout, digits[:, :draws])
     base = torch.zeros(digits.shape[0], P, dtype=torch.long)
     base_orders = torch.ones(digits.shape[0], P, dtype=torch.long)
     outer_t = torch.tensor(outer, dtype=torch.long)
@@ -835,7 +950,7 @@ def _integrate_split(integrand: _Integrand, layout: Layout, group: _Group, rule:
     free[outer_t] = True
     block = max(1, ENUMERATION_ELEMENTS // max(1, integrand.problem.dim, draws + P))
     coords = group.coordinates
-    parts = [integrand.replay(layout, c, i, o, free) for c, i, o in
+    parts = [integrand.replay(layout, c, i, o, free, held) for c, i, o in
              zip(configs.split(block), base.split(block), base_orders.split(block))]
     f0 = torch.cat([e for e, _ in parts])[:, coords.to(parts[0][0].device)].cpu()
     w0 = torch.cat([w for _, w in parts]).cpu()
@@ -859,7 +974,7 @@ def _integrate_split(integrand: _Integrand, layout: Layout, group: _Group, rule:
             order = base_orders[rows].repeat_interleave(M, 0)
             order[:, comp_t] = n
             estimates, weights = integrand.replay(layout, configs[rows].repeat_interleave(M, 0), indices, order,
-                                                  comp_free)
+                                                  comp_free, held)
             estimates = estimates[:, coords.to(estimates.device)].cpu().reshape(k, M, -1)
             weights = weights.cpu().reshape(k, M)
             outer_w = w0[rows].unsqueeze(1)
@@ -912,7 +1027,7 @@ def converge(integrand: _Integrand, layout: Layout, group: _Group, budget: int) 
                 return _Converged(current, gap, rule.name, spent)
         previous = current
     fixed = f" and {len(group.fixed)} constant on each piece" if group.fixed else ""
-    over = f"{dims} varying continuous dimension(s){fixed} x {outcome_count(layout.arities)} discrete outcomes"
+    over = f"{dims} varying continuous dimension(s){fixed} x {outcome_count(group.arities(layout))} discrete outcomes"
     if previous is None or math.isinf(gap):
         return f"over {over}, more than {budget:,} evaluations are needed for two rules to compare"
     return (f"quadrature did not converge within {budget:,} evaluations: over {over} the last two rules "
@@ -936,7 +1051,7 @@ def integrate_exact(estimator: Estimator, problem, reference) -> tuple[ExactMome
         depends, varies, coupled = dependencies(integrand, layout)
         if coupled:
             return None, "not computed: examples coupled (estimate of one example changes with the others' draws)"
-        groups = _groups(depends, varies, layout)
+        groups = _groups(depends, varies, layout, discrete_dependencies(integrand, layout))
         if any(len(g.dimensions) > 1 for g in groups) and layout.copies == 1:
             groups = _split_groups(groups, interactions(integrand, layout), layout)
         share = MAX_QUADRATURE_EVALUATIONS // len(groups)
@@ -965,6 +1080,6 @@ def integrate_exact(estimator: Estimator, problem, reference) -> tuple[ExactMome
     return ExactMoments(mean, variance), (
         f"{QUADRATURE_NOTE}: {len(layout.pieces)} continuous dimension(s) ({kinds}) integrated in "
         f"{len(groups)} group(s) of coordinates, the widest varying in {len(group.dimensions)} ({how}){fixed}, "
-        f"x {outcome_count(layout.arities)} discrete outcomes enumerated{copies}; successive "
+        f"x {outcome_count(group.arities(layout))} discrete outcomes enumerated{copies}; successive "
         f"rules agree to {gap:.1e} of the estimate's scale (tolerance {QUADRATURE_TOLERANCE:g}); {evaluations:,} "
         f"evaluations in {time.perf_counter() - began:.2f} s")
