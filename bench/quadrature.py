@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import itertools
 import math
 import time
@@ -43,7 +44,7 @@ PROBE_ROWS = 8  # base points of the dependency probe (each with its own discret
 PROBE_ORDER = 3  # nodes per piece the probe moves through
 QUADRATURE_NOTE = "computed in float64 by quadrature"  # how a run's exact_moments note starts
 DRAWN_BY = {"uniform": ("uniform",), "logistic": ("logistic",), "normal": ("normal",),
-            "gumbel": ("gumbel", "flat-dirichlet")}
+            "gumbel": ("gumbel", "flat-dirichlet"), "beta": ("beta",)}
 
 
 class NotIntegrable(NotEnumerable):
@@ -83,7 +84,7 @@ LAGUERRE = _table(scipy.special.roots_laguerre)  # on [0, inf), weight exp(-y)
 
 def _piece_edges(kind: str, breaks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(lower, upper) edges of every piece in the integration variable, shape (..., pieces)."""
-    if kind in ("uniform", "flat-dirichlet", "gumbel"):  # the Gumbel's ratio variable t in [0, 1] too
+    if kind in ("uniform", "flat-dirichlet", "gumbel", "beta"):  # the Gumbel's ratio variable t in [0, 1] too
         inner, low, high = breaks.clamp(0, 1), 0.0, 1.0
     elif kind in ("logistic", "logistic-tails"):  # in its CDF u = sigm(L)
         inner, low, high = torch.sigmoid(breaks), 0.0, 1.0
@@ -285,7 +286,26 @@ class LawCounter(_Declared, Noise):
         return -torch.log(-torch.log(u))
 
     def beta(self, alpha, beta, shape, like):
-        raise NotIntegrable("Beta noise has no declared law here")
+        law = self._continuous("beta", shape, like)
+        if not (math.isclose(law.shape[0], alpha, rel_tol=1e-12) and math.isclose(law.shape[1], beta, rel_tol=1e-12)):
+            raise NotIntegrable(f"the estimator drew Beta({alpha:g}, {beta:g}) noise where it declares "
+                                f"Beta({law.shape[0]:g}, {law.shape[1]:g})")
+        return Noise.beta(self, alpha, beta, shape, like)
+
+
+@functools.lru_cache(maxsize=16)
+def jacobi_table(alpha: float, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gauss-Jacobi rules for Beta(alpha, beta) on [0, 1]: row n holds the n-point rule's nodes and
+    weights (normalised to sum to 1: the weight function is the density), zero-padded. Exact for a
+    polynomial of degree 2n - 1 times the density, so a smooth estimate converges geometrically
+    whatever the density's power singularities at 0 and 1."""
+    nodes = torch.zeros(MAX_NODES + 1, MAX_NODES, dtype=torch.float64)
+    weights = torch.zeros(MAX_NODES + 1, MAX_NODES, dtype=torch.float64)
+    for n in range(1, MAX_NODES + 1):
+        t, w = scipy.special.roots_jacobi(n, beta - 1, alpha - 1)  # weight (1 - t)^(beta-1) (1 + t)^(alpha-1)
+        nodes[n, :n] = torch.from_numpy((1 + np.asarray(t)) / 2)
+        weights[n, :n] = torch.from_numpy(np.asarray(w) / np.sum(w))
+    return nodes, weights
 
 
 class QuadratureNoise(_Declared, ReplayNoise):
@@ -344,6 +364,12 @@ class QuadratureNoise(_Declared, ReplayNoise):
             else:
                 location = law.argmax_of.detach().to(torch.float64).expand(shape).reshape(rows, -1, K)
             taken = self._gumbel_given_argmax(location).reshape(rows, elements)
+        elif law.kind == "beta":
+            columns = self._columns(elements)
+            nodes, weights = jacobi_table(*law.shape)
+            n, index = self.orders[:, columns], self.indices[:, columns]
+            taken = nodes.to(index.device)[n, index]
+            self._weigh(weights.to(index.device)[n, index], columns)
         else:
             breaks = self.element_breaks(law, shape, rows, elements).to(self.indices.device)
             kind = "logistic-tails" if law.kind == "logistic" and law.grows else law.kind
@@ -366,9 +392,13 @@ class QuadratureNoise(_Declared, ReplayNoise):
         """The next ``count`` dimensions' nodes (rows, count); their free weights join ``weight``."""
         columns = self._columns(count)
         x, weight = rule_nodes(kind, breaks, self.indices[:, columns], self.orders[:, columns])
+        self._weigh(weight, columns)
+        return x
+
+    def _weigh(self, weight: torch.Tensor, columns: slice) -> None:
+        """The free dimensions' node weights join the row's weight."""
         free = self.free[columns]
         self.weight = self.weight * torch.where(free, weight, torch.ones_like(weight)).prod(-1)
-        return x
 
     def _gumbel_given_argmax(self, location: torch.Tensor) -> torch.Tensor:
         """Gumbels G (rows, units, K <= 3), up to a shift per unit, given the argmax D of location + G.
@@ -423,7 +453,7 @@ class QuadratureNoise(_Declared, ReplayNoise):
         return self._continuous("gumbel", shape, like)
 
     def beta(self, alpha, beta, shape, like):
-        raise NotIntegrable("Beta noise has no declared law here")
+        return self._continuous("beta", shape, like)
 
 
 def _declare_calls(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
@@ -1027,7 +1057,9 @@ def converge(integrand: _Integrand, layout: Layout, group: _Group, budget: int) 
                 return _Converged(current, gap, rule.name, spent)
         previous = current
     fixed = f" and {len(group.fixed)} constant on each piece" if group.fixed else ""
-    over = f"{dims} varying continuous dimension(s){fixed} x {outcome_count(group.arities(layout))} discrete outcomes"
+    jointly = " jointly (no sum over separate groups of them)" if dims > 1 and group.split is None else ""
+    over = (f"{dims} varying continuous dimension(s){jointly}{fixed} x {outcome_count(group.arities(layout))} "
+            "discrete outcomes")
     if previous is None or math.isinf(gap):
         return f"over {over}, more than {budget:,} evaluations are needed for two rules to compare"
     return (f"quadrature did not converge within {budget:,} evaluations: over {over} the last two rules "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import scipy.integrate
 import scipy.special
 import scipy.stats
 import torch
@@ -68,6 +69,30 @@ def test_logistic_noisy_rectifier_matches_proposition_1():
     assert float(moments.variance[0]) == pytest.approx(second - mean**2, rel=1e-9)  # within the 1e-8 tolerance
 
 
+@pytest.mark.parametrize("a", [0.5, -1.5])
+def test_sts_with_beta_noise_matches_its_one_dimensional_integral(a):
+    # h = b r, r = sqrt(sigm(a + s n)), b ~ Bernoulli(r), n ~ Beta(alpha, beta): E[g | n] = r 2 (r - t) dr/da
+    # and E[g^2 | n] = r (2 (r - t) dr/da)^2, integrated against scipy's Beta density (Gauss-Jacobi here)
+    t = 0.45
+    estimator = estimators.build_estimator("sts", {"beta_noise": 3.0, "target": 0.1})
+    moments, reason = exact("sts", {"beta_noise": 3.0, "target": 0.1}, "bernoulli-target", {"d": 1, "t": t, "logit": a})
+    alpha, beta, s = estimator.beta_alpha, estimator.beta_noise, estimator.beta_scale
+
+    def given(x: float, power: int) -> float:
+        p = scipy.special.expit(a + s * x)
+        r = math.sqrt(p)
+        return r * (2 * (r - t) * r * (1 - p) / 2) ** power
+
+    def expect(power: int) -> float:
+        return scipy.integrate.quad(lambda x: given(x, power) * scipy.stats.beta.pdf(x, alpha, beta), 0, 1,
+                                    epsabs=1e-14, epsrel=1e-13)[0]
+
+    mean = expect(1)
+    assert float(moments.mean[0]) == pytest.approx(mean, abs=1e-10)
+    assert float(moments.variance[0]) == pytest.approx(expect(2) - mean**2, abs=1e-10)
+    assert "(beta)" in reason
+
+
 def logistic_sum_density(x: float) -> float:
     """Density of the sum of two independent standard logistics at x."""
     return math.exp(x) * ((x - 2) * math.exp(x) + x + 2) / math.expm1(x) ** 3
@@ -108,7 +133,7 @@ CONTINUOUS = [
     ("arm", {}), ("spsa", {}), ("finite-difference", {}), ("noisy-rectifier", {}),
     ("noisy-rectifier", {"noise": "logistic", "std": 0.5}), ("sigmoid-noise", {}), ("gaussian-dropout", {}),
     ("gumbel-softmax", {}), ("st-gumbel", {"tau": 0.5}), ("gumbel-rao", {}), ("arsm", {}), ("rebar", {}),
-    ("relax", {}),
+    ("relax", {}), ("sts", {"beta_noise": 3.0}),
 ]
 
 
@@ -117,6 +142,7 @@ def test_every_builtin_continuous_estimator_is_covered():
     for entry in estimators.ESTIMATORS.entries():
         if entry.source == "built-in" and estimators.build_estimator(entry.name).randomness == "continuous":
             assert entry.name in declared, entry.name
+    assert "sts" in declared  # continuous with its Beta noise on
 
 
 @pytest.mark.parametrize("name, params", CONTINUOUS, ids=[f"{n}{p or ''}" for n, p in CONTINUOUS])
