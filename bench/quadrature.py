@@ -1,23 +1,28 @@
 """Exact moments of continuous-noise estimators by quadrature, beside enumeration of their discrete draws.
 
 An estimator declares the law of every continuous draw a call makes (:meth:`Estimator.noise_laws`:
-uniform, logistic, normal, Gumbel over categories, a flat Dirichlet over two, with the breakpoints
-where a sample changes value, the Gumbel-max argmax, and averaged conditional copies). The harness
-replays chosen noise values through the estimator (:class:`QuadratureNoise`, the continuous
-counterpart of :class:`~estimators.base.ReplayNoise`, which it extends: discrete draws are
+uniform, logistic, normal, Gumbel over categories, a flat Dirichlet over two, Beta, with the
+breakpoints where a sample changes value, the Gumbel-max argmax, and averaged conditional copies).
+The harness replays chosen noise values through the estimator (:class:`QuadratureNoise`, the
+continuous counterpart of :class:`~estimators.base.ReplayNoise`, which it extends: discrete draws are
 enumerated as before) and integrates with composite rules built per law: Gauss-Legendre between the
 breakpoints on the uniform's [0, 1] and on the logistic's u = sigm(L) (end pieces stretched by r^4
 where the estimate grows with the noise), Gauss-Legendre with the density between fixed and declared
-breakpoints on [-9, 9] for the normal (the tails beyond hold 2e-19), and for Gumbels over K <= 3
-categories the argmax enumerated and the others' ratios to the winner integrated (Duffy's map at K = 3).
+breakpoints on [-9, 9] for the normal (the tails beyond hold 2e-19), Gauss-Jacobi for the Beta, and
+for Gumbels over K <= 3 categories the argmax enumerated and the others' ratios to the winner
+integrated (Duffy's map at K = 3).
 
-Which coordinates of the estimate depend on which noise dimension is probed first (every piece of
-every dimension visited at several random points), and each group of coordinates is integrated over
-its own dimensions only: a pathwise estimator on a separable loss is then one small integral per
-unit. Each group climbs a ladder of rules (product rules of 2, 3, 4, 6, ... nodes per piece, then
-Smolyak sparse grids where a product rule would be too coarse) until two successive rules agree to
-QUADRATURE_TOLERANCE of the estimate's scale, spending at most 2^MAX_ENUMERATION_BITS evaluations in
-all; otherwise no exact moments, and the note says why.
+What each coordinate of the estimate depends on is probed first, at random base points: which noise
+dimensions it changes with, and whether inside a piece or only across breakpoints (then one node
+per piece, weighted by the piece's exact probability, is exact), and which discrete draws (the
+others are held at one outcome instead of enumerated). Each group of coordinates is integrated over
+its own dimensions and draws only: a pathwise estimator on a separable loss is one small integral
+per unit. Where, given a few outer dimensions, a coordinate is a sum of functions of separate
+groups of the others (no mixed difference between them), the groups are integrated one at a time
+(the anchored decomposition, :class:`_Split`). Each group climbs a ladder of rules (product rules
+of 2, 3, 4, 6, ... nodes per piece, then Smolyak sparse grids where a product rule would be too
+coarse) until two successive rules agree to QUADRATURE_TOLERANCE of the estimate's scale, spending
+at most 2^MAX_ENUMERATION_BITS evaluations in all; otherwise no exact moments, and the note says why.
 """
 from __future__ import annotations
 
@@ -706,6 +711,8 @@ def _split(group: _Group, interact: torch.Tensor, layout: Layout) -> _Split | No
     def size(dims) -> int:
         return math.prod(layout.pieces[j] * 16 for j in dims)
 
+    edges = {(a, b) for a, b in itertools.combinations(range(len(blocks)), 2)
+             if bool(linked[blocks[a]][:, blocks[b]].any())}
     best = None
     for count in range(0, min(MAX_SPLIT_UNITS, len(blocks) - 2) + 1):
         for outer in itertools.combinations(range(len(blocks)), count):
@@ -718,7 +725,7 @@ def _split(group: _Group, interact: torch.Tensor, layout: Layout) -> _Split | No
                 return b
 
             for a, b in itertools.combinations(rest, 2):
-                if bool(linked[blocks[a]][:, blocks[b]].any()):
+                if (a, b) in edges:
                     parent[root(a)] = root(b)
             joined: dict[int, list[int]] = {}
             for b in rest:
@@ -794,7 +801,7 @@ class SplitRule:
 
     @property
     def name(self) -> str:
-        return f"a product Gauss rule of {self.n} nodes per piece"
+        return f"a product Gauss rule of {self.n} nodes per piece"  # the same words as tensor_rule's
 
     def evaluations(self, layout: Layout, group: _Group) -> int:
         outer = (math.prod(group.arities(layout)) * math.prod(layout.pieces[j] for j in group.fixed)
