@@ -1067,6 +1067,8 @@ def converge(integrand: _Integrand, layout: Layout, group: _Group, budget: int) 
     jointly = " jointly (no sum over separate groups of them)" if dims > 1 and group.split is None else ""
     over = (f"{dims} varying continuous dimension(s){jointly}{fixed} x {outcome_count(group.arities(layout))} "
             "discrete outcomes")
+    if not dims:
+        return f"over {over}, more than {budget:,} evaluations are needed to enumerate them"
     if previous is None or math.isinf(gap):
         return f"over {over}, more than {budget:,} evaluations are needed for two rules to compare"
     return (f"quadrature did not converge within {budget:,} evaluations: over {over} the last two rules "

@@ -164,11 +164,14 @@ def test_integrated_moments_agree_with_monte_carlo(name, params):
 
 @pytest.mark.parametrize("name", ["gumbel-softmax", "st-gumbel", "gumbel-rao"])
 def test_the_categorical_gumbel_family_agrees_with_monte_carlo(name):
-    result = harness.run(harness.make_config(name, {}, "categorical-target", {"units": 1, "K": 3, "logit": 0.4},
+    # three units: each coordinate integrates its own unit's Gumbels and enumerates only the argmax
+    # draws it changes with (Gumbel-Rao: its unit's sample and its copies', 3^2, not all 3^6)
+    result = harness.run(harness.make_config(name, {}, "categorical-target", {"units": 3, "K": 3, "logit": 0.4},
                                              seed=3, samples=20_000))
     assert result.status == "finished", result.error
     assert result.notes["exact_moments"].startswith("computed in float64 by quadrature"), result.notes["exact_moments"]
     assert result.notes["exact_check"].startswith("agrees: "), result.notes["exact_check"]
+    assert "integrated in 3 group(s)" in result.notes["exact_moments"]
 
 
 # -- (c) refusals ------------------------------------------------------------------------------
