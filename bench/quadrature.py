@@ -520,20 +520,27 @@ def _probe_rows(layout: Layout, generator: torch.Generator) -> tuple[torch.Tenso
     return torch.cat(all_configs), torch.cat(all_indices), moved
 
 
-def dependencies(integrand: _Integrand, layout: Layout) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """(depends, varies, coupled). depends (dim, continuous dimensions): which coordinates of the
+def dependencies(integrand: _Integrand, layout: Layout) -> tuple[torch.Tensor, torch.Tensor, bool, torch.Tensor]:
+    """(depends, varies, coupled, steers). depends (dim, continuous dimensions): which coordinates of the
     estimate change with which noise dimension, found by moving each dimension through every node
     of every piece of the PROBE_ORDER rule at PROBE_ROWS random base points; varies: which change
     with it inside a piece (the others are constant on each piece: one node per piece integrates
     them exactly, as enumeration would); coupled: whether one example's estimate changes with the
-    other rows' draws, replayed alone, beside other rows, and beside different ones."""
+    other rows' draws, replayed alone, beside other rows, and beside different ones; steers
+    (continuous dimensions, discrete draws): whose probability changes with which noise dimension
+    (STS's Bernoulli after its Beta): a coordinate that enumerates such a draw varies with that
+    dimension, and no group is split (:class:`_Split` needs the draws independent of the noise)."""
     generator = torch.Generator().manual_seed(0)
     configs, indices, moved = _probe_rows(layout, generator)
     free = torch.ones(len(layout.pieces), dtype=torch.bool)
     order = torch.tensor(PROBE_ORDER)
-    estimates, _ = integrand.replay(layout, configs, indices, order, free)
+    noises: list = []
+    estimates, _ = integrand.replay(layout, configs, indices, order, free, noise_out=noises)
+    draw_log_probs = noises[0].draw_log_probs
+    log_prob = (torch.cat(draw_log_probs, 1) if draw_log_probs else torch.zeros(len(configs), 0)).cpu()
     scale = float(estimates.abs().max()) if estimates.numel() else 0.0
     dim = estimates.shape[1]
+    steers = torch.zeros(len(layout.pieces), log_prob.shape[1], dtype=torch.bool)
     depends = torch.zeros(dim, len(layout.pieces), dtype=torch.bool)
     varies = torch.zeros_like(depends)
     moved_t = torch.tensor(moved)
@@ -542,13 +549,16 @@ def dependencies(integrand: _Integrand, layout: Layout) -> tuple[torch.Tensor, t
         rows = estimates[moved_t == j].reshape(pieces, PROBE_ORDER, PROBE_ROWS, dim)
         depends[:, j] = ((rows - base).abs() > 1e-12 * scale).flatten(0, 2).any(0)
         varies[:, j] = ((rows - rows[:, :1]).abs() > 1e-12 * scale).flatten(0, 2).any(0)
+        moved_log_prob = log_prob[moved_t == j].reshape(pieces, PROBE_ORDER, PROBE_ROWS, -1)
+        change = (moved_log_prob - moved_log_prob[:, :1]).abs()
+        steers[j] = (change.nan_to_num(nan=0.0) > 1e-12).flatten(0, 2).any(0)
     alone = integrand.replay(layout, configs[:1], indices[:1], order, free)[0][0]
     beside = integrand.replay(layout, configs[:4], indices[:4], order, free)[0][0]
     others = torch.cat([configs[:1], configs[4:7]]), torch.cat([indices[:1], indices[4:7]])
     with_others = integrand.replay(layout, *others, order, free)[0][0]
     tolerance = 1e-9 * float(alone.abs().max()) if alone.numel() else 0.0
     same = all(torch.allclose(alone, b, rtol=1e-9, atol=tolerance) for b in (beside, with_others))
-    return depends, varies, not same
+    return depends, varies, not same, steers
 
 
 @dataclasses.dataclass
@@ -756,10 +766,12 @@ def _split_groups(groups: list[_Group], interact: torch.Tensor, layout: Layout) 
     return found
 
 
-def _groups(depends: torch.Tensor, varies: torch.Tensor, layout: Layout, draws: _Draws | None = None) -> list[_Group]:
+def _groups(depends: torch.Tensor, varies: torch.Tensor, layout: Layout, draws: _Draws | None = None,
+            steers: torch.Tensor | None = None) -> list[_Group]:
     """Coordinates grouped by the dimensions they depend on and vary with inside a piece (each
     widened to whole blocks), and by the discrete draws they enumerate (those they depend on, and
-    every draw that cannot be held)."""
+    every draw that cannot be held; a dimension that steers the probability of an enumerated draw
+    varies for the coordinate too)."""
     blocks = torch.tensor(layout.blocks, dtype=torch.long)
 
     def widened(mask: torch.Tensor) -> tuple[int, ...]:
@@ -767,9 +779,12 @@ def _groups(depends: torch.Tensor, varies: torch.Tensor, layout: Layout, draws: 
 
     found: dict[tuple, list[int]] = {}
     for i in range(depends.shape[0]):
-        dims, smooth = widened(depends[i]), widened(varies[i])
         enumerated = (None if draws is None else
                       tuple(int(k) for k in torch.nonzero(draws.depends[i] | ~draws.holdable).flatten()))
+        steering = torch.zeros(depends.shape[1], dtype=torch.bool)
+        if steers is not None and steers.shape[1]:
+            steering = steers[:, list(enumerated) if enumerated is not None else slice(None)].any(1)
+        dims, smooth = widened(depends[i] | steering), widened(varies[i] | steering)
         found.setdefault((smooth, tuple(j for j in dims if j not in smooth), enumerated), []).append(i)
     return [_Group(torch.tensor(coords), list(smooth), list(fixed), None,
                    None if enumerated is None else list(enumerated), None if draws is None else draws.held)
@@ -1089,11 +1104,11 @@ def integrate_exact(estimator: Estimator, problem, reference) -> tuple[ExactMome
         device = next(iter(problem.buffers()), torch.empty(0)).device
         integrand = _Integrand(estimator, problem, device)
         layout = integrand.count()
-        depends, varies, coupled = dependencies(integrand, layout)
+        depends, varies, coupled, steers = dependencies(integrand, layout)
         if coupled:
             return None, "not computed: examples coupled (estimate of one example changes with the others' draws)"
-        groups = _groups(depends, varies, layout, discrete_dependencies(integrand, layout))
-        if any(len(g.dimensions) > 1 for g in groups) and layout.copies == 1:
+        groups = _groups(depends, varies, layout, discrete_dependencies(integrand, layout), steers)
+        if any(len(g.dimensions) > 1 for g in groups) and layout.copies == 1 and not bool(steers.any()):
             groups = _split_groups(groups, interactions(integrand, layout), layout)
         share = MAX_QUADRATURE_EVALUATIONS // len(groups)
         found = []

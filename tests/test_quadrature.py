@@ -223,8 +223,8 @@ def test_pieces_where_the_estimate_is_constant_take_one_node_each(monkeypatch):
     found = quadrature.dependencies
 
     def every_dimension_varies(integrand, layout):
-        depends, _, coupled = found(integrand, layout)
-        return depends, depends, coupled
+        depends, _, coupled, steers = found(integrand, layout)
+        return depends, depends, coupled, steers
 
     monkeypatch.setattr(quadrature, "dependencies", every_dimension_varies)
     plain, reason = exact("spsa", {}, "bernoulli-quadratic", QUADRATIC)
