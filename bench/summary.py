@@ -393,7 +393,8 @@ def exact_notes(runs: pd.DataFrame, width: int) -> list[str]:
                          .itertuples() if run.notes_dict.get("exact_moments", "").startswith(QUADRATURE_NOTE)})
     if integrated:
         lines += [""] + textwrap.wrap(
-            "Exact bias and variance integrated by quadrature over the continuous noise (discrete draws enumerated; "
+            "Exact bias and variance integrated by quadrature over the continuous noise (each coordinate over the "
+            "noise it changes with; the discrete draws, and the pieces of noise on which it is constant, enumerated; "
             f"two successive rules agree to {QUADRATURE_TOLERANCE:g} of the estimate's scale; the other exact values "
             f"enumerate every discrete outcome) for: {'; '.join(integrated)}", width)
     if reasons:

@@ -170,7 +170,7 @@ class ReplayNoise(Noise):
         raise NotEnumerable("continuous randomness cannot be enumerated")
 
 
-NOISE_LAWS = ("uniform", "logistic", "normal", "gumbel", "flat-dirichlet")
+NOISE_LAWS = ("uniform", "logistic", "normal", "gumbel", "flat-dirichlet", "beta")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +185,9 @@ class NoiseLaw:
     value, in the law's own variable; a tensor broadcastable to the draw's shape plus a trailing axis
     of breakpoints (any order, repeats allowed), or None for a smooth dependence. ``argmax_of``
     (gumbel only): the estimate changes where argmax(argmax_of + G) over the last axis does (the
-    Gumbel-max trick); the harness then enumerates the argmax and integrates G given it. ``lead``:
+    Gumbel-max trick); the harness then enumerates the argmax and integrates G given it. ``shape``
+    (beta only, and required there): the Beta's (alpha, beta), a draw of ``Noise.beta``; the estimate
+    must be smooth in it (no breakpoints). ``lead``:
     axes of the draw before the batch axes; with ``copies`` the first of them holds K conditionally
     i.i.d. copies over which the estimate is an average (a Rao-Blackwellisation's K draws), so the
     harness integrates one copy and weighs its moments for K. ``grows``: the estimate grows without
@@ -199,10 +201,15 @@ class NoiseLaw:
     lead: int = 0
     copies: bool = False
     grows: bool = False
+    shape: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in NOISE_LAWS:
             raise ValueError(f"noise law must be one of {', '.join(NOISE_LAWS)}, got {self.kind!r}")
+        if (self.kind == "beta") != (self.shape is not None):
+            raise ValueError("a Beta law, and only a Beta law, takes shape=(alpha, beta)")
+        if self.kind == "beta" and (self.breaks is not None or not all(v > 0 for v in self.shape)):
+            raise ValueError("a Beta law takes alpha, beta > 0 and no breakpoints")
         if self.copies and self.lead < 1:
             raise ValueError("copies need a leading copy axis (lead >= 1)")
 

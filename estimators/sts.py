@@ -7,7 +7,7 @@ import math
 import torch
 
 from estimators import register_estimator
-from estimators.base import PathwiseEstimator, parameter_trait
+from estimators.base import NoiseLaw, PathwiseEstimator, parameter_trait
 
 
 @register_estimator("sts", "Stochastic times smooth: h = b sqrt(sigm(a)), b ~ Bernoulli(sqrt(sigm(a))) (eq. 2)")
@@ -42,6 +42,11 @@ class StochasticTimesSmooth(PathwiseEstimator):
     @property
     def beta_scale(self) -> float:
         return math.log(self.target / (1 - self.target)) / self.target
+
+    def noise_laws(self, logits, categorical=False):
+        """n ~ Beta(alpha, beta_noise) per unit in training (then the Bernoulli draw, enumerated);
+        h and its slope are smooth in n."""
+        return (NoiseLaw("beta", shape=(self.beta_alpha, self.beta_noise)),) if self.beta_noise and self.training else ()
 
     def sample(self, logits: torch.Tensor) -> torch.Tensor:
         if self.beta_noise:

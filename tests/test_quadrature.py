@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import scipy.integrate
 import scipy.special
 import scipy.stats
 import torch
@@ -68,6 +69,30 @@ def test_logistic_noisy_rectifier_matches_proposition_1():
     assert float(moments.variance[0]) == pytest.approx(second - mean**2, rel=1e-9)  # within the 1e-8 tolerance
 
 
+@pytest.mark.parametrize("a", [0.5, -1.5])
+def test_sts_with_beta_noise_matches_its_one_dimensional_integral(a):
+    # h = b r, r = sqrt(sigm(a + s n)), b ~ Bernoulli(r), n ~ Beta(alpha, beta): E[g | n] = r 2 (r - t) dr/da
+    # and E[g^2 | n] = r (2 (r - t) dr/da)^2, integrated against scipy's Beta density (Gauss-Jacobi here)
+    t = 0.45
+    estimator = estimators.build_estimator("sts", {"beta_noise": 3.0, "target": 0.1})
+    moments, reason = exact("sts", {"beta_noise": 3.0, "target": 0.1}, "bernoulli-target", {"d": 1, "t": t, "logit": a})
+    alpha, beta, s = estimator.beta_alpha, estimator.beta_noise, estimator.beta_scale
+
+    def given(x: float, power: int) -> float:
+        p = scipy.special.expit(a + s * x)
+        r = math.sqrt(p)
+        return r * (2 * (r - t) * r * (1 - p) / 2) ** power
+
+    def expect(power: int) -> float:
+        return scipy.integrate.quad(lambda x: given(x, power) * scipy.stats.beta.pdf(x, alpha, beta), 0, 1,
+                                    epsabs=1e-14, epsrel=1e-13)[0]
+
+    mean = expect(1)
+    assert float(moments.mean[0]) == pytest.approx(mean, abs=1e-10)
+    assert float(moments.variance[0]) == pytest.approx(expect(2) - mean**2, abs=1e-10)
+    assert "(beta)" in reason
+
+
 def logistic_sum_density(x: float) -> float:
     """Density of the sum of two independent standard logistics at x."""
     return math.exp(x) * ((x - 2) * math.exp(x) + x + 2) / math.expm1(x) ** 3
@@ -108,7 +133,7 @@ CONTINUOUS = [
     ("arm", {}), ("spsa", {}), ("finite-difference", {}), ("noisy-rectifier", {}),
     ("noisy-rectifier", {"noise": "logistic", "std": 0.5}), ("sigmoid-noise", {}), ("gaussian-dropout", {}),
     ("gumbel-softmax", {}), ("st-gumbel", {"tau": 0.5}), ("gumbel-rao", {}), ("arsm", {}), ("rebar", {}),
-    ("relax", {}),
+    ("relax", {}), ("sts", {"beta_noise": 3.0}),
 ]
 
 
@@ -117,6 +142,7 @@ def test_every_builtin_continuous_estimator_is_covered():
     for entry in estimators.ESTIMATORS.entries():
         if entry.source == "built-in" and estimators.build_estimator(entry.name).randomness == "continuous":
             assert entry.name in declared, entry.name
+    assert "sts" in declared  # continuous with its Beta noise on
 
 
 @pytest.mark.parametrize("name, params", CONTINUOUS, ids=[f"{n}{p or ''}" for n, p in CONTINUOUS])
@@ -138,11 +164,14 @@ def test_integrated_moments_agree_with_monte_carlo(name, params):
 
 @pytest.mark.parametrize("name", ["gumbel-softmax", "st-gumbel", "gumbel-rao"])
 def test_the_categorical_gumbel_family_agrees_with_monte_carlo(name):
-    result = harness.run(harness.make_config(name, {}, "categorical-target", {"units": 1, "K": 3, "logit": 0.4},
+    # three units: each coordinate integrates its own unit's Gumbels and enumerates only the argmax
+    # draws it changes with (Gumbel-Rao: its unit's sample and its copies', 3^2, not all 3^6)
+    result = harness.run(harness.make_config(name, {}, "categorical-target", {"units": 3, "K": 3, "logit": 0.4},
                                              seed=3, samples=20_000))
     assert result.status == "finished", result.error
     assert result.notes["exact_moments"].startswith("computed in float64 by quadrature"), result.notes["exact_moments"]
     assert result.notes["exact_check"].startswith("agrees: "), result.notes["exact_check"]
+    assert "integrated in 3 group(s)" in result.notes["exact_moments"]
 
 
 # -- (c) refusals ------------------------------------------------------------------------------
@@ -172,12 +201,63 @@ def test_undeclared_or_wrongly_declared_noise_is_refused(estimator, reason):
 
 
 def test_over_the_budget_no_exact_moments_and_the_reason(monkeypatch):
-    monkeypatch.setattr(quadrature, "MAX_QUADRATURE_EVALUATIONS", 500)  # 6^3 nodes fit, 9^3 do not
+    # ARM's coordinate i varies with u_i (3 pieces) and is constant on the pieces of the other two:
+    # its first rule costs 3 x 2 nodes x 3^2 pieces = 54 evaluations, over a third of 150
+    monkeypatch.setattr(quadrature, "MAX_QUADRATURE_EVALUATIONS", 150)
     prob = problems.build_problem("bernoulli-target", {"d": 3, "t": 0.45, "logit": 0.3})
     moments, reason = quadrature.integrate_exact(estimators.build_estimator("arm"), prob, prob.reference())
     assert moments is None
-    assert reason == ("not computed: over 3 continuous dimension(s) x 2^0 discrete outcomes, more than 500 "
-                      "evaluations are needed for two rules to compare")
+    assert reason == ("not computed: over 1 varying continuous dimension(s) and 2 constant on each piece x 2^0 "
+                      "discrete outcomes, more than 50 evaluations are needed for two rules to compare")
+
+
+# -- (d) the shortcuts agree with the plain product rule ---------------------------------------
+QUADRATIC = {"d": 3, "data_seed": 1}
+
+
+def test_pieces_where_the_estimate_is_constant_take_one_node_each(monkeypatch):
+    # SPSA is constant on every piece of every u_j: one node per piece (the piece's mass) gives the
+    # moments that the plain product rule over all three dimensions gives
+    shortcut, reason = exact("spsa", {}, "bernoulli-quadratic", QUADRATIC)
+    assert "3 constant on each piece (one node per piece)" in reason
+    found = quadrature.dependencies
+
+    def every_dimension_varies(integrand, layout):
+        depends, _, coupled, steers = found(integrand, layout)
+        return depends, depends, coupled, steers
+
+    monkeypatch.setattr(quadrature, "dependencies", every_dimension_varies)
+    plain, reason = exact("spsa", {}, "bernoulli-quadratic", QUADRATIC)
+    assert "constant on each piece" not in reason
+    assert torch.allclose(shortcut.mean, plain.mean, rtol=0, atol=1e-13)
+    assert torch.allclose(shortcut.variance, plain.variance, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("name", ["gumbel-softmax", "noisy-rectifier"])
+def test_an_estimate_additive_given_its_own_unit_is_integrated_one_unit_at_a_time(monkeypatch, name):
+    # on a quadratic loss a relaxation's coordinate i is s(x_i) (c + sum_j c_j h(x_j)): given x_i a sum
+    # over the other units, so their integrals are taken one at a time; the plain product rule agrees
+    split, reason = exact(name, {}, "bernoulli-quadratic", QUADRATIC)
+    assert "conditionally on 1 dimension(s), additive over 2 independent components" in reason
+    monkeypatch.setattr(quadrature, "_split", lambda group, interact, layout: None)
+    plain, reason = exact(name, {}, "bernoulli-quadratic", QUADRATIC)
+    assert "additive" not in reason
+    scale = float((plain.mean.abs() + plain.variance.sqrt()).max())
+    assert float((split.mean - plain.mean).abs().max()) < 2e-8 * scale  # each within its 1e-8 tolerance
+    assert float((split.variance - plain.variance).abs().max()) < 2e-8 * scale**2
+
+
+@pytest.mark.parametrize("name, problem, params", [
+    ("gumbel-softmax", "bernoulli-quadratic", QUADRATIC), ("noisy-rectifier", "bernoulli-quadratic", QUADRATIC),
+    ("st-gumbel", "bernoulli-blackbox", {"d": 3}), ("spsa", "bernoulli-blackbox", {"d": 3}),
+    ("rebar", "bernoulli-target", {"d": 3, "t": 0.45, "logit": 0.5, "spread": 2.0}),
+])
+def test_the_shortcuts_agree_with_monte_carlo(name, problem, params):
+    warmup = 256 if name == "rebar" else 0
+    result = harness.run(harness.make_config(name, {}, problem, params, seed=5, samples=20_000, warmup=warmup))
+    assert result.status == "finished", result.error
+    assert result.notes["exact_moments"].startswith("computed in float64 by quadrature"), result.notes["exact_moments"]
+    assert result.notes["exact_check"].startswith("agrees: "), result.notes["exact_check"]
 
 
 def test_arsm_over_three_categories_is_refused_with_the_reason():
