@@ -1,7 +1,7 @@
 """What an experiment declares: the runs it needs, the published numbers it is compared with (and
 where they come from), its report sections and its terminal table.
 
-An experiment never runs anything itself: ``python -m bench reproduce NAME`` (bench/commands)
+An experiment never runs anything itself: ``python -m bench reproduce NAME`` (benchcli/commands)
 runs its :meth:`Experiment.runs` through the store, so an interrupted experiment resumes, and
 then prints :meth:`Experiment.table`; ``python -m bench report`` adds its
 :meth:`Experiment.sections`, computed from stored results alone.

@@ -10,7 +10,7 @@ import pytest
 
 import experiments
 from analysis.report import Section
-from bench.cli import main
+from benchcli.cli import main
 from conftest import MNIST_DATA_ROOT, needs_mnist, run_cli
 from estimators.registry import BUILTIN
 

@@ -59,7 +59,7 @@ class PluginTarget(BernoulliTarget):
 
 # Runs `python -m bench` after loading the plugin, as `run --plugin` does; `report` has no --plugin.
 WITH_PLUGIN = ("import sys; from bench import sweep; assert not sweep.load_plugins([sys.argv[1]]); "
-               "from bench.cli import main; sys.exit(main(sys.argv[2:]))")
+               "from benchcli.cli import main; sys.exit(main(sys.argv[2:]))")
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(\+00:00|Z)?")
 
 

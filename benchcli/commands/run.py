@@ -9,10 +9,10 @@ from typing import Sequence
 import estimators
 import problems
 from bench import distributed, harness, summary, sweep
-from bench.commands import arguments
-from bench.commands.arguments import (DEFAULT_THREADS, add_plugin_option, add_threads_option, load_plugins,  # noqa: F401
+from benchcli.commands import arguments
+from benchcli.commands.arguments import (DEFAULT_THREADS, add_plugin_option, add_threads_option, load_plugins,  # noqa: F401
                                       non_negative_int, positive_float, positive_int, seeds)
-from bench.commands.reproduce import check_data, datasets_of
+from benchcli.commands.reproduce import check_data, datasets_of
 from bench.errors import UserError
 from bench.specs import MAX_GRID, format_spec, parse_spec_list
 from bench.store import DEFAULT_DB, Store
