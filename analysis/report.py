@@ -96,9 +96,9 @@ def estimator_summary(results: Results, budget: int = DEFAULT_BUDGET) -> list[Ta
     and the biased ones and deterministic baselines ranked by MSE at ``budget`` loss evaluations;
     one row per estimator with the headline metrics (mean over seeds ± s.e.)."""
     metrics = results.gradient
-    traits = figs._unbiased_trait(results.runs)
+    traits = figs.unbiased_traits(results.runs)
     tables = []
-    for problem in figs._order(metrics["problem_label"]):
+    for problem in figs.ordered(metrics["problem_label"]):
         at = metrics[metrics["problem_label"] == problem]
         columns: dict[str, dict[str, str]] = {}
         counted = summarise(at, "variance")
@@ -121,7 +121,7 @@ def estimator_summary(results: Results, budget: int = DEFAULT_BUDGET) -> list[Ta
                 label: fmt(v, 3) for label, v in pvalues.groupby("estimator_label")["value"].min().items()}
         frame = pd.DataFrame(columns)
         frame.insert(0, "runs", [str(int(seeds[label])) if label in seeds else "–" for label in frame.index])
-        ranking = _ranking_frame(at, traits, budget)
+        ranking = ranking_frame(at, traits, budget)
         frame = frame.fillna("–").rename_axis("estimator").reset_index()
         runs = results.runs[results.runs["run_id"].isin(at["run_id"].unique())]
         method = figs.exact_method_text(list(runs["notes"]), list(runs["estimator_label"]))
@@ -141,7 +141,7 @@ def estimator_summary(results: Results, budget: int = DEFAULT_BUDGET) -> list[Ta
     return tables
 
 
-def _ranking_frame(at: pd.DataFrame, traits: dict[str, str] | None = None,
+def ranking_frame(at: pd.DataFrame, traits: dict[str, str] | None = None,
                    budget: int = DEFAULT_BUDGET) -> pd.DataFrame:
     """Per estimator at one problem (mean over seeds): variance, MSE, the MSE at ``budget`` loss
     evaluations and their products with the cost of one estimate; ``unbiased`` from ``traits``
@@ -171,9 +171,9 @@ def table_ranking(results: Results, budget: int = DEFAULT_BUDGET) -> figs.Rankin
     """The ranking of the report's tables as one function of one problem's metrics, for the figures
     (which list estimators in its order): unbiased estimators first, then the biased ones at
     ``budget``, exactly as :func:`estimator_summary` and :func:`cost_adjusted` order them."""
-    traits = figs._unbiased_trait(results.runs)
+    traits = figs.unbiased_traits(results.runs)
     traits.update({_escape_dollars(label): trait for label, trait in list(traits.items())})  # figures' labels
-    return lambda at: _ranking_frame(at, traits, budget)
+    return lambda at: ranking_frame(at, traits, budget)
 
 
 def cost_adjusted(results: Results, budget: int = DEFAULT_BUDGET) -> list[Table]:
@@ -181,10 +181,10 @@ def cost_adjusted(results: Results, budget: int = DEFAULT_BUDGET) -> list[Table]
     at an equal budget of loss evaluations), then the biased ones and deterministic baselines by MSE
     at ``budget`` loss evaluations; variance × cost as a secondary view."""
     metrics = results.gradient
-    traits = figs._unbiased_trait(results.runs)
+    traits = figs.unbiased_traits(results.runs)
     tables = []
-    for problem in figs._order(metrics["problem_label"]):
-        frame = _ranking_frame(metrics[metrics["problem_label"] == problem], traits, budget)
+    for problem in figs.ordered(metrics["problem_label"]):
+        frame = ranking_frame(metrics[metrics["problem_label"] == problem], traits, budget)
         if frame["variance"].isna().all() and frame["mse"].isna().all():
             continue
         on_front = {}
@@ -246,7 +246,7 @@ def training_table(results: Results) -> list[Table]:
     tables = []
     names = [m for m in TRAINING_ORDER if m in set(rows["metric"])]
     names += sorted(set(rows["metric"]) - set(names))
-    for problem in figs._order(rows["problem_label"]):
+    for problem in figs.ordered(rows["problem_label"]):
         at = rows[rows["problem_label"] == problem]
         grouped = at.groupby(["estimator_label", "metric"])["value"]
         stats = pd.DataFrame({"mean": grouped.mean(), "sd": grouped.std(), "n": grouped.count()})

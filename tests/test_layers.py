@@ -191,3 +191,48 @@ def test_the_checks_catch_a_cycle_and_an_upward_import(tmp_path):
     assert sorted(map(tuple, cycles(made))) == [("analysis.report", "experiments.study"), ("bench.harness", "bench.store")]
     assert violations(made) == ["analysis.report (line 2) imports experiments.study: analysis must not import experiments",
                                 "bench.harness (line 2) imports benchcli.cli: upwards"]
+
+
+def private_uses(root: Path = REPO_ROOT) -> list[str]:
+    """Every use of another package's underscore name: ``from a.b import _name`` and
+    ``alias._name`` where ``alias`` is a module or name imported from another of PACKAGES."""
+    found = []
+    for module, path in modules(root).items():
+        package = module.split(".")[0]
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        aliases: dict[str, str] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    aliases[alias.asname or alias.name.split(".")[0]] = alias.name if alias.asname else alias.name.split(".")[0]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                for alias in node.names:
+                    aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+                    if (alias.name.startswith("_") and not alias.name.startswith("__")
+                            and node.module.split(".")[0] != package):
+                        found.append(f"{module} (line {node.lineno}) imports {node.module}.{alias.name}")
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and isinstance(node.value, ast.Name) and node.value.id in aliases):
+                source = aliases[node.value.id]
+                if source.split(".")[0] in PACKAGES and source.split(".")[0] != package:
+                    found.append(f"{module} (line {node.lineno}) uses {source}.{node.attr}")
+    return sorted(set(found))
+
+
+def test_no_package_uses_another_packages_underscore_names():
+    """Experiments draw with analysis's public figure kit, never its private helpers (and so for
+    every pair of packages)."""
+    assert private_uses() == []
+
+
+def test_the_private_use_check_catches_both_forms(tmp_path):
+    for package in PACKAGES:
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / "analysis" / "figures.py").write_text("def _order(x):\n    return x\n")
+    (tmp_path / "experiments" / "study.py").write_text(
+        "from analysis import figures as figs\nfrom analysis.figures import _order\nfigs._order([])\n")
+    (tmp_path / "analysis" / "report.py").write_text("from analysis import figures\nfigures._order([])\n")  # same package
+    assert private_uses(tmp_path) == ["experiments.study (line 2) imports analysis.figures._order",
+                                      "experiments.study (line 3) uses analysis.figures._order"]

@@ -176,7 +176,7 @@ def test_stored_description_wins_over_the_registry_and_the_guess(tmp_path):
     assert runs.loc["reinforce-loo", "problem_label"] == "bernoulli-target"
     assert runs.loc["reinforce-loo", "family"] == "relaxation" and runs["training"].tolist() == [False, True]
     from analysis import figures
-    assert figures._unbiased_trait(load_results(db).runs)["reinforce-loo"] == "biased"
+    assert figures.unbiased_traits(load_results(db).runs)["reinforce-loo"] == "biased"
     with Store(db) as store:
         configs = [RunConfig("reinforce-loo", {"K": 8}, "bernoulli-target", TARGET, 0, 0),
                    RunConfig("straight-through", {}, "bernoulli-target", TARGET, 0, 1000)]
