@@ -17,8 +17,9 @@ import datetime as dt
 import html
 import math
 import re
+import textwrap
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -44,13 +45,29 @@ TRAINING_ORDER = ("train_criterion", "train_loss", "valid_error", "test_error", 
 
 @dataclasses.dataclass
 class Table:
+    """A titled, captioned table of formatted cells (:func:`estimate`), rendered the same way for
+    the report (:meth:`to_html`, :meth:`to_markdown`) and the terminal (:meth:`to_text`)."""
+
     title: str
     caption: str
     frame: pd.DataFrame
 
+    def to_html(self) -> str:
+        return _html_table(self)
+
+    def to_markdown(self) -> str:
+        return f"### {markdown_text(self.title)}\n\n{markdown_table(self.frame)}\n\n_{markdown_text(self.caption)}_\n"
+
+    def to_text(self, width: int = 100) -> str:
+        """Title and caption wrapped to ``width``, then the table (:func:`text_table`)."""
+        wrap = lambda text: textwrap.fill(text, width, break_on_hyphens=False)  # noqa: E731
+        return "\n".join([wrap(self.title), text_table(self.frame)] + ([wrap(self.caption)] if self.caption else []))
+
 
 @dataclasses.dataclass
 class Section:
+    """One part of the report: text, tables, figures and what could not be drawn."""
+
     key: str
     title: str
     text: list[str] = dataclasses.field(default_factory=list)
@@ -58,22 +75,59 @@ class Section:
     figures: list[figs.Figure] = dataclasses.field(default_factory=list)
     missing: list[figs.Missing] = dataclasses.field(default_factory=list)
 
+    def to_markdown(self) -> str:
+        return render_markdown([self], self.title).split("\n", 2)[2]
 
-# -- number formatting -----------------------------------------------------------------------------
-def fmt(value, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
-        return "–"
+    def to_text(self, width: int = 100) -> str:
+        wrap = lambda text: textwrap.fill(text, width, break_on_hyphens=False)  # noqa: E731
+        return "\n\n".join([wrap(self.title), *map(wrap, self.text), *(t.to_text(width) for t in self.tables)])
+
+
+def text_table(frame: pd.DataFrame) -> str:
+    """A plain-text table: the first column left-aligned, the others right-aligned, two spaces apart."""
+    cells = [list(map(str, frame.columns))] + [[str(v) for v in row] for row in frame.itertuples(index=False)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(frame.columns))]
+    return "\n".join("  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]).rstrip()
+                     for row in cells)
+
+
+# -- number formatting: the one formatter of tables and reports --------------------------------
+MISSING = "–"
+
+
+def estimate(value, error=None, spec: str = ".4g", error_spec: str | None = None) -> str:
+    """``value ± error`` with Python format specs (``error_spec`` defaults to ``spec``): '–' for a
+    missing or NaN value, '∞' / '−∞' for infinities, and no '± ...' when the error is missing, NaN
+    or infinite. Every 'mean ± sd' and '± s.e.' of the tables and the report comes from here."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return MISSING
     value = float(value)
     if math.isinf(value):
         return "∞" if value > 0 else "−∞"
-    return f"{value:.{digits}g}"
+    text = f"{value:{spec}}"
+    if error is not None and not pd.isna(error) and np.isfinite(float(error)):
+        text += f" ± {float(error):{error_spec or spec}}"
+    return text
+
+
+def fmt(value, digits: int = 4) -> str:
+    """A number to ``digits`` significant digits (see :func:`estimate`)."""
+    return estimate(value, spec=f".{digits}g")
 
 
 def fmt_pm(value, error, digits: int = 4) -> str:
-    text = fmt(value, digits)
-    if text != "–" and error is not None and not pd.isna(error) and np.isfinite(float(error)):
-        text += f" ± {float(error):.2g}"
-    return text
+    """A mean ± its standard error (or sd): the value to ``digits`` significant digits, the error to two."""
+    return estimate(value, error, f".{digits}g", ".2g")
+
+
+def mean_sd(values, spec: str = ".2f") -> str:
+    """Mean ± sample standard deviation (ddof=1) of the finite ``values``, both with ``spec``; no
+    '± ...' for one value, '–' for none: the per-seed summaries of the experiments' tables."""
+    values = np.asarray(pd.Series(values, dtype=float).dropna(), dtype=float)
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return MISSING
+    return estimate(values.mean(), values.std(ddof=1) if values.size > 1 else None, spec)
 
 
 # -- tables ----------------------------------------------------------------------------------------
@@ -354,37 +408,53 @@ def _plain_text(item):
     return item
 
 
+def _stateful_text(results: Results) -> list[str]:
+    gradient_runs = results.finished[results.finished["run_id"].isin(results.gradient["run_id"])]
+    return stateful_notes(zip(gradient_runs["estimator_label"], gradient_runs["notes"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class BuiltinSection:
+    """One built-in section of the report: its figures (keys of ``figures.all_figures``), its
+    tables (``tables(results, budget)``) and its text (``text(results)``)."""
+
+    key: str
+    title: str
+    figures: tuple[str, ...] = ()
+    tables: Callable[[Results, int], list[Table]] | None = None
+    text: Callable[[Results], list[str]] | None = None
+
+
+# The report's own sections, in order; the experiments' sections follow, then what the runs lack
+# and the provenance (which read the sections before them and the filters).
+BUILTIN_SECTIONS = (
+    BuiltinSection("summary", "Bias and variance", ("bias-variance",), estimator_summary, _stateful_text),
+    BuiltinSection("snr", "Signal-to-noise ratio and cosine", ("snr-cosine",)),
+    BuiltinSection("cost", "Variance against cost, and the error at an equal budget",
+                   ("mse-frontier", "mse-time", "frontier"), cost_adjusted),
+    BuiltinSection("scaling", "How variance scales",
+                   ("variance-samples", "variance-estimator-parameters", "variance-dimension", "variance-depth",
+                    "variance-width", "variance-scopes"), lambda results, budget: adaptation_table(results)),
+    BuiltinSection("training", "Training problems", ("learning-curves", "sparsity-curves"),
+                   lambda results, budget: training_table(results)),
+)
+
+
 def build_sections(results: Results, filters: dict[str, str | None] | None = None,
                    experiment_sections: Sequence[Section] = (), budget: int = DEFAULT_BUDGET) -> list[Section]:
-    """The report's sections; ``experiment_sections`` (from the experiments layer above, e.g.
-    ``experiments.report_sections``) go after the training section, before what the runs lack;
-    ``budget``: the loss evaluations at which biased estimators are ranked."""
+    """The report's sections: BUILTIN_SECTIONS, then ``experiment_sections`` (from the experiments
+    layer above, e.g. ``experiments.report_sections``), then what the runs lack and the run
+    metadata; ``budget``: the loss evaluations at which biased estimators are ranked."""
     filters = filters or {}
     built = {figure.key: _plain_text(figure) for figure in figs.all_figures(mathtext_safe(results),
                                                                             table_ranking(results, budget))}
-
-    def take(*keys):
-        return ([built[k] for k in keys if isinstance(built[k], figs.Figure)],
-                [built[k] for k in keys if isinstance(built[k], figs.Missing)])
-
     sections = []
-    figures, missing = take("bias-variance")
-    gradient_runs = results.finished[results.finished["run_id"].isin(results.gradient["run_id"])]
-    sections.append(Section("summary", "Bias and variance", tables=estimator_summary(results, budget),
-                            text=stateful_notes(zip(gradient_runs["estimator_label"], gradient_runs["notes"])),
-                            figures=figures, missing=missing))
-    figures, missing = take("snr-cosine")
-    sections.append(Section("snr", "Signal-to-noise ratio and cosine", figures=figures, missing=missing))
-    figures, missing = take("mse-frontier", "mse-time", "frontier")
-    sections.append(Section("cost", "Variance against cost, and the error at an equal budget",
-                            tables=cost_adjusted(results, budget), figures=figures, missing=missing))
-    figures, missing = take("variance-samples", "variance-estimator-parameters", "variance-dimension",
-                            "variance-depth", "variance-width", "variance-scopes")
-    sections.append(Section("scaling", "How variance scales", tables=adaptation_table(results), figures=figures,
-                            missing=missing))
-    figures, missing = take("learning-curves", "sparsity-curves")
-    sections.append(Section("training", "Training problems", tables=training_table(results), figures=figures,
-                            missing=missing))
+    for spec in BUILTIN_SECTIONS:
+        drawn = [built[k] for k in spec.figures]
+        sections.append(Section(spec.key, spec.title, text=spec.text(results) if spec.text else [],
+                                tables=spec.tables(results, budget) if spec.tables else [],
+                                figures=[f for f in drawn if isinstance(f, figs.Figure)],
+                                missing=[f for f in drawn if isinstance(f, figs.Missing)]))
     sections += experiment_sections
     sections.append(Section("absent", "What the reported runs lack",
                             text=[f"{m.title}: not drawn, {m.reason}." for s in sections for m in s.missing]
@@ -534,7 +604,7 @@ def render_markdown(sections: list[Section], title: str) -> str:
         if section.key != "absent":
             parts += [f"*Not drawn: {md(m.title)}: {md(m.reason)}.*\n" for m in section.missing]
         for table in section.tables:
-            parts += [f"### {md(table.title)}", "", markdown_table(table.frame), "", f"_{md(table.caption)}_", ""]
+            parts += [table.to_markdown()]
     return "\n".join(parts).rstrip() + "\n"
 
 

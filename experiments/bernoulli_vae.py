@@ -25,7 +25,7 @@ from matplotlib.ticker import MaxNLocator
 
 from analysis import figures as figs
 from analysis.frames import Results, final_values
-from analysis.report import Section, Table, fmt
+from analysis.report import Section, Table, fmt, mean_sd
 from bench import harness
 from bench.errors import UserError
 from bench.specs import format_spec, parse_spec_list
@@ -182,14 +182,6 @@ def _setting_name(problem: str, params: dict) -> str:
             + (f", {int(steps):,} steps" if isinstance(steps, (int, float)) else ""))
 
 
-def _mean_sd(values: pd.Series) -> str:
-    values = values.astype(float).dropna()
-    if values.empty:
-        return "–"
-    text = f"{values.mean():.2f}"
-    return text + (f" ± {values.std(ddof=1):.2f}" if len(values) > 1 else "")
-
-
 def _final(metrics: pd.DataFrame, metric: str) -> pd.Series:
     """Per run (index run_id): ``metric`` (scope all) at the run's last step."""
     rows = metrics[(metrics["metric"] == metric) & (metrics["scope"] == "all")]
@@ -231,8 +223,8 @@ def table_rows(results: Results, runs: pd.DataFrame, labels: Sequence[str],
         if len(done) == 0 and len(mine) and (mine["status"] == "skipped").all():
             row.update({"train ELBO": "skipped", "test bound": "skipped", "s / step": "–", "steps": "–"})
         else:
-            row["train ELBO"] = _mean_sd(train.reindex(done).dropna())
-            row["test bound"] = _mean_sd(test.reindex(done).dropna())
+            row["train ELBO"] = mean_sd(train.reindex(done).dropna())
+            row["test bound"] = mean_sd(test.reindex(done).dropna())
             row["s / step"] = fmt(speed.reindex(done).dropna().mean(), 3)
             row["steps"] = _steps_text(reached.reindex(done).dropna())
         for column in PUBLISHED_COLUMNS:

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.frames import Results
-from analysis.report import Section, Table, fmt
+from analysis.report import Section, Table, fmt, mean_sd
 from bench import harness
 from bench.errors import UserError
 from bench.store import Store
@@ -137,13 +137,6 @@ def _final_by_label(results: Results, planned: Sequence[Planned], metric: str) -
     return values, ids, notes
 
 
-def _mean_sd(values: np.ndarray) -> str:
-    values = values[np.isfinite(values)]
-    if not values.size:
-        return "–"
-    return f"{values.mean():.2f}" + (f" ± {values.std(ddof=1):.2f}" if values.size > 1 else "")
-
-
 def _per_label(results: Results, ids: dict[str, list], metric: str, sign: float = 1.0) -> dict[str, np.ndarray]:
     final = _final(results.metrics, metric)
     return {label: sign * final.reindex(run_ids).dropna().to_numpy() for label, run_ids in ids.items()}
@@ -209,7 +202,7 @@ def bernoulli_table(results: Results, planned: Sequence[Planned]) -> tuple[pd.Da
     ranking = rank(values, higher_is_better=True)
     test = _per_label(results, ids, "test_bound")
     speed = _speed(results, ids)
-    extra = {label: {"test bound": _mean_sd(test[label]), "s / step": speed[label]} for label in ids}
+    extra = {label: {"test bound": mean_sd(test[label]), "s / step": speed[label]} for label in ids}
     tail = {label: {"published": _published_text(BERNOULLI_PUBLISHED.get(label, (None, "not found", "")))}
             for label in ids}
     frame = ranking_frame(ranking, _planned_counts(planned), "train ELBO", extra, tail)
@@ -314,7 +307,7 @@ def categorical_table(results: Results, planned: Sequence[Planned]) -> tuple[pd.
     test = _per_label(results, ids, "test_elbo", sign=-1.0)
     speed = _speed(results, ids)
     short = {p.label: p.label.split(" ", 1)[1] for p in planned}
-    extra = {label: {"test loss": _mean_sd(test[label]), "s / step": speed[label]} for label in ids}
+    extra = {label: {"test loss": mean_sd(test[label]), "s / step": speed[label]} for label in ids}
     tail = {label: {"published": _published_text(REINMAX_PUBLISHED.get(short[label], (None, "not found", "")))}
             for label in ids}
     frame = ranking_frame(ranking, _planned_counts(planned), "train loss", extra, tail)
