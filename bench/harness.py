@@ -89,8 +89,9 @@ def seeded_noise(seed: int, stream: int, device: torch.device) -> Noise:
     return Noise(torch.Generator(device).manual_seed(state))
 
 
-# trailing axes of one loss evaluation's h: (units,), (units, K), or a response per prompt (prompts, max_len)
-EVENT_DIMS = {"binary": 1, "categorical": 2, "sequence": 2}
+# trailing axes of one loss evaluation's h: (units,), (units, K), a response per prompt (prompts, max_len),
+# or a mixture-of-experts layer's output per routed example (width,)
+EVENT_DIMS = {"binary": 1, "categorical": 2, "sequence": 2, "router": 1}
 
 
 class LossProbe:
@@ -379,6 +380,7 @@ def sample_metrics(problem, estimator: Estimator, config: RunConfig, reference, 
         metrics.extend(dataclasses.replace(m, scope=name) for m in accumulated.metrics(eps)
                        if not (m.name == "sparsity" and math.isnan(m.value)))
     metrics.append(Metric("loss_evals", evaluated / config.samples))
+    metrics.extend(Metric(name, value) for name, value in problem.cost_per_estimate(estimator).items())
     if timed:
         metrics.extend(time_metrics(seconds, rows))
     if peak.bytes is not None:

@@ -232,7 +232,8 @@ class ExactMoments:
         return cls(mean.cpu(), variance.cpu())
 
     def metrics(self, truth: torch.Tensor, scopes: dict[str, slice] | None = None) -> list[Metric]:
-        """Exact bias norm and variance (trace) per scope."""
+        """Exact bias norm, variance (trace) and cosine of the mean estimate to the truth per scope (the
+        cosine is left out where either vector is zero)."""
         scopes = {"all": slice(None)} if scopes is None else scopes
         truth = truth.detach().to("cpu", torch.float64)
         metrics = []
@@ -240,6 +241,9 @@ class ExactMoments:
             metrics.append(Metric("exact_bias_norm", float(torch.linalg.vector_norm(self.mean[part] - truth[part])),
                                   scope=name))
             metrics.append(Metric("exact_variance", float(self.variance[part].sum()), scope=name))
+            norms = float(torch.linalg.vector_norm(self.mean[part]) * torch.linalg.vector_norm(truth[part]))
+            if norms > 0:
+                metrics.append(Metric("exact_cosine", float(self.mean[part] @ truth[part]) / norms, scope=name))
         return metrics
 
 

@@ -12,15 +12,17 @@ ESTIMATORS = Registry(
                      "estimators.gapped_st", "estimators.reinmax", "estimators.slope_annealed_st",
                      "estimators.antithetic", "estimators.muprop", "estimators.nvil", "estimators.rebar",
                      "estimators.gaussian_dropout", "estimators.arsm", "estimators.indecater",
-                     "estimators.advantage"),
+                     "estimators.advantage", "estimators.routers"),
 )
 register_estimator = ESTIMATORS.register
 
 
 def unit_estimator_names() -> list[str]:
     """Registered estimators that serve layers of binary or categorical units (every one but the
-    advantage estimators of sequence problems, whose ``variables`` trait is 'sequence')."""
-    return [entry.name for entry in ESTIMATORS.entries() if getattr(entry.cls, "variables", "binary") != "sequence"]
+    advantage estimators of sequence problems and the router estimators of mixture-of-experts
+    problems, whose ``variables`` traits are 'sequence' and 'router')."""
+    return [entry.name for entry in ESTIMATORS.entries()
+            if getattr(entry.cls, "variables", "binary") not in ("sequence", "router")]
 
 
 def build_estimator(name: str, params: dict | None = None) -> Estimator:

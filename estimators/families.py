@@ -13,10 +13,10 @@ FAMILY_BY_MODULE = {
     "gapped_st": "straight-through", "reinmax": "straight-through", "perturbation": "perturbation",
     "exact": "exact", "sts": "non-binary", "noisy_rectifier": "non-binary", "paper_baselines": "non-binary",
     "gaussian_dropout": "non-binary", "arsm": "score function", "indecater": "score function",
-    "advantage": "sequence RL",
+    "advantage": "sequence RL", "routers": "router",
 }
 FAMILY_ORDER = ("exact", "score function", "control variate", "relaxation", "straight-through", "perturbation",
-                "non-binary", "sequence RL", "other")
+                "non-binary", "sequence RL", "router", "other")
 OTHER_FAMILY = "other"
 
 

@@ -15,7 +15,8 @@ from experiments.base import Experiment, Planned, plan_run, planned_results
 
 EXPERIMENTS = Registry(kind="experiment", group="bench.experiments",
                        builtin_modules=("experiments.bernoulli_vae", "experiments.mlp_regulariser",
-                                        "experiments.paper_fig2", "experiments.vae_seeds"))
+                                        "experiments.paper_fig2", "experiments.vae_seeds",
+                                        "experiments.moe_routers"))
 register_experiment = EXPERIMENTS.register
 
 

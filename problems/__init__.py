@@ -6,7 +6,7 @@ from problems.base import (BernoulliProblem, CategoricalProblem, Checkpoint, Pro
 PROBLEMS = Registry(kind="problem", group="bench.problems",
                     builtin_modules=("problems.bernoulli", "problems.sigmoid_belief_net", "problems.gater",
                                      "problems.mlp", "problems.vae", "problems.categorical",
-                                     "problems.sequence"))
+                                     "problems.sequence", "problems.moe"))
 register_problem = PROBLEMS.register
 
 

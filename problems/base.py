@@ -178,7 +178,7 @@ class Problem(torch.nn.Module):
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     trains_model: ClassVar[bool] = False
-    variables: ClassVar[str] = "binary"  # its stochastic units: 'binary', 'categorical' or 'sequence'
+    variables: ClassVar[str] = "binary"  # its stochastic units: 'binary', 'categorical', 'sequence' or 'router'
 
     @property
     def dim(self) -> int:
@@ -223,6 +223,11 @@ class Problem(torch.nn.Module):
             what = "binary and categorical" if serves == "both" else serves
             raise ValueError(f"{estimator.name or type(estimator).__name__} serves {what} units only; "
                              f"{self.name or type(self).__name__} has {self.variables} units")
+
+    def cost_per_estimate(self, estimator) -> dict[str, float]:
+        """Costs per estimate the problem counts beside loss evaluations, stored as metrics of those
+        names (a mixture-of-experts router: ``expert_evals``). None by default."""
+        return {}
 
     def scopes(self) -> dict[str, slice]:
         """Named parts of the gradient vector (e.g. 'layer1', 'layer1.weight') that the harness

@@ -27,7 +27,7 @@ from conftest import run_cli
 PLUGIN_DIST = "stochgrad-bench-example-plugin"
 METRIC_NAMES = {"bias_norm", "relative_bias", "bias_z_max", "unbiased_pvalue", "variance", "mse", "snr",
                 "cosine", "sign_agreement", "loss_evals", "time_per_estimate_s", "peak_memory_bytes",
-                "sparsity", "exact_bias_norm", "exact_variance", "time_per_estimate_min_s", "time_per_estimate_max_s",
+                "sparsity", "exact_bias_norm", "exact_variance", "exact_cosine", "time_per_estimate_min_s", "time_per_estimate_max_s",
                 "exact_check_pvalue", "unmeasurable_coordinates"}
 EXPORT_COLUMNS = ["run_id", "estimator", "problem", "seed", "samples", "metric", "value", "stderr"]
 TIMING_METRICS = {"time_per_estimate_s", "time_per_estimate_min_s", "time_per_estimate_max_s", "peak_memory_bytes"}

@@ -6,8 +6,9 @@ cycle and no import upwards between layers.
     middle   experiments.*, analysis.*                           (experiments may import analysis, not back)
     lower    the rest of bench.* (harness, store, sweep, ...)
     bottom   estimators.*, problems.*                            (problems use only estimators.base,
-                                                                  estimators.sequence (the contract of
-                                                                  sequence units) and estimators.registry;
+                                                                  estimators.sequence, estimators.mixture
+                                                                  (the contracts of sequence units and of
+                                                                  routers) and estimators.registry;
                                                                   estimators never import problems)
 """
 from __future__ import annotations
@@ -20,7 +21,8 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("bench", "benchcli", "estimators", "problems", "analysis", "experiments")
 TOP, MIDDLE, LOWER, BOTTOM = 3, 2, 1, 0
-PROBLEMS_MAY_USE = {"estimators.base", "estimators.sequence",  # the contracts (units, sequences)
+PROBLEMS_MAY_USE = {"estimators.base", "estimators.sequence", "estimators.mixture",  # the contracts (units,
+                    # sequences, mixture-of-experts routers)
                     "estimators.registry"}  # and the registry machinery
 
 

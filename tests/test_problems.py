@@ -415,7 +415,8 @@ CONTRACT_CLASSES = [TestBernoulliTarget, TestBernoulliQuadratic, TestBernoulliBl
                     TestMlpProbe, TestCategoricalTarget, TestPolynomialProgramming]
 _COVERED = ({name for cls in CONTRACT_CLASSES for name, _ in cls.specs}
             | {"bernoulli-vae-probe", "categorical-vae-probe",  # tests/test_vae.py, tests/test_categorical_vae.py
-               "sequence-bandit"})  # tests/test_sequence.py
+               "sequence-bandit",  # tests/test_sequence.py
+               "moe-router"})  # tests/test_moe.py
 
 
 def _gradient_problem(name: str) -> bool:
