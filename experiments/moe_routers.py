@@ -8,17 +8,15 @@
    routing (the conventional router's objective): the 19 pairs that apply, 20,000 estimates each,
    the first seed only (the exact numbers do not depend on it). The cost column is expert
    evaluations per estimate.
-2. Training (``moe-mnist``): a 4-expert top-1 MoE classifier on the first 20,000 MNIST training
-   images, 5 epochs of 200 mini-batches of 100, seeds 0, 1, 2: every router estimator on sampled
-   routing, and the four that serve deterministic routing on top-k routing too. Test error (2,000
-   test images, deterministic top-k routing at test time for all), expert load imbalance, expert
+2. Training (``moe-mnist``): a 4-expert top-1 MoE classifier on all 50,000 MNIST training images,
+   10 epochs of 500 mini-batches of 100, seeds 0, 1, 2: every router estimator on sampled routing,
+   and the four that serve deterministic routing on top-k routing too. Test error (all 10,000 test
+   images, deterministic top-k routing at test time for all), expert load imbalance, expert
    evaluations per training example and seconds per step.
 
-Sizing (measured, ``--threads 1``): one epoch of 100 steps on a loaded 2-core machine (load average
-about 12, other studies running) took 0.036 s/step (topk-router) to 0.057 s/step (densemixer);
-1,000 steps per run at the slower rate is 57 s, plus about 5 s of evaluation and start-up: 39
-training runs x 62 s / 2 jobs = 20 minutes, and the 19 gradient runs about 1.5 minutes, so the study
-finishes in under 30 minutes with ``--jobs 2`` even on that loaded machine (faster on quiet cores).
+Sizing (measured, ``--threads 1``, 2 cores shared with other work): the first form of this study (5
+epochs of 200 steps) took 147 s for all 58 runs at 0.0055-0.0089 s/step, so 5,000 steps per run are
+about 45 s with evaluation, 39 runs / 2 jobs about 15 minutes: well under the hour.
 """
 from __future__ import annotations
 
@@ -49,7 +47,7 @@ GRADIENT_LAYERS = {  # tag -> (what it is, moe-router parameters)
                 {"experts": 4, "top_k": 2, "d": 3, "inputs": 2, "weights": "renormalised", "routing": "topk"}),
 }
 GRADIENT_SAMPLES = 20_000
-TRAINING = {"experts": 4, "top_k": 1, "hidden": 32, "epochs": 5, "train_subset": 20_000, "eval_subset": 2_000}
+TRAINING = {"experts": 4, "top_k": 1, "hidden": 32, "epochs": 10, "train_subset": 0, "eval_subset": 0}
 QUICK_TRAINING = {"epochs": 1, "train_subset": 500, "eval_subset": 200}
 QUICK_SAMPLES = 2_000
 QUICK_ESTIMATORS = ("topk-router", "densemixer", "sparsemixer", "reinforce-router")
