@@ -88,12 +88,12 @@ class Missing:
 
 
 @contextlib.contextmanager
-def _style():
+def style():
     with sns.axes_style("whitegrid"), sns.plotting_context("paper", font_scale=1.05):
         yield
 
 
-def _new_figure(rows: int, cols: int, width: float = PANEL_W, height: float = PANEL_H):
+def new_figure(rows: int, cols: int, width: float = PANEL_W, height: float = PANEL_H):
     """A constrained-layout figure of rows x cols panels, panels narrowed so that the figure is at
     most MAX_FIGURE_WIDTH wide."""
     width = min(width, MAX_FIGURE_WIDTH / cols)
@@ -160,12 +160,13 @@ def _rewrap(text, fits: Callable[[], bool]) -> bool:
     return True
 
 
-def _wants_log(values: Iterable[float]) -> bool:
+def wants_log(values: Iterable[float]) -> bool:
+    """The log-axis decision: the positive finite values span more than LOG_SPAN."""
     positive = np.array([v for v in values if np.isfinite(v) and v > 0], dtype=float)
     return positive.size >= 2 and positive.max() / positive.min() > LOG_SPAN
 
 
-def _zeros(values: np.ndarray) -> np.ndarray:
+def near_zero(values: np.ndarray) -> np.ndarray:
     """Mask of the values that are zero at the panel's scale (below ZERO_RELATIVE x its largest)."""
     finite = values[np.isfinite(values)]
     top = float(np.abs(finite).max()) if finite.size else 0.0
@@ -219,21 +220,32 @@ def _runs_of(results: Results, metrics: pd.DataFrame) -> pd.DataFrame:
     return results.runs[results.runs["run_id"].isin(metrics["run_id"].unique())]
 
 
-def _title(ax, text: str) -> None:
+def palette(labels: Iterable[str], name: str = "husl") -> dict[str, tuple]:
+    """One colour per distinct label, in :func:`ordered` order: the same label gets the same colour
+    in every figure drawn from the same labels."""
+    labels = ordered(labels)
+    return dict(zip(labels, sns.color_palette(name, max(len(labels), 1))))
+
+
+def panel_title(ax, text: str) -> None:
+    """A panel title wrapped at 48 characters."""
     ax.set_title("\n".join(textwrap.wrap(text, 48, break_on_hyphens=False)) or text, fontsize=9)
 
 
-def _ylabel(ax, text: str, width: int = 26) -> None:
+def panel_ylabel(ax, text: str, width: int = 26) -> None:
     """A y label wrapped so that it never runs past a panel shortened by rotated estimator names
     (and out of the figure)."""
     ax.set_ylabel("\n".join(textwrap.wrap(text, width, break_on_hyphens=False)) or text)
 
 
-def _order(labels: Iterable[str]) -> list[str]:
-    return sorted(set(labels), key=_natural)
+def ordered(labels: Iterable[str]) -> list[str]:
+    """The distinct labels in natural order ('d=4' before 'd=16'): every panel, legend and table
+    lists problems and estimators this way."""
+    return sorted(set(labels), key=natural_key)
 
 
-def _natural(text: str):
+def natural_key(text: str):
+    """Sort key that compares the runs of digits in ``text`` as numbers."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(text))]
 
 
@@ -241,7 +253,7 @@ def ranked(at: pd.DataFrame, rank: Ranking | None, among: Iterable[str] | None =
     """The estimator labels of one problem's metrics ``at`` (or ``among``) in the order of
     ``rank`` (the report's ranking), those it leaves unranked after them in natural order; natural
     order when there is no ranking."""
-    present = _order(at["estimator_label"] if among is None else among)
+    present = ordered(at["estimator_label"] if among is None else among)
     if rank is None or at.empty:
         return present
     frame = rank(at)
@@ -269,8 +281,8 @@ def _point_panel(ax, table: pd.DataFrame, order: Sequence[str], ylabel: str, pal
         zero = table["mean"].to_numpy(dtype=float) <= 0
         log = bool((~zero).any())
     else:
-        zero = _zeros(table["mean"].to_numpy(dtype=float))
-        log = _wants_log(table.loc[~zero, "mean"])
+        zero = near_zero(table["mean"].to_numpy(dtype=float))
+        log = wants_log(table.loc[~zero, "mean"])
     table["y"] = table["mean"].astype(float)
     if log and zero.any():
         floor = float(table.loc[~zero, "mean"].min()) / 4
@@ -289,7 +301,7 @@ def _point_panel(ax, table: pd.DataFrame, order: Sequence[str], ylabel: str, pal
     ax.set_xticks(range(len(order)), order, rotation=60, ha="right", fontsize=LABEL_FONT)
     ax.set_xlim(-0.6, len(order) - 0.4)
     ax.set_xlabel("estimator")
-    _ylabel(ax, ylabel + (" (log)" if log else ""))
+    panel_ylabel(ax, ylabel + (" (log)" if log else ""))
     return notes
 
 
@@ -316,11 +328,11 @@ def _estimator_panels(results: Results, key: str, title: str, columns: Sequence[
     present = metrics[metrics["metric"].isin(names) & (metrics["scope"] == "all")]
     if present.empty:
         return Missing(key, title, f"no reported gradient-problem run has {', '.join(sorted(names))}")
-    problems = _order(present["problem_label"])
+    problems = ordered(present["problem_label"])
     palette = dict(zip((KIND_MC, KIND_EXACT), sns.color_palette("colorblind", 2)))
     notes, zero_marker, exact_present = [], False, False
-    with _style():
-        figure, axes = _new_figure(len(problems), len(columns))
+    with style():
+        figure, axes = new_figure(len(problems), len(columns))
         for row, problem in enumerate(problems):
             at_problem = present[present["problem_label"] == problem]
             order = ranked(results.gradient[results.gradient["problem_label"] == problem], rank,
@@ -346,8 +358,8 @@ def _estimator_panels(results: Results, key: str, title: str, columns: Sequence[
                 panel_order = [label for label in order if label in set(drawn["estimator_label"])]
                 notes += [f"{problem}, {mc_name}: {n}" for n in _point_panel(ax, table, panel_order, ylabel, palette,
                                                                                force_log=mc_name in log_metrics)]
-                zero_marker |= ax.get_yscale() == "log" and bool(_zeros(table["mean"].to_numpy(float)).any())
-                _title(ax, problem)
+                zero_marker |= ax.get_yscale() == "log" and bool(near_zero(table["mean"].to_numpy(float)).any())
+                panel_title(ax, problem)
         _kind_legend(figure, palette, exact_present, zero_marker)
     caption = (what + (" Estimators in the order of the problem's ranking table (best first)." if rank else "")
                + " " + _describe_runs(_runs_of(results, present)))
@@ -415,7 +427,7 @@ def pareto_front(cost: Sequence[float], variance: Sequence[float]) -> list[int]:
     return front
 
 
-def _unbiased_trait(runs: pd.DataFrame) -> dict[str, str]:
+def unbiased_traits(runs: pd.DataFrame) -> dict[str, str]:
     """estimator label -> 'unbiased' / 'biased' from the traits stored with the run (read from the
     instance, so parameters that change a trait count); for runs stored without traits, from the
     estimator built here with the run's parameters; 'trait unknown' when it cannot be built here."""
@@ -448,7 +460,7 @@ def estimator_styles(runs: pd.DataFrame) -> dict[str, tuple[tuple, str, str]]:
     colours = dict(zip(present, sns.color_palette("colorblind", max(len(present), 1))))
     styles = {}
     for family in present:
-        members = _order(pairs.loc[pairs["family"] == family, "estimator_label"])
+        members = ordered(pairs.loc[pairs["family"] == family, "estimator_label"])
         for i, label in enumerate(members):
             styles[label] = (colours[family], MARKERS[i % len(MARKERS)], family)
     return styles
@@ -553,7 +565,7 @@ def _cost_figure(results: Results, key: str, title: str, metric: str, ylabel: st
     if cost_name == "time_per_estimate_s":
         table["cost"] = table["cost"] * 1e6
     styles = estimator_styles(results.runs[results.runs["estimator_label"].isin(table["estimator_label"])])
-    problems = _order(table["problem_label"])
+    problems = ordered(table["problem_label"])
     family_order = list(dict.fromkeys(styles[label][2] for label in styles))
     blocks = []
     for problem in problems:
@@ -562,20 +574,20 @@ def _cost_figure(results: Results, key: str, title: str, metric: str, ylabel: st
     columns = min(FACET_COLUMNS, max(len(families) for _, families in blocks))
     rows = sum(-(-len(families) // columns) for _, families in blocks)
     to_label, zero_drawn = [], False
-    with _style():
-        figure, axes = _new_figure(rows, columns, width=MAX_FIGURE_WIDTH / columns, height=2.9)
+    with style():
+        figure, axes = new_figure(rows, columns, width=MAX_FIGURE_WIDTH / columns, height=2.9)
         row = 0
         for problem, families in blocks:
             part = table[table["problem_label"] == problem].reset_index(drop=True)
             place = {label: i + 1 for i, label in enumerate(ranked(metrics[metrics["problem_label"] == problem],
                                                                     rank, part["estimator_label"]))} if rank else {}
-            zero = _zeros(part["mean"].to_numpy(float))
-            log_y = _wants_log(part.loc[~zero, "mean"])
+            zero = near_zero(part["mean"].to_numpy(float))
+            log_y = wants_log(part.loc[~zero, "mean"])
             part["y"] = part["mean"].astype(float)
             if log_y and zero.any():
                 part.loc[zero, "y"] = float(part.loc[~zero, "mean"].min()) / 4
                 zero_drawn = True
-            log_x = _wants_log(part["cost"]) or (part["cost"] > 0).all() and part["cost"].max() > COST_LOG_SPAN * part["cost"].min()
+            log_x = wants_log(part["cost"]) or (part["cost"] > 0).all() and part["cost"].max() > COST_LOG_SPAN * part["cost"].min()
             front = part.iloc[pareto_front(part["cost"].tolist(), part["mean"].astype(float).tolist())]
             x_low, x_high = float(part["cost"].min()), float(part["cost"].max())
             if log_x:
@@ -618,8 +630,8 @@ def _cost_figure(results: Results, key: str, title: str, metric: str, ylabel: st
                 ax.set_xlim(*x_limits)
                 ax.set_ylim(*y_limits)
                 ax.set_xlabel(cost_label)
-                _ylabel(ax, ylabel + (" (log)" if log_y else ""))
-                _title(ax, f"{problem}: {family}")
+                panel_ylabel(ax, ylabel + (" (log)" if log_y else ""))
+                panel_title(ax, f"{problem}: {family}")
                 to_label.append((ax, points))
             for i in range(len(families), -(-len(families) // columns) * columns):
                 axes[row + i // columns, i % columns].set_axis_off()
@@ -739,14 +751,14 @@ def _sweep(results: Results, key: str, title: str, coordinate: str, xlabel: str,
     table = table.merge(lines, on=["family", "estimator_label"])
     drawn = rows.merge(lines, on=["family", "estimator_label"])
     equal_cost = equal_cost and bool(np.isfinite(table["cost_mean"]).any())
-    families = _order(table["family"])
-    estimators_all = _order(table["estimator_label"])
-    palette = dict(zip(estimators_all, sns.color_palette("husl", len(estimators_all))))
+    families = ordered(table["family"])
+    estimators_all = ordered(table["estimator_label"])
+    colours = palette(estimators_all)
     panels = [("mean", "se", f"{metric} of one estimate (gradient units²)")]
     if equal_cost:
         panels.append(("cost_mean", "cost_se", f"{metric} × loss evaluations per estimate (at an equal budget)"))
-    with _style():
-        figure, axes = _new_figure(len(families), len(panels), width=6.0 if len(panels) == 1 else 5.6)
+    with style():
+        figure, axes = new_figure(len(families), len(panels), width=6.0 if len(panels) == 1 else 5.6)
         for row, family in enumerate(families):
             part = table[table["family"] == family]
             for col, (mean, se, ylabel) in enumerate(panels):
@@ -755,24 +767,24 @@ def _sweep(results: Results, key: str, title: str, coordinate: str, xlabel: str,
                 if shown.empty:
                     ax.set_axis_off()
                     continue
-                sns.lineplot(data=shown, x="x", y=mean, hue="estimator_label", palette=palette, marker="o", ax=ax,
+                sns.lineplot(data=shown, x="x", y=mean, hue="estimator_label", palette=colours, marker="o", ax=ax,
                              estimator=None, legend=False)
                 for label, line in shown.groupby("estimator_label"):
                     good = line[se].notna()
                     ax.errorbar(line.loc[good, "x"], line.loc[good, mean], yerr=line.loc[good, se], fmt="none",
-                                ecolor=palette[label], capsize=2, elinewidth=1)
+                                ecolor=colours[label], capsize=2, elinewidth=1)
                 positive = shown[mean][shown[mean] > 0]
-                if _wants_log(positive) and (shown[mean] > 0).all():
+                if wants_log(positive) and (shown[mean] > 0).all():
                     ax.set_yscale("log")
-                if _wants_log(shown["x"]):
+                if wants_log(shown["x"]):
                     ax.set_xscale("log")
                 elif (shown["x"] == shown["x"].round()).all():
                     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                 ax.set_xlabel(xlabel)
-                _ylabel(ax, ylabel + (" (log)" if ax.get_yscale() == "log" else ""), width=34)
-                _title(ax, family)
+                panel_ylabel(ax, ylabel + (" (log)" if ax.get_yscale() == "log" else ""), width=34)
+                panel_title(ax, family)
         cost_of = drawn.groupby("estimator_label")["evals"].apply(_evals_text)
-        handles = [Line2D([], [], marker="o", color=palette[e],
+        handles = [Line2D([], [], marker="o", color=colours[e],
                           label=f"{e} ({cost_of[e]} per estimate)" if cost_of.get(e) else e) for e in estimators_all]
         legend(figure, handles)
     used = results.runs[results.runs["run_id"].isin(rows["run_id"])]
@@ -844,8 +856,8 @@ def variance_vs_estimator_parameters(results: Results) -> Figure | Missing:
     if not found:
         return Missing(key, title, "no estimator was run with two or more values of one numeric parameter "
                                    "(e.g. reinforce-loo K, spsa c) on the same problem, the rest fixed")
-    with _style():
-        figure, axes = _new_figure(len(found), 1, width=6.0)
+    with style():
+        figure, axes = new_figure(len(found), 1, width=6.0)
         for row, (problem, name, param, part) in enumerate(found):
             ax = axes[row, 0]
             grouped = part.groupby("x")
@@ -853,15 +865,15 @@ def variance_vs_estimator_parameters(results: Results) -> Figure | Missing:
             table["se"] = grouped["stderr"].apply(combined_stderr).to_numpy()
             sns.lineplot(data=table, x="x", y="mean", marker="o", ax=ax, label=f"{name}, MC variance")
             ax.errorbar(table["x"], table["mean"], yerr=table["se"], fmt="none", capsize=2, color="0.3")
-            if (table["mean"] > 0).all() and _wants_log(table["mean"]):
+            if (table["mean"] > 0).all() and wants_log(table["mean"]):
                 ax.set_yscale("log")
-            if (table["x"] > 0).all() and _wants_log(table["x"]):
+            if (table["x"] > 0).all() and wants_log(table["x"]):
                 ax.set_xscale("log")
             elif (table["x"] == table["x"].round()).all():
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel(f"{name} parameter {param}")
             ax.set_ylabel("variance (gradient units²)")
-            _title(ax, problem)
+            panel_title(ax, problem)
             ax.legend(loc="best", fontsize=LEGEND_FONT)
     used = results.runs[results.runs["run_id"].isin(pd.concat([f[3] for f in found])["run_id"])]
     caption = ("Total variance of one gradient estimate against one estimator parameter, the others fixed "
@@ -882,29 +894,29 @@ def variance_per_scope(results: Results) -> Figure | Missing:
     grouped = rows.groupby([*PAIR, "scope"])
     table = grouped["value"].agg(mean="mean").reset_index()
     table["se"] = grouped["stderr"].apply(combined_stderr).to_numpy()
-    problems = _order(table["problem_label"])
-    estimators_all = _order(table["estimator_label"])
-    palette = dict(zip(estimators_all, sns.color_palette("husl", len(estimators_all))))
-    with _style():
-        figure, axes = _new_figure(len(problems), 1, width=6.0)
+    problems = ordered(table["problem_label"])
+    estimators_all = ordered(table["estimator_label"])
+    colours = palette(estimators_all)
+    with style():
+        figure, axes = new_figure(len(problems), 1, width=6.0)
         for row, problem in enumerate(problems):
             ax = axes[row, 0]
             part = table[table["problem_label"] == problem].copy()
-            scopes = _order(part["scope"])
+            scopes = ordered(part["scope"])
             part["x"] = part["scope"].map({s: i for i, s in enumerate(scopes)})
-            sns.lineplot(data=part, x="x", y="mean", hue="estimator_label", palette=palette, marker="o",
+            sns.lineplot(data=part, x="x", y="mean", hue="estimator_label", palette=colours, marker="o",
                          estimator=None, ax=ax, legend=False)
             for label, line in part.groupby("estimator_label"):
                 good = line["se"].notna()
                 ax.errorbar(line.loc[good, "x"], line.loc[good, "mean"], yerr=line.loc[good, "se"], fmt="none",
-                            ecolor=palette[label], capsize=2)
-            if (part["mean"] > 0).all() and _wants_log(part["mean"]):
+                            ecolor=colours[label], capsize=2)
+            if (part["mean"] > 0).all() and wants_log(part["mean"]):
                 ax.set_yscale("log")
             ax.set_xticks(range(len(scopes)), scopes, rotation=30, ha="right")
             ax.set_xlabel("gradient scope (parameters producing that stochastic layer)")
             ax.set_ylabel("variance (gradient units²)")
-            _title(ax, problem)
-        legend(figure, [Line2D([], [], marker="o", color=palette[e], label=e) for e in estimators_all])
+            panel_title(ax, problem)
+        legend(figure, [Line2D([], [], marker="o", color=colours[e], label=e) for e in estimators_all])
     caption = ("Total variance of the part of one gradient estimate that belongs to each scope (for a sigmoid "
                "belief net: the parameters producing each stochastic layer, layer 1 nearest the input noise). "
                + ("Only top-level scopes are drawn. " if not top.empty else "")
@@ -914,18 +926,18 @@ def variance_per_scope(results: Results) -> Figure | Missing:
 
 
 # -- training problems -----------------------------------------------------------------------------
-def _curves_figure(results: Results, key: str, title: str, names: dict[str, str], what: str) -> Figure | Missing:
+def curves_figure(results: Results, key: str, title: str, names: dict[str, str], what: str) -> Figure | Missing:
     rows = curves(results.training, names)
     rows = rows[(rows["scope"] == "all") & rows["value"].notna()]
     if rows.empty:
         return Missing(key, title, "no training-problem run stored " + ", ".join(names) +
                        " per epoch or step")
-    problems = _order(rows["problem_label"])
+    problems = ordered(rows["problem_label"])
     metrics_present = [m for m in names if m in set(rows["metric"])]
-    estimators_all = _order(rows["estimator_label"])
-    palette = dict(zip(estimators_all, sns.color_palette("husl", len(estimators_all))))
-    with _style():
-        figure, axes = _new_figure(len(problems), len(metrics_present))
+    estimators_all = ordered(rows["estimator_label"])
+    colours = palette(estimators_all)
+    with style():
+        figure, axes = new_figure(len(problems), len(metrics_present))
         for row, problem in enumerate(problems):
             for col, metric in enumerate(metrics_present):
                 ax = axes[row, col]
@@ -933,15 +945,15 @@ def _curves_figure(results: Results, key: str, title: str, names: dict[str, str]
                 if part.empty:
                     ax.set_axis_off()
                     continue
-                sns.lineplot(data=part, x="position", y="value", hue="estimator_label", palette=palette,
+                sns.lineplot(data=part, x="position", y="value", hue="estimator_label", palette=colours,
                              errorbar="sd", marker="o", markersize=4, ax=ax, legend=False)
-                if (part["value"] > 0).all() and _wants_log(part["value"]):
+                if (part["value"] > 0).all() and wants_log(part["value"]):
                     ax.set_yscale("log")
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                 ax.set_xlabel(f"training {part['axis'].iloc[0]}")
-                _ylabel(ax, names[metric] + (" (log)" if ax.get_yscale() == "log" else ""), width=36)
-                _title(ax, problem)
-        handles = [Line2D([], [], color=palette[e], label=e) for e in estimators_all]
+                panel_ylabel(ax, names[metric] + (" (log)" if ax.get_yscale() == "log" else ""), width=36)
+                panel_title(ax, problem)
+        handles = [Line2D([], [], color=colours[e], label=e) for e in estimators_all]
         handles.append(Line2D([], [], color="0.6", linewidth=6, alpha=0.4, label="± 1 sd over seeds"))
         legend(figure, handles)
     used = results.runs[results.runs["run_id"].isin(rows["run_id"])]
@@ -953,7 +965,7 @@ def _curves_figure(results: Results, key: str, title: str, names: dict[str, str]
 
 
 def learning_curves(results: Results) -> Figure | Missing:
-    return _curves_figure(results, "learning-curves", "Learning curves of training problems", LEARNING_METRICS,
+    return curves_figure(results, "learning-curves", "Learning curves of training problems", LEARNING_METRICS,
                           "Training criterion, validation and test error (%) and trajectory variance, as the "
                           "training problem measured them at each epoch (or logged step). Trajectory variance "
                           "is the moving-average variance of the gradient along training and mixes parameter "
@@ -961,7 +973,7 @@ def learning_curves(results: Results) -> Figure | Missing:
 
 
 def sparsity_curves(results: Results) -> Figure | Missing:
-    return _curves_figure(results, "sparsity-curves", "Sparsity curves of training problems", SPARSITY_METRICS,
+    return curves_figure(results, "sparsity-curves", "Sparsity curves of training problems", SPARSITY_METRICS,
                           "Fraction of gate units exactly zero on the training and test sets at each epoch "
                           "(0.9 at the paper's 10% target).")
 

@@ -17,8 +17,9 @@ import datetime as dt
 import html
 import math
 import re
+import textwrap
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -44,13 +45,29 @@ TRAINING_ORDER = ("train_criterion", "train_loss", "valid_error", "test_error", 
 
 @dataclasses.dataclass
 class Table:
+    """A titled, captioned table of formatted cells (:func:`estimate`), rendered the same way for
+    the report (:meth:`to_html`, :meth:`to_markdown`) and the terminal (:meth:`to_text`)."""
+
     title: str
     caption: str
     frame: pd.DataFrame
 
+    def to_html(self) -> str:
+        return _html_table(self)
+
+    def to_markdown(self) -> str:
+        return f"### {markdown_text(self.title)}\n\n{markdown_table(self.frame)}\n\n_{markdown_text(self.caption)}_\n"
+
+    def to_text(self, width: int = 100) -> str:
+        """Title and caption wrapped to ``width``, then the table (:func:`text_table`)."""
+        wrap = lambda text: textwrap.fill(text, width, break_on_hyphens=False)  # noqa: E731
+        return "\n".join([wrap(self.title), text_table(self.frame)] + ([wrap(self.caption)] if self.caption else []))
+
 
 @dataclasses.dataclass
 class Section:
+    """One part of the report: text, tables, figures and what could not be drawn."""
+
     key: str
     title: str
     text: list[str] = dataclasses.field(default_factory=list)
@@ -58,22 +75,59 @@ class Section:
     figures: list[figs.Figure] = dataclasses.field(default_factory=list)
     missing: list[figs.Missing] = dataclasses.field(default_factory=list)
 
+    def to_markdown(self) -> str:
+        return render_markdown([self], self.title).split("\n", 2)[2]
 
-# -- number formatting -----------------------------------------------------------------------------
-def fmt(value, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
-        return "–"
+    def to_text(self, width: int = 100) -> str:
+        wrap = lambda text: textwrap.fill(text, width, break_on_hyphens=False)  # noqa: E731
+        return "\n\n".join([wrap(self.title), *map(wrap, self.text), *(t.to_text(width) for t in self.tables)])
+
+
+def text_table(frame: pd.DataFrame) -> str:
+    """A plain-text table: the first column left-aligned, the others right-aligned, two spaces apart."""
+    cells = [list(map(str, frame.columns))] + [[str(v) for v in row] for row in frame.itertuples(index=False)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(frame.columns))]
+    return "\n".join("  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]).rstrip()
+                     for row in cells)
+
+
+# -- number formatting: the one formatter of tables and reports --------------------------------
+MISSING = "–"
+
+
+def estimate(value, error=None, spec: str = ".4g", error_spec: str | None = None) -> str:
+    """``value ± error`` with Python format specs (``error_spec`` defaults to ``spec``): '–' for a
+    missing or NaN value, '∞' / '−∞' for infinities, and no '± ...' when the error is missing, NaN
+    or infinite. Every 'mean ± sd' and '± s.e.' of the tables and the report comes from here."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return MISSING
     value = float(value)
     if math.isinf(value):
         return "∞" if value > 0 else "−∞"
-    return f"{value:.{digits}g}"
+    text = f"{value:{spec}}"
+    if error is not None and not pd.isna(error) and np.isfinite(float(error)):
+        text += f" ± {float(error):{error_spec or spec}}"
+    return text
+
+
+def fmt(value, digits: int = 4) -> str:
+    """A number to ``digits`` significant digits (see :func:`estimate`)."""
+    return estimate(value, spec=f".{digits}g")
 
 
 def fmt_pm(value, error, digits: int = 4) -> str:
-    text = fmt(value, digits)
-    if text != "–" and error is not None and not pd.isna(error) and np.isfinite(float(error)):
-        text += f" ± {float(error):.2g}"
-    return text
+    """A mean ± its standard error (or sd): the value to ``digits`` significant digits, the error to two."""
+    return estimate(value, error, f".{digits}g", ".2g")
+
+
+def mean_sd(values, spec: str = ".2f") -> str:
+    """Mean ± sample standard deviation (ddof=1) of the finite ``values``, both with ``spec``; no
+    '± ...' for one value, '–' for none: the per-seed summaries of the experiments' tables."""
+    values = np.asarray(pd.Series(values, dtype=float).dropna(), dtype=float)
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return MISSING
+    return estimate(values.mean(), values.std(ddof=1) if values.size > 1 else None, spec)
 
 
 # -- tables ----------------------------------------------------------------------------------------
@@ -96,9 +150,9 @@ def estimator_summary(results: Results, budget: int = DEFAULT_BUDGET) -> list[Ta
     and the biased ones and deterministic baselines ranked by MSE at ``budget`` loss evaluations;
     one row per estimator with the headline metrics (mean over seeds ± s.e.)."""
     metrics = results.gradient
-    traits = figs._unbiased_trait(results.runs)
+    traits = figs.unbiased_traits(results.runs)
     tables = []
-    for problem in figs._order(metrics["problem_label"]):
+    for problem in figs.ordered(metrics["problem_label"]):
         at = metrics[metrics["problem_label"] == problem]
         columns: dict[str, dict[str, str]] = {}
         counted = summarise(at, "variance")
@@ -121,7 +175,7 @@ def estimator_summary(results: Results, budget: int = DEFAULT_BUDGET) -> list[Ta
                 label: fmt(v, 3) for label, v in pvalues.groupby("estimator_label")["value"].min().items()}
         frame = pd.DataFrame(columns)
         frame.insert(0, "runs", [str(int(seeds[label])) if label in seeds else "–" for label in frame.index])
-        ranking = _ranking_frame(at, traits, budget)
+        ranking = ranking_frame(at, traits, budget)
         frame = frame.fillna("–").rename_axis("estimator").reset_index()
         runs = results.runs[results.runs["run_id"].isin(at["run_id"].unique())]
         method = figs.exact_method_text(list(runs["notes"]), list(runs["estimator_label"]))
@@ -141,7 +195,7 @@ def estimator_summary(results: Results, budget: int = DEFAULT_BUDGET) -> list[Ta
     return tables
 
 
-def _ranking_frame(at: pd.DataFrame, traits: dict[str, str] | None = None,
+def ranking_frame(at: pd.DataFrame, traits: dict[str, str] | None = None,
                    budget: int = DEFAULT_BUDGET) -> pd.DataFrame:
     """Per estimator at one problem (mean over seeds): variance, MSE, the MSE at ``budget`` loss
     evaluations and their products with the cost of one estimate; ``unbiased`` from ``traits``
@@ -171,9 +225,9 @@ def table_ranking(results: Results, budget: int = DEFAULT_BUDGET) -> figs.Rankin
     """The ranking of the report's tables as one function of one problem's metrics, for the figures
     (which list estimators in its order): unbiased estimators first, then the biased ones at
     ``budget``, exactly as :func:`estimator_summary` and :func:`cost_adjusted` order them."""
-    traits = figs._unbiased_trait(results.runs)
+    traits = figs.unbiased_traits(results.runs)
     traits.update({_escape_dollars(label): trait for label, trait in list(traits.items())})  # figures' labels
-    return lambda at: _ranking_frame(at, traits, budget)
+    return lambda at: ranking_frame(at, traits, budget)
 
 
 def cost_adjusted(results: Results, budget: int = DEFAULT_BUDGET) -> list[Table]:
@@ -181,10 +235,10 @@ def cost_adjusted(results: Results, budget: int = DEFAULT_BUDGET) -> list[Table]
     at an equal budget of loss evaluations), then the biased ones and deterministic baselines by MSE
     at ``budget`` loss evaluations; variance × cost as a secondary view."""
     metrics = results.gradient
-    traits = figs._unbiased_trait(results.runs)
+    traits = figs.unbiased_traits(results.runs)
     tables = []
-    for problem in figs._order(metrics["problem_label"]):
-        frame = _ranking_frame(metrics[metrics["problem_label"] == problem], traits, budget)
+    for problem in figs.ordered(metrics["problem_label"]):
+        frame = ranking_frame(metrics[metrics["problem_label"] == problem], traits, budget)
         if frame["variance"].isna().all() and frame["mse"].isna().all():
             continue
         on_front = {}
@@ -246,7 +300,7 @@ def training_table(results: Results) -> list[Table]:
     tables = []
     names = [m for m in TRAINING_ORDER if m in set(rows["metric"])]
     names += sorted(set(rows["metric"]) - set(names))
-    for problem in figs._order(rows["problem_label"]):
+    for problem in figs.ordered(rows["problem_label"]):
         at = rows[rows["problem_label"] == problem]
         grouped = at.groupby(["estimator_label", "metric"])["value"]
         stats = pd.DataFrame({"mean": grouped.mean(), "sd": grouped.std(), "n": grouped.count()})
@@ -354,37 +408,53 @@ def _plain_text(item):
     return item
 
 
+def _stateful_text(results: Results) -> list[str]:
+    gradient_runs = results.finished[results.finished["run_id"].isin(results.gradient["run_id"])]
+    return stateful_notes(zip(gradient_runs["estimator_label"], gradient_runs["notes"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class BuiltinSection:
+    """One built-in section of the report: its figures (keys of ``figures.all_figures``), its
+    tables (``tables(results, budget)``) and its text (``text(results)``)."""
+
+    key: str
+    title: str
+    figures: tuple[str, ...] = ()
+    tables: Callable[[Results, int], list[Table]] | None = None
+    text: Callable[[Results], list[str]] | None = None
+
+
+# The report's own sections, in order; the experiments' sections follow, then what the runs lack
+# and the provenance (which read the sections before them and the filters).
+BUILTIN_SECTIONS = (
+    BuiltinSection("summary", "Bias and variance", ("bias-variance",), estimator_summary, _stateful_text),
+    BuiltinSection("snr", "Signal-to-noise ratio and cosine", ("snr-cosine",)),
+    BuiltinSection("cost", "Variance against cost, and the error at an equal budget",
+                   ("mse-frontier", "mse-time", "frontier"), cost_adjusted),
+    BuiltinSection("scaling", "How variance scales",
+                   ("variance-samples", "variance-estimator-parameters", "variance-dimension", "variance-depth",
+                    "variance-width", "variance-scopes"), lambda results, budget: adaptation_table(results)),
+    BuiltinSection("training", "Training problems", ("learning-curves", "sparsity-curves"),
+                   lambda results, budget: training_table(results)),
+)
+
+
 def build_sections(results: Results, filters: dict[str, str | None] | None = None,
                    experiment_sections: Sequence[Section] = (), budget: int = DEFAULT_BUDGET) -> list[Section]:
-    """The report's sections; ``experiment_sections`` (from the experiments layer above, e.g.
-    ``experiments.report_sections``) go after the training section, before what the runs lack;
-    ``budget``: the loss evaluations at which biased estimators are ranked."""
+    """The report's sections: BUILTIN_SECTIONS, then ``experiment_sections`` (from the experiments
+    layer above, e.g. ``experiments.report_sections``), then what the runs lack and the run
+    metadata; ``budget``: the loss evaluations at which biased estimators are ranked."""
     filters = filters or {}
     built = {figure.key: _plain_text(figure) for figure in figs.all_figures(mathtext_safe(results),
                                                                             table_ranking(results, budget))}
-
-    def take(*keys):
-        return ([built[k] for k in keys if isinstance(built[k], figs.Figure)],
-                [built[k] for k in keys if isinstance(built[k], figs.Missing)])
-
     sections = []
-    figures, missing = take("bias-variance")
-    gradient_runs = results.finished[results.finished["run_id"].isin(results.gradient["run_id"])]
-    sections.append(Section("summary", "Bias and variance", tables=estimator_summary(results, budget),
-                            text=stateful_notes(zip(gradient_runs["estimator_label"], gradient_runs["notes"])),
-                            figures=figures, missing=missing))
-    figures, missing = take("snr-cosine")
-    sections.append(Section("snr", "Signal-to-noise ratio and cosine", figures=figures, missing=missing))
-    figures, missing = take("mse-frontier", "mse-time", "frontier")
-    sections.append(Section("cost", "Variance against cost, and the error at an equal budget",
-                            tables=cost_adjusted(results, budget), figures=figures, missing=missing))
-    figures, missing = take("variance-samples", "variance-estimator-parameters", "variance-dimension",
-                            "variance-depth", "variance-width", "variance-scopes")
-    sections.append(Section("scaling", "How variance scales", tables=adaptation_table(results), figures=figures,
-                            missing=missing))
-    figures, missing = take("learning-curves", "sparsity-curves")
-    sections.append(Section("training", "Training problems", tables=training_table(results), figures=figures,
-                            missing=missing))
+    for spec in BUILTIN_SECTIONS:
+        drawn = [built[k] for k in spec.figures]
+        sections.append(Section(spec.key, spec.title, text=spec.text(results) if spec.text else [],
+                                tables=spec.tables(results, budget) if spec.tables else [],
+                                figures=[f for f in drawn if isinstance(f, figs.Figure)],
+                                missing=[f for f in drawn if isinstance(f, figs.Missing)]))
     sections += experiment_sections
     sections.append(Section("absent", "What the reported runs lack",
                             text=[f"{m.title}: not drawn, {m.reason}." for s in sections for m in s.missing]
@@ -534,7 +604,7 @@ def render_markdown(sections: list[Section], title: str) -> str:
         if section.key != "absent":
             parts += [f"*Not drawn: {md(m.title)}: {md(m.reason)}.*\n" for m in section.missing]
         for table in section.tables:
-            parts += [f"### {md(table.title)}", "", markdown_table(table.frame), "", f"_{md(table.caption)}_", ""]
+            parts += [table.to_markdown()]
     return "\n".join(parts).rstrip() + "\n"
 
 

@@ -19,9 +19,12 @@ from typing import Iterator, Sequence
 
 import torch
 
+import estimators
+import problems
 from bench import distributed, harness
 from bench.checkpoints import RunFiles
 from bench.errors import Stopped, UserError
+from bench.specs import MAX_GRID, parse_spec_list
 from bench.store import DEFAULT_DB, Store
 from bench.workers import (Pool, death_reason, failed_result, load_plugins, rebuildable,  # noqa: F401 (public here)
                            run_guarded)
@@ -29,6 +32,40 @@ from bench.workers import (Pool, death_reason, failed_result, load_plugins, rebu
 WORKER_MEMORY_GIB = 1.0  # per-worker estimate for capping --jobs: ~0.35 GB with torch loaded + a run
 WORKER_MEMORY_ENV = "STOCHGRAD_BENCH_WORKER_MEMORY_GIB"  # overrides it (big runs: more; tests: less)
 MAX_THREADS = 2**31 - 1  # torch.set_num_threads takes a C int
+# What a sweep runs when not told otherwise, from the command line and from Python alike. Problems
+# chosen by benchmarks/discrimination.py (README "The default problems"): logits of mixed signs away
+# from 0, where no two different estimators coincide.
+DEFAULT_PROBLEMS = "bernoulli-target(d=4,t=0.45,logit=0.5,spread=2.0),bernoulli-quadratic(d=6),bernoulli-blackbox(d=8)"
+DEFAULT_SAMPLES = 100_000
+DEFAULT_THREADS = 1  # torch threads per process; measured: see README "Performance"
+
+
+def _expand(specs: str | Sequence[str], registry) -> list[tuple[str, dict]]:
+    """'all', comma-separated specs ``name(key=value,...)`` or a list of them, each name checked
+    against ``registry`` (a RegistryError with close matches when unknown)."""
+    text = specs if isinstance(specs, str) else ",".join(specs)
+    if text.strip() == "all":
+        return [(name, {}) for name in registry.names()]
+    parsed = parse_spec_list(text)
+    for name, _ in parsed:
+        registry.entry(name)
+    return parsed
+
+
+def plan_sweep(estimator_specs: str | Sequence[str], problem_specs: str | Sequence[str], seeds: Sequence[int],
+               samples: int, device: str = "cpu", warmup: int = harness.DEFAULT_WARMUP) -> list[harness.RunConfig]:
+    """Every run of estimators x problems x seeds, validated, defaults filled in, duplicates dropped;
+    raises on a user error (unknown name, bad parameter, a grid over MAX_GRID runs)."""
+    estimator_list = _expand(estimator_specs, estimators.ESTIMATORS)
+    problem_list = _expand(problem_specs, problems.PROBLEMS)
+    size = len(estimator_list) * len(problem_list) * len(seeds)
+    if size > MAX_GRID:
+        raise UserError(f"the sweep has {size:,} runs ({len(estimator_list)} estimator specs x {len(problem_list)} "
+                        f"problem specs x {len(seeds)} seeds), more than the limit of {MAX_GRID:,}; split it")
+    configs = [harness.make_config(estimator, estimator_params, problem, problem_params, seed, samples, device, warmup)
+               for problem, problem_params in problem_list for estimator, estimator_params in estimator_list
+               for seed in seeds]
+    return list({c.key: c for c in configs}.values())
 
 
 def open_store(db: Path | None, create: bool = True) -> Store:

@@ -1,7 +1,7 @@
 """What an experiment declares: the runs it needs, the published numbers it is compared with (and
 where they come from), its report sections and its terminal table.
 
-An experiment never runs anything itself: ``python -m bench reproduce NAME`` (bench/commands)
+An experiment never runs anything itself: ``python -m bench reproduce NAME`` (benchcli/commands)
 runs its :meth:`Experiment.runs` through the store, so an interrupted experiment resumes, and
 then prints :meth:`Experiment.table`; ``python -m bench report`` adds its
 :meth:`Experiment.sections`, computed from stored results alone.
@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 import pandas as pd
 
 from analysis.frames import Results, prepare
-from analysis.report import Section
+from analysis.report import Section, Table, text_table  # noqa: F401  (text_table: public here too)
 from bench import harness
 from bench.specs import parse_spec
 from bench.store import Store
@@ -62,13 +62,26 @@ class Experiment:
         ``settings``: experiment-specific options (e.g. ``paper``'s ``dataset``, ``epochs``)."""
         raise NotImplementedError
 
-    def sections(self, results: Results) -> list[Section]:
-        """Its report sections, from stored results alone (none when the results hold no run of it)."""
+    def tables(self, results: Results, planned: Sequence[Planned] | None = None) -> list[Table]:
+        """Its tables, computed once from stored results (``planned``: the runs a ``reproduce``
+        command just asked for; None: every stored run of the experiment). The default
+        :meth:`table` (the terminal) and :meth:`sections` (the report) render these same objects,
+        so the two cannot disagree; an experiment that defines this need define neither."""
         return []
 
+    def sections(self, results: Results) -> list[Section]:
+        """Its report sections, from stored results alone (none when the results hold no run of it):
+        by default one section holding :meth:`tables`."""
+        tables = self.tables(results)
+        return [Section(f"experiment-{self.name}", self.description, tables=tables)] if tables else []
+
     def table(self, store: Store, planned: Sequence[Planned], quick: bool, width: int) -> str:
-        """The text printed after the runs: the experiment's table within ``width`` columns."""
-        raise NotImplementedError
+        """The text printed after the runs within ``width`` columns: by default :meth:`tables` of
+        the planned runs as plain text (:meth:`analysis.report.Table.to_text`)."""
+        tables = self.tables(planned_results(store, planned), planned)
+        if not tables:
+            raise NotImplementedError(f"experiment {self.name} defines neither tables() nor table()")
+        return "\n\n".join(table.to_text(width) for table in tables)
 
 
 def planned_results(store: Store, planned: Sequence[Planned]) -> Results:
@@ -79,9 +92,3 @@ def planned_results(store: Store, planned: Sequence[Planned]) -> Results:
     return prepare(runs, metrics, str(store.path))
 
 
-def text_table(frame: pd.DataFrame) -> str:
-    """A plain-text table: the first column left-aligned, the others right-aligned, two spaces apart."""
-    cells = [list(map(str, frame.columns))] + [[str(v) for v in row] for row in frame.itertuples(index=False)]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(frame.columns))]
-    return "\n".join("  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]).rstrip()
-                     for row in cells)

@@ -25,7 +25,7 @@ from matplotlib.ticker import MaxNLocator
 
 from analysis import figures as figs
 from analysis.frames import Results, final_values
-from analysis.report import Section, Table, fmt
+from analysis.report import Section, Table, fmt, mean_sd
 from bench import harness
 from bench.errors import UserError
 from bench.specs import format_spec, parse_spec_list
@@ -182,14 +182,6 @@ def _setting_name(problem: str, params: dict) -> str:
             + (f", {int(steps):,} steps" if isinstance(steps, (int, float)) else ""))
 
 
-def _mean_sd(values: pd.Series) -> str:
-    values = values.astype(float).dropna()
-    if values.empty:
-        return "–"
-    text = f"{values.mean():.2f}"
-    return text + (f" ± {values.std(ddof=1):.2f}" if len(values) > 1 else "")
-
-
 def _final(metrics: pd.DataFrame, metric: str) -> pd.Series:
     """Per run (index run_id): ``metric`` (scope all) at the run's last step."""
     rows = metrics[(metrics["metric"] == metric) & (metrics["scope"] == "all")]
@@ -231,8 +223,8 @@ def table_rows(results: Results, runs: pd.DataFrame, labels: Sequence[str],
         if len(done) == 0 and len(mine) and (mine["status"] == "skipped").all():
             row.update({"train ELBO": "skipped", "test bound": "skipped", "s / step": "–", "steps": "–"})
         else:
-            row["train ELBO"] = _mean_sd(train.reindex(done).dropna())
-            row["test bound"] = _mean_sd(test.reindex(done).dropna())
+            row["train ELBO"] = mean_sd(train.reindex(done).dropna())
+            row["test bound"] = mean_sd(test.reindex(done).dropna())
             row["s / step"] = fmt(speed.reindex(done).dropna().mean(), 3)
             row["steps"] = _steps_text(reached.reindex(done).dropna())
         for column in PUBLISHED_COLUMNS:
@@ -295,8 +287,7 @@ def curve_rows(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def _palette(labels) -> dict:
-    order = figs._order(labels)
-    return dict(zip(order, sns.color_palette("husl", len(order))))
+    return figs.palette(labels)
 
 
 def _band(ax, part: pd.DataFrame, x: str, hue: str, palette: dict, log: bool) -> None:
@@ -308,7 +299,7 @@ def _band(ax, part: pd.DataFrame, x: str, hue: str, palette: dict, log: bool) ->
 
 
 def _legend(figure, palette: dict, shown, extra: Sequence[Line2D] = ()) -> None:
-    handles = [Line2D([], [], color=palette[e], label=e) for e in figs._order(shown)]
+    handles = [Line2D([], [], color=palette[e], label=e) for e in figs.ordered(shown)]
     handles += [*extra, Line2D([], [], color="0.6", linewidth=6, alpha=0.4, label="± 1 sd over seeds")]
     figs.legend(figure, handles)
 
@@ -316,8 +307,8 @@ def _legend(figure, palette: dict, shown, extra: Sequence[Line2D] = ()) -> None:
 def _label_panel(ax, x: str, ylabel: str, title: str, ticks: int = 4, width: int = 30) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(ticks))
     ax.set_xlabel(X_LABELS[x])
-    figs._ylabel(ax, ylabel, width=width)
-    figs._title(ax, title)
+    figs.panel_ylabel(ax, ylabel, width=width)
+    figs.panel_title(ax, title)
 
 
 def _seed_text(vae: Results, rows: pd.DataFrame, setting: pd.Series) -> str:
@@ -335,10 +326,10 @@ def elbo_figure(vae: Results, setting: pd.Series) -> figs.Figure | figs.Missing:
     rows = _with_setting(curve_rows(vae.training), setting)
     if rows.empty:
         return figs.Missing(key, title, "no Bernoulli VAE run stored train_elbo or test_bound at a step")
-    panels = figs._order(rows["setting"])
+    panels = figs.ordered(rows["setting"])
     palette = _palette(rows["estimator_label"])
-    with figs._style():
-        figure, axes = figs._new_figure(len(panels), len(CURVE_COLUMNS))
+    with figs.style():
+        figure, axes = figs.new_figure(len(panels), len(CURVE_COLUMNS))
         for r, name in enumerate(panels):
             for c, (metric, x, ylabel) in enumerate(CURVE_COLUMNS):
                 ax = axes[r, c]
@@ -381,12 +372,12 @@ def trajectory_figure(vae: Results, setting: pd.Series) -> figs.Figure | figs.Mi
     rows = _with_setting(trajectory_rows(vae), setting)
     if rows.empty:
         return figs.Missing(key, title, "no Bernoulli VAE run stored a positive trajectory variance at a step")
-    panels = figs._order(rows["setting"])
+    panels = figs.ordered(rows["setting"])
     palette = _palette(rows["estimator_label"])
     columns = min(len(panels), 2)
     names = {name: sorted(set(rows.loc[rows["setting"] == name, "metric"])) for name in panels}
-    with figs._style():
-        figure, axes = figs._new_figure(-(-len(panels) // columns), columns)
+    with figs.style():
+        figure, axes = figs.new_figure(-(-len(panels) // columns), columns)
         for ax in axes.flat[len(panels):]:
             ax.set_axis_off()
         for ax, name in zip(axes.flat, panels):
@@ -425,11 +416,11 @@ def checkpoint_figure(vae: Results, setting: pd.Series) -> figs.Figure | figs.Mi
     if rows.empty:
         return figs.Missing(key, title, "no Bernoulli VAE run stored a positive checkpoint variance at a step")
     panels = sorted({(s, e) for s, e in zip(rows["setting"], rows["estimator_label"])},
-                    key=lambda p: (figs._natural(p[0]), figs._natural(p[1])))
+                    key=lambda p: (figs.natural_key(p[0]), figs.natural_key(p[1])))
     palette = _palette(rows["measured"])
     columns = min(len(panels), PANELS_PER_ROW)
-    with figs._style():
-        figure, axes = figs._new_figure(-(-len(panels) // columns), columns, width=3.6, height=3.0)
+    with figs.style():
+        figure, axes = figs.new_figure(-(-len(panels) // columns), columns, width=3.6, height=3.0)
         for ax in axes.flat[len(panels):]:
             ax.set_axis_off()
         for ax, (name, trained) in zip(axes.flat, panels):
@@ -450,9 +441,9 @@ def report_tables(vae: Results, setting: pd.Series) -> list[Table]:
     """Per setting, the terminal table's rows for every stored estimator label."""
     runs = vae.runs.assign(setting=vae.runs["run_id"].map(setting), label=vae.runs["estimator_label"])
     tables = []
-    for name in figs._order(runs["setting"]):
+    for name in figs.ordered(runs["setting"]):
         part = runs[runs["setting"] == name]
-        frame, notes = table_rows(vae, part, figs._order(part["label"]))
+        frame, notes = table_rows(vae, part, figs.ordered(part["label"]))
         tables.append(Table(f"Bernoulli VAE table: {name}", " ".join([*caption_lines(part["problem_params_dict"]
                                                                                       .iloc[0].get("steps")), *notes]),
                             frame))

@@ -26,7 +26,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from scipy import stats
@@ -87,7 +86,7 @@ def _named(rows: pd.DataFrame, name: str) -> pd.DataFrame:
     if rows.empty:
         return rows
     counts = rows.groupby("estimator_label")["run_id"].nunique()
-    best = max(figs._order(counts.index), key=lambda label: counts[label])  # max keeps the first of ties
+    best = max(figs.ordered(counts.index), key=lambda label: counts[label])  # max keeps the first of ties
     return rows[rows["estimator_label"] == best]
 
 
@@ -169,7 +168,7 @@ def speed_tables(mlp: Results, thresholds: Sequence[float] = THRESHOLDS) -> list
     first reaches each threshold and the control's final training error."""
     metrics = mlp.training
     tables = []
-    for problem in figs._order(metrics["problem_label"]):
+    for problem in figs.ordered(metrics["problem_label"]):
         part = metrics[metrics["problem_label"] == problem]
         columns = [(f"≤ {fmt(t)} %", epochs_to_reach(part, t)) for t in thresholds]
         target, n = control_final(part)
@@ -178,7 +177,7 @@ def speed_tables(mlp: Results, thresholds: Sequence[float] = THRESHOLDS) -> list
         reached = [(heading, frame.set_index("estimator_label")) for heading, frame in columns if not frame.empty]
         if not reached:
             continue
-        labels = figs._order(reached[0][1].index)
+        labels = figs.ordered(reached[0][1].index)
         frame = pd.DataFrame({"estimator": labels,
                               "seeds": [str(reached[0][1].at[label, "seeds"]) for label in labels]})
         for heading, found in reached:
@@ -236,9 +235,9 @@ def generalisation_tables(mlp: Results) -> list[Table]:
     best-validation epoch (mean ± sd over seeds), and where that epoch lies."""
     best = best_validation(mlp.training)
     tables = []
-    for problem in figs._order(best["problem_label"]):
+    for problem in figs.ordered(best["problem_label"]):
         part = best[best["problem_label"] == problem]
-        labels = figs._order(part["estimator_label"])
+        labels = figs.ordered(part["estimator_label"])
         by = {label: part[part["estimator_label"] == label] for label in labels}
         frame = pd.DataFrame({
             "estimator": labels,
@@ -281,11 +280,11 @@ def quantisation(metrics: pd.DataFrame) -> pd.DataFrame:
 def quantisation_tables(mlp: Results) -> list[Table]:
     table = quantisation(mlp.training)
     tables = []
-    for problem in figs._order(table["problem_label"]):
+    for problem in figs.ordered(table["problem_label"]):
         part = table[table["problem_label"] == problem]
         cells = {(r.estimator_label, r.quantity): fmt_pm(r.mean, r.sd) for r in part.itertuples()}
         counts = part.groupby("estimator_label")["n"].max()
-        labels = figs._order(part["estimator_label"])
+        labels = figs.ordered(part["estimator_label"])
         frame = pd.DataFrame({"estimator": labels, "seeds": [str(counts[label]) for label in labels]})
         for name, heading in QUANTITIES.items():
             if name in set(part["quantity"]):
@@ -340,7 +339,7 @@ def gradient_curves(metrics: pd.DataFrame) -> pd.DataFrame:
     metrics = _with_reference_floor(_with_noise_share(metrics))
     parts = [per_epoch(metrics, metric, scope).assign(metric=metric, scope=scope)
              for metric in (*GRADIENT_METRICS, REFERENCE_FLOOR)
-             for scope in figs._order(metrics.loc[metrics["metric"] == metric, "scope"])]
+             for scope in figs.ordered(metrics.loc[metrics["metric"] == metric, "scope"])]
     parts = [part for part in parts if not part.empty]
     if not parts:
         return pd.DataFrame(columns=[*PAIR, "scope", "metric", "axis", "position", "mean", "sd", "n", "se"])
@@ -348,7 +347,7 @@ def gradient_curves(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def _layer_scopes(scopes: pd.Series) -> list[str]:
-    layers = [scope for scope in figs._order(scopes) if LAYER.fullmatch(scope)]
+    layers = [scope for scope in figs.ordered(scopes) if LAYER.fullmatch(scope)]
     return layers or ["all"]
 
 
@@ -358,8 +357,8 @@ def _line_panel(ax, part: pd.DataFrame, palette: dict, ylabel: str, may_log: boo
     Returns whether zeros were drawn at the floor."""
     part = part[np.isfinite(part["mean"].astype(float))].sort_values("position")
     values = part["mean"].to_numpy(dtype=float)
-    zero = figs._zeros(values) if may_log else np.zeros(len(values), dtype=bool)
-    log = may_log and figs._wants_log(values[~zero])
+    zero = figs.near_zero(values) if may_log else np.zeros(len(values), dtype=bool)
+    log = may_log and figs.wants_log(values[~zero])
     floored = log and bool(zero.any())
     part = part.assign(y=np.where(zero, values[~zero].min() / 4, values) if floored else values, zero=zero)
     for label, line in part.groupby("estimator_label", sort=False):
@@ -388,8 +387,7 @@ def _floor_lines(ax, part: pd.DataFrame, palette: dict) -> bool:
 
 
 def _palette(metrics: pd.DataFrame) -> dict:
-    labels = figs._order(metrics["estimator_label"])
-    return dict(zip(labels, sns.color_palette("husl", len(labels))))
+    return figs.palette(metrics["estimator_label"])
 
 
 def gradient_figure(mlp: Results) -> figs.Figure | figs.Missing:
@@ -400,13 +398,13 @@ def gradient_figure(mlp: Results) -> figs.Figure | figs.Missing:
         stored = ", ".join(m for m in GRADIENT_METRICS if m != NOISE_SHARE)
         return figs.Missing(key, title, f"no MLP run stored {stored} or minibatch_variance at a checkpoint")
     scopes = _layer_scopes(table["scope"])
-    panels = [(problem, scope) for problem in figs._order(table["problem_label"]) for scope in scopes
+    panels = [(problem, scope) for problem in figs.ordered(table["problem_label"]) for scope in scopes
               if ((table["problem_label"] == problem) & (table["scope"] == scope)).any()]
     names = [m for m in GRADIENT_METRICS if m in set(table["metric"])]
     palette = _palette(mlp.training)
     floored = floors = False
-    with figs._style():
-        figure, axes = figs._new_figure(len(panels), len(names))
+    with figs.style():
+        figure, axes = figs.new_figure(len(panels), len(names))
         for row, (problem, scope) in enumerate(panels):
             for col, name in enumerate(names):
                 ax = axes[row, col]
@@ -419,8 +417,8 @@ def gradient_figure(mlp: Results) -> figs.Figure | figs.Missing:
                 if name == "relative_bias":
                     floors |= _floor_lines(ax, table[(table["problem_label"] == problem) & (table["scope"] == scope)
                                                      & (table["metric"] == REFERENCE_FLOOR)], palette)
-                figs._title(ax, f"{problem}, {scope}")
-        drawn = figs._order(table["estimator_label"])
+                figs.panel_title(ax, f"{problem}, {scope}")
+        drawn = figs.ordered(table["estimator_label"])
         handles = [Line2D([], [], marker="o", color=palette[label], label=label) for label in drawn]
         if floored:
             handles.append(Line2D([], [], marker="v", linestyle="none", color="0.3",
@@ -459,11 +457,11 @@ def gradient_tables(mlp: Results) -> list[Table]:
         return []
     table = _checkpoint_rows(table[table["scope"].isin(_layer_scopes(table["scope"]))])
     tables = []
-    for problem in figs._order(table["problem_label"]):
+    for problem in figs.ordered(table["problem_label"]):
         part = table[table["problem_label"] == problem]
         cells = {(r.estimator_label, r.scope, r.position, r.metric): fmt_pm(r.mean, r.se) for r in part.itertuples()}
         keys = sorted({(r.estimator_label, r.scope, r.position) for r in part.itertuples()},
-                      key=lambda k: (figs._natural(k[0]), figs._natural(k[1]), k[2]))
+                      key=lambda k: (figs.natural_key(k[0]), figs.natural_key(k[1]), k[2]))
         frame = pd.DataFrame({"estimator": [k[0] for k in keys], "scope": [k[1] for k in keys],
                               part["axis"].iloc[0]: [str(int(k[2])) for k in keys]})
         floor = REFERENCE_FLOOR in set(part["metric"])
@@ -706,7 +704,7 @@ def _variants_sentences(problem: str, part: pd.DataFrame) -> list[str]:
     """Where one of the named estimators has runs under several labels (different parameters)."""
     out = []
     for name in (CLAIM, CONTROL, NOISE_CONTROL):
-        labels = figs._order(part.loc[part["estimator"] == name, "estimator_label"])
+        labels = figs.ordered(part.loc[part["estimator"] == name, "estimator_label"])
         if len(labels) > 1:
             used = _named(part, name)
             label = used["estimator_label"].iloc[0]
@@ -779,7 +777,7 @@ def conclusions(mlp: Results) -> list[str]:
         return ["The MLP runs in this selection stored no metrics (none finished)."]
     gradient = gradient_curves(metrics)
     sentences = []
-    for problem in figs._order(metrics["problem_label"]):
+    for problem in figs.ordered(metrics["problem_label"]):
         part = metrics[metrics["problem_label"] == problem]
         sentences += _variants_sentences(problem, part)
         sentences.append(_speed_sentence(problem, part))
@@ -794,7 +792,7 @@ def conclusions(mlp: Results) -> list[str]:
 
 # -- the section -----------------------------------------------------------------------------------
 def learning_curves(mlp: Results) -> figs.Figure | figs.Missing:
-    return figs._curves_figure(
+    return figs.curves_figure(
         mlp, "regulariser-curves", "Learning curves of the MLPs: binary, noisy and deterministic hidden units",
         CURVE_METRICS, "Training error and test error (%) of the deterministic net (hidden units replaced by their "
                        "mean activation) and the training criterion (mean cross-entropy over the epoch's "

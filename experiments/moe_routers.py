@@ -30,7 +30,7 @@ import pandas as pd
 import estimators
 import problems
 from analysis.frames import Results
-from analysis.report import Section, Table, fmt
+from analysis.report import Section, Table, estimate, fmt
 from bench.errors import UserError
 from bench.store import Store
 from experiments import register_experiment
@@ -134,10 +134,10 @@ def _final(metrics: pd.DataFrame, metric: str) -> pd.Series:
 
 
 def _mean_sd(values: np.ndarray, digits: int = 3) -> str:
+    """Mean ± sd over the finite values: the mean to ``digits`` significant digits, the sd to two."""
     values = values[np.isfinite(values)]
-    if not values.size:
-        return "–"
-    return fmt(values.mean(), digits) + (f" ± {fmt(values.std(ddof=1), 2)}" if values.size > 1 else "")
+    return estimate(values.mean() if values.size else None, values.std(ddof=1) if values.size > 1 else None,
+                    f".{digits}g", ".2g")
 
 
 def _tag(label: str) -> str:

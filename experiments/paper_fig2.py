@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from analysis.frames import Results, final_values, params_include, registered_defaults
-from analysis.report import Section, Table, fmt, fmt_pm
+from analysis.report import Section, Table, fmt, fmt_pm, mean_sd
 from bench import harness
 from bench.specs import format_spec, parse_spec
 from bench.store import Store
@@ -317,13 +317,7 @@ def _final_epoch(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def _mean_sd(series: pd.Series, metric: str) -> str:
-    if series.empty:
-        return "-"
-    pattern = "{:.2e}" if metric == "train_criterion" else ("{:.3f}" if metric == "sparsity_test" else "{:.2f}")
-    text = pattern.format(series.mean())
-    if len(series) > 1:
-        text += " ± " + pattern.format(series.std(ddof=1))
-    return text
+    return mean_sd(series, ".2e" if metric == "train_criterion" else ".3f" if metric == "sparsity_test" else ".2f")
 
 
 __all__ = ["DEFAULT_EPOCHS", "PAPER_ROWS", "PAPER_TABLE", "PaperFig2", "QUICK", "SOURCE", "comparability",

@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
+from analysis.report import mean_sd
+
 ALPHA = 0.05
 TEST_NAME = "Welch's t-test (scipy.stats.ttest_ind, equal_var=False), two-sided"
 
@@ -93,8 +95,7 @@ def ranking_frame(ranking: Ranking, planned: Mapping[str, int], value_heading: s
     following = {s.better: s for s in ranking.steps}
     for label in [*ranking.order, *(label for label in planned if label not in ranking.values)]:
         v = ranking.values.get(label, np.zeros(0))
-        text = "–" if not v.size else f"{v.mean():.2f}" + (f" ± {v.std(ddof=1):.2f}" if v.size > 1 else "")
-        row = {"estimator": label, "seeds": f"{v.size}/{planned.get(label, v.size)}", value_heading: text}
+        row = {"estimator": label, "seeds": f"{v.size}/{planned.get(label, v.size)}", value_heading: mean_sd(v)}
         row.update((extra or {}).get(label, {}))
         step = following.get(label)
         row["p to next"] = "–" if step is None or step.pvalue is None else f"{step.pvalue:.2g}"

@@ -27,12 +27,12 @@ import numpy as np
 import pandas as pd
 
 from analysis.frames import Results
-from analysis.report import Section, Table, fmt
+from analysis.report import Section, Table, fmt, mean_sd
 from bench import harness
 from bench.errors import UserError
 from bench.store import Store
 from experiments import register_experiment
-from experiments.base import Experiment, Planned, plan_run, planned_results, text_table
+from experiments.base import Experiment, Planned, plan_run, planned_results
 from experiments.bernoulli_vae import RELAX_PAPER, _final, schedule
 from experiments.ranking import TEST_NAME, rank, ranking_frame
 
@@ -137,13 +137,6 @@ def _final_by_label(results: Results, planned: Sequence[Planned], metric: str) -
     return values, ids, notes
 
 
-def _mean_sd(values: np.ndarray) -> str:
-    values = values[np.isfinite(values)]
-    if not values.size:
-        return "–"
-    return f"{values.mean():.2f}" + (f" ± {values.std(ddof=1):.2f}" if values.size > 1 else "")
-
-
 def _per_label(results: Results, ids: dict[str, list], metric: str, sign: float = 1.0) -> dict[str, np.ndarray]:
     final = _final(results.metrics, metric)
     return {label: sign * final.reindex(run_ids).dropna().to_numpy() for label, run_ids in ids.items()}
@@ -185,20 +178,25 @@ class BernoulliVaeSeeds(Experiment):
         heading = (f"Bernoulli VAE seeds study: {first.problem_spec}, seeds {','.join(map(str, seeds))}, device "
                    f"{harness.device_description(first.device)}"
                    + (" (--quick smoke test: subsets of the data, not comparable with the papers)" if quick else ""))
-        frame, notes, summary = bernoulli_table(results, planned)
-        out = [textwrap.fill(heading, width, break_on_hyphens=False), "", text_table(frame)]
-        out += [textwrap.fill(n, width, initial_indent="  ", subsequent_indent="    ") for n in notes]
-        captions = bernoulli_caption(first.problem_params.get("test_samples"))
-        out += ["", *(textwrap.fill(line, width) for line in [summary, *captions])]
-        return "\n".join(out)
+        return "\n\n".join([textwrap.fill(heading, width, break_on_hyphens=False),
+                             *(table.to_text(width) for table in self.tables(results, planned))])
+
+    def tables(self, results: Results, planned: Sequence[Planned] | None = None) -> list[Table]:
+        """One ranking table per step count: of ``planned``, or of the stored study (every label of
+        the study at the stored seeds and settings, run or not, as ``reproduce`` planned it)."""
+        groups = ([(int(planned[0].config.problem_params.get("steps", 0)), list(planned))] if planned else
+                  _completed(_stored_plans(results, "bernoulli-vae", BERNOULLI_PROBLEM, BERNOULLI_ESTIMATORS),
+                             "bernoulli-vae", BERNOULLI_ESTIMATORS))
+        tables = []
+        for steps, part in groups:
+            frame, notes, summary = bernoulli_table(results, part)
+            tables.append(Table(f"Bernoulli VAE seeds study: linear, protocol disarm, {steps:,} steps",
+                                " ".join([summary, *bernoulli_caption(part[0].config.problem_params.get(
+                                    "test_samples")), *notes]), frame))
+        return tables
 
     def sections(self, results: Results) -> list[Section]:
-        tables = []
-        for steps, planned in _stored_plans(results, "bernoulli-vae", BERNOULLI_PROBLEM, BERNOULLI_ESTIMATORS):
-            frame, notes, summary = bernoulli_table(results, planned)
-            tables.append(Table(f"Bernoulli VAE seeds study: linear, protocol disarm, {steps:,} steps",
-                                " ".join([summary, *bernoulli_caption(planned[0].config.problem_params.get(
-                                    "test_samples")), *notes]), frame))
+        tables = self.tables(results)
         return [Section("bernoulli-vae-seeds", "Bernoulli VAE: seeds enough to rank", tables=tables)] if tables else []
 
 
@@ -209,7 +207,7 @@ def bernoulli_table(results: Results, planned: Sequence[Planned]) -> tuple[pd.Da
     ranking = rank(values, higher_is_better=True)
     test = _per_label(results, ids, "test_bound")
     speed = _speed(results, ids)
-    extra = {label: {"test bound": _mean_sd(test[label]), "s / step": speed[label]} for label in ids}
+    extra = {label: {"test bound": mean_sd(test[label]), "s / step": speed[label]} for label in ids}
     tail = {label: {"published": _published_text(BERNOULLI_PUBLISHED.get(label, (None, "not found", "")))}
             for label in ids}
     frame = ranking_frame(ranking, _planned_counts(planned), "train ELBO", extra, tail)
@@ -281,26 +279,33 @@ class CategoricalVaeSeeds(Experiment):
                    f"{first.problem_params['steps']:,} steps per run, seeds {','.join(map(str, seeds))}, device "
                    f"{harness.device_description(first.device)}"
                    + (" (--quick smoke test: subsets of the data, not comparable with the papers)" if quick else ""))
-        out = [textwrap.fill(heading, width, break_on_hyphens=False)]
-        for size in dict.fromkeys(p.label.split(" ", 1)[0] for p in planned):
-            part = [p for p in planned if p.label.split(" ", 1)[0] == size]
-            frame, notes, summary = categorical_table(results, part)
-            out += ["", f"{size} (categories x latents)", text_table(frame)]
-            out += [textwrap.fill(n, width, initial_indent="  ", subsequent_indent="    ") for n in notes]
-            out += [textwrap.fill(summary, width)]
-        out += ["", *(textwrap.fill(line, width) for line in categorical_caption())]
-        return "\n".join(out)
+        return "\n\n".join([textwrap.fill(heading, width, break_on_hyphens=False),
+                             *(table.to_text(width) for table in self.tables(results, planned))])
 
-    def sections(self, results: Results) -> list[Section]:
-        tables = []
+    def tables(self, results: Results, planned: Sequence[Planned] | None = None) -> list[Table]:
+        """One ranking table per size and step count: of ``planned``, or of the stored study (every
+        label of the size at the stored seeds and settings, run or not)."""
+        groups = []
         for size, (categories, latents) in SIZES.items():
             specs = {f"{size} {label}": spec for label, (spec, _, _) in TABLE8[size].items()}
-            for steps, planned in _stored_plans(results, "categorical-vae",
-                                                {"protocol": "reinmax", "categories": categories, "latents": latents},
-                                                specs):
-                frame, notes, summary = categorical_table(results, planned)
-                tables.append(Table(f"Categorical VAE seeds study: {size}, protocol reinmax, {steps:,} steps",
-                                    " ".join([summary, *categorical_caption(), *notes]), frame))
+            if planned:
+                part = [p for p in planned if p.label.split(" ", 1)[0] == size]
+                if part:
+                    groups.append((size, int(part[0].config.problem_params.get("steps", 0)), part))
+                continue
+            stored = _stored_plans(results, "categorical-vae",
+                                   {"protocol": "reinmax", "categories": categories, "latents": latents}, specs)
+            own = {f"{size} {label}": {"lr": lr, "optimizer": optimizer} for label, (_, lr, optimizer) in TABLE8[size].items()}
+            groups += [(size, steps, part) for steps, part in _completed(stored, "categorical-vae", specs, own)]
+        tables = []
+        for size, steps, part in groups:
+            frame, notes, summary = categorical_table(results, part)
+            tables.append(Table(f"Categorical VAE seeds study: {size}, protocol reinmax, {steps:,} steps",
+                                " ".join([summary, *categorical_caption(), *notes]), frame))
+        return tables
+
+    def sections(self, results: Results) -> list[Section]:
+        tables = self.tables(results)
         return [Section("categorical-vae-seeds", "Categorical VAE: seeds enough to rank", tables=tables)] if tables \
             else []
 
@@ -314,7 +319,7 @@ def categorical_table(results: Results, planned: Sequence[Planned]) -> tuple[pd.
     test = _per_label(results, ids, "test_elbo", sign=-1.0)
     speed = _speed(results, ids)
     short = {p.label: p.label.split(" ", 1)[1] for p in planned}
-    extra = {label: {"test loss": _mean_sd(test[label]), "s / step": speed[label]} for label in ids}
+    extra = {label: {"test loss": mean_sd(test[label]), "s / step": speed[label]} for label in ids}
     tail = {label: {"published": _published_text(REINMAX_PUBLISHED.get(short[label], (None, "not found", "")))}
             for label in ids}
     frame = ranking_frame(ranking, _planned_counts(planned), "train loss", extra, tail)
@@ -354,6 +359,23 @@ def _stored_plans(results: Results, problem: str, fixed: dict[str, Any],
                 groups.setdefault(int(params.get("steps", 0)), []).append(planned)
                 break
     return sorted(groups.items())
+
+
+def _completed(groups: list[tuple[int, list[Planned]]], problem: str, specs: dict[str, str],
+               per_label: dict[str, dict[str, Any]] | None = None) -> list[tuple[int, list[Planned]]]:
+    """Each stored group with the study's every label at the group's seeds and settings (a label's
+    own settings, ``per_label``, laid over them), as ``reproduce`` plans it: the report's table
+    lists the labels that have no run, as the terminal's does."""
+    completed = []
+    for steps, part in groups:
+        first = part[0].config
+        stored = {(p.label, p.config.seed): p for p in part}
+        seeds = sorted({p.config.seed for p in part})
+        completed.append((steps, [stored.get((label, seed)) or plan_run(
+            label, spec, problem, seed, first.device,
+            problem_params={**first.problem_params, **(per_label or {}).get(label, {})})
+            for label, spec in specs.items() for seed in seeds]))
+    return completed
 
 
 __all__ = ["BERNOULLI_ESTIMATORS", "BERNOULLI_PUBLISHED", "BernoulliVaeSeeds", "CATEGORICAL_STEPS",

@@ -106,8 +106,8 @@ def synthetic(monkeypatch):
 
 @pytest.fixture
 def invoke(monkeypatch, capfd, tmp_path):
-    """``bench.cli.main(argv)`` in tmp_path; returns (exit code, stdout, stderr)."""
-    from bench.cli import main
+    """``benchcli.cli.main(argv)`` in tmp_path; returns (exit code, stdout, stderr)."""
+    from benchcli.cli import main
 
     def call(*argv) -> tuple[int, str, str]:
         monkeypatch.chdir(tmp_path)

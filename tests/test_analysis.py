@@ -341,3 +341,12 @@ def test_exact_absent_names_the_problem(db):
         save(store, "reinforce", {}, [Metric("variance", 1.0)], notes={"exact_moments": "not computed: 2^40 outcomes"})
     text = report.exact_absent(load_results(db))
     assert text == ["Exact bias and variance not computed for reinforce on bernoulli-target(d=3): 2^40 outcomes."]
+
+
+def test_builtin_sections_declare_every_figure_once():
+    """The report's own sections are one declared list; each figure the builders draw sits in one."""
+    from analysis import figures, report
+
+    keys = [key for section in report.BUILTIN_SECTIONS for key in section.figures]
+    assert len(keys) == len(set(keys)) == len(figures.BUILDERS)
+    assert [s.key for s in report.BUILTIN_SECTIONS] == ["summary", "snr", "cost", "scaling", "training"]

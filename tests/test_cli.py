@@ -1,7 +1,7 @@
 """The command line, end to end: ``python -m bench list | run | export`` in subprocesses.
 
 Each subprocess costs seconds (torch imports), so one module-scoped fixture runs a command sequence
-once and several tests read its record. The many bad-input cases call ``bench.cli.main`` in this
+once and several tests read its record. The many bad-input cases call ``benchcli.cli.main`` in this
 process, with stderr captured at the file-descriptor level; two of them also go through a real
 ``python -m bench`` subprocess, and BENCH_TESTS_SUBPROCESS=1 sends every one through a subprocess.
 """
@@ -544,7 +544,7 @@ def invoke(monkeypatch, capfd):
         if os.environ.get("BENCH_TESTS_SUBPROCESS") == "1":
             result = run_cli(*argv, cwd=cwd)
             return result.returncode, result.stdout, result.stderr
-        from bench.cli import main
+        from benchcli.cli import main
 
         monkeypatch.chdir(cwd)
         capfd.readouterr()
@@ -668,7 +668,7 @@ def _blocks(text: str) -> dict[str, list[list[str]]]:
 
 
 def test_summary_ranks_by_mse_at_equal_budget_and_aggregates_seeds(tmp_path):
-    from bench.cli import summary_table
+    from benchcli.cli import summary_table
     from bench.store import Store
 
     configs = _summary_store(tmp_path / "r.db")
@@ -699,7 +699,7 @@ def test_summary_ranks_by_mse_at_equal_budget_and_aggregates_seeds(tmp_path):
 
 
 def test_summary_fits_the_terminal_and_columns_are_chosen(tmp_path, monkeypatch):
-    from bench.cli import summary_table
+    from benchcli.cli import summary_table
     from bench.store import Store
 
     configs = _summary_store(tmp_path / "r.db")
@@ -731,7 +731,7 @@ def test_run_rejects_unknown_summary_columns(invoke, tmp_path):
     (["report", "--help"], ["(default: bench-results/results.db)"]),
 ])
 def test_help_shows_defaults(command, fragments, capsys):
-    from bench.cli import main
+    from benchcli.cli import main
 
     with pytest.raises(SystemExit) as exit_:
         main(command)
@@ -746,7 +746,7 @@ def test_readme_pandas_example_gives_the_final_values(tmp_path, monkeypatch, one
     """nvil stores its variance twice (step=0 before adaptation, then final); reinforce-loo runs at
     two K. The README's example must give the final value of each setting, not a mix."""
     from bench import harness
-    from bench.cli import main
+    from benchcli.cli import main
     from bench.store import Store
 
     db = tmp_path / "r.db"

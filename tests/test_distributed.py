@@ -20,7 +20,7 @@ import pytest
 
 from bench import distributed as dask_sweep
 from bench import harness, sweep
-from bench.cli import main
+from benchcli.cli import main
 from bench.errors import UserError
 from bench.store import MACHINE_DEPENDENT_SUFFIXES
 from conftest import cli_command, cli_env

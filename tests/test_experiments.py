@@ -10,7 +10,7 @@ import pytest
 
 import experiments
 from analysis.report import Section
-from bench.cli import main
+from benchcli.cli import main
 from conftest import MNIST_DATA_ROOT, needs_mnist, run_cli
 from estimators.registry import BUILTIN
 
@@ -220,7 +220,8 @@ def test_readme_experiment_example_runs(tmp_path, monkeypatch):
     db = tmp_path / "r.db"
     ran = run_cli("reproduce", "--plugin", plugin, "loo-variance", "--quick", "--quiet", "--db", db, cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr
-    header, *rows = ran.stdout.splitlines()[:3]
+    title, header, *rows = ran.stdout.splitlines()[:4]
+    assert title == "REINFORCE against leave-one-out"
     assert header.split() == ["estimator_label", "mean", "count"]
     assert [row.split()[0] for row in rows] == ["reinforce", "reinforce-loo(K=2)"] and all(row.split()[2] == "1" for row in rows)
 
@@ -228,4 +229,49 @@ def test_readme_experiment_example_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(experiments.EXPERIMENTS, "_entries", dict(experiments.EXPERIMENTS._entries))
     assert load_plugin(str(plugin), (experiments.EXPERIMENTS,)) is None
     (section,) = experiments.build_experiment("loo-variance").sections(load_results(db))
-    assert section.title == "REINFORCE against leave-one-out" and len(section.tables[0].frame) == 2
+    assert section.title == "REINFORCE against its leave-one-out form on a 3-unit Bernoulli target"
+    assert len(section.tables[0].frame) == 2 and section.tables[0].title == "REINFORCE against leave-one-out"
+
+
+def test_tables_feed_both_the_terminal_and_the_report(tmp_path):
+    """An experiment that defines only tables(): the terminal table (``reproduce``) and the report
+    section render the same Table objects, computed once from the stored runs: equal content."""
+    import pandas as pd
+
+    from analysis.frames import load_results
+    from analysis.report import Table, mean_sd
+    from bench.harness import Metric, RunResult
+    from bench.store import Store
+    from experiments.base import Experiment, plan_run, planned_results
+
+    class Spread(Experiment):
+        """Variance per estimator over seeds"""
+
+        name, description = "spread", "Variance per estimator over seeds"
+
+        def runs(self, quick, seeds, device, **settings):
+            return [plan_run(name, name, "bernoulli-target(d=2)", seed, device, samples=100)
+                    for name in ("reinforce", "straight-through") for seed in seeds]
+
+        def tables(self, results, planned=None):
+            rows = results.metrics[results.metrics["metric"] == "variance"]
+            frame = pd.DataFrame({"estimator": sorted(rows["estimator"].unique())})
+            frame["variance"] = [mean_sd(rows.loc[rows["estimator"] == e, "value"], ".3f") for e in frame["estimator"]]
+            return [Table("Variance over seeds", "mean ± sd over seeds", frame)]
+
+    experiment = Spread()
+    planned = experiment.runs(True, [0, 1], "cpu")
+    values = {("reinforce", 0): 1.0, ("reinforce", 1): 1.5, ("straight-through", 0): 0.25, ("straight-through", 1): 0.5}
+    with Store(tmp_path / "s.db") as store:
+        for p in planned:
+            metric = Metric("variance", values[(p.config.estimator, p.config.seed)], 0.01)
+            store.save(RunResult(p.config, "finished", [metric], {}, "2024-01-01T00:00:00+00:00",
+                                 "2024-01-01T00:00:01+00:00", 1.0), {"torch": "test"}, "abc", "cpu (test)")
+        terminal = experiment.table(store, planned, True, 80)
+        from_plan = experiment.tables(planned_results(store, planned), planned)
+    (section,) = experiment.sections(load_results(tmp_path / "s.db"))
+    (table,) = section.tables
+    pd.testing.assert_frame_equal(table.frame, from_plan[0].frame)
+    assert terminal == table.to_text(80) == from_plan[0].to_text(80)
+    assert list(table.frame["variance"]) == ["1.250 ± 0.354", "0.375 ± 0.177"]  # sd of (1, 1.5) = 0.3536
+    assert "| reinforce | 1.250 ± 0.354 |" in section.to_markdown()

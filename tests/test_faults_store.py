@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 import bench.files
-from bench.cli import build_parser, main
+from benchcli.cli import build_parser, main
 from bench.metrics import Metric
 from bench.store import Store, StoreError
 from conftest import cli_command, cli_env, one_line_error

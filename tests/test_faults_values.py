@@ -10,7 +10,7 @@ import torch
 
 import estimators
 from bench import harness
-from bench.cli import build_parser, main
+from benchcli.cli import build_parser, main
 from bench.specs import MAX_GRID, SpecError, parse_spec_list
 from bench.store import Store, StoreError
 from estimators.base import Estimator, reduce_to_batch

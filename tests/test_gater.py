@@ -399,7 +399,7 @@ def test_paper_command_quick_prints_all_seven_rows(mnist, tmp_path, monkeypatch)
 
 
 def test_paper_command_rejects_bad_options(capsys):
-    from bench.cli import main
+    from benchcli.cli import main
 
     assert main(["paper", "--dataset", "cifar"]) == 2
     err = capsys.readouterr().err
@@ -408,7 +408,7 @@ def test_paper_command_rejects_bad_options(capsys):
 
 
 def test_paper_command_says_how_to_get_missing_data(tmp_path, monkeypatch, capsys):
-    from bench.cli import main
+    from benchcli.cli import main
 
     monkeypatch.setenv("STOCHGRAD_BENCH_DATA", str(DATA_ROOT))  # restored after the test: --data-dir sets it
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

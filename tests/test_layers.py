@@ -2,7 +2,7 @@
 at module level or inside a function: a lazy import that dodges a cycle is still a cycle), has no
 cycle and no import upwards between layers.
 
-    top      bench.cli, bench.__main__, bench.commands.*          (the command line)
+    top      benchcli.*, and bench.__main__ (the script `python -m bench` runs)   (the command line)
     middle   experiments.*, analysis.*                           (experiments may import analysis, not back)
     lower    the rest of bench.* (harness, store, sweep, ...)
     bottom   estimators.*, problems.*                            (problems use only estimators.base,
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("bench", "estimators", "problems", "analysis", "experiments")
+PACKAGES = ("bench", "benchcli", "estimators", "problems", "analysis", "experiments")
 TOP, MIDDLE, LOWER, BOTTOM = 3, 2, 1, 0
 PROBLEMS_MAY_USE = {"estimators.base", "estimators.sequence", "estimators.mixture",  # the contracts (units,
                     # sequences, mixture-of-experts routers)
@@ -81,7 +81,7 @@ def import_graph(root: Path = REPO_ROOT) -> dict[str, dict[str, int]]:
 
 def layer(module: str) -> int:
     top = module.split(".")[0]
-    if module in ("bench.cli", "bench.__main__") or module == "bench.commands" or module.startswith("bench.commands."):
+    if module == "bench.__main__" or top == "benchcli":
         return TOP
     if top in ("experiments", "analysis"):
         return MIDDLE
@@ -150,10 +150,10 @@ def graph() -> dict[str, dict[str, int]]:
 
 def test_the_graph_sees_every_kind_of_import(graph):
     """Module-level, function-level (lazy), ``from package import submodule`` and relative imports."""
-    assert "bench.commands.reproduce" in graph["bench.commands.paper"]
-    assert "experiments" in graph["bench.commands.report"]  # a lazy import inside command_report
+    assert "benchcli.commands.reproduce" in graph["benchcli.commands.paper"]
+    assert "experiments" in graph["benchcli.commands.report"]  # a lazy import inside command_report
     assert "bench.harness" in graph["bench.sweep"]  # from bench import distributed, harness
-    assert "bench.commands" in graph["bench.cli"]  # from bench import commands, inside build_parser
+    assert "benchcli.commands" in graph["benchcli.cli"]  # from benchcli import commands, inside build_parser
     assert "problems.gater" in graph["experiments.paper_fig2"]  # from problems.gater import DEFAULT_EPOCHS
     assert "problems" in graph["problems.gater"]  # from problems import register_problem: the __init__
     assert set(graph) >= {"experiments", "experiments.base", "experiments.mlp_regulariser", "analysis.report"}
@@ -167,6 +167,18 @@ def test_no_upward_imports(graph):
     assert violations(graph) == []
 
 
+def test_bench_is_a_library_below_its_command_line(graph):
+    """Nothing in bench imports the command line, analysis or experiments; bench/__main__.py (the
+    script ``python -m bench`` runs) is the one file in bench's folder that imports benchcli, and no
+    module imports it."""
+    upward = {f"{module} imports {target}" for module, edges in graph.items() if module.split(".")[0] == "bench"
+              and module != "bench.__main__" for target in edges
+              if target.split(".")[0] in ("benchcli", "analysis", "experiments")}
+    assert upward == set()
+    assert "benchcli.cli" in graph["bench.__main__"]
+    assert [module for module, edges in graph.items() if "bench.__main__" in edges] == []
+
+
 def test_the_checks_catch_a_cycle_and_an_upward_import(tmp_path):
     """The checker itself, on a made-up tree: a lazy import back (cycle) and analysis -> experiments."""
     for package in PACKAGES:
@@ -175,9 +187,54 @@ def test_the_checks_catch_a_cycle_and_an_upward_import(tmp_path):
     (tmp_path / "analysis" / "report.py").write_text("def f():\n    from experiments import study\n")
     (tmp_path / "experiments" / "study.py").write_text("from analysis.report import f\n")
     (tmp_path / "bench" / "store.py").write_text("from . import harness\n")
-    (tmp_path / "bench" / "harness.py").write_text("import bench.store\nimport bench.cli\n")
-    (tmp_path / "bench" / "cli.py").write_text("")
+    (tmp_path / "bench" / "harness.py").write_text("import bench.store\nimport benchcli.cli\n")
+    (tmp_path / "benchcli" / "cli.py").write_text("")
     made = import_graph(tmp_path)
     assert sorted(map(tuple, cycles(made))) == [("analysis.report", "experiments.study"), ("bench.harness", "bench.store")]
     assert violations(made) == ["analysis.report (line 2) imports experiments.study: analysis must not import experiments",
-                                "bench.harness (line 2) imports bench.cli: upwards"]
+                                "bench.harness (line 2) imports benchcli.cli: upwards"]
+
+
+def private_uses(root: Path = REPO_ROOT) -> list[str]:
+    """Every use of another package's underscore name: ``from a.b import _name`` and
+    ``alias._name`` where ``alias`` is a module or name imported from another of PACKAGES."""
+    found = []
+    for module, path in modules(root).items():
+        package = module.split(".")[0]
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        aliases: dict[str, str] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    aliases[alias.asname or alias.name.split(".")[0]] = alias.name if alias.asname else alias.name.split(".")[0]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                for alias in node.names:
+                    aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+                    if (alias.name.startswith("_") and not alias.name.startswith("__")
+                            and node.module.split(".")[0] != package):
+                        found.append(f"{module} (line {node.lineno}) imports {node.module}.{alias.name}")
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and isinstance(node.value, ast.Name) and node.value.id in aliases):
+                source = aliases[node.value.id]
+                if source.split(".")[0] in PACKAGES and source.split(".")[0] != package:
+                    found.append(f"{module} (line {node.lineno}) uses {source}.{node.attr}")
+    return sorted(set(found))
+
+
+def test_no_package_uses_another_packages_underscore_names():
+    """Experiments draw with analysis's public figure kit, never its private helpers (and so for
+    every pair of packages)."""
+    assert private_uses() == []
+
+
+def test_the_private_use_check_catches_both_forms(tmp_path):
+    for package in PACKAGES:
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / "analysis" / "figures.py").write_text("def _order(x):\n    return x\n")
+    (tmp_path / "experiments" / "study.py").write_text(
+        "from analysis import figures as figs\nfrom analysis.figures import _order\nfigs._order([])\n")
+    (tmp_path / "analysis" / "report.py").write_text("from analysis import figures\nfigures._order([])\n")  # same package
+    assert private_uses(tmp_path) == ["experiments.study (line 2) imports analysis.figures._order",
+                                      "experiments.study (line 3) uses analysis.figures._order"]

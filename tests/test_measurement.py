@@ -185,7 +185,7 @@ def test_run_sets_and_records_the_thread_count(tmp_path, option, threads):
 
 def test_paper_passes_threads_to_the_sweep(monkeypatch, tmp_path):
     from bench import sweep
-    from bench.commands import reproduce
+    from benchcli.commands import reproduce
 
     seen = {}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.cli import main
+from benchcli.cli import main
 from bench.metrics import Metric
 from bench.store import Store
 from test_store import VERSIONS, make_result, make_v1_store, raw
@@ -151,7 +151,7 @@ class FailingConnection:
 
 def test_each_source_is_one_transaction(tmp_path, capsys, monkeypatch):
     """A source that fails half-way leaves none of its runs; an earlier source stays merged."""
-    import bench.commands.merge as merge_command
+    import benchcli.commands.merge as merge_command
 
     first, second = make_store(tmp_path / "a.db", [0]), make_store(tmp_path / "b.db", [1, 2, 3])
     dst = make_store(tmp_path / "dst.db", [])

@@ -14,7 +14,7 @@ import pytest
 
 from analysis.frames import load_results
 from analysis.report import build_sections, render_html
-from bench.cli import build_parser, main
+from benchcli.cli import build_parser, main
 from bench.harness import RunConfig, RunResult
 from bench.metrics import Metric
 from bench.store import Store

@@ -48,7 +48,7 @@ def installed(tmp_path_factory) -> tuple[Path, dict[str, str], Path]:
 
 def test_wheel_holds_every_subpackage(installed):
     """Every package directory of the checkout (one with __init__.py) is in the wheel."""
-    expected = {str(p.parent.relative_to(REPO_ROOT)) for top in ("bench", "estimators", "problems", "analysis", "experiments")
+    expected = {str(p.parent.relative_to(REPO_ROOT)) for top in ("bench", "benchcli", "estimators", "problems", "analysis", "experiments")
                 for p in (REPO_ROOT / top).rglob("__init__.py") if "__pycache__" not in p.parts}
     names = zipfile.ZipFile(installed[2]).namelist()
     packaged = {str(Path(n).parent) for n in names if n.endswith("__init__.py")}
@@ -62,7 +62,7 @@ def _run(installed, tmp_path, *args) -> subprocess.CompletedProcess:
 
 
 def test_installed_package_is_not_the_checkout(installed, tmp_path):
-    result = _run(installed, tmp_path, "-c", "import bench.commands, analysis; print(bench.commands.__file__)")
+    result = _run(installed, tmp_path, "-c", "import benchcli.commands, analysis; print(benchcli.commands.__file__)")
     assert result.returncode == 0, result.stderr
     assert str(REPO_ROOT) not in result.stdout
     assert "site-packages" in result.stdout

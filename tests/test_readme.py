@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.cli import main
+from benchcli.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

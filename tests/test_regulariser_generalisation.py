@@ -110,7 +110,7 @@ def test_record_regenerated_from_a_store(tmp_path):
     stored runs and values, the README the command, machine, versions and wall time."""
     import pandas as pd
 
-    from bench.cli import main
+    from benchcli.cli import main
 
     db = tmp_path / "r.db"
     _store(db)
@@ -149,7 +149,7 @@ def test_record_splits_training_time_into_steps_and_evaluation():
 
 
 def test_report_without_out_or_record_is_a_user_error(tmp_path, capsys):
-    from bench.cli import main
+    from benchcli.cli import main
 
     db = tmp_path / "r.db"
     _store(db)

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import bench.commands
+import benchcli.commands
 import problems
 from analysis.report import fmt, fmt_pm
 from analysis.tables import load_metrics
 from bench import harness
-from bench.cli import main
+from benchcli.cli import main
 from bench.store import Store
 from conftest import run_cli
 from experiments.paper_fig2 import PAPER_TABLE, published_numbers
@@ -69,11 +69,11 @@ class ToyGater(TrainingProblem):
 
 @pytest.fixture(scope="module", autouse=True)
 def report_command():
-    """The report subcommand, registered here when bench.commands does not list it yet."""
-    name = "bench.commands.report"
+    """The report subcommand, registered here when benchcli.commands does not list it yet."""
+    name = "benchcli.commands.report"
     with pytest.MonkeyPatch.context() as patch:
-        if name not in bench.commands.COMMAND_MODULES:
-            patch.setattr(bench.commands, "COMMAND_MODULES", (*bench.commands.COMMAND_MODULES, name))
+        if name not in benchcli.commands.COMMAND_MODULES:
+            patch.setattr(benchcli.commands, "COMMAND_MODULES", (*benchcli.commands.COMMAND_MODULES, name))
         yield
 
 
@@ -258,8 +258,8 @@ def test_user_mistakes_are_one_line(case, store_path, tmp_path, capsys):
     assert not (out / "index.html").exists()
 
 
-@pytest.mark.skipif("bench.commands.report" not in bench.commands.COMMAND_MODULES,
-                    reason="the lead has not listed bench.commands.report in COMMAND_MODULES yet")
+@pytest.mark.skipif("benchcli.commands.report" not in benchcli.commands.COMMAND_MODULES,
+                    reason="the lead has not listed benchcli.commands.report in COMMAND_MODULES yet")
 def test_cli_subprocess_reports_a_missing_database(tmp_path):
     result = run_cli("report", "--db", tmp_path / "none.db", "--out", tmp_path / "out", cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1

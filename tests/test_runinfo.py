@@ -59,7 +59,7 @@ class PluginTarget(BernoulliTarget):
 
 # Runs `python -m bench` after loading the plugin, as `run --plugin` does; `report` has no --plugin.
 WITH_PLUGIN = ("import sys; from bench import sweep; assert not sweep.load_plugins([sys.argv[1]]); "
-               "from bench.cli import main; sys.exit(main(sys.argv[2:]))")
+               "from benchcli.cli import main; sys.exit(main(sys.argv[2:]))")
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(\+00:00|Z)?")
 
 
@@ -176,7 +176,7 @@ def test_stored_description_wins_over_the_registry_and_the_guess(tmp_path):
     assert runs.loc["reinforce-loo", "problem_label"] == "bernoulli-target"
     assert runs.loc["reinforce-loo", "family"] == "relaxation" and runs["training"].tolist() == [False, True]
     from analysis import figures
-    assert figures._unbiased_trait(load_results(db).runs)["reinforce-loo"] == "biased"
+    assert figures.unbiased_traits(load_results(db).runs)["reinforce-loo"] == "biased"
     with Store(db) as store:
         configs = [RunConfig("reinforce-loo", {"K": 8}, "bernoulli-target", TARGET, 0, 0),
                    RunConfig("straight-through", {}, "bernoulli-target", TARGET, 0, 1000)]

@@ -234,7 +234,7 @@ def _summary_blocks(text: str) -> dict[str, tuple[str, list[list[str]]]]:
 
 
 def test_the_summary_ranks_unbiased_estimators_among_themselves(blackbox_store):
-    from bench.cli import summary_table
+    from benchcli.cli import summary_table
     from bench.store import Store
 
     db, configs = blackbox_store
@@ -278,7 +278,7 @@ def test_the_report_ranks_the_two_groups_apart(blackbox_store):
 
 
 def test_budget_is_an_option_of_run_and_report(tmp_path, capsys):
-    from bench.cli import main
+    from benchcli.cli import main
 
     db = tmp_path / "r.db"
     code = main(["run", "--estimators", "reinforce,sigmoid", "--problems", "bernoulli-target(d=2)", "--samples",
@@ -300,7 +300,7 @@ def test_every_default_problem_tells_the_pair_apart(pair):
     """At the old default bernoulli-target(d=4,t=0.45) (logit 0, p = 1/2) each pair coincided to
     the digits shown (exact moments equal to 1e-7). Every default problem now separates them: their
     exact bias or variance differ by more than 1 %."""
-    from bench.commands.run import DEFAULT_PROBLEMS
+    from benchcli.commands.run import DEFAULT_PROBLEMS
     from bench.specs import parse_spec_list
 
     for name, params in parse_spec_list(DEFAULT_PROBLEMS):

@@ -12,7 +12,7 @@ import experiments
 import problems
 from analysis.figures import Figure
 from analysis.frames import load_results
-from bench.cli import main
+from benchcli.cli import main
 from bench.harness import RunConfig, RunResult
 from bench.metrics import Metric
 from bench.store import Store
@@ -235,7 +235,7 @@ def test_runs_are_specs_x_architectures_x_seeds_with_stable_keys(vae_problem):
 
 def test_the_command_help_names_the_experiments_defaults():
     """The help is written without importing the experiment (fast start): it must not drift."""
-    from bench.commands import vae as command
+    from benchcli.commands import vae as command
 
     source = inspect.getsource(command.add_parser)
     assert ", ".join(vae.ESTIMATORS) in " ".join(part.strip().strip('"') for part in source.split('"\n'))
@@ -262,7 +262,7 @@ def test_user_mistakes_are_one_line(argv, message, tmp_path, capsys, vae_problem
 def test_a_plugin_estimator_joins_the_grid(tmp_path, vae_problem, monkeypatch):
     """--plugin loads an estimator file before the runs are planned, and the options reach them."""
     import estimators
-    from bench.commands import vae as command
+    from benchcli.commands import vae as command
 
     monkeypatch.setattr(estimators.ESTIMATORS, "_entries", dict(estimators.ESTIMATORS._entries))
     plugin = tmp_path / "my_estimators.py"

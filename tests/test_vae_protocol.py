@@ -23,6 +23,7 @@ from estimators import build_estimator
 from estimators.base import Noise, ReplayNoise
 from estimators.registry import RegistryError
 from experiments import ranking, vae_seeds
+from experiments.base import planned_results
 from problems.vae import EMA_DECAY, GradientMoments, VaeModel
 
 F64 = torch.float64
@@ -327,7 +328,32 @@ def test_bernoulli_study_table_on_a_hand_made_store(tmp_path):
     flat = " ".join(text.split())
     assert "DisARM > RLOO (K=2)" in flat and "Not established: RLOO (K=2) vs ARM" in flat
     assert "REBAR: no finished run" in flat and "not found" in flat and "other protocol" in flat
-    # the report section finds the same runs from the store alone
+    # the report section finds the same study from the store alone: the same table (tables(), equal content)
     sections = vae_seeds.BernoulliVaeSeeds().sections(load_results(tmp_path / "s.db"))
     (table,) = sections[0].tables
-    assert list(table.frame["estimator"]) == ["DisARM", "RLOO (K=2)", "ARM"]
+    assert list(table.frame["estimator"]) == ["DisARM", "RLOO (K=2)", "ARM", "REBAR", "RELAX", "ReinMax", "ST"]
+    with Store(tmp_path / "s.db") as store:
+        (terminal,) = vae_seeds.BernoulliVaeSeeds().tables(planned_results(store, planned), planned)
+    assert terminal.frame.equals(table.frame) and terminal.caption == table.caption and terminal.title == table.title
+    assert table.to_text(120) in text
+
+
+def test_categorical_study_terminal_and_report_tables_are_equal(tmp_path):
+    """Three estimators of the 8x4 size ran (each with its own Table 8 learning rate): the report,
+    from the store alone, gives the terminal's table, labels without runs included."""
+    experiment = vae_seeds.CategoricalVaeSeeds()
+    planned = experiment.runs(quick=True, seeds=[0, 1], device="cpu")
+    with Store(tmp_path / "s.db") as store:
+        for i, p in enumerate(planned[:6]):
+            metrics = [Metric("train_elbo", -100.0 - i - p.config.seed, 0.1, step=20),
+                       Metric("test_elbo", -101.0 - i, 0.1, step=20), Metric("seconds_per_step", 0.01, step=20)]
+            store.save(RunResult(p.config, "finished", metrics, {}, "2024-01-01T00:00:00+00:00",
+                                 "2024-01-01T00:00:01+00:00", 1.0), {"torch": "test"}, "abc", "cpu (test)")
+        text = experiment.table(store, planned, True, 100)
+        terminal = experiment.tables(planned_results(store, planned), planned)
+    (section,) = experiment.sections(load_results(tmp_path / "s.db"))
+    (report,) = section.tables  # the 10x30 size has no stored run: the report cannot know of it
+    assert terminal[0].title == report.title == "Categorical VAE seeds study: 8x4, protocol reinmax, 20 steps"
+    assert terminal[0].frame.equals(report.frame) and terminal[0].caption == report.caption
+    assert list(report.frame["seeds"]) == ["2/2", "2/2", "2/2", "0/2", "0/2", "0/2"]
+    assert report.to_text(100) in text

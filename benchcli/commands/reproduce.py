@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from bench import distributed, harness, sweep
-from bench.commands import arguments
+from benchcli.commands import arguments
 from bench.errors import UserError
 from bench.store import DEFAULT_DB, Store
 from bench.summary import terminal_width

@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 
 from bench.errors import UserError
+from bench.sweep import DEFAULT_THREADS  # noqa: F401  (one default for the command line and the Python API)
 
 MAX_SEED = 2**63
 PLUGIN_HELP = ("a plugin .py file or module to load; it runs as ordinary Python code with your permissions, "
@@ -84,7 +85,6 @@ def device(text: str, here: bool = True) -> str:
 
 
 
-DEFAULT_THREADS = 1  # measured: see README "Performance"
 
 
 def add_threads_option(parser: argparse.ArgumentParser) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.commands.arguments import positive_int
+from benchcli.commands.arguments import positive_int
 from bench.errors import UserError
 from bench.store import DEFAULT_DB
 from bench.summary import DEFAULT_BUDGET

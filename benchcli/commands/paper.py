@@ -10,8 +10,8 @@ data set on it).
 """
 from __future__ import annotations
 
-from bench.commands import arguments
-from bench.commands.reproduce import add_run_options, run_experiment
+from benchcli.commands import arguments
+from benchcli.commands.reproduce import add_run_options, run_experiment
 from problems.gater import DEFAULT_EPOCHS
 
 EXPERIMENT = "paper-fig2"

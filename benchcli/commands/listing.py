@@ -7,7 +7,7 @@ import textwrap
 
 import estimators
 import problems
-from bench.commands.arguments import add_plugin_option, load_plugins
+from benchcli.commands.arguments import add_plugin_option, load_plugins
 from bench.summary import terminal_width
 
 TRAITS = ("unbiased", "loss_evals", "needs_loss_backprop", "binary_forward", "randomness", "stateful",

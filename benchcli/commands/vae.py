@@ -11,8 +11,8 @@ as before; the table's heading says which were used.
 """
 from __future__ import annotations
 
-from bench.commands import arguments
-from bench.commands.reproduce import add_run_options, run_experiment
+from benchcli.commands import arguments
+from benchcli.commands.reproduce import add_run_options, run_experiment
 
 EXPERIMENT = "bernoulli-vae"
 DATASETS = ("mnist", "fashion-mnist")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import estimators
 from bench import advantage_check
-from bench.commands.arguments import add_plugin_option, load_plugins
+from benchcli.commands.arguments import add_plugin_option, load_plugins
 from bench.errors import UserError
 from bench.specs import parse_spec
 from estimators.sequence import AGGREGATIONS

@@ -9,19 +9,16 @@ from typing import Sequence
 import estimators
 import problems
 from bench import distributed, harness, summary, sweep
-from bench.commands import arguments
-from bench.commands.arguments import (DEFAULT_THREADS, add_plugin_option, add_threads_option, load_plugins,  # noqa: F401
+from benchcli.commands import arguments
+from benchcli.commands.arguments import (DEFAULT_THREADS, add_plugin_option, add_threads_option, load_plugins,  # noqa: F401
                                       non_negative_int, positive_float, positive_int, seeds)
-from bench.commands.reproduce import check_data, datasets_of
+from benchcli.commands.reproduce import check_data, datasets_of
 from bench.errors import UserError
-from bench.specs import MAX_GRID, format_spec, parse_spec_list
+from bench.specs import format_spec
 from bench.store import DEFAULT_DB, Store
+from bench.sweep import DEFAULT_PROBLEMS, DEFAULT_SAMPLES  # noqa: F401  (shared with the Python API)
 from estimators.registry import RegistryError
 
-# Chosen by benchmarks/discrimination.py (README "The default problems"): logits of mixed signs away
-# from 0, where no two different estimators coincide.
-DEFAULT_PROBLEMS = "bernoulli-target(d=4,t=0.45,logit=0.5,spread=2.0),bernoulli-quadratic(d=6),bernoulli-blackbox(d=8)"
-DEFAULT_SAMPLES = 100_000
 
 
 def columns(text: str) -> list[str]:
@@ -65,31 +62,10 @@ def add_parser(subparsers) -> None:
     run.set_defaults(func=command_run)
 
 
-def _expand(text: str, registry) -> list[tuple[str, dict]]:
-    if text.strip() == "all":
-        return [(name, {}) for name in registry.names()]
-    specs = parse_spec_list(text)
-    for name, _ in specs:
-        registry.entry(name)
-    return specs
-
-
 def plan(args) -> list[harness.RunConfig]:
     """Every run of the sweep, validated and with defaults filled in; raises on user error."""
     device = arguments.device(args.device, here=getattr(args, "scheduler", None) is None)
-    estimator_specs = _expand(args.estimators, estimators.ESTIMATORS)
-    problem_specs = _expand(args.problems, problems.PROBLEMS)
-    size = len(estimator_specs) * len(problem_specs) * len(args.seeds)
-    if size > MAX_GRID:
-        raise UserError(f"the sweep has {size:,} runs ({len(estimator_specs)} estimator specs x {len(problem_specs)} "
-                        f"problem specs x {len(args.seeds)} seeds), more than the limit of {MAX_GRID:,}; split it")
-    configs = []
-    for problem, problem_params in problem_specs:
-        for estimator, estimator_params in estimator_specs:
-            for seed in args.seeds:
-                configs.append(harness.make_config(estimator, estimator_params, problem, problem_params,
-                                                   seed, args.samples, device, args.warmup))
-    return list({c.key: c for c in configs}.values())
+    return sweep.plan_sweep(args.estimators, args.problems, args.seeds, args.samples, device, args.warmup)
 
 
 def command_run(args) -> int:

@@ -1,4 +1,4 @@
-"""The command line: ``python -m bench COMMAND``, one module per command under bench/commands.
+"""The command line: ``python -m bench COMMAND``, one module per command under benchcli/commands.
 
 User mistakes (unknown names, malformed specs, invalid parameters, unusable paths) print one line
 on stderr and exit with status 2 before anything is written.
@@ -12,8 +12,8 @@ import sys
 import threading
 from typing import Sequence
 
-from bench import commands
-from bench.commands.run import DEFAULT_THREADS, plan, summary_table  # noqa: F401  (the public names of `run`)
+from benchcli import commands
+from benchcli.commands.run import DEFAULT_THREADS, plan, summary_table  # noqa: F401  (the public names of `run`)
 from bench.errors import Stopped, UserError
 from bench.specs import SpecError
 from bench.store import StoreError
