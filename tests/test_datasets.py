@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench import cli
+from benchcli import cli
 from conftest import MNIST_DIR, REPO_ROOT, needs_mnist, run_cli
 from problems import datasets
 from problems.datasets import DataError, FetchError

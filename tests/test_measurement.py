@@ -12,7 +12,8 @@ import torch
 
 import estimators
 import problems
-from bench import cli, harness, metrics
+from benchcli import cli
+from bench import harness, metrics
 from bench.store import Store
 from estimators.base import Estimator, attach_gradient
 
