@@ -13,6 +13,7 @@ from typing import Any, Callable, ClassVar, Iterator
 import torch
 
 from estimators.base import Noise, all_categories, all_configurations
+from estimators.domains import DeclaredDomains
 
 MAX_ENUMERATION_UNITS = 20
 LossObserver = Callable[[Callable[[torch.Tensor], torch.Tensor]], Callable[[torch.Tensor], torch.Tensor]]
@@ -168,7 +169,7 @@ def parse_sizes(text: str, name: str) -> tuple[int, ...]:
     return tuple(sizes)
 
 
-class Problem(torch.nn.Module):
+class Problem(DeclaredDomains, torch.nn.Module):
     """Base class for every problem family.
 
     ``trains_model`` is False for gradient problems (a fixed point where estimates are measured

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +127,100 @@ def one_line_error(code: int, err: str, *fragments: str) -> None:
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     for fragment in fragments:
         assert fragment in err, (fragment, err)
+
+
+# -- test lanes -------------------------------------------------------------------------------------
+# Every test is in exactly one lane. The slow lane holds four kinds of test, each with its marker:
+# 'subprocess' (runs python -m bench, pip or worker processes), 'mnist' (reads the real data set),
+# 'training' (trains a model for epochs or steps), 'statistical' (draws enough samples for a
+# statistical test or a closed-form comparison at a stated error rate). Each of those also carries
+# 'slow'; every other test carries 'fast'. `python -m pytest -m fast` is the inner-loop lane;
+# `python -m pytest` (what CI runs) runs both. The markers are applied here, from what a test uses
+# (fixtures, the calls in its source, the skip reason of `needs_mnist`), plus the table below for
+# tests that take long without saying so; a test file may also mark tests itself.
+LANE_KINDS = ("subprocess", "mnist", "training", "statistical")
+SPAWNS = re.compile(r"\brun_cli\(|\bcli\(|\bsubprocess\.|\bcli_command\(|\bPopen\(|[\"']--jobs[\"']|"
+                    r"\bmultiprocessing\b|\bProcessPoolExecutor\b")
+READS_MNIST = re.compile(r"\bMNIST_DIR\b|\bMNIST_DATA_ROOT\b")
+TRAINS = re.compile(r"\bsynthetic\b")
+
+# Tests that run long for a reason their source does not show (many samples, many steps): by test
+# module, then the test function's name (all its parameter cases), with the kind. A name here that no
+# longer exists fails the collection, so the table cannot go stale silently.
+SLOW_TESTS: dict[str, dict[str, str]] = {
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _source(obj) -> str:
+    try:
+        return inspect.getsource(obj)
+    except (OSError, TypeError):
+        return ""
+
+
+@functools.lru_cache(maxsize=None)
+def _spawning_helpers(module) -> frozenset[str]:
+    """Names of a test module's own functions whose source starts a process (one level deep)."""
+    names = set()
+    for name, obj in vars(module).items():
+        if inspect.isfunction(obj) and obj.__module__ == module.__name__ and not name.startswith("test_"):
+            if SPAWNS.search(_source(obj)):
+                names.add(name)
+    return frozenset(names)
+
+
+@functools.lru_cache(maxsize=None)
+def _kinds_from_source(function, module) -> frozenset[str]:
+    """The kinds a test function's own source shows: a process started (directly or through one of
+    its module's helpers), the real MNIST read, a model trained on the synthetic stand-in."""
+    source = _source(function)
+    kinds = set()
+    if SPAWNS.search(source) or (module is not None and any(
+            re.search(rf"\b{name}\(", source) for name in _spawning_helpers(module))):
+        kinds.add("subprocess")
+    if READS_MNIST.search(source):
+        kinds.add("mnist")
+    if TRAINS.search(source):
+        kinds.add("training")
+    return frozenset(kinds)
+
+
+def lane_kinds(item) -> set[str]:
+    """The slow-lane kinds of one collected test (empty: the test is fast)."""
+    kinds = {kind for kind in LANE_KINDS if item.get_closest_marker(kind) is not None}
+    fixtures = set(getattr(item, "fixturenames", ()))
+    function = getattr(item, "function", None)
+    if function is not None:
+        kinds |= _kinds_from_source(function, getattr(item, "module", None))
+    if "cli" in fixtures:
+        kinds.add("subprocess")
+    if any("MNIST" in str(mark.kwargs.get("reason", ""))
+                                         and "Fashion" not in str(mark.kwargs.get("reason", ""))
+                                         for mark in item.iter_markers("skipif")):
+        kinds.add("mnist")
+    if "synthetic" in fixtures:
+        kinds.add("training")
+    table = SLOW_TESTS.get(Path(str(item.fspath)).name, {})
+    if function is not None and function.__name__ in table:
+        kinds.add(table[function.__name__])
+    if item.get_closest_marker("slow") is not None and not kinds:
+        kinds.add("statistical")
+    return kinds
+
+
+def pytest_collection_modifyitems(config, items):
+    """Put every test in its lane (see LANE_KINDS): the kinds' markers and 'slow', or 'fast'."""
+    seen: dict[str, set[str]] = {}
+    for item in items:
+        function = getattr(item, "function", None)
+        if function is not None:
+            seen.setdefault(Path(str(item.fspath)).name, set()).add(function.__name__)
+        kinds = lane_kinds(item)
+        for kind in sorted(kinds):
+            item.add_marker(kind)
+        item.add_marker("slow" if kinds else "fast")
+    stale = [f"{module}::{name}" for module, names in SLOW_TESTS.items() if module in seen
+             for name in names if name not in seen[module]]
+    if stale:
+        raise pytest.UsageError(f"conftest.SLOW_TESTS names tests that do not exist: {', '.join(stale)}")

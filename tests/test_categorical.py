@@ -247,7 +247,7 @@ def test_mismatched_pairs_are_skipped_with_a_reason_naming_both():
 
 @pytest.mark.parametrize("name", FAMILY)
 def test_family_declares_both_variables(name):
-    assert estimators.build_estimator(name).traits()["variables"] == "both"
+    assert estimators.build_estimator(name).traits().variables == "both"
 
 
 # -- K = 2 is bernoulli-target ----------------------------------------------------------------------

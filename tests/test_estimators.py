@@ -7,6 +7,7 @@ would have at a random seed, which is what the thresholds were chosen for.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import numpy as np
@@ -18,7 +19,8 @@ import estimators
 import problems
 from bench.harness import exact_estimator_moments, make_config, run
 from estimators import ESTIMATORS, build_estimator
-from estimators.base import (Noise, NotEnumerable, ReplayNoise, all_configurations, attach_gradient)
+from estimators.base import (FAMILY_ORDER, OTHER_FAMILY, Noise, NotEnumerable, ReplayNoise, all_configurations,
+                             attach_gradient)
 from estimators.registry import RegistryError
 
 F64 = torch.float64
@@ -667,9 +669,13 @@ def test_measured_loss_evaluations_match_the_declaration(spec, problem, params):
 def test_trait_types(spec):
     est = build_estimator(*spec)
     assert est.name == spec[0] and est.description
-    traits = est.traits()
-    assert set(traits) == {"unbiased", "loss_evals", "needs_loss_backprop", "binary_forward", "randomness",
+    record = est.traits()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        record.unbiased = not record.unbiased
+    traits = record.as_dict()
+    assert set(traits) == {"family", "unbiased", "loss_evals", "needs_loss_backprop", "binary_forward", "randomness",
                            "stateful", "has_parameters", "activation", "variables"}
+    assert traits["family"] in FAMILY_ORDER and traits["family"] != OTHER_FAMILY  # every built-in declares one
     assert traits["activation"] in ("sigmoid", "rectifier")
     assert traits["variables"] in ("binary", "categorical", "both")
     for key in ("unbiased", "needs_loss_backprop", "binary_forward", "stateful", "has_parameters"):
@@ -793,7 +799,7 @@ def test_a_parameter_changes_a_trait_per_instance_never_the_class_default(name, 
     cls = ESTIMATORS.entry(name).cls
     est = build_estimator(name, params)
     assert getattr(cls, trait) == default and getattr(build_estimator(name), trait) == default
-    assert getattr(est, trait) == answer and est.traits()[trait] == answer
+    assert getattr(est, trait) == answer and getattr(est.traits(), trait) == answer
     assert getattr(cls, trait) == default  # building the instance changed nothing on the class
     with pytest.raises(AttributeError, match="computed from the estimator's parameters"):
         setattr(est, trait, default)
@@ -804,7 +810,7 @@ def test_a_parameter_changes_a_trait_per_instance_never_the_class_default(name, 
 def test_class_traits_are_those_of_the_default_instance(name):
     # `bench list` reads traits from the class: they must describe the estimator at its defaults
     cls = ESTIMATORS.entry(name).cls
-    assert {key: getattr(cls, key) for key in build_estimator(name).traits()} == build_estimator(name).traits()
+    assert cls.declared_traits() == build_estimator(name).traits()
 
 
 class _Tagged(Noise):

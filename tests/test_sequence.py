@@ -166,7 +166,7 @@ def test_bad_problem_parameters(params, fragment):
 @pytest.mark.parametrize("spec", VARIANTS, ids=[spec_id(s) for s in VARIANTS])
 def test_traits(spec):
     est = build_estimator(*spec)
-    traits = est.traits()
+    traits = est.traits().as_dict()
     assert traits["variables"] == "sequence" and traits["needs_loss_backprop"] is False
     assert traits["coupling"] in ("none", "group", "batch")
     assert est.loss_evaluations(7) == est.G + (1 if spec[0] == "remax" else 0)

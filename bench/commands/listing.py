@@ -10,8 +10,6 @@ import problems
 from bench.commands.arguments import add_plugin_option, load_plugins
 from bench.summary import terminal_width
 
-TRAITS = ("unbiased", "loss_evals", "needs_loss_backprop", "binary_forward", "randomness", "stateful",
-          "has_parameters", "activation", "variables")
 NAME_WIDTH = 26  # the name column
 MIN_WIDTH = 40   # narrower terminals get lines of this width
 
@@ -28,7 +26,7 @@ def _describe(entry, kind: str) -> dict:
     item = {"name": entry.name, "kind": kind, "source": entry.source, "description": entry.description,
             "parameters": {k: v["default"] for k, v in entry.parameters().items()}}
     if kind == "estimator":
-        item["traits"] = {k: getattr(entry.cls, k) for k in TRAITS}
+        item["traits"] = entry.cls.declared_traits().as_dict()
     return item
 
 
@@ -48,7 +46,7 @@ def command_list(args) -> int:
 
 def text_listing(items: list[dict], broken: list[dict], width: int) -> list[str]:
     """The listing as lines of at most ``width`` characters: per item its name and description,
-    then its parameters, traits (every one in TRAITS) and source, each wrapped under the name."""
+    then its parameters, traits (every field of its Traits) and source, each wrapped under the name."""
     name_width = min(NAME_WIDTH, width // 4)
     lines = []
 
@@ -64,7 +62,7 @@ def text_listing(items: list[dict], broken: list[dict], width: int) -> list[str]
             params = ", ".join(f"{k}={v!r}" for k, v in item["parameters"].items()) or "-"
             block(under, under + "  ", f"parameters: {params}")
             if kind == "estimator":
-                block(under, under + "  ", "traits: " + " ".join(f"{k}={item['traits'][k]}" for k in TRAITS))
+                block(under, under + "  ", "traits: " + " ".join(f"{k}={v}" for k, v in item["traits"].items()))
             block(under, under + "  ", f"source: {item['source']}")
         lines.append("")
     if broken:
