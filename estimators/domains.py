@@ -86,9 +86,9 @@ class Interval(Domain):
     def outside(self) -> tuple[Any, ...]:
         out = [math.nan]
         if self.low is not None:
-            out.append(self.low if self.closed in ("right", "neither") else self.low - max(1, abs(self.low)))
+            out.append(float(self.low if self.closed in ("right", "neither") else self.low - max(1, abs(self.low))))
         if self.high is not None:
-            out.append(self.high if self.closed in ("left", "neither") else self.high + max(1, abs(self.high)))
+            out.append(float(self.high if self.closed in ("left", "neither") else self.high + max(1, abs(self.high))))
         return tuple(out)
 
 

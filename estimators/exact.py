@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from estimators import register_estimator
-from estimators.domains import Count
 from estimators.base import Estimator, LossFn, all_categories, all_configurations
+from estimators.domains import Count
 
 # Elements of the largest tensor one call holds: configurations x batch x units (2^28 float32
 # numbers are 1 GiB; the loss and the weights hold a few of them). Checked before allocating.

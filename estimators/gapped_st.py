@@ -2,13 +2,11 @@
 generative models via gapped straight-through estimator"), binary and categorical forms."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 from estimators import register_estimator
-from estimators.domains import STRICTLY_POSITIVE, Interval
 from estimators.base import PathwiseEstimator
+from estimators.domains import STRICTLY_POSITIVE, Interval
 from estimators.gumbel import (CategoricalForm, check_temperature, compute_dtype, relaxed_slope,
                                softmax_jacobian_term, straight_through, tempered_softmax)
 

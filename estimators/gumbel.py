@@ -14,14 +14,12 @@ gradients stay finite for any tau > 0 and any finite logits.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from estimators import register_estimator
-from estimators.domains import MAX_DRAWS, STRICTLY_POSITIVE, Count
 from estimators.base import LossFn, NoiseLaw, PathwiseEstimator
+from estimators.domains import MAX_DRAWS, STRICTLY_POSITIVE, Count
 
 
 def check_temperature(tau: float) -> float:

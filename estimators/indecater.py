@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from estimators import register_estimator
-from estimators.domains import Count
 from estimators.base import Estimator, LossFn, attach_gradient
+from estimators.domains import Count
 
 
 @register_estimator("indecater", "IndeCateR (De Smet et al. 2023): per unit, the exact sum over its K "

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from estimators import register_estimator
-from estimators.domains import Interval, OneOf
 from estimators.base import NoiseLaw, PathwiseEstimator, parameter_trait
+from estimators.domains import Interval, OneOf
 
 NOISES = ("gaussian", "logistic")
 # Beyond this, std * z (|z| < 20 for every draw) is no longer finite in float32 sums of logits.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from estimators import register_estimator
-from estimators.domains import FLAG, SEED, Count, Interval
 from estimators.base import Estimator, LossFn, attach_gradient, parameter_trait
+from estimators.domains import FLAG, SEED, Count, Interval
 from estimators.own_parameters import LazyMLP, add_objective_gradient
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from estimators import register_estimator
-from estimators.domains import Interval
 from estimators.base import NoiseLaw, PathwiseEstimator
+from estimators.domains import Interval
 from estimators.noisy_rectifier import MAX_STD
 
 

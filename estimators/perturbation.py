@@ -3,13 +3,11 @@ differences, both with common random numbers u for h = 1[u < sigm(a)] on either 
 only loss values; their bias is O(c^2) from the perturbation size."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 from estimators import register_estimator
-from estimators.domains import STRICTLY_POSITIVE
 from estimators.base import Estimator, LossFn, NoiseLaw, attach_gradient, parameter_trait, reduce_to_batch
+from estimators.domains import STRICTLY_POSITIVE
 
 
 @register_estimator("spsa", "SPSA: (L(a + c D) - L(a - c D)) / (2 c D_i), D Rademacher; 2 evaluations")

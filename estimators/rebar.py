@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from estimators import register_estimator
-from estimators.domains import SEED, Count, Interval, OneOf
 from estimators.base import Estimator, LossFn, NoiseLaw, attach_gradient
+from estimators.domains import SEED, Count, Interval, OneOf
 from estimators.own_parameters import LazyMLP, add_objective_gradient
 
 # |log temperature| is clamped here when used: beyond it sigm(z / lambda) is already a hard step

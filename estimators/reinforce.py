@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 
 from estimators import register_estimator
-from estimators.domains import MAX_DRAWS, Count, Interval
 from estimators.base import Estimator, LossFn, attach_gradient, reduce_to_batch
+from estimators.domains import MAX_DRAWS, Count, Interval
 
 
 DECAY = Interval(0, 1, closed="left")  # a moving average's decay

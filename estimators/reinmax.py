@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from estimators import register_estimator
-from estimators.domains import STRICTLY_POSITIVE
 from estimators.base import PathwiseEstimator
+from estimators.domains import STRICTLY_POSITIVE
 from estimators.gumbel import (CategoricalForm, check_temperature, compute_dtype, softmax_jacobian_term,
                                straight_through, tempered_softmax)
 

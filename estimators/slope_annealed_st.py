@@ -2,13 +2,11 @@
 recurrent neural networks", the slope annealing trick): a sigmoid whose slope grows during training."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 from estimators import register_estimator
-from estimators.domains import Interval
 from estimators.base import PathwiseEstimator
+from estimators.domains import Interval
 from estimators.gumbel import compute_dtype, straight_through
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from estimators import register_estimator
-from estimators.domains import STRICTLY_POSITIVE
 from estimators.base import PathwiseEstimator
+from estimators.domains import STRICTLY_POSITIVE
 from estimators.gumbel import CategoricalForm, check_temperature, softmax_jacobian_term, tempered_softmax
 
 

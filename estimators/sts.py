@@ -7,8 +7,8 @@ import math
 import torch
 
 from estimators import register_estimator
-from estimators.domains import Either, Interval, OneOf
 from estimators.base import PathwiseEstimator, parameter_trait
+from estimators.domains import Either, Interval, OneOf
 
 
 @register_estimator("sts", "Stochastic times smooth: h = b sqrt(sigm(a)), b ~ Bernoulli(sqrt(sigm(a))) (eq. 2)")

@@ -13,7 +13,7 @@ from typing import Any, Callable, ClassVar, Iterator
 import torch
 
 from estimators.base import Noise, all_categories, all_configurations
-from estimators.domains import DeclaredDomains
+from estimators.domains import DeclaredDomains, Satisfies
 
 MAX_ENUMERATION_UNITS = 20
 LossObserver = Callable[[Callable[[torch.Tensor], torch.Tensor]], Callable[[torch.Tensor], torch.Tensor]]
@@ -150,6 +150,22 @@ class TrainingState:
             raise
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
             raise ResumeError(f"{why}: {type(exc).__name__}: {' '.join(str(exc).split())}") from None
+
+
+def layer_sizes(optional: bool = False) -> Satisfies:
+    """The domain of a layer-sizes parameter ('8-6-4', see :func:`parse_sizes`); ``optional``: empty
+    is allowed (the problem's default sizes)."""
+    def check(text) -> bool:
+        if optional and not str(text).strip():
+            return True
+        try:
+            parse_sizes(text, "sizes")
+        except ValueError:
+            return False
+        return True
+
+    return Satisfies(check, ("empty (the default sizes) or " if optional else "")
+                     + "layer sizes >= 1 joined by '-', like '8-6-4'", bad=("8--4", "8-0", "wide"))
 
 
 def parse_sizes(text: str, name: str) -> tuple[int, ...]:

@@ -23,8 +23,10 @@ def add_parser(subparsers) -> None:
 
 
 def _describe(entry, kind: str) -> dict:
+    parameters = entry.parameters()
     item = {"name": entry.name, "kind": kind, "source": entry.source, "description": entry.description,
-            "parameters": {k: v["default"] for k, v in entry.parameters().items()}}
+            "parameters": {k: v["default"] for k, v in parameters.items()},
+            "domains": {k: None if v["domain"] is None else v["domain"].describe() for k, v in parameters.items()}}
     if kind == "estimator":
         item["traits"] = entry.cls.declared_traits().as_dict()
     return item
@@ -46,7 +48,7 @@ def command_list(args) -> int:
 
 def text_listing(items: list[dict], broken: list[dict], width: int) -> list[str]:
     """The listing as lines of at most ``width`` characters: per item its name and description,
-    then its parameters, traits (every field of its Traits) and source, each wrapped under the name."""
+    then its parameters, their declared domains, traits (every field of its Traits) and source, each wrapped under the name."""
     name_width = min(NAME_WIDTH, width // 4)
     lines = []
 
@@ -61,6 +63,9 @@ def text_listing(items: list[dict], broken: list[dict], width: int) -> list[str]
             block("  ", under, f"{item['name']:<{name_width}} {item['description']}")
             params = ", ".join(f"{k}={v!r}" for k, v in item["parameters"].items()) or "-"
             block(under, under + "  ", f"parameters: {params}")
+            domains = "; ".join(f"{k} {v}" for k, v in item["domains"].items() if v is not None)
+            if domains:
+                block(under, under + "  ", f"domains: {domains}")
             if kind == "estimator":
                 block(under, under + "  ", "traits: " + " ".join(f"{k}={v}" for k, v in item["traits"].items()))
             block(under, under + "  ", f"source: {item['source']}")
