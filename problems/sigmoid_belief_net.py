@@ -60,6 +60,8 @@ def parse_widths(widths: str, depth: int, width: int) -> tuple[int, ...]:
         if widths:
             raise ValueError(f"give either widths or depth and width, not both (widths={widths!r}, "
                              f"depth={depth}, width={width})")
+        if not (depth and width):  # a relation between the two: each alone is 0 by default
+            raise ValueError(f"give depth and width together, got depth={depth}, width={width}")
         return (width,) * depth
     if not widths:
         return DEFAULT_WIDTHS

@@ -219,6 +219,8 @@ def _kinds_from_source(function, module) -> frozenset[str]:
 def lane_kinds(item) -> set[str]:
     """The slow-lane kinds of one collected test (empty: the test is fast)."""
     kinds = {kind for kind in LANE_KINDS if item.get_closest_marker(kind) is not None}
+    if item.get_closest_marker("fast") is not None and not kinds:  # marked fast by hand: no guessing
+        return kinds
     fixtures = set(getattr(item, "fixturenames", ()))
     function = getattr(item, "function", None)
     if function is not None:
@@ -244,12 +246,12 @@ def lane_kinds(item) -> set[str]:
 
 def pytest_collection_modifyitems(config, items):
     """Put every test in its lane (see LANE_KINDS): the kinds' markers and 'slow', or 'fast'."""
-    seen: dict[str, set[str]] = {}
+    seen: dict[str, object] = {}  # test module file name -> the module, for the stale-name check
     first_case: set[tuple] = set()  # the test functions whose fast case is chosen
     for item in items:
         function = getattr(item, "function", None)
-        if function is not None:
-            seen.setdefault(Path(str(item.fspath)).name, set()).add(function.__name__)
+        if getattr(item, "module", None) is not None:
+            seen.setdefault(Path(str(item.fspath)).name, item.module)
         kinds = lane_kinds(item)
         if not kinds and getattr(item, "callspec", None) is not None:
             key = (str(item.fspath), getattr(item.cls, "__name__", None), item.originalname)
@@ -260,7 +262,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(kind)
         item.add_marker("slow" if kinds else "fast")
     stale = [f"{module}::{name}" for module, names in SLOW_TESTS.items() if module in seen
-             for name in names if name not in seen[module]]
+             for name in names if not hasattr(seen[module], name)]
     if stale:
         raise pytest.UsageError(f"conftest.SLOW_TESTS names tests that do not exist: {', '.join(stale)}")
 

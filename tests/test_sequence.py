@@ -151,7 +151,7 @@ def test_rewards_by_hand():
 @pytest.mark.parametrize("params, fragment", [
     ({"vocab": 2, "max_len": 17}, "vocab^max_len must be at most 65536"),
     ({"prompts": 2, "success": "0.1-0.5-0.9"}, "success gives 3 probabilities for 2 prompts"),
-    ({"success": "0.1-1.0-0.5"}, "success must be probabilities in (0, 1)"),
+    ({"success": "0.1-1.0-0.5"}, "success must be empty (evenly spaced) or probabilities in (0, 1)"),
     ({"reward": "bleu"}, "reward must be one of exact, count, correct"),
     ({"policy": "mlp"}, "policy must be one of tabular, linear"),
     ({"vocab": 0}, "vocab must be at least 1"),
