@@ -28,7 +28,7 @@ import dataclasses
 import torch
 
 from estimators.base import Estimator, LossFn, Traits, parameter_trait
-from estimators.domains import Count, OneOf
+from estimators.domains import Count, OneOf, declared_domains
 
 AGGREGATIONS = ("seq-mean-token-sum", "seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 COUPLINGS = ("none", "group", "batch")  # how far a response's coefficient reaches, from narrowest
@@ -128,6 +128,14 @@ class SequenceTraits(Traits):
     aggregation: str
 
 
+class _SmallestGroup:
+    """``min_group``: the smallest G the class's declared domain allows (read from the class or an
+    instance), so the domain is written once."""
+
+    def __get__(self, instance, owner) -> int:
+        return declared_domains(owner)["G"].low
+
+
 class SequenceEstimator(Estimator):
     """Base of the advantage estimators: G responses per prompt, advantages from their rewards, one
     coefficient per response (advantage times aggregation weight); subclasses implement
@@ -143,6 +151,7 @@ class SequenceEstimator(Estimator):
     advantage_coupling = "group"
     unbiased_advantage = False  # E[advantage * score] is the gradient (a baseline independent of the response)
     domains = {"G": Count(1), "aggregation": OneOf(*AGGREGATIONS)}
+    min_group = _SmallestGroup()
 
     def __init__(self, G: int = 4, aggregation: str = "seq-mean-token-sum"):
         super().__init__()

@@ -184,7 +184,7 @@ def test_group_baselines_refuse_groups_of_one(name):
 
 
 @pytest.mark.parametrize("name, params, fragment", [
-    ("grpo", {"ddof": 2}, "ddof must be 0 or 1"), ("grpo", {"eps": -1.0}, "eps must be >= 0"),
+    ("grpo", {"ddof": 2}, "ddof must be one of 0, 1"), ("grpo", {"eps": -1.0}, "eps must be a finite number >= 0"),
     ("grpo", {"scale_rewards": "prompt"}, "scale_rewards must be one of group, batch, none"),
     ("grpo", {"leave_one_out": True, "G": 2}, "G must be at least 3 for a leave-one-out std"),
     ("rloo", {"aggregation": "mean"}, "aggregation must be one of"),
