@@ -51,8 +51,13 @@ def describe(estimator, problem, estimator_name: str, problem_name: str) -> dict
         evaluations = problem.evaluations_per_estimate(estimator) if isinstance(units, int) else None
     except (NotImplementedError, ValueError):  # a formula the estimator does not resolve
         evaluations = None
-    traits = estimator.traits().as_dict() if hasattr(estimator, "traits") else \
-        {k: getattr(estimator, k, None) for k in Traits.names()}
+    record = estimator.traits() if hasattr(estimator, "traits") else None
+    if hasattr(record, "as_dict"):
+        traits = record.as_dict()
+    elif isinstance(record, dict):  # a plugin written before traits were one record returns a dict
+        traits = dict(record)
+    else:
+        traits = {k: getattr(estimator, k, None) for k in Traits.names()}
     family = traits.pop("family", None) or family_of(type(estimator))  # stored beside the traits, as always
     return _json_safe({
         "kind": TRAINING if problem.trains_model else GRADIENT,
