@@ -131,7 +131,8 @@ def one_line_error(code: int, err: str, *fragments: str) -> None:
 
 # -- test lanes -------------------------------------------------------------------------------------
 # Every test is in exactly one lane. The slow lane holds four kinds of test, each with its marker:
-# 'subprocess' (runs python -m bench, pip or worker processes), 'mnist' (reads the real data set),
+# 'subprocess' (runs python -m bench, pip or worker processes), 'end_to_end' (a whole command in the
+# test's process: a report with its figures, a reproduction), 'mnist' (reads the real data set),
 # 'training' (trains a model for epochs or steps), 'statistical' (draws enough samples for a
 # statistical test or a closed-form comparison at a stated error rate), and 'matrix' (the further
 # cases of a parametrized test: the fast lane runs the first case that is none of the other kinds, so
@@ -140,7 +141,7 @@ def one_line_error(code: int, err: str, *fragments: str) -> None:
 # `python -m pytest` (what CI runs) runs both. The markers are applied here, from what a test uses
 # (fixtures, the calls in its source, the skip reason of `needs_mnist`), plus the table below for
 # tests that take long without saying so; a test file may also mark tests itself.
-LANE_KINDS = ("subprocess", "mnist", "training", "statistical", "matrix")
+LANE_KINDS = ("subprocess", "end_to_end", "mnist", "training", "statistical", "matrix")
 SPAWNS = re.compile(r"\brun_cli\(|\bcli\(|\bsubprocess\.|\bcli_command\(|\bPopen\(|[\"']--jobs[\"']|"
                     r"\bmultiprocessing\b|\bProcessPoolExecutor\b")
 READS_MNIST = re.compile(r"\bMNIST_DIR\b|\bMNIST_DATA_ROOT\b")
@@ -161,6 +162,18 @@ SLOW_TESTS: dict[str, dict[str, str]] = {
     "test_categorical_estimators.py": {"test_unbiased_categorical_estimators_pass_a_z_test": "statistical"},
     "test_categorical.py": {"test_polynomial_programming_training_records_the_exact_loss_and_improves": "training"},
     "test_analysis.py": {"test_rankings_and_front_use_mse_at_equal_budget": "statistical"},
+    "test_metrics.py": {"test_debiased_squared_bias_is_unbiased_under_reference_noise": "statistical"},
+    # Measured: each took over 2.6 s of CPU (the busy machine's wall time several times that).
+    "test_report_readable.py": {"test_figures_list_estimators_in_the_ranking_tables_order": "end_to_end",
+                                "test_no_text_leaves_a_figure_or_falls_below_legible": "end_to_end"},
+    "test_report.py": {"test_summary_tables_hold_the_stored_numbers": "end_to_end",
+                       "test_figure_text_is_not_clipped": "end_to_end"},
+    "test_regulariser_analysis.py": {"test_report_has_the_section_only_with_mlp_runs": "end_to_end",
+                                     "test_reference_floor_absent_is_not_said": "end_to_end"},
+    "test_new_user.py": {"test_no_verdict_on_nets_still_at_high_error": "end_to_end",
+                         "test_the_summary_and_report_say_a_stateful_estimator_is_measured_frozen": "end_to_end"},
+    "test_faults_store.py": {"test_malformed_json_in_a_stored_run_does_not_crash_report_or_export": "end_to_end",
+                             "test_report_survives_dollars_and_escapes_html": "end_to_end"},
 }
 # Whole test modules of one kind (their fixtures start the processes: a Dask cluster, a worker pool).
 SLOW_MODULES = {"test_distributed.py": "subprocess", "test_faults_pool.py": "subprocess",
