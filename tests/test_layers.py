@@ -7,7 +7,8 @@ cycle and no import upwards between layers.
     lower    the rest of bench.* (harness, store, sweep, ...)
     bottom   estimators.*, problems.*                            (problems use only estimators.base,
                                                                   estimators.sequence (the contract of
-                                                                  sequence units) and estimators.registry;
+                                                                  sequence units), estimators.registry and
+                                                                  estimators.domains (declared domains);
                                                                   estimators never import problems)
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("bench", "estimators", "problems", "analysis", "experiments")
 TOP, MIDDLE, LOWER, BOTTOM = 3, 2, 1, 0
 PROBLEMS_MAY_USE = {"estimators.base", "estimators.sequence",  # the contracts (units, sequences)
-                    "estimators.registry"}  # and the registry machinery
+                    "estimators.registry", "estimators.domains"}  # and the registry machinery
 
 
 def modules(root: Path = REPO_ROOT) -> dict[str, Path]:

@@ -179,7 +179,7 @@ def test_traits(spec):
 
 @pytest.mark.parametrize("name", ["rloo", "grpo", "dr-grpo", "opo", "reinforce-pp-baseline"])
 def test_group_baselines_refuse_groups_of_one(name):
-    with pytest.raises(RegistryError, match="G must be at least 2: a group baseline from one response"):
+    with pytest.raises(RegistryError, match=r"G must be at least 2 \(an integer\): a group baseline from one response"):
         build_estimator(name, {"G": 1})
 
 
