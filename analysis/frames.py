@@ -19,7 +19,7 @@ import pandas as pd
 from bench.runinfo import is_training, stored_defaults, stored_family, stored_traits
 from bench.specs import format_spec, parse_spec_list
 from bench.store import Store
-from estimators.families import FAMILY_BY_MODULE, FAMILY_ORDER, OTHER_FAMILY, family_of  # noqa: F401
+from estimators.families import FAMILY_ORDER, OTHER_FAMILY, family_of  # noqa: F401 (FAMILY_ORDER: for figures)
 
 POSITION_COLUMNS = ("epoch", "step")
 

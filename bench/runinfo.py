@@ -17,10 +17,8 @@ from typing import Any
 
 import estimators
 import problems
+from estimators.base import Traits
 from estimators.families import family_of
-
-TRAITS = ("unbiased", "loss_evals", "needs_loss_backprop", "binary_forward", "randomness", "stateful",
-          "has_parameters", "activation", "variables")
 TRAINING, GRADIENT = "training", "gradient"
 DESCRIBED = ("kind", "estimator", "problem")  # the notes describe() writes
 
@@ -53,10 +51,17 @@ def describe(estimator, problem, estimator_name: str, problem_name: str) -> dict
         evaluations = problem.evaluations_per_estimate(estimator) if isinstance(units, int) else None
     except (NotImplementedError, ValueError):  # a formula the estimator does not resolve
         evaluations = None
-    traits = estimator.traits() if hasattr(estimator, "traits") else {k: getattr(estimator, k, None) for k in TRAITS}
+    record = estimator.traits() if hasattr(estimator, "traits") else None
+    if hasattr(record, "as_dict"):
+        traits = record.as_dict()
+    elif isinstance(record, dict):  # a plugin written before traits were one record returns a dict
+        traits = dict(record)
+    else:
+        traits = {k: getattr(estimator, k, None) for k in Traits.names()}
+    family = traits.pop("family", None) or family_of(type(estimator))  # stored beside the traits, as always
     return _json_safe({
         "kind": TRAINING if problem.trains_model else GRADIENT,
-        "estimator": {"family": family_of(type(estimator)), "module": type(estimator).__module__,
+        "estimator": {"family": family, "module": type(estimator).__module__,
                       "traits": traits, "loss_evaluations": evaluations,
                       "defaults": registered_defaults(estimators.ESTIMATORS, estimator_name)},
         "problem": {"trains_model": bool(problem.trains_model), "module": type(problem).__module__,

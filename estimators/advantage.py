@@ -13,9 +13,11 @@ from __future__ import annotations
 import torch
 
 from estimators import register_estimator
+from estimators.domains import FLAG, Count, Interval, OneOf
 from estimators.sequence import SequenceEstimator, group_mean_std, greedy_tokens, leave_one_out
 
 SCALES = ("group", "batch", "none")
+GROUP = Count(2, why="a group baseline from one response leaves no signal")  # G for a group baseline
 
 
 def _batch_axis_first(x: torch.Tensor) -> torch.Tensor:
@@ -46,7 +48,7 @@ class RLOO(SequenceEstimator):
     and OpenRLHF's 'rloo' compute it: unbiased, the baseline being independent of response i."""
 
     unbiased_advantage = True
-    min_group = 2
+    domains = {"G": GROUP}
 
     def advantages(self, rewards, lengths, reference):
         mean, _ = group_mean_std(rewards)
@@ -66,17 +68,12 @@ class GRPO(SequenceEstimator):
     up to eps); with ddof 1 it is 1/sqrt(2) of that; at larger G the ratio of the expected to the true
     gradient depends on the prompt's success probability."""
 
-    min_group = 2
+    domains = {"G": GROUP, "ddof": OneOf(0, 1), "eps": Interval(0, None), "scale_rewards": OneOf(*SCALES),
+               "leave_one_out": FLAG}
 
     def __init__(self, G: int = 4, ddof: int = 1, eps: float = 1e-6, scale_rewards: str = "group",
                  leave_one_out: bool = False, aggregation: str = "seq-mean-token-mean"):
         super().__init__(G, aggregation)
-        if ddof not in (0, 1):
-            raise ValueError(f"ddof must be 0 or 1, got {ddof}")
-        if eps < 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
-        if scale_rewards not in SCALES:
-            raise ValueError(f"scale_rewards must be one of {', '.join(SCALES)}, got {scale_rewards!r}")
         if leave_one_out and G - 1 - ddof < 1 and scale_rewards == "group":
             raise ValueError(f"G must be at least {2 + ddof} for a leave-one-out std with ddof {ddof}, got {G}")
         self.ddof, self.eps, self.scale_rewards, self.leave_one_out = ddof, eps, scale_rewards, leave_one_out
@@ -108,7 +105,7 @@ class DrGRPO(SequenceEstimator):
     constant maximum length (TRL's ``loss_type='dr_grpo'``). Its expected gradient is exactly
     (G - 1) / (G max_len) of the true one, whatever the prompt: biased in scale, not in direction."""
 
-    min_group = 2
+    domains = {"G": GROUP}
 
     def __init__(self, G: int = 4, aggregation: str = "seq-mean-token-sum-norm"):
         super().__init__(G, aggregation)
@@ -124,7 +121,7 @@ class OPO(SequenceEstimator):
     squared score norm taken proportional to the length, estimated from the group including the
     response itself (so biased like mean-centring)."""
 
-    min_group = 2
+    domains = {"G": GROUP}
 
     def advantages(self, rewards, lengths, reference):
         scale = rewards.abs().amax(0, keepdim=True)
@@ -142,6 +139,8 @@ class _BatchNormalised(SequenceEstimator):
 
     advantage_coupling = "batch"
     group_baseline = False
+
+    domains = {"std_norm": FLAG}
 
     def __init__(self, G: int = 4, std_norm: bool = True, aggregation: str = "token-mean"):
         super().__init__(G, aggregation)
@@ -179,7 +178,7 @@ class ReinforcePlusPlusBaseline(_BatchNormalised):
     normalisation of REINFORCE++."""
 
     group_baseline = True
-    min_group = 2
+    domains = {"G": GROUP}
 
 
 @register_estimator("remax", "ReMax: the greedy response's reward as baseline, A = r - r(greedy); G + 1 evaluations")
@@ -214,10 +213,10 @@ class SequenceOptimalBaseline(SequenceEstimator):
     unbiased_advantage = True
     stateful = True
 
+    domains = {"decay": Interval(0, 1, closed="left")}
+
     def __init__(self, G: int = 4, decay: float = 0.9, aggregation: str = "seq-mean-token-sum"):
         super().__init__(G, aggregation)
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"decay must be in [0, 1), got {decay}")
         self.decay = decay
         self.register_buffer("numerator", torch.zeros(0, dtype=torch.float64))
         self.register_buffer("denominator", torch.zeros(0, dtype=torch.float64))

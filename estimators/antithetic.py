@@ -23,6 +23,7 @@ class ARM(Estimator):
     The estimate depends on u itself, not only on the two configurations, so the randomness is
     continuous (its exact variance is a piecewise-polynomial integral over u)."""
 
+    family = "score function"
     unbiased = True
     loss_evals = 2
     needs_loss_backprop = False
@@ -55,6 +56,7 @@ class DisARM(Estimator):
     bit is a fair one that is ignored, so every replayed outcome has a positive probability. The
     harness can therefore replay every outcome (2 bits per unit) and compute exact moments."""
 
+    family = "score function"
     unbiased = True
     loss_evals = 2
     needs_loss_backprop = False

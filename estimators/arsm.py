@@ -45,6 +45,7 @@ class ARSM(Estimator):
     continuous (no exact moments by enumeration).
     """
 
+    family = "score function"
     unbiased = True
     needs_loss_backprop = False
     randomness = "continuous"

@@ -35,15 +35,8 @@ import torch
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 
-MAX_DRAWS = 2**20  # samples or draws per estimate an estimator may ask for (K): each is a loss evaluation
+from estimators.domains import MAX_DRAWS, DeclaredDomains  # noqa: F401 (MAX_DRAWS: where it always was)
 
-
-def check_count(name: str, value, minimum: int, maximum: int = MAX_DRAWS) -> int:
-    """A count parameter (K samples, draws) is an integer in [minimum, maximum]: K=1e18 (a float
-    far past memory) was accepted and failed only once the run started."""
-    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-        raise ValueError(f"{name} must be at least {minimum} and at most {maximum:,} (an integer), got {value!r}")
-    return value
 
 class NotEnumerable(RuntimeError):
     """Raised when continuous randomness is requested from a replayed (enumerated) sample."""
@@ -265,10 +258,49 @@ def parameter_trait(default) -> Callable[[Callable[["Estimator"], object]], Para
     return declare
 
 
-class Estimator(torch.nn.Module):
+FAMILY_ORDER = ("exact", "score function", "control variate", "relaxation", "straight-through", "perturbation",
+                "non-binary", "sequence RL", "router", "other")  # the families the report colours by, in its order
+OTHER_FAMILY = "other"
+
+
+@dataclasses.dataclass(frozen=True)
+class Traits:
+    """An estimator's traits as one frozen record (in the manner of scikit-learn's tags): the one list
+    of trait names that ``bench list``, the runs' notes and the reports iterate over. Each field is
+    declared once, as a class attribute of the estimator (see :class:`Estimator`); ``traits()`` reads
+    them, from the instance where a parameter changes one."""
+
+    family: str
+    unbiased: bool
+    loss_evals: int | str
+    needs_loss_backprop: bool
+    binary_forward: bool
+    randomness: str
+    stateful: bool
+    has_parameters: bool
+    activation: str
+    variables: str
+
+    @classmethod
+    def of(cls, estimator) -> "Traits":
+        """The traits of an estimator class (its declared defaults) or instance (its own answers)."""
+        return cls(**{field.name: getattr(estimator, field.name) for field in dataclasses.fields(cls)})
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(field.name for field in dataclasses.fields(cls))
+
+    def as_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+class Estimator(DeclaredDomains, torch.nn.Module):
     """Base class: subclasses implement ``forward(logits, loss_fn)`` and declare their traits.
 
-    Traits (class attributes the harness reads; never special-case names):
+    Traits (class attributes the harness reads; never special-case names; :meth:`traits` gathers
+    those listed in :class:`Traits`):
+    ``family`` -- the group the report colours by (one of FAMILY_ORDER for the built-ins; a plugin
+    may name its own; a subclass inherits its parent's);
     ``unbiased`` -- E[estimate] equals the gradient of E[loss] under Bernoulli(sigm(logits)) units;
     ``loss_evals`` -- loss evaluations per estimate, a number or a formula (see :meth:`loss_evaluations`);
     ``needs_loss_backprop`` -- uses dL/dh (back-propagation through the loss) or only L's value;
@@ -311,6 +343,8 @@ class Estimator(torch.nn.Module):
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    traits_type: ClassVar[type[Traits]] = Traits
+    family: ClassVar[str] = OTHER_FAMILY
     unbiased: ClassVar[bool] = False
     loss_evals: ClassVar[int | str] = 1
     needs_loss_backprop: ClassVar[bool] = True
@@ -355,12 +389,15 @@ class Estimator(torch.nn.Module):
     def enumerable(self) -> bool:
         return self.randomness in ("bernoulli", "none")
 
-    def traits(self) -> dict[str, object]:
-        return {"unbiased": self.unbiased, "loss_evals": self.loss_evals,
-                "needs_loss_backprop": self.needs_loss_backprop, "binary_forward": self.binary_forward,
-                "randomness": self.randomness, "stateful": self.stateful,
-                "has_parameters": self.has_parameters, "activation": self.activation,
-                "variables": self.variables}
+    def traits(self) -> Traits:
+        """This instance's traits, one frozen record (a parameter may change some; see
+        :func:`parameter_trait`)."""
+        return self.traits_type.of(self)
+
+    @classmethod
+    def declared_traits(cls) -> Traits:
+        """The class's traits with its default parameters (what ``bench list`` shows)."""
+        return cls.traits_type.of(cls)
 
     def layer(self, index: int) -> "Estimator":
         """The estimator for stochastic layer ``index`` of a stacked model: layer 0 is ``self``,

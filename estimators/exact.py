@@ -6,6 +6,7 @@ import torch
 
 from estimators import register_estimator
 from estimators.base import Estimator, LossFn, all_categories, all_configurations
+from estimators.domains import Count
 
 # Elements of the largest tensor one call holds: configurations x batch x units (2^28 float32
 # numbers are 1 GiB; the loss and the weights hold a few of them). Checked before allocating.
@@ -19,6 +20,7 @@ class Exact(Estimator):
     Categorical units: the sum runs over all K^units one-hot configurations, P(h | a) the product
     of softmax(a_i)[h_i]; ``max_units`` then bounds K^units by 2^max_units."""
 
+    family = "exact"
     unbiased = True
     needs_loss_backprop = False
     randomness = "none"
@@ -26,10 +28,10 @@ class Exact(Estimator):
     loss_rounding = 1.0  # sum_h P(h) (h - p) L(h): loss values weighted by scores that cancel
     variables = "both"
 
+    domains = {"max_units": Count(1, 30)}
+
     def __init__(self, max_units: int = 20):
         super().__init__()
-        if not 1 <= max_units <= 30:
-            raise ValueError(f"max_units must be in [1, 30], got {max_units}")
         self.max_units = max_units
 
     def loss_evaluations(self, units: int, categories: int = 2) -> int:

@@ -2,12 +2,11 @@
 generative models via gapped straight-through estimator"), binary and categorical forms."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 from estimators import register_estimator
 from estimators.base import PathwiseEstimator
+from estimators.domains import STRICTLY_POSITIVE, Interval
 from estimators.gumbel import (CategoricalForm, check_temperature, compute_dtype, relaxed_slope,
                                softmax_jacobian_term, straight_through, tempered_softmax)
 
@@ -32,13 +31,14 @@ class GappedStraightThrough(CategoricalForm, PathwiseEstimator):
     shift z - a held fixed. With K = 2 and logits (0, a) this is the binary form above.
     """
 
+    family = "straight-through"
     unbiased = False
+
+    domains = {"tau": STRICTLY_POSITIVE, "gap": Interval(0, None)}
 
     def __init__(self, tau: float = 1.0, gap: float = 1.0):
         super().__init__()
         self.tau = check_temperature(tau)
-        if not (math.isfinite(gap) and gap >= 0):
-            raise ValueError(f"gap must be a finite number >= 0, got {gap}")
         self.gap = float(gap)
 
     def sample(self, logits: torch.Tensor) -> torch.Tensor:

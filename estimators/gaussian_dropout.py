@@ -26,6 +26,7 @@ class GaussianDropout(PathwiseEstimator):
     """h = sigm(a) + sqrt(sigm(a) sigm(-a)) eps, eps ~ N(0, 1), exact pathwise gradient of its own
     objective (biased for the Bernoulli expected loss); h = sigm(a) in eval mode."""
 
+    family = "non-binary"
     binary_forward = False
     randomness = "continuous"
 

@@ -14,20 +14,17 @@ gradients stay finite for any tau > 0 and any finite logits.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from estimators import register_estimator
-from estimators.base import LossFn, NoiseLaw, PathwiseEstimator, check_count
+from estimators.base import LossFn, NoiseLaw, PathwiseEstimator
+from estimators.domains import MAX_DRAWS, STRICTLY_POSITIVE, Count
 
 
 def check_temperature(tau: float) -> float:
-    """The relaxations' temperature: a finite number > 0 and not subnormal in float32 (a
-    temperature below float32's smallest normal number underflows to 0 there: x / 0 is NaN)."""
-    if not (math.isfinite(tau) and tau >= torch.finfo(torch.float32).tiny):
-        raise ValueError(f"tau must be a finite number > 0 (at least {torch.finfo(torch.float32).tiny:.3g}), got {tau}")
+    """The relaxations' temperature as a float (its domain, ``STRICTLY_POSITIVE``, is declared by
+    each class that takes one and checked before ``__init__`` runs)."""
     return float(tau)
 
 
@@ -95,8 +92,10 @@ class CategoricalForm:
 class _Relaxation(CategoricalForm, PathwiseEstimator):
     """Shared temperature parameter; every member is biased and draws continuous noise."""
 
+    family = "relaxation"
     unbiased = False
     randomness = "continuous"
+    domains = {"tau": STRICTLY_POSITIVE}
 
     def __init__(self, tau: float = 1.0):
         super().__init__()
@@ -203,9 +202,11 @@ class GumbelRao(_Relaxation):
     construction, which depends on a). Here K counts conditional draws, not categories.
     """
 
+    domains = {"K": Count(1, MAX_DRAWS)}
+
     def __init__(self, tau: float = 1.0, K: int = 10):
         super().__init__(tau)
-        self.K = check_count("K", K, 1)
+        self.K = K
 
     def noise_laws(self, logits, categorical=False):
         """After the discrete h: K conditionally i.i.d. copies (uniforms v, categorical: Gumbels g)

@@ -7,6 +7,7 @@ import torch
 
 from estimators import register_estimator
 from estimators.base import Estimator, LossFn, attach_gradient
+from estimators.domains import Count
 
 
 @register_estimator("indecater", "IndeCateR (De Smet et al. 2023): per unit, the exact sum over its K "
@@ -27,16 +28,17 @@ class IndeCateR(Estimator):
     randomness is the N discrete draws per unit, so exact moments come from enumeration.
     """
 
+    family = "score function"
     unbiased = True
     needs_loss_backprop = False
     variables = "both"
     loss_rounding = 1.0  # p_vk (L(k, x_-v) - sum_j p_vj L(j, x_-v)): differences of loss values
     loss_evals = "N * categories * units"
 
+    domains = {"N": Count(1)}
+
     def __init__(self, N: int = 1):
         super().__init__()
-        if N < 1:
-            raise ValueError(f"N must be at least 1, got {N}")
         self.N = N
 
     def loss_evaluations(self, units: int, categories: int = 2) -> int:

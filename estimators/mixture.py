@@ -33,7 +33,7 @@ from typing import Callable, ClassVar
 
 import torch
 
-from estimators.base import Estimator, LossFn, ReplayNoise
+from estimators.base import Estimator, LossFn, ReplayNoise, Traits
 
 ROUTINGS = ("sampled", "topk")
 WEIGHTS = ("softmax", "renormalised")
@@ -105,19 +105,28 @@ def combine(outputs: torch.Tensor, index: torch.Tensor, w: torch.Tensor) -> torc
     return (w.unsqueeze(-1) * picked).sum(-2)
 
 
+@dataclasses.dataclass(frozen=True)
+class RouterTraits(Traits):
+    """The traits of a router estimator: an estimator's, plus the experts it evaluates
+    (``expert_evals``), whether its training forward output differs from inference
+    (``forward_differs``) and the routings it serves (``routings``)."""
+
+    expert_evals: str
+    forward_differs: bool
+    routings: str
+
+
 class RouterEstimator(Estimator):
     """Base of the router estimators: serves router problems only (``variables = 'router'``)."""
 
+    family = "router"
+    traits_type = RouterTraits
     variables = "router"
     expert_evals: ClassVar[str] = "k"
     forward_differs: ClassVar[bool] = False
     routings: ClassVar[str] = "both"
     max_top_k: ClassVar[int | None] = None
     weights_served: ClassVar[tuple[str, ...]] = WEIGHTS
-
-    def traits(self) -> dict[str, object]:
-        return {**super().traits(), "expert_evals": self.expert_evals, "forward_differs": self.forward_differs,
-                "routings": self.routings}
 
     def expert_evaluations(self, top_k: int, experts: int) -> int:
         """Experts evaluated per routed example."""

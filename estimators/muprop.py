@@ -21,6 +21,7 @@ class MuProp(Estimator):
     In a stacked model the mean-field pass goes through the downstream layers' own estimators, so
     L(mu) may be random; it is drawn independently of b, which is all unbiasedness needs."""
 
+    family = "control variate"
     unbiased = True
     loss_evals = 2
     needs_loss_backprop = True

@@ -6,6 +6,7 @@ import torch
 
 from estimators import register_estimator
 from estimators.base import NoiseLaw, PathwiseEstimator, parameter_trait
+from estimators.domains import Interval, OneOf
 
 NOISES = ("gaussian", "logistic")
 # Beyond this, std * z (|z| < 20 for every draw) is no longer finite in float32 sums of logits.
@@ -18,21 +19,18 @@ class NoisyRectifier(PathwiseEstimator):
     sec. 2.1 firing-rate control: a per-unit bias shift moves each unit's moving-average rate of
     h > 0 towards the target. In eval mode the noise is dropped (deterministic test time)."""
 
+    family = "non-binary"
     binary_forward = False
     randomness = "continuous"
     activation = "rectifier"
 
+    domains = {"std": Interval(0, MAX_STD), "noise": OneOf(*NOISES),
+               "target_rate": Interval(0, 1, closed="left", description="in [0, 1) (0 turns the control off)"),
+               "rate_decay": Interval(0, 1, closed="left"), "bias_step": Interval()}
+
     def __init__(self, std: float = 1.0, noise: str = "gaussian", target_rate: float = 0.0,
                  rate_decay: float = 0.99, bias_step: float = 0.1):
         super().__init__()
-        if noise not in NOISES:
-            raise ValueError(f"noise must be one of {', '.join(NOISES)}, got {noise!r}")
-        if not 0 <= std <= MAX_STD:
-            raise ValueError(f"std must be in [0, {MAX_STD:g}], got {std}")
-        if not 0.0 <= target_rate < 1.0:
-            raise ValueError(f"target_rate must be in [0, 1) (0 turns the control off), got {target_rate}")
-        if not 0.0 <= rate_decay < 1.0:
-            raise ValueError(f"rate_decay must be in [0, 1), got {rate_decay}")
         self.std = std
         self.noise = noise
         self.target_rate = target_rate

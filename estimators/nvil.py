@@ -6,6 +6,7 @@ import torch
 
 from estimators import register_estimator
 from estimators.base import Estimator, LossFn, attach_gradient, parameter_trait
+from estimators.domains import FLAG, SEED, Count, Interval
 from estimators.own_parameters import LazyMLP, add_objective_gradient
 
 
@@ -25,19 +26,17 @@ class NVIL(Estimator):
     common factor: unbiased in direction only, so such an instance is not ``unbiased`` and is
     ``stateful`` (the class declares the default, ``normalise=False``)."""
 
+    family = "control variate"
     unbiased = True
     loss_evals = 1
     needs_loss_backprop = False
     randomness = "bernoulli"
     has_parameters = True
     loss_rounding = 1.0  # (L - C_psi(a)) (b - sigm(a))
+    domains = {"hidden": Count(1), "normalise": FLAG, "decay": Interval(0, 1, closed="left"), "init_seed": SEED}
 
     def __init__(self, hidden: int = 16, normalise: bool = False, decay: float = 0.9, init_seed: int = 0):
         super().__init__()
-        if hidden < 1:
-            raise ValueError(f"hidden must be at least 1, got {hidden}")
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"decay must be in [0, 1), got {decay}")
         self.hidden, self.normalise, self.decay = hidden, normalise, decay
         self.baseline = LazyMLP(hidden, init_seed)
         self.register_buffer("signal_mean", torch.zeros((), dtype=torch.float64))

@@ -7,6 +7,7 @@ import torch
 
 from estimators import register_estimator
 from estimators.base import NoiseLaw, PathwiseEstimator
+from estimators.domains import Interval
 from estimators.noisy_rectifier import MAX_STD
 
 
@@ -14,6 +15,7 @@ from estimators.noisy_rectifier import MAX_STD
 class Sigmoid(PathwiseEstimator):
     """h = sigm(a), plain back-propagation."""
 
+    family = "non-binary"
     binary_forward = False
     randomness = "none"
 
@@ -25,13 +27,14 @@ class Sigmoid(PathwiseEstimator):
 class SigmoidNoise(PathwiseEstimator):
     """h = sigm(a + std z), z ~ N(0, 1) in training; h = sigm(a) in eval."""
 
+    family = "non-binary"
     binary_forward = False
     randomness = "continuous"
 
+    domains = {"std": Interval(0, MAX_STD)}
+
     def __init__(self, std: float = 1.0):
         super().__init__()
-        if not 0 <= std <= MAX_STD:
-            raise ValueError(f"std must be in [0, {MAX_STD:g}], got {std}")
         self.std = std
 
     def noise_laws(self, logits, categorical=False):
@@ -48,6 +51,7 @@ class SigmoidNoise(PathwiseEstimator):
 class Rectifier(PathwiseEstimator):
     """h = max(0, a), plain back-propagation."""
 
+    family = "non-binary"
     binary_forward = False
     randomness = "none"
     activation = "rectifier"

@@ -3,18 +3,11 @@ differences, both with common random numbers u for h = 1[u < sigm(a)] on either 
 only loss values; their bias is O(c^2) from the perturbation size."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 from estimators import register_estimator
 from estimators.base import Estimator, LossFn, NoiseLaw, attach_gradient, parameter_trait, reduce_to_batch
-
-
-def _check_step(name: str, value: float) -> None:
-    """A perturbation size: finite and at least float32's smallest normal number."""
-    if not (math.isfinite(value) and value >= torch.finfo(torch.float32).tiny):
-        raise ValueError(f"{name} must be > 0 and finite (at least {torch.finfo(torch.float32).tiny:.3g}), got {value}")
+from estimators.domains import STRICTLY_POSITIVE
 
 
 @register_estimator("spsa", "SPSA: (L(a + c D) - L(a - c D)) / (2 c D_i), D Rademacher; 2 evaluations")
@@ -22,13 +15,14 @@ class SPSA(Estimator):
     """Simultaneous perturbation (Spall 1992) of all logits at once: O(1) evaluations per estimate.
     The surrogate's value is the mean of the two perturbed losses."""
 
+    family = "perturbation"
     needs_loss_backprop = False
     randomness = "continuous"
     loss_evals = 2
+    domains = {"c": STRICTLY_POSITIVE}
 
     def __init__(self, c: float = 0.1):
         super().__init__()
-        _check_step("c", c)
         self.c = c
 
     @parameter_trait(default=5.0)
@@ -58,13 +52,14 @@ class FiniteDifference(Estimator):
     """(L(a + eps e_i) - L(a - eps e_i)) / (2 eps) for each unit i: O(N) evaluations of an O(N)
     loss, the O(N^2) reference of sec. 1.2. The surrogate's value is the mean of all evaluations."""
 
+    family = "perturbation"
     needs_loss_backprop = False
     randomness = "continuous"
     loss_evals = "2 * units"
+    domains = {"eps": STRICTLY_POSITIVE}
 
     def __init__(self, eps: float = 0.1):
         super().__init__()
-        _check_step("eps", eps)
         self.eps = eps
 
     @parameter_trait(default=5.0)

@@ -23,18 +23,12 @@ import torch.nn.functional as F
 
 from estimators import register_estimator
 from estimators.base import Estimator, LossFn, NoiseLaw, attach_gradient
+from estimators.domains import SEED, Count, Interval, OneOf
 from estimators.own_parameters import LazyMLP, add_objective_gradient
 
 # |log temperature| is clamped here when used: beyond it sigm(z / lambda) is already a hard step
 # (lambda < 4e-18) or a constant 1/2 (lambda > 2e17), and z / lambda stays finite in float32.
 LOG_TEMPERATURE_BOUND = 40.0
-
-
-def _check(temperature: float, eta: float) -> None:
-    if not (temperature > 0 and math.isfinite(temperature)):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
-    if not math.isfinite(eta):
-        raise ValueError(f"eta must be a finite number, got {eta}")
 
 
 class RelaxedControlVariate(Estimator):
@@ -46,6 +40,7 @@ class RelaxedControlVariate(Estimator):
     (the variance of g up to a constant, since E[g] does not depend on them) w.r.t. the control
     variate's parameters is added into their ``.grad`` (create_graph through d/da)."""
 
+    family = "control variate"
     unbiased = True
     loss_evals = 3
     needs_loss_backprop = True
@@ -53,10 +48,10 @@ class RelaxedControlVariate(Estimator):
     has_parameters = True
     loss_rounding = 1.0  # (L(b) - c(z~)) (b - theta)
     adaptation_lr = 3e-2
+    domains = {"temperature": Interval(0, None, closed="neither"), "eta": Interval()}
 
     def __init__(self, temperature: float, eta: float):
         super().__init__()
-        _check(temperature, eta)
         self.log_temperature = torch.nn.Parameter(torch.tensor(math.log(temperature)))
         self.eta = torch.nn.Parameter(torch.tensor(float(eta)))
 
@@ -144,13 +139,11 @@ class RELAX(RelaxedControlVariate):
     function of the input, held constant: c stays a function of z alone at this a, as the identity
     behind g requires). lambda, eta and rho are trained to minimise the variance of g."""
 
+    domains = {"hidden": Count(1), "init_seed": SEED, "form": OneOf(*RELAX_FORMS)}
+
     def __init__(self, temperature: float = 0.5, eta: float = 1.0, hidden: int = 16, init_seed: int = 0,
                  form: str = "grathwohl"):
         super().__init__(temperature, eta)
-        if hidden < 1:
-            raise ValueError(f"hidden must be at least 1, got {hidden}")
-        if form not in RELAX_FORMS:
-            raise ValueError(f"form must be one of {', '.join(RELAX_FORMS)}, got {form!r}")
         self.hidden, self.form = hidden, form
         self.network = LazyMLP(hidden, init_seed, "keras" if form == "disarm" else "zero-output")
 

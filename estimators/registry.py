@@ -20,6 +20,8 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from estimators.domains import DomainError, check_domains, declared_domains
+
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 BUILTIN = "built-in"
 
@@ -36,8 +38,10 @@ class Entry:
     source: str
 
     def parameters(self) -> dict[str, dict[str, Any]]:
-        """Constructor keyword parameters with their defaults and type names."""
-        return constructor_parameters(self.cls)
+        """Constructor keyword parameters with their defaults, type names and declared domains
+        (None where the class declares none: a plugin may not)."""
+        domains = declared_domains(self.cls)
+        return {key: {**spec, "domain": domains.get(key)} for key, spec in constructor_parameters(self.cls).items()}
 
 
 @dataclasses.dataclass
@@ -228,6 +232,10 @@ class Registry:
                 valid = ", ".join(spec) or "none"
                 raise RegistryError(f"{self.kind} {name!r} has no parameter {key!r}: valid: {valid}")
         coerced = {k: _coerce(v, hints.get(k, Any), f"{name}: {k}", spec[k]["default"]) for k, v in params.items()}
+        try:  # the declared domains (see estimators.domains), one message format for every class
+            check_domains(entry.cls, coerced)
+        except DomainError as exc:
+            raise RegistryError(f"{name}: {exc}") from None
         try:
             instance = entry.cls(**coerced)
         except ValueError as exc:  # the class's own range check: '<param> must be ..., got ...'

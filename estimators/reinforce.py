@@ -14,12 +14,11 @@ from __future__ import annotations
 import torch
 
 from estimators import register_estimator
-from estimators.base import Estimator, LossFn, attach_gradient, check_count, reduce_to_batch
+from estimators.base import Estimator, LossFn, attach_gradient, reduce_to_batch
+from estimators.domains import MAX_DRAWS, Count, Interval
 
 
-def _check_decay(decay: float) -> None:
-    if not 0.0 <= decay < 1.0:
-        raise ValueError(f"decay must be in [0, 1), got {decay}")
+DECAY = Interval(0, 1, closed="left")  # a moving average's decay
 
 
 def _batch_mean(x: torch.Tensor, event_dims: int = 1) -> torch.Tensor:
@@ -50,6 +49,7 @@ class ScoreFunctionEstimator(Estimator):
     categorical units (h - softmax(a)) (L - Lbar). The subclasses registered here declare
     ``variables = 'both'``; a subclass whose forward knows binary units only keeps 'binary'."""
 
+    family = "score function"
     unbiased = True
     needs_loss_backprop = False
     loss_rounding = 1.0  # (h - p)(L - Lbar): a difference of loss values times a score
@@ -91,9 +91,10 @@ class ReinforceMovingAverage(ScoreFunctionEstimator):
     stateful = True
     variables = "both"
 
+    domains = {"decay": DECAY}
+
     def __init__(self, decay: float = 0.9):
         super().__init__()
-        _check_decay(decay)
         self.decay = decay
         self.register_buffer("mean_loss", torch.zeros(()))
         self.register_buffer("seen", torch.zeros((), dtype=torch.bool))
@@ -125,9 +126,10 @@ class ReinforceOptimalBaseline(ScoreFunctionEstimator):
     stateful = True
     variables = "both"
 
+    domains = {"decay": DECAY}
+
     def __init__(self, decay: float = 0.9):
         super().__init__()
-        _check_decay(decay)
         self.decay = decay
         self.register_buffer("numerator", torch.zeros(0))
         self.register_buffer("denominator", torch.zeros(0))
@@ -157,15 +159,18 @@ class ReinforceLeaveOneOut(Estimator):
     categorical units (h_k - softmax(a)) in its place (``K`` stays the number of samples, not of
     categories: those are the logits' last axis)."""
 
+    family = "score function"
     unbiased = True
     needs_loss_backprop = False
     loss_evals = "K"
     loss_rounding = 1.0  # (h_k - p)(L_k - mean of the others)
     variables = "both"
 
+    domains = {"K": Count(2, MAX_DRAWS)}
+
     def __init__(self, K: int = 4):
         super().__init__()
-        self.K = check_count("K", K, 2)
+        self.K = K
 
     def loss_evaluations(self, units: int, categories: int = 2) -> int:
         return self.K

@@ -7,6 +7,7 @@ import torch
 
 from estimators import register_estimator
 from estimators.base import PathwiseEstimator
+from estimators.domains import STRICTLY_POSITIVE
 from estimators.gumbel import (CategoricalForm, check_temperature, compute_dtype, softmax_jacobian_term,
                                straight_through, tempered_softmax)
 
@@ -31,7 +32,10 @@ class ReinMax(CategoricalForm, PathwiseEstimator):
     subtracts the mean over categories; J(pi) g already sums to zero, so that is a no-op.)
     """
 
+    family = "straight-through"
     unbiased = False
+
+    domains = {"tau": STRICTLY_POSITIVE}
 
     def __init__(self, tau: float = 1.0):
         super().__init__()

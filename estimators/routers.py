@@ -9,6 +9,7 @@ import torch
 
 from estimators import register_estimator
 from estimators.base import attach_gradient
+from estimators.domains import STRICTLY_POSITIVE, Interval
 from estimators.mixture import (MoELayer, RouterEstimator, all_weights, combine, kept_weights, mask_of,  # noqa: F401
                                 route)
 from estimators.reinmax import ReinMax
@@ -90,11 +91,10 @@ class DefaultMoE(RouterEstimator):
     expert_evals = "k"
     forward_differs = True
     stateful = True
+    domains = {"decay": Interval(0, 1, closed="left")}
 
     def __init__(self, decay: float = 0.95):
         super().__init__()
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"decay must be in [0, 1), got {decay}")
         self.decay = decay
         self.register_buffer("defaults", torch.zeros(0))
 
@@ -135,11 +135,10 @@ class _SparseMixer(RouterEstimator):
     coin: ClassVar[float]  # P(the full factor) for an expert other than the argmax
     low_factor: ClassVar[float]
     gradient_scale: ClassVar[float]
+    domains = {"jitter_eps": Interval(0, None)}
 
     def __init__(self, jitter_eps: float = 0.1):
         super().__init__()
-        if not (math.isfinite(jitter_eps) and jitter_eps >= 0):
-            raise ValueError(f"jitter_eps must be a number >= 0, got {jitter_eps}")
         self.jitter_eps = jitter_eps
 
     def surrogate(self, logits, loss_fn, layer):
@@ -197,6 +196,7 @@ class ReinMaxRouter(RouterEstimator):
     routings = "sampled"
     max_top_k = 1
     expert_evals = "E"
+    domains = {"tau": STRICTLY_POSITIVE}
 
     def __init__(self, tau: float = 1.0):
         super().__init__()
@@ -250,11 +250,10 @@ class OptimalBaselineRouter(ReinforceRouter):
     measured: unbiased, since b comes from earlier calls only."""
 
     stateful = True
+    domains = {"decay": Interval(0, 1, closed="left")}
 
     def __init__(self, decay: float = 0.9):
         super().__init__()
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"decay must be in [0, 1), got {decay}")
         self.decay = decay
         self.register_buffer("numerator", torch.zeros(0, dtype=torch.float64))
         self.register_buffer("denominator", torch.zeros(0, dtype=torch.float64))

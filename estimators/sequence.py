@@ -27,7 +27,8 @@ import dataclasses
 
 import torch
 
-from estimators.base import Estimator, LossFn, parameter_trait
+from estimators.base import Estimator, LossFn, Traits, parameter_trait
+from estimators.domains import Count, OneOf, declared_domains
 
 AGGREGATIONS = ("seq-mean-token-sum", "seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 COUPLINGS = ("none", "group", "batch")  # how far a response's coefficient reaches, from narrowest
@@ -118,26 +119,42 @@ def leave_one_out(x: torch.Tensor) -> torch.Tensor:
     return torch.stack(others, 1)
 
 
+@dataclasses.dataclass(frozen=True)
+class SequenceTraits(Traits):
+    """The traits of an advantage estimator: an estimator's, plus how far a response's coefficient
+    reaches (``coupling``) and how the tokens' terms are aggregated (``aggregation``)."""
+
+    coupling: str
+    aggregation: str
+
+
+class _SmallestGroup:
+    """``min_group``: the smallest G the class's declared domain allows (read from the class or an
+    instance), so the domain is written once."""
+
+    def __get__(self, instance, owner) -> int:
+        return declared_domains(owner)["G"].low
+
+
 class SequenceEstimator(Estimator):
     """Base of the advantage estimators: G responses per prompt, advantages from their rewards, one
     coefficient per response (advantage times aggregation weight); subclasses implement
     :meth:`advantages` and declare ``coupling`` ('none': a response's own reward; 'group': its group's
     rewards; 'batch': every response of the estimate)."""
 
+    family = "sequence RL"
+    traits_type = SequenceTraits
+    aggregation = "seq-mean-token-sum"  # the default; an instance holds its own
     variables = "sequence"
     needs_loss_backprop = False
     loss_evals = "G"
     advantage_coupling = "group"
     unbiased_advantage = False  # E[advantage * score] is the gradient (a baseline independent of the response)
-    min_group = 1
+    domains = {"G": Count(1), "aggregation": OneOf(*AGGREGATIONS)}
+    min_group = _SmallestGroup()
 
     def __init__(self, G: int = 4, aggregation: str = "seq-mean-token-sum"):
         super().__init__()
-        if G < self.min_group:
-            reason = "a group baseline from one response leaves no signal" if self.min_group == 2 else ""
-            raise ValueError(f"G must be at least {self.min_group}{': ' + reason if reason else ''}, got {G}")
-        if aggregation not in AGGREGATIONS:
-            raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
         self.G = G
         self.aggregation = aggregation
 
@@ -151,9 +168,6 @@ class SequenceEstimator(Estimator):
         """How far a response's coefficient reaches: the advantage's reach, or the batch when the
         aggregation divides by the batch's token count."""
         return "batch" if self.aggregation == "token-mean" else self.advantage_coupling
-
-    def traits(self) -> dict[str, object]:
-        return {**super().traits(), "coupling": self.coupling, "aggregation": self.aggregation}
 
     def loss_evaluations(self, units: int, categories: int = 2) -> int:
         return self.G

@@ -2,12 +2,11 @@
 recurrent neural networks", the slope annealing trick): a sigmoid whose slope grows during training."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 from estimators import register_estimator
 from estimators.base import PathwiseEstimator
+from estimators.domains import Interval
 from estimators.gumbel import compute_dtype, straight_through
 
 
@@ -27,17 +26,17 @@ class SlopeAnnealedStraightThrough(PathwiseEstimator):
     bias. Its only randomness is the Bernoulli sample (exact moments by enumeration).
     """
 
+    family = "straight-through"
     unbiased = False
     stateful = True
     schedule = True
 
+    domains = {"slope": Interval(0, None, closed="neither"), "growth": Interval(0, None),
+               "max_slope": Interval(0, None, closed="neither")}
+
     def __init__(self, slope: float = 1.0, growth: float = 0.001, max_slope: float = 5.0):
         super().__init__()
-        if not (math.isfinite(slope) and slope > 0):
-            raise ValueError(f"slope must be a finite number > 0, got {slope}")
-        if not (math.isfinite(growth) and growth >= 0):
-            raise ValueError(f"growth must be a finite number >= 0, got {growth}")
-        if not (math.isfinite(max_slope) and max_slope >= slope):
+        if not max_slope >= slope:  # a relation between two parameters, beside their declared domains
             raise ValueError(f"max_slope must be finite and >= slope ({slope}), got {max_slope}")
         self.slope, self.growth, self.max_slope = float(slope), float(growth), float(max_slope)
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))

@@ -7,6 +7,7 @@ import torch
 
 from estimators import register_estimator
 from estimators.base import PathwiseEstimator
+from estimators.domains import STRICTLY_POSITIVE
 from estimators.gumbel import CategoricalForm, check_temperature, softmax_jacobian_term, tempered_softmax
 
 
@@ -20,6 +21,9 @@ class StraightThrough(CategoricalForm, PathwiseEstimator):
     tau = 1 is the plain form). With K = 2, logits (0, a) and tau = 1 this is the binary
     straight-through-sigmoid (the softmax's Jacobian there is sigm'(a)), not the identity form.
     The binary form has no temperature: a binary call with tau != 1 is refused."""
+
+    family = "straight-through"
+    domains = {"tau": STRICTLY_POSITIVE}
 
     def __init__(self, tau: float = 1.0):
         super().__init__()
@@ -42,6 +46,8 @@ class StraightThrough(CategoricalForm, PathwiseEstimator):
                     "Straight-through times the sigmoid derivative: dL/da := dL/dh sigm'(a) (sec. 4 variant)")
 class StraightThroughSigmoid(PathwiseEstimator):
     """h = 1[u < sigm(a)] with the sigmoid's gradient (Hinton's lecture variant): biased."""
+
+    family = "straight-through"
 
     def sample(self, logits: torch.Tensor) -> torch.Tensor:
         probs = torch.sigmoid(logits)

@@ -8,6 +8,7 @@ import torch
 
 from estimators import register_estimator
 from estimators.base import NoiseLaw, PathwiseEstimator, parameter_trait
+from estimators.domains import Either, Interval, OneOf
 
 
 @register_estimator("sts", "Stochastic times smooth: h = b sqrt(sigm(a)), b ~ Bernoulli(sqrt(sigm(a))) (eq. 2)")
@@ -19,14 +20,14 @@ class StochasticTimesSmooth(PathwiseEstimator):
     that sigm(scaled mode) = target; it is added to a in training and its mean replaces it in eval.
     """
 
+    family = "non-binary"
     binary_forward = False
+
+    domains = {"beta_noise": Either(OneOf(0.0), Interval(1, None, closed="neither", description="greater than 1")),
+               "target": Interval(0, 0.5, closed="neither")}
 
     def __init__(self, beta_noise: float = 0.0, target: float = 0.1):
         super().__init__()
-        if beta_noise != 0.0 and beta_noise <= 1.0:
-            raise ValueError(f"beta_noise must be 0 (off) or greater than 1, got {beta_noise}")
-        if not 0.0 < target < 0.5:
-            raise ValueError(f"target must be in (0, 0.5), got {target}")
         self.beta_noise = beta_noise
         self.target = target
 

@@ -13,6 +13,7 @@ from typing import Any, Callable, ClassVar, Iterator
 import torch
 
 from estimators.base import Noise, all_categories, all_configurations
+from estimators.domains import DeclaredDomains, Satisfies
 
 MAX_ENUMERATION_UNITS = 20
 LossObserver = Callable[[Callable[[torch.Tensor], torch.Tensor]], Callable[[torch.Tensor], torch.Tensor]]
@@ -151,6 +152,22 @@ class TrainingState:
             raise ResumeError(f"{why}: {type(exc).__name__}: {' '.join(str(exc).split())}") from None
 
 
+def layer_sizes(optional: bool = False) -> Satisfies:
+    """The domain of a layer-sizes parameter ('8-6-4', see :func:`parse_sizes`); ``optional``: empty
+    is allowed (the problem's default sizes)."""
+    def check(text) -> bool:
+        if optional and not str(text).strip():
+            return True
+        try:
+            parse_sizes(text, "sizes")
+        except ValueError:
+            return False
+        return True
+
+    return Satisfies(check, ("empty (the default sizes) or " if optional else "")
+                     + "layer sizes >= 1 joined by '-', like '8-6-4'", bad=("8--4", "8-0", "wide"))
+
+
 def parse_sizes(text: str, name: str) -> tuple[int, ...]:
     """Layer sizes written as positive integers joined by '-' ('8-6-4'); ``name`` is the parameter
     named in the one-line error."""
@@ -168,7 +185,7 @@ def parse_sizes(text: str, name: str) -> tuple[int, ...]:
     return tuple(sizes)
 
 
-class Problem(torch.nn.Module):
+class Problem(DeclaredDomains, torch.nn.Module):
     """Base class for every problem family.
 
     ``trains_model`` is False for gradient problems (a fixed point where estimates are measured

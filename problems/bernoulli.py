@@ -5,15 +5,9 @@ import math
 
 import torch
 
+from estimators.domains import SEED, Count, Interval
 from problems import register_problem
 from problems.base import MAX_ENUMERATION_UNITS, BernoulliProblem
-
-
-def _check_units(d: int, most: int | None = None) -> None:
-    if d < 1:
-        raise ValueError(f"d must be at least 1, got {d}")
-    if most is not None and d > most:
-        raise ValueError(f"d must be at most {most} (exact by enumeration), got {d}")
 
 
 def _seeded(data_seed: int) -> torch.Generator:
@@ -28,15 +22,10 @@ class BernoulliTarget(BernoulliProblem):
     logit 0 with spread 0 (p = 1/2) several estimators coincide: the mean-field gradient is exact,
     ReinMax is straight-through-sigmoid, the optimal baseline is the moving average."""
 
+    domains = {"d": Count(1), "t": Interval(0, 1), "logit": Interval(), "spread": Interval(0, None)}
+
     def __init__(self, d: int = 4, t: float = 0.45, logit: float = 0.0, spread: float = 0.0):
         super().__init__()
-        _check_units(d)
-        if not 0.0 <= t <= 1.0:
-            raise ValueError(f"t must be in [0, 1], got {t}")
-        if not math.isfinite(logit):
-            raise ValueError(f"logit must be finite, got {logit}")
-        if not (math.isfinite(spread) and spread >= 0):
-            raise ValueError(f"spread must be a finite number >= 0, got {spread}")
         self.d, self.t, self.logit, self.spread = d, t, logit, spread
         offsets = torch.linspace(-1.0, 1.0, d, dtype=torch.float64) if d > 1 else torch.zeros(1, dtype=torch.float64)
         self.register_buffer("logits", (logit + spread * offsets).to(torch.float32))
@@ -54,9 +43,10 @@ class BernoulliQuadratic(BernoulliProblem):
     """E[h'Ah] = sum_{i != j} A_ij p_i p_j + sum_i A_ii p_i, so dE[L]/dphi_k =
     p_k (1 - p_k) (A_kk + b_k + sum_{j != k} (A_kj + A_jk) p_j)."""
 
+    domains = {"d": Count(1), "data_seed": SEED}
+
     def __init__(self, d: int = 6, data_seed: int = 0):
         super().__init__()
-        _check_units(d)
         self.d, self.data_seed = d, data_seed
         g = _seeded(data_seed)
         self.register_buffer("A", torch.randn(d, d, generator=g) / math.sqrt(d))
@@ -79,11 +69,10 @@ class BernoulliBlackbox(BernoulliProblem):
     """L(h) = v' tanh(W h + c) + w' h: non-polynomial, every unit interacts; gradient by
     enumeration over all 2^d configurations."""
 
+    domains = {"d": Count(1, MAX_ENUMERATION_UNITS, why="exact by enumeration"), "hidden": Count(1), "data_seed": SEED}
+
     def __init__(self, d: int = 8, hidden: int = 16, data_seed: int = 0):
         super().__init__()
-        _check_units(d, MAX_ENUMERATION_UNITS)
-        if hidden < 1:
-            raise ValueError(f"hidden must be at least 1, got {hidden}")
         self.d, self.hidden, self.data_seed = d, hidden, data_seed
         g = _seeded(data_seed)
         self.register_buffer("W", torch.randn(hidden, d, generator=g) * (2 / math.sqrt(d)))

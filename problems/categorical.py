@@ -8,28 +8,20 @@ of its value, as ReinMax's code does for the polynomial programming problem.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Iterator
 
 import torch
 
-from estimators.base import check_count
+from estimators.domains import MAX_DRAWS, Count, Interval
 from problems import register_problem
 from problems.base import CategoricalProblem, OwnParameterOptimizer, Record, TrainingProblem
 
 INIT_STREAM = 0  # seeded_generator(seed, INIT_STREAM): the training problem's initial logits; never change
 
 
-def _check(units: int, K: int, t: float, p: float, logit: float) -> None:
-    if units < 1:
-        raise ValueError(f"units must be at least 1, got {units}")
-    check_count("K", K, 2)  # categories: logits hold units x K numbers
-    if not 0.0 <= t <= 1.0:
-        raise ValueError(f"t must be in [0, 1], got {t}")
-    if not (math.isfinite(p) and p >= 1.0):
-        raise ValueError(f"p must be a number >= 1 (|z - t|^p is then differentiable), got {p}")
-    if not math.isfinite(logit):
-        raise ValueError(f"logit must be finite, got {logit}")
+# The domains the categorical toys share (K: categories, the logits hold units x K numbers).
+SHARED = {"units": Count(1), "K": Count(2, MAX_DRAWS), "t": Interval(0, 1), "logit": Interval(),
+          "p": Interval(1, None, description="a number >= 1 (|z - t|^p is then differentiable)")}
 
 
 def category_values(K: int, dtype=torch.float32, device=None) -> torch.Tensor:
@@ -83,9 +75,10 @@ class CategoricalTarget(_ClosedFormValueProblem):
     t, logit)`` (category 1 is the bit, logit difference ``logit``), the binary gradient in the
     category-1 coordinates and its negative in the category-0 ones."""
 
+    domains = SHARED
+
     def __init__(self, units: int = 4, K: int = 3, t: float = 0.45, logit: float = 0.0):
         super().__init__()
-        _check(units, K, t, 2.0, logit)
         self.K, self.t, self.logit, self.p, self.weight = K, t, logit, 2.0, 1.0
         self.register_buffer("logits", float(logit) * category_values(K).expand(units, K).clone())
 
@@ -98,9 +91,10 @@ class PolynomialProgramming(_ClosedFormValueProblem):
     E[L] = (t^p + (1 - t)^p) / 2 (0.2525, 0.35488, 0.12875 for p = 2, 1.5, 3 at t = 0.45); the
     infimum over logits is min_k |v_k - t|^p (0.2025, 0.30187, 0.091125): :meth:`infimum`."""
 
+    domains = SHARED
+
     def __init__(self, p: float = 2.0, units: int = 128, t: float = 0.45, K: int = 2, logit: float = 0.0):
         super().__init__()
-        _check(units, K, t, p, logit)
         self.p, self.t, self.K, self.logit, self.weight = p, t, K, logit, 1.0 / units
         self.register_buffer("logits", float(logit) * category_values(K).expand(units, K).clone())
 
@@ -120,18 +114,12 @@ class PolynomialProgrammingTraining(_ValueLoss, TrainingProblem):
     parameters are trained alongside (see ``OwnParameterOptimizer``)."""
 
     variables = "categorical"
+    domains = {**SHARED, "steps": Count(1), "batch": Count(1), "log_every": Count(1),
+               "lr": Interval(0, None, closed="neither"), "init_scale": Interval(0, None)}
 
     def __init__(self, p: float = 2.0, units: int = 128, t: float = 0.45, K: int = 2, steps: int = 1000,
                  lr: float = 1e-3, batch: int = 64, log_every: int = 100, init_scale: float = 0.01):
         super().__init__()
-        _check(units, K, t, p, 0.0)
-        for name, value in (("steps", steps), ("batch", batch), ("log_every", log_every)):
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
-        if not (math.isfinite(lr) and lr > 0):
-            raise ValueError(f"lr must be a positive number, got {lr}")
-        if not (math.isfinite(init_scale) and init_scale >= 0):
-            raise ValueError(f"init_scale must be a number >= 0, got {init_scale}")
         self.p, self._units, self.t, self.K, self.weight = p, units, t, K, 1.0 / units
         self.steps, self.lr, self.batch, self.log_every, self.init_scale = steps, lr, batch, log_every, init_scale
 

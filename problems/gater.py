@@ -27,11 +27,12 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from estimators.domains import POSITIVE, Count, Interval, Optional
 from problems import register_problem
 from problems.base import OwnParameterOptimizer, Record, Snapshot, TrainingState
 from problems.conditional import GatedShape, flops_per_example
 from problems.training import (CLASSES, EVAL_CHUNK, EVAL_EXAMPLES, INPUTS, TRAIN_EXAMPLES, MnistTrainingProblem,
-                               Stopwatch, Stream, check_subset, chunked_sums, seeded_generator, seeded_linear, sgd,
+                               Stopwatch, Stream, subset, chunked_sums, seeded_generator, seeded_linear, sgd,
                                train_epoch)
 
 TUNE_EXAMPLES = 2_000  # default: training examples the test-time threshold is tuned on (4M logits at 2000 gates)
@@ -288,6 +289,13 @@ class GaterProblem(MnistTrainingProblem):
     """
 
     resumable = True
+    domains = {"epochs": Count(1), "train_subset": subset(TRAIN_EXAMPLES), "eval_subset": subset(EVAL_EXAMPLES),
+               "gate_units": Count(1), "hidden": Count(1),
+               "sparsity_target": Interval(0, 1, closed="left", description="in [0, 1) (0 = no sparsity criterion)"),
+               "lr": POSITIVE, "gater_lr": Optional(POSITIVE, "from the estimator"),
+               "momentum": Optional(Interval(0, 1, closed="left"), "from the estimator"), "kl_lambda": POSITIVE,
+               "l1_lambda": POSITIVE, "l1_step": POSITIVE, "batch_size": Count(1), "max_norm": POSITIVE,
+               "gate_bias": Optional(Interval(), "from the target"), "tune_examples": Count(1), "test_every": Count(1)}
 
     def __init__(self, epochs: int = DEFAULT_EPOCHS, train_subset: int = 0, eval_subset: int = 0,
                  gate_units: int = 2000, hidden: int = 400, sparsity_target: float = 0.1, lr: float = 0.1,
@@ -295,25 +303,6 @@ class GaterProblem(MnistTrainingProblem):
                  l1_lambda: float = 1e-3, l1_step: float = 0.01, batch_size: int = 32, max_norm: float = 2.0,
                  gate_bias: float | None = None, tune_examples: int = TUNE_EXAMPLES, test_every: int = TEST_EVERY):
         super().__init__()
-        for name, value in (("epochs", epochs), ("gate_units", gate_units), ("hidden", hidden),
-                            ("batch_size", batch_size), ("tune_examples", tune_examples), ("test_every", test_every)):
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
-        check_subset("train_subset", train_subset, TRAIN_EXAMPLES)
-        check_subset("eval_subset", eval_subset, EVAL_EXAMPLES)
-        if not 0.0 <= sparsity_target < 1.0:
-            raise ValueError(f"sparsity_target must be in [0, 1) (0 = no sparsity criterion), got {sparsity_target}")
-        for name, value in (("lr", lr), ("kl_lambda", kl_lambda), ("l1_lambda", l1_lambda),
-                            ("l1_step", l1_step), ("max_norm", max_norm)):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
-        if gater_lr is not None and not (isinstance(gater_lr, (int, float)) and math.isfinite(gater_lr)
-                                         and gater_lr > 0):
-            raise ValueError(f"gater_lr must be a positive number or None (from the estimator), got {gater_lr!r}")
-        if momentum is not None and not (isinstance(momentum, (int, float)) and 0.0 <= momentum < 1.0):
-            raise ValueError(f"momentum must be in [0, 1) or None (from the estimator), got {momentum!r}")
-        if gate_bias is not None and not (isinstance(gate_bias, (int, float)) and math.isfinite(gate_bias)):
-            raise ValueError(f"gate_bias must be a finite number or None, got {gate_bias!r}")
         self.epochs, self.train_subset, self.eval_subset = epochs, train_subset, eval_subset
         self.gate_units, self.hidden, self.sparsity_target = gate_units, hidden, sparsity_target
         self.lr, self.gater_lr, self.momentum = lr, gater_lr, momentum

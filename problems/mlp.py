@@ -33,11 +33,12 @@ import torch
 import torch.nn.functional as F
 
 from estimators.base import Noise
+from estimators.domains import SEED, Count, Interval, OneOf, Satisfies
 from problems import register_problem
 from problems.base import (MAX_ENUMERATION_UNITS, Checkpoint, LossObserver, OwnParameterOptimizer, Problem,
-                           Record, Reference, Snapshot, TrainingState, parse_sizes)
+                           Record, Reference, Snapshot, TrainingState, parse_sizes, layer_sizes)
 from problems.training import (CLASSES, EVAL_EXAMPLES, INPUTS, TRAIN_EXAMPLES, MnistTrainingProblem, Stopwatch,
-                               Stream, check_subset, chunked_sums, first_examples, seed_stream, seeded_generator,
+                               Stream, subset, chunked_sums, first_examples, seed_stream, seeded_generator,
                                seeded_linear, sgd, train_epoch)
 
 DEFAULT_HIDDEN = "500-500"
@@ -156,16 +157,13 @@ class MlpProbe(Problem):
     otherwise, or with ``reference_method='sampled'``, the mean of ``reference_samples`` unit-flip
     estimates (:meth:`flip_gradient`) with per-coordinate standard errors (scipy.stats.sem)."""
 
+    domains = {"widths": layer_sizes(), "inputs": Count(1), "classes": Count(2), "batch": Count(1),
+               "data_seed": SEED, "reference_method": OneOf(*REFERENCE_METHODS), "reference_samples": Count(1)}
+
     def __init__(self, widths: str = "4-3", inputs: int = 5, classes: int = 3, batch: int = 2,
                  data_seed: int = 0, reference_method: str = "auto", reference_samples: int = 256):
         super().__init__()
         sizes = parse_sizes(widths, "widths")
-        for name, value in (("inputs", inputs), ("classes", classes), ("batch", batch),
-                            ("reference_samples", reference_samples)):
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
-        if classes < 2:
-            raise ValueError(f"classes must be at least 2, got {classes}")
         generator = seeded_generator(data_seed, Stream.PROBE_DATA)
         dims = (inputs, *sizes)
         layers = [(torch.randn(dims[l + 1], dims[l], generator=generator) * (2 / math.sqrt(dims[l])),
@@ -379,6 +377,14 @@ def parse_checkpoints(text: str) -> tuple[int, ...]:
     return tuple(epochs)
 
 
+def _checkpoint_format(text: str) -> bool:
+    try:
+        parse_checkpoints(text)
+    except ValueError:
+        return False
+    return True
+
+
 class MlpProblem(MnistTrainingProblem):
     """Trains the MLP with the estimator at its hidden units; per-epoch learning curves and
     checkpoint probes of the hidden-layer gradient.
@@ -399,6 +405,13 @@ class MlpProblem(MnistTrainingProblem):
     estimator's one-draw gradient (unit noise plus mini-batch noise)."""
 
     resumable = True
+    domains = {"hidden": layer_sizes(), "epochs": Count(1), "lr": Interval(0, None, closed="neither"),
+               "momentum": Interval(0, 1, closed="left"), "batch_size": Count(1), "train_subset": subset(TRAIN_EXAMPLES),
+               "eval_subset": subset(EVAL_EXAMPLES), "train_eval_subset": subset(TRAIN_EXAMPLES),
+               "checkpoints": Satisfies(_checkpoint_format, "empty or epochs >= 0 joined by '-', like '0-1-5'",
+                                        bad=("zero", "1-x")),
+               "probe_batch": Count(1), "probe_samples": Count(2, why="a variance needs two draws"),
+               "probe_reference_samples": Count(1), "probe_minibatches": Count(2, why="a variance needs two draws")}
 
     def __init__(self, hidden: str = DEFAULT_HIDDEN, epochs: int = DEFAULT_EPOCHS, lr: float = 0.1,
                  momentum: float = 0.9, batch_size: int = 100, train_subset: int = 0, eval_subset: int = 0,
@@ -406,20 +419,6 @@ class MlpProblem(MnistTrainingProblem):
                  probe_samples: int = 500, probe_reference_samples: int = 100, probe_minibatches: int = 100):
         super().__init__()
         self.widths = parse_sizes(hidden, "hidden")
-        for name, value in (("epochs", epochs), ("batch_size", batch_size), ("probe_batch", probe_batch),
-                            ("probe_reference_samples", probe_reference_samples)):
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
-        for name, value in (("probe_samples", probe_samples), ("probe_minibatches", probe_minibatches)):
-            if value < 2:
-                raise ValueError(f"{name} must be at least 2 (a variance needs two draws), got {value}")
-        check_subset("train_subset", train_subset, TRAIN_EXAMPLES)
-        check_subset("eval_subset", eval_subset, EVAL_EXAMPLES)
-        check_subset("train_eval_subset", train_eval_subset, TRAIN_EXAMPLES)
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-            raise ValueError(f"lr must be a positive number, got {lr!r}")
-        if not (isinstance(momentum, (int, float)) and 0.0 <= momentum < 1.0):
-            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
         self.hidden, self.epochs, self.lr, self.momentum = hidden, epochs, lr, momentum
         self.batch_size, self.train_subset, self.eval_subset = batch_size, train_subset, eval_subset
         self.train_eval_subset = train_eval_subset

@@ -26,24 +26,23 @@ import math
 
 import torch
 
+from estimators.domains import NON_NEGATIVE, POSITIVE, SEED, Count, OneOf
 from estimators.mixture import ROUTINGS, WEIGHTS, MoELayer, combine, kept_weights
 from problems import register_problem
 from problems.base import EnumerableProblem, LossObserver, Record
-from problems.training import MnistTrainingProblem
+from problems.training import EVAL_EXAMPLES, TRAIN_EXAMPLES, MnistTrainingProblem, subset
 
 HEADS = ("tanh", "linear")
 MAX_ROUTINGS = 2**16  # ordered routings per input enumerated for the exact gradient
 
 
-def _check_layer(experts: int, top_k: int, routing: str, weights: str) -> None:
-    if experts < 2:
-        raise ValueError(f"experts must be at least 2, got {experts}")
-    if not 1 <= top_k < experts:
-        raise ValueError(f"top_k must be at least 1 and below experts ({experts}), got {top_k}")
-    if routing not in ROUTINGS:
-        raise ValueError(f"routing must be one of {', '.join(ROUTINGS)}, got {routing!r}")
-    if weights not in WEIGHTS:
-        raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+def _check_layer(experts: int, top_k: int) -> None:
+    """The relation between the layer's declared parameters: each example keeps fewer experts than exist."""
+    if top_k >= experts:
+        raise ValueError(f"top_k must be below experts ({experts}), got {top_k}")
+
+
+LAYER_DOMAINS = {"experts": Count(2), "top_k": Count(1), "routing": OneOf(*ROUTINGS), "weights": OneOf(*WEIGHTS)}
 
 
 def check_router_estimator(estimator, top_k: int, weights: str, routing: str) -> None:
@@ -62,20 +61,15 @@ class MoERouter(EnumerableProblem):
     input. ``dim`` = d * E, row-major W (input feature, expert)."""
 
     variables = "router"
+    domains = {**LAYER_DOMAINS, "d": Count(1), "inputs": Count(1), "width": Count(1), "head": OneOf(*HEADS),
+               "logit_scale": NON_NEGATIVE, "data_seed": SEED}
 
     def __init__(self, experts: int = 4, top_k: int = 1, d: int = 3, inputs: int = 2, width: int = 2,
                  routing: str = "sampled", weights: str = "softmax", head: str = "tanh", logit_scale: float = 1.0,
                  data_seed: int = 0):
         super().__init__()
-        _check_layer(experts, top_k, routing, weights)
-        if head not in HEADS:
-            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+        _check_layer(experts, top_k)
         self.head = head
-        for name, value in (("d", d), ("inputs", inputs), ("width", width)):
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
-        if not (math.isfinite(logit_scale) and logit_scale >= 0):
-            raise ValueError(f"logit_scale must be a number >= 0, got {logit_scale}")
         if math.perm(experts, top_k) > MAX_ROUTINGS:
             raise ValueError(f"experts and top_k give {math.perm(experts, top_k)} ordered routings per input, "
                              f"more than {MAX_ROUTINGS} to enumerate")
@@ -255,22 +249,14 @@ class MoEMnist(MnistTrainingProblem):
     variables = "router"
     dataset = "mnist"
 
+    domains = {**LAYER_DOMAINS, "hidden": Count(1), "epochs": Count(1), "batch_size": Count(1), "lr": POSITIVE,
+               "balance": NON_NEGATIVE, "train_subset": subset(TRAIN_EXAMPLES), "eval_subset": subset(EVAL_EXAMPLES)}
+
     def __init__(self, experts: int = 4, top_k: int = 1, hidden: int = 32, routing: str = "sampled",
                  weights: str = "softmax", epochs: int = 3, batch_size: int = 100, lr: float = 1e-3,
                  balance: float = 0.01, train_subset: int = 10_000, eval_subset: int = 2_000):
         super().__init__()
-        from problems.training import EVAL_EXAMPLES, TRAIN_EXAMPLES, check_subset
-
-        _check_layer(experts, top_k, routing, weights)
-        for name, value in (("hidden", hidden), ("epochs", epochs), ("batch_size", batch_size)):
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
-        if not (math.isfinite(lr) and lr > 0):
-            raise ValueError(f"lr must be a positive number, got {lr}")
-        if not (math.isfinite(balance) and balance >= 0):
-            raise ValueError(f"balance must be a number >= 0, got {balance}")
-        check_subset("train_subset", train_subset, TRAIN_EXAMPLES)
-        check_subset("eval_subset", eval_subset, EVAL_EXAMPLES)
+        _check_layer(experts, top_k)
         self.experts, self.top_k, self.hidden, self.routing, self.weights = experts, top_k, hidden, routing, weights
         self.epochs, self.batch_size, self.lr, self.balance = epochs, batch_size, lr, balance
         self.train_subset, self.eval_subset = train_subset, eval_subset

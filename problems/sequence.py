@@ -27,6 +27,7 @@ import torch
 
 from estimators.base import NotEnumerable
 from estimators.sequence import SequenceSpace
+from estimators.domains import SEED, Count, Interval, OneOf, Satisfies
 from problems import register_problem
 from problems.base import EnumerableProblem, LossObserver, Record, TrainingProblem
 
@@ -96,27 +97,31 @@ def _lengths_of(tokens: torch.Tensor, eos: int) -> torch.Tensor:
     return first + 1
 
 
+def _success_format(text: str) -> bool:
+    """Empty, or numbers in (0, 1) joined by '-' (how many: one per prompt, checked with prompts)."""
+    if not str(text).strip():
+        return True
+    try:
+        return all(0.0 < float(part) < 1.0 for part in str(text).split("-"))
+    except ValueError:
+        return False
+
+
 class _SequenceProblemParts:
     """What the gradient problem and the training problem share: the tree, targets, rewards, the
     policy's logit table from its parameter tensor."""
 
+    domains = {"vocab": Count(1), "max_len": Count(1), "prompts": Count(1), "features": Count(1),
+               "success": Satisfies(_success_format, "empty (evenly spaced) or probabilities in (0, 1) joined by "
+                                    "'-', like '0.1-0.5-0.9'", bad=("0.5-1.5", "half")),
+               "reward": OneOf(*REWARDS), "policy": OneOf(*POLICIES), "length_penalty": Interval(0, None),
+               "logit_scale": Interval(0, None), "data_seed": SEED}
+
     def _build(self, vocab: int, max_len: int, prompts: int, success: str, reward: str, policy: str,
                features: int, length_penalty: float, logit_scale: float, data_seed: int) -> None:
-        for name, value, least in (("vocab", vocab, 1), ("max_len", max_len, 1), ("prompts", prompts, 1),
-                                   ("features", features, 1)):
-            if value < least:
-                raise ValueError(f"{name} must be at least {least}, got {value}")
         if vocab**max_len > MAX_RESPONSES:
             raise ValueError(f"vocab^max_len must be at most {MAX_RESPONSES} (every response is enumerated), "
                              f"got {vocab}^{max_len} = {vocab**max_len}")
-        if reward not in REWARDS:
-            raise ValueError(f"reward must be one of {', '.join(REWARDS)}, got {reward!r}")
-        if policy not in POLICIES:
-            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
-        if not (math.isfinite(length_penalty) and length_penalty >= 0):
-            raise ValueError(f"length_penalty must be a number >= 0, got {length_penalty}")
-        if not (math.isfinite(logit_scale) and logit_scale >= 0):
-            raise ValueError(f"logit_scale must be a number >= 0, got {logit_scale}")
         self.vocab, self.max_len, self.prompts, self.reward_kind, self.policy = vocab, max_len, prompts, reward, policy
         self.features_count, self.length_penalty, self.logit_scale, self.data_seed = (features, length_penalty,
                                                                                      logit_scale, data_seed)
@@ -454,6 +459,8 @@ class SequenceBanditTraining(_SequenceProblemParts, TrainingProblem):
     parameters (when enumerable) and ``loss_evals``, the loss evaluations (responses) so far."""
 
     variables = "sequence"
+    domains = {"steps": Count(1), "log_every": Count(1), "lr": Interval(0, None, closed="neither"),
+               "optimizer": OneOf("sgd", "adam")}
 
     def __init__(self, vocab: int = 2, max_len: int = 3, prompts: int = 3, success: str = "",
                  reward: str = "exact", policy: str = "tabular", features: int = 8, length_penalty: float = 0.1,
@@ -462,13 +469,6 @@ class SequenceBanditTraining(_SequenceProblemParts, TrainingProblem):
         super().__init__()
         self._build(vocab, max_len, prompts, success, reward, policy, features, length_penalty, logit_scale,
                     data_seed)
-        for name, value in (("steps", steps), ("log_every", log_every)):
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
-        if not (math.isfinite(lr) and lr > 0):
-            raise ValueError(f"lr must be a positive number, got {lr}")
-        if optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be sgd or adam, got {optimizer!r}")
         self.steps, self.lr, self.optimizer, self.log_every = steps, lr, optimizer, log_every
         self._spec = dict(vocab=vocab, max_len=max_len, prompts=prompts, success=success, reward=reward,
                           policy=policy, features=features, length_penalty=length_penalty,

@@ -30,9 +30,10 @@ import scipy.stats
 import torch
 import torch.nn.functional as F
 
+from estimators.domains import SEED, Count, Interval, OneOf
 from problems import register_problem
 from problems.base import (MAX_ENUMERATION_UNITS, LossObserver, OwnParameterOptimizer, Problem, Record, Reference,
-                           Snapshot, TrainingProblem, TrainingState, parse_sizes)
+                           Snapshot, TrainingProblem, TrainingState, parse_sizes, layer_sizes)
 from problems.training import BeliefNetStream, seeded_generator
 
 DEFAULT_WIDTHS = (4, 3, 2)
@@ -59,12 +60,8 @@ def parse_widths(widths: str, depth: int, width: int) -> tuple[int, ...]:
         if widths:
             raise ValueError(f"give either widths or depth and width, not both (widths={widths!r}, "
                              f"depth={depth}, width={width})")
-        if depth < 1:
-            raise ValueError(f"depth must be at least 1, got {depth}")
-        if width < 1:
-            raise ValueError(f"width must be at least 1, got {width}")
-        if depth > MAX_DEPTH:
-            raise ValueError(f"depth must be at most {MAX_DEPTH}, got {depth}")
+        if not (depth and width):  # a relation between the two: each alone is 0 by default
+            raise ValueError(f"give depth and width together, got depth={depth}, width={width}")
         return (width,) * depth
     if not widths:
         return DEFAULT_WIDTHS
@@ -107,13 +104,13 @@ class _BeliefNet:
 
     widths: tuple[int, ...]
 
+    domains = {"widths": layer_sizes(optional=True), "depth": Count(1, MAX_DEPTH, zero="from widths"),
+               "width": Count(1, zero="from widths"), "loss": OneOf(*LOSSES), "hidden_weight": Interval(),
+               "data_seed": SEED}
+
     def _setup(self, widths: str, depth: int, width: int, loss: str, hidden_weight: float,
                data_seed: int) -> None:
         self.widths = parse_widths(widths, depth, width)
-        if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
-        if not math.isfinite(hidden_weight):
-            raise ValueError(f"hidden_weight must be finite, got {hidden_weight}")
         self.loss_kind, self.hidden_weight, self.data_seed = loss, float(hidden_weight), data_seed
         for l, w in enumerate(self.widths):
             g = seeded_generator(data_seed, BeliefNetStream.LOSS, l)
@@ -310,18 +307,15 @@ class SigmoidBeliefNet(_BeliefNet, Problem):
     once w.r.t. every layer's logits, and dS/dW_l = sum over evaluations of outer(dS/da, h).
     """
 
+    domains = {"reference_method": OneOf(*REFERENCE_METHODS), "reference_samples": Count(REFERENCE_BATCHES)}
+
     def __init__(self, widths: str = "", depth: int = 0, width: int = 0, loss: str = "mlp",
                  hidden_weight: float = 0.0, data_seed: int = 0, reference_method: str = "auto",
                  reference_samples: int = 200_000):
         super().__init__()
         self._setup(widths, depth, width, loss, hidden_weight, data_seed)
-        if reference_method not in REFERENCE_METHODS:
-            raise ValueError(f"reference_method must be one of {', '.join(REFERENCE_METHODS)}, "
-                             f"got {reference_method!r}")
         if reference_method == "exact":
             self._check_enumerable()
-        if reference_samples < REFERENCE_BATCHES:
-            raise ValueError(f"reference_samples must be at least {REFERENCE_BATCHES}, got {reference_samples}")
         self.reference_method, self.reference_samples = reference_method, reference_samples
         biases, weights = initial_parameters(self.widths, data_seed)
         for l, (b, W) in enumerate(zip(biases, weights)):
@@ -477,23 +471,16 @@ class SigmoidBeliefNetTraining(_BeliefNet, TrainingProblem):
 
     resumable = True
 
+    domains = {"steps": Count(1), "batch": Count(1), "log_every": Count(1), "optimizer": OneOf(*OPTIMIZERS),
+               "lr": Interval(0, None, closed="neither"), "ema_decay": Interval(0, 1, closed="left"),
+               "eval_samples": Count(2)}
+
     def __init__(self, widths: str = "", depth: int = 0, width: int = 0, loss: str = "mlp",
                  hidden_weight: float = 0.0, data_seed: int = 0, steps: int = 500, batch: int = 16,
                  optimizer: str = "adam", lr: float = 0.05, log_every: int = 25, ema_decay: float = 0.99,
                  eval_samples: int = 10_000):
         super().__init__()
         self._setup(widths, depth, width, loss, hidden_weight, data_seed)
-        for name, value in (("steps", steps), ("batch", batch), ("log_every", log_every)):
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
-        if not (math.isfinite(lr) and lr > 0):
-            raise ValueError(f"lr must be a positive number, got {lr}")
-        if not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
-        if eval_samples < 2:
-            raise ValueError(f"eval_samples must be at least 2, got {eval_samples}")
         self.steps, self.batch, self.optimizer, self.lr = steps, batch, optimizer, lr
         self.log_every, self.ema_decay, self.eval_samples = log_every, ema_decay, eval_samples
 

@@ -4,7 +4,7 @@ trainer, the models to come) share, so that each of them keeps only its model an
 - seed streams: ``seed_stream`` / ``seeded_generator`` and the named streams ``Stream`` (MNIST
   problems) and ``BeliefNetStream`` (sigmoid belief nets), one independent generator per purpose;
 - data: ``load_splits`` (the 50,000 / 10,000 / 10,000 split), ``first_examples``, ``device_splits``,
-  ``check_subset`` and ``Binariser`` (binary pixels, 'dynamic' or 'static');
+  ``subset`` (the domain of a subset size) and ``Binariser`` (binary pixels, 'dynamic' or 'static');
 - layers and optimiser: ``seeded_linear``, ``sgd``;
 - the loop: ``train_epoch`` (shuffled mini-batches, sums kept on the device, progress),
   ``chunked_sums`` (evaluation in chunks), ``Stopwatch`` (device-synchronised wall time) and
@@ -20,6 +20,7 @@ from typing import Callable, ClassVar, Sequence
 import numpy as np
 import torch
 
+from estimators.domains import Count
 from problems.base import TrainingProblem
 
 INPUTS = 784
@@ -100,10 +101,9 @@ def device_splits(dataset: str, train_subset: int, eval_subset: int,
     return {name: (x.to(device), y.to(device)) for name, (x, y) in parts.items()}
 
 
-def check_subset(name: str, value: int, most: int) -> None:
-    """A subset size: 0 (all) up to ``most`` examples."""
-    if not 0 <= value <= most:
-        raise ValueError(f"{name} must be in [0, {most}] (0 = all), got {value}")
+def subset(most: int) -> Count:
+    """The domain of a subset size: 0 (all) or 1 up to ``most`` examples."""
+    return Count(1, most, zero="all")
 
 
 class Binariser:

@@ -39,12 +39,14 @@ import torch
 import torch.nn.functional as F
 
 from estimators.base import all_categories, all_configurations
+from estimators.domains import POSITIVE, SEED, Anything, Count, OneOf
 from problems import register_problem
 from problems import training as mnist_training
 from problems.base import (MAX_ENUMERATION_UNITS, CategoricalProblem, Checkpoint, LossObserver, OwnParameterOptimizer,
-                           Problem, Record, Reference, Snapshot, TrainingProblem, TrainingState, parse_sizes)
+                           Problem, Record, Reference, Snapshot, TrainingProblem, TrainingState, layer_sizes,
+                           parse_sizes)
 from problems.training import (EVAL_EXAMPLES, INPUTS, TRAIN_EXAMPLES, Binariser, MnistTrainingProblem, Stopwatch,
-                               Stream, check_subset, chunked_sums, first_examples, seed_stream, seeded_generator,
+                               Stream, subset, chunked_sums, first_examples, seed_stream, seeded_generator,
                                seeded_linear)
 
 ARCHITECTURES = ("linear", "nonlinear", "two-layer")
@@ -290,12 +292,13 @@ class VaeProbe(_ProbeReference, Problem):
     multiple of 64) draws of the leave-one-out score-function estimator over K = 8 joint draws of
     the latents, unbiased, with standard errors from 64 batch means (scipy.stats.sem)."""
 
+    domains = {"architecture": OneOf(*ARCHITECTURES), "pixels": Count(1, INPUTS), "latents": Count(1),
+               "hidden": Count(1), "batch": Count(1), "data_seed": SEED, "reference_method": OneOf(*REFERENCE_METHODS),
+               "reference_samples": Count(REFERENCE_BATCHES)}
+
     def __init__(self, architecture: str = "linear", pixels: int = 6, latents: int = 4, hidden: int = 8,
                  batch: int = 3, data_seed: int = 0, reference_method: str = "auto", reference_samples: int = 4096):
         super().__init__()
-        check_sizes(architecture, pixels, latents, hidden)
-        if batch < 1:
-            raise ValueError(f"batch must be at least 1, got {batch}")
         generator = seeded_generator(data_seed, Stream.PROBE_DATA)
         pixel_mean = torch.rand(pixels, generator=generator) * 0.8 + 0.1
         model = VaeModel(architecture, pixels, latents, hidden, generator, pixel_mean)
@@ -315,11 +318,6 @@ class VaeProbe(_ProbeReference, Problem):
 
     def _configure(self, model: VaeModel, x: torch.Tensor, reference_method: str, reference_samples: int,
                    reference_seed: int) -> None:
-        if reference_method not in REFERENCE_METHODS:
-            raise ValueError(f"reference_method must be one of {', '.join(REFERENCE_METHODS)}, "
-                             f"got {reference_method!r}")
-        if reference_samples < REFERENCE_BATCHES:
-            raise ValueError(f"reference_samples must be at least {REFERENCE_BATCHES}, got {reference_samples}")
         self.register_buffer("x", x.detach().clone())
         model = copy.deepcopy(model)
         with torch.no_grad():
@@ -494,16 +492,6 @@ def check_latent_values(estimator, problem: str) -> None:
                          f"{problem}'s Bernoulli latents need values in [0, 1] for log q(z|x) and log p(z)")
 
 
-def check_sizes(architecture: str, pixels: int, latents: int, hidden: int) -> None:
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
-    if not 1 <= pixels <= INPUTS:
-        raise ValueError(f"pixels must be in [1, {INPUTS}], got {pixels}")
-    for name, value in (("latents", latents), ("hidden", hidden)):
-        if value < 1:
-            raise ValueError(f"{name} must be at least 1, got {value}")
-
-
 # -- the training problem ------------------------------------------------------------------------------
 class VaeTraining(MnistTrainingProblem):
     """Trains the VAE with the estimator at its latents under ``protocol`` (parameters recorded in the
@@ -560,6 +548,14 @@ class VaeTraining(MnistTrainingProblem):
     resumable = True
 
     protocols = BERNOULLI_PROTOCOLS
+    domains = {"architecture": OneOf(*ARCHITECTURES), "latents": Count(1), "hidden": Count(1), "pixels": Count(1, INPUTS),
+               "binarisation": OneOf(*VAE_BINARISATIONS), "steps": Count(1), "batch": Count(1), "lr": POSITIVE,
+               "prior_lr": POSITIVE, "log_every": Count(1), "eval_every": Count(1), "test_samples": Count(1),
+               "train_subset": Count(1, zero="all"), "eval_subset": subset(EVAL_EXAMPLES), "probe_batch": Count(1),
+               "probe_samples": Count(2, why="a variance needs two draws"),
+               "probe_reference_samples": Count(REFERENCE_BATCHES),
+               "basket": Anything("'+'-joined estimator specs (checked when the run starts)"),
+               "protocol": OneOf(*BERNOULLI_PROTOCOLS)}
 
     def __init__(self, architecture: str = "linear", latents: int = 200, hidden: int = 200, pixels: int = INPUTS,
                  binarisation: str = "dynamic", steps: int = 100_000, batch: int = 50, lr: float = 1e-4,
@@ -567,16 +563,13 @@ class VaeTraining(MnistTrainingProblem):
                  train_subset: int = 0, eval_subset: int = 0, probe_batch: int = 10, probe_samples: int = 1000,
                  probe_reference_samples: int = 2048, basket: str = "", protocol: str = "disarm"):
         super().__init__()
-        check_sizes(architecture, pixels, latents, hidden)
         self.protocol = self._check_protocol(protocol)
         self._schedule(binarisation, steps, batch, log_every, eval_every, test_samples, train_subset, eval_subset,
                        probe_batch, probe_samples, probe_reference_samples, basket, {"lr": lr, "prior_lr": prior_lr})
         self.architecture, self.latents, self.hidden, self.pixels = architecture, latents, hidden, pixels
 
     def _check_protocol(self, protocol: str) -> str:
-        if protocol not in self.protocols:
-            raise ValueError(f"protocol must be one of {', '.join(self.protocols)}, got {protocol!r}")
-        return protocol
+        return protocol  # declared: domains["protocol"]
 
     probe_class: type = VaeProbe  # the checkpoints' gradient problem (built by its ``at``)
 
@@ -585,22 +578,10 @@ class VaeTraining(MnistTrainingProblem):
                   probe_reference_samples: int, basket: str, rates: dict[str, float]) -> None:
         """Validate and keep the data, schedule, probe, basket and learning-rate parameters (a
         ValueError of one line for a bad one): what every VAE variant shares."""
-        if binarisation not in VAE_BINARISATIONS:
+        if binarisation not in VAE_BINARISATIONS:  # 'categorical-vae' resolves '' by its protocol first
             raise ValueError(f"binarisation must be one of {', '.join(VAE_BINARISATIONS)}, got {binarisation!r}")
-        for name, value in (("steps", steps), ("batch", batch), ("log_every", log_every),
-                            ("eval_every", eval_every), ("test_samples", test_samples), ("probe_batch", probe_batch)):
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
-        if probe_samples < 2:
-            raise ValueError(f"probe_samples must be at least 2 (a variance needs two draws), got {probe_samples}")
-        if probe_reference_samples < REFERENCE_BATCHES:
-            raise ValueError(f"probe_reference_samples must be at least {REFERENCE_BATCHES}, "
-                             f"got {probe_reference_samples}")
-        for name, value in rates.items():
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
-        check_subset("train_subset", train_subset, self.training_examples)
-        check_subset("eval_subset", eval_subset, EVAL_EXAMPLES)
+        if train_subset > self.training_examples:  # the protocol's training set: a relation, not a domain
+            raise ValueError(f"train_subset must be in [0, {self.training_examples}] (0 = all), got {train_subset}")
         if train_subset and batch > train_subset:
             raise ValueError(f"batch ({batch}) must not exceed train_subset ({train_subset})")
         self.binarisation, self.steps, self.batch = binarisation, steps, batch
@@ -934,17 +915,14 @@ class FashionMnistBernoulliVae(VaeTraining):
 CATEGORICAL_ARCHITECTURES = ("linear", "nonlinear")
 
 
+CATEGORICAL_SIZES = {"architecture": OneOf(*CATEGORICAL_ARCHITECTURES), "pixels": Count(1, INPUTS), "latents": Count(1),
+                     "categories": Count(2), "hidden": layer_sizes()}
+
+
 def check_categorical_sizes(architecture: str, pixels: int, latents: int, categories: int,
                             hidden: str) -> tuple[int, ...]:
-    """Validate the categorical VAE's sizes; the hidden layer sizes ('512-256') as a tuple."""
-    if architecture not in CATEGORICAL_ARCHITECTURES:
-        raise ValueError(f"architecture must be one of {', '.join(CATEGORICAL_ARCHITECTURES)}, got {architecture!r}")
-    if not 1 <= pixels <= INPUTS:
-        raise ValueError(f"pixels must be in [1, {INPUTS}], got {pixels}")
-    if latents < 1:
-        raise ValueError(f"latents must be at least 1, got {latents}")
-    if categories < 2:
-        raise ValueError(f"categories must be at least 2, got {categories}")
+    """The categorical VAE's hidden layer sizes ('512-256') as a tuple (the sizes' domains are
+    declared by the classes)."""
     return parse_sizes(hidden, "hidden")
 
 
@@ -1030,13 +1008,14 @@ class CategoricalVaeProbe(_ProbeReference, CategoricalProblem):
     leave-one-out score-function estimator over 8 joint draws, with standard errors from 64 batch
     means (scipy.stats.sem)."""
 
+    domains = {**CATEGORICAL_SIZES, "batch": Count(1), "data_seed": SEED,
+               "reference_method": OneOf(*REFERENCE_METHODS), "reference_samples": Count(REFERENCE_BATCHES)}
+
     def __init__(self, architecture: str = "linear", pixels: int = 6, latents: int = 3, categories: int = 3,
                  hidden: str = "8", batch: int = 2, data_seed: int = 0, reference_method: str = "auto",
                  reference_samples: int = 4096):
         super().__init__()
         sizes = check_categorical_sizes(architecture, pixels, latents, categories, hidden)
-        if batch < 1:
-            raise ValueError(f"batch must be at least 1, got {batch}")
         generator = seeded_generator(data_seed, Stream.PROBE_DATA)
         pixel_mean = torch.rand(pixels, generator=generator) * 0.8 + 0.1
         model = CategoricalVaeModel(architecture, pixels, latents, categories, sizes, generator, pixel_mean)
@@ -1210,6 +1189,9 @@ class CategoricalVaeTraining(VaeTraining):
     variables = "categorical"
     probe_class = CategoricalVaeProbe
     protocols = CATEGORICAL_PROTOCOLS
+    domains = {**CATEGORICAL_SIZES, "binarisation": OneOf("", *VAE_BINARISATIONS),
+               "steps": Count(1, zero=f"{EPOCHS} epochs"), "protocol": OneOf(*CATEGORICAL_PROTOCOLS),
+               "optimizer": OneOf(*CATEGORICAL_OPTIMIZERS)}
 
     def __init__(self, architecture: str = "nonlinear", latents: int = 30, categories: int = 10,
                  hidden: str = "512-256", pixels: int = INPUTS, binarisation: str = "", steps: int = 0,
@@ -1220,10 +1202,6 @@ class CategoricalVaeTraining(VaeTraining):
         TrainingProblem.__init__(self)  # VaeTraining's own __init__ takes the Bernoulli sizes
         sizes = check_categorical_sizes(architecture, pixels, latents, categories, hidden)
         self.protocol = self._check_protocol(protocol)
-        if optimizer not in CATEGORICAL_OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(CATEGORICAL_OPTIMIZERS)}, got {optimizer!r}")
-        if steps < 0:
-            raise ValueError(f"steps must be at least 1 (0 = {EPOCHS} epochs), got {steps}")
         binarisation = binarisation or ("none" if protocol == "reinmax" else "dynamic")
         examples = train_subset or self.training_examples
         steps = steps or max(1, EPOCHS * (examples // max(batch, 1)))

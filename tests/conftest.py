@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +127,227 @@ def one_line_error(code: int, err: str, *fragments: str) -> None:
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     for fragment in fragments:
         assert fragment in err, (fragment, err)
+
+
+# -- test lanes -------------------------------------------------------------------------------------
+# Every test is in exactly one lane. The slow lane holds four kinds of test, each with its marker:
+# 'subprocess' (runs python -m bench, pip or worker processes), 'end_to_end' (a whole command in the
+# test's process: a report with its figures, a reproduction), 'mnist' (reads the real data set),
+# 'training' (trains a model for epochs or steps), 'statistical' (draws enough samples for a
+# statistical test or a closed-form comparison at a stated error rate), and 'matrix' (the further
+# cases of a parametrized test: the fast lane runs the first case that is none of the other kinds, so
+# every test function still runs there once). Each of those also carries 'slow'; every other test
+# carries 'fast'. `python -m pytest -m fast` is the inner-loop lane;
+# `python -m pytest` (what CI runs) runs both. The markers are applied here, from what a test uses
+# (fixtures, the calls in its source, the skip reason of `needs_mnist`), plus the table below for
+# tests that take long without saying so; a test file may also mark tests itself.
+LANE_KINDS = ("subprocess", "end_to_end", "mnist", "training", "statistical", "matrix")
+SPAWNS = re.compile(r"\brun_cli\(|\bcli\(|\bsubprocess\.|\bcli_command\(|\bPopen\(|[\"']--jobs[\"']|"
+                    r"\bmultiprocessing\b|\bProcessPoolExecutor\b")
+READS_MNIST = re.compile(r"\bMNIST_DIR\b|\bMNIST_DATA_ROOT\b")
+TRAINS = re.compile(r"\bsynthetic\b")
+
+# Tests that run long for a reason their source does not show (many samples, many steps): by test
+# module, then the test function's name (all its parameter cases), with the kind. A name here that no
+# longer exists fails the collection, so the table cannot go stale silently.
+SLOW_TESTS: dict[str, dict[str, str]] = {
+    "test_estimators.py": {"test_unbiased_estimators_pass_the_z_test": "statistical",
+                           "test_biased_estimators_are_detected": "statistical",
+                           "test_monte_carlo_variance_matches_enumeration": "statistical",
+                           "test_perturbation_estimators_are_unbiased_for_their_smoothed_target": "statistical",
+                           "test_optimal_baseline_beats_moving_average_on_coupled_units": "statistical"},
+    "test_categorical_vae.py": {"test_discrete_unbiased_estimators_match_enumeration_by_replay": "statistical",
+                                "test_short_training_improves_the_elbo_and_records_everything": "training",
+                                "test_training_is_deterministic_for_a_seed": "training"},
+    "test_categorical_estimators.py": {"test_unbiased_categorical_estimators_pass_a_z_test": "statistical"},
+    "test_categorical.py": {"test_polynomial_programming_training_records_the_exact_loss_and_improves": "training"},
+    "test_analysis.py": {"test_rankings_and_front_use_mse_at_equal_budget": "statistical"},
+    "test_metrics.py": {"test_debiased_squared_bias_is_unbiased_under_reference_noise": "statistical"},
+    # Measured: each took over 2.6 s of CPU in the fast lane (the busy machine's wall time several times that).
+    "test_report_readable.py": {"test_figures_list_estimators_in_the_ranking_tables_order": "end_to_end",
+                                "test_no_text_leaves_a_figure_or_falls_below_legible": "end_to_end",
+                                "test_cost_figures_are_faceted_by_family_and_name_every_point": "end_to_end"},
+    "test_report.py": {"test_summary_tables_hold_the_stored_numbers": "end_to_end",
+                       "test_figure_text_is_not_clipped": "end_to_end",
+                       "test_training_and_paper_sections": "end_to_end"},
+    "test_sequence.py": {"test_double_normalisation_is_caught": "statistical"},
+    "test_trust.py": {"test_budget_is_an_option_of_run_and_report": "end_to_end",
+                      "test_the_summary_ranks_unbiased_estimators_among_themselves": "end_to_end"},
+    "test_runinfo.py": {"test_a_store_without_descriptions_still_renders": "end_to_end"},
+    "test_regulariser_analysis.py": {"test_report_has_the_section_only_with_mlp_runs": "end_to_end",
+                                     "test_reference_floor_absent_is_not_said": "end_to_end"},
+    "test_new_user.py": {"test_no_verdict_on_nets_still_at_high_error": "end_to_end",
+                         "test_the_summary_and_report_say_a_stateful_estimator_is_measured_frozen": "end_to_end"},
+    "test_faults_store.py": {"test_malformed_json_in_a_stored_run_does_not_crash_report_or_export": "end_to_end",
+                             "test_report_survives_dollars_and_escapes_html": "end_to_end"},
+}
+# Whole test modules of one kind (their fixtures start the processes: a Dask cluster, a worker pool).
+SLOW_MODULES = {"test_distributed.py": "subprocess", "test_faults_pool.py": "subprocess",
+                "test_packaging.py": "subprocess"}
+# A literal count of 10,000 or more in a test's source (not a seed, not a decimal): Monte Carlo samples.
+LITERAL = re.compile(r"(\w*)\s*[=:(,]?\s*(?<![\d.])(\d{1,3}(?:_\d{3})+|\d{5,}|10\s*\*\*\s*\d+|[1-9]e\d+)(?![\d.])")
+
+
+def _many_samples(source: str) -> bool:
+    for word, number in LITERAL.findall(source):
+        if "seed" in word.lower():
+            continue
+        value = eval(number.replace("_", ""), {"__builtins__": {}})  # digits, '**' or 'e' only
+        if 10_000 <= value <= 10**9:
+            return True
+    return False
+
+
+@functools.lru_cache(maxsize=None)
+def _source(obj) -> str:
+    try:
+        return inspect.getsource(obj)
+    except (OSError, TypeError):
+        return ""
+
+
+@functools.lru_cache(maxsize=None)
+def _spawning_helpers(module) -> frozenset[str]:
+    """Names of a test module's own functions whose source starts a process (one level deep)."""
+    names = set()
+    for name, obj in vars(module).items():
+        if inspect.isfunction(obj) and obj.__module__ == module.__name__ and not name.startswith("test_"):
+            if SPAWNS.search(_source(obj)):
+                names.add(name)
+    return frozenset(names)
+
+
+@functools.lru_cache(maxsize=None)
+def _kinds_from_source(function, module) -> frozenset[str]:
+    """The kinds a test function's own source shows: a process started (directly or through one of
+    its module's helpers), the real MNIST read, a model trained on the synthetic stand-in."""
+    source = _source(function)
+    kinds = set()
+    if SPAWNS.search(source) or (module is not None and any(
+            re.search(rf"\b{name}\(", source) for name in _spawning_helpers(module))):
+        kinds.add("subprocess")
+    if READS_MNIST.search(source):
+        kinds.add("mnist")
+    if TRAINS.search(source):
+        kinds.add("training")
+    if _many_samples(source):
+        kinds.add("statistical")
+    return frozenset(kinds)
+
+
+def lane_kinds(item) -> set[str]:
+    """The slow-lane kinds of one collected test (empty: the test is fast)."""
+    kinds = {kind for kind in LANE_KINDS if item.get_closest_marker(kind) is not None}
+    if item.get_closest_marker("fast") is not None and not kinds:  # marked fast by hand: no guessing
+        return kinds
+    fixtures = set(getattr(item, "fixturenames", ()))
+    function = getattr(item, "function", None)
+    if function is not None:
+        kinds |= _kinds_from_source(function, getattr(item, "module", None))
+    if "cli" in fixtures:
+        kinds.add("subprocess")
+    if any("MNIST" in str(mark.kwargs.get("reason", ""))
+                                         and "Fashion" not in str(mark.kwargs.get("reason", ""))
+                                         for mark in item.iter_markers("skipif")):
+        kinds.add("mnist")
+    if "synthetic" in fixtures:
+        kinds.add("training")
+    module_name = Path(str(item.fspath)).name
+    if module_name in SLOW_MODULES:
+        kinds.add(SLOW_MODULES[module_name])
+    table = SLOW_TESTS.get(module_name, {})
+    if function is not None and function.__name__ in table:
+        kinds.add(table[function.__name__])
+    if item.get_closest_marker("slow") is not None and not kinds:
+        kinds.add("statistical")
+    return kinds
+
+
+def pytest_collection_modifyitems(config, items):
+    """Put every test in its lane (see LANE_KINDS): the kinds' markers and 'slow', or 'fast'."""
+    seen: dict[str, object] = {}  # test module file name -> the module, for the stale-name check
+    first_case: set[tuple] = set()  # the test functions whose fast case is chosen
+    for item in items:
+        function = getattr(item, "function", None)
+        if getattr(item, "module", None) is not None:
+            seen.setdefault(Path(str(item.fspath)).name, item.module)
+        kinds = lane_kinds(item)
+        if not kinds and getattr(item, "callspec", None) is not None:
+            key = (str(item.fspath), getattr(item.cls, "__name__", None), item.originalname)
+            if key in first_case:
+                kinds.add("matrix")
+            first_case.add(key)
+        for kind in sorted(kinds):
+            item.add_marker(kind)
+        item.add_marker("slow" if kinds else "fast")
+    stale = [f"{module}::{name}" for module, names in SLOW_TESTS.items() if module in seen
+             for name in names if not hasattr(seen[module], name)]
+    if stale:
+        raise pytest.UsageError(f"conftest.SLOW_TESTS names tests that do not exist: {', '.join(stale)}")
+
+
+# -- which package modules the fast lane exercises ---------------------------------------------------
+PACKAGES = ("estimators", "problems", "bench", "analysis", "experiments")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--check-modules", action="store_true",
+                     help="fail unless every module of the packages had a function run by the selected tests "
+                          "(imports at collection do not count); use with -m fast")
+
+
+def package_modules() -> dict[str, Path]:
+    """Every module of the packages, by file: what the fast lane must reach."""
+    return {str(path.resolve()): path.relative_to(REPO_ROOT) for package in PACKAGES
+            for path in sorted((REPO_ROOT / package).rglob("*.py"))}
+
+
+class _ModuleRecorder:
+    """Records the files of the package functions that run (a global trace function on call events
+    only, so local tracing stays off); started after collection so imports do not count."""
+
+    def __init__(self, files: dict[str, Path]):
+        self.files = files
+        self.reached: set[str] = set()
+
+    def trace(self, frame, event, arg):
+        filename = frame.f_code.co_filename
+        if filename in self.files and frame.f_code.co_name != "<module>":
+            self.reached.add(filename)
+        return None
+
+    def start(self) -> None:
+        import threading
+
+        sys.settrace(self.trace)
+        threading.settrace(self.trace)
+
+    def stop(self) -> None:
+        import threading
+
+        sys.settrace(None)
+        threading.settrace(None)
+
+
+def pytest_collection_finish(session):
+    if session.config.getoption("--check-modules"):
+        recorder = _ModuleRecorder(package_modules())
+        session.config._module_recorder = recorder
+        recorder.start()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    recorder = getattr(session.config, "_module_recorder", None)
+    if recorder is None:
+        return
+    recorder.stop()
+    missed = sorted(str(path) for filename, path in recorder.files.items()
+                    if filename not in recorder.reached and path.name != "__main__.py"
+                    and Path(filename).read_text().count("def ") > 0)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    line = (f"--check-modules: {len(recorder.files) - len(missed)} of {len(recorder.files)} package modules "
+            f"exercised" + (f"; none of the selected tests runs a function of: {', '.join(missed)}" if missed else ""))
+    if reporter is not None:
+        reporter.write_line(line)
+    if missed and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -247,7 +247,7 @@ def test_mismatched_pairs_are_skipped_with_a_reason_naming_both():
 
 @pytest.mark.parametrize("name", FAMILY)
 def test_family_declares_both_variables(name):
-    assert estimators.build_estimator(name).traits()["variables"] == "both"
+    assert estimators.build_estimator(name).traits().variables == "both"
 
 
 # -- K = 2 is bernoulli-target ----------------------------------------------------------------------
@@ -339,7 +339,7 @@ def test_polynomial_programming_training_refuses_binary_estimators():
     ("categorical-target", {"units": 0}, "units must be at least 1"),
     ("polynomial-programming", {"p": 0.5}, "p must be a number >= 1"),
     ("polynomial-programming", {"t": 2.0}, "t must be in [0, 1]"),
-    ("polynomial-programming-training", {"lr": 0.0}, "lr must be a positive number"),
+    ("polynomial-programming-training", {"lr": 0.0}, "lr must be a finite number > 0"),
 ])
 def test_bad_parameters_are_one_line_errors(name, params, fragment):
     with pytest.raises(ValueError) as info:

@@ -320,5 +320,5 @@ def test_bad_training_parameters():
         vae(architecture="two-layer")
     with pytest.raises(RegistryError, match="binarisation must be one of"):
         vae(binarisation="fixed")
-    with pytest.raises(RegistryError, match="lr must be a positive number"):
+    with pytest.raises(RegistryError, match="lr must be a finite number > 0"):
         vae(lr=0)

@@ -136,7 +136,8 @@ def test_list_json_describes_every_builtin(listing):
     optimal = listing.items["estimator", "reinforce-optimal"]
     assert optimal["source"] == "built-in"
     assert optimal["parameters"] == {"decay": 0.9}
-    assert optimal["traits"] == {"unbiased": True, "loss_evals": 1, "needs_loss_backprop": False,
+    assert optimal["domains"] == {"decay": "in [0, 1)"}
+    assert optimal["traits"] == {"family": "score function", "unbiased": True, "loss_evals": 1, "needs_loss_backprop": False,
                                  "binary_forward": True, "randomness": "bernoulli", "stateful": True,
                                  "has_parameters": False, "activation": "sigmoid", "variables": "both"}
     assert listing.items["estimator", "noisy-rectifier"]["traits"]["activation"] == "rectifier"
@@ -170,6 +171,7 @@ def test_list_text_shows_the_same_entries(listing):
     optimal = entries["reinforce-optimal"]
     assert "unbiased=True" in optimal and "stateful=True" in optimal and "randomness=bernoulli" in optimal
     assert "parameters: decay=0.9" in optimal and "source: built-in" in optimal
+    assert "domains: decay in [0, 1)" in optimal and "family=score function" in optimal
     assert "unbiased=False" in entries["straight-through"]
     assert "parameters: d=4, t=0.45, logit=0.0" in entries["bernoulli-target"]
 

@@ -7,6 +7,7 @@ would have at a random seed, which is what the thresholds were chosen for.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import numpy as np
@@ -19,7 +20,8 @@ import problems
 from bench.harness import exact_estimator_moments, make_config, run
 from bench.quadrature import QUADRATURE_TOLERANCE
 from estimators import ESTIMATORS, build_estimator
-from estimators.base import (Noise, NotEnumerable, ReplayNoise, all_configurations, attach_gradient)
+from estimators.base import (FAMILY_ORDER, OTHER_FAMILY, Noise, NotEnumerable, ReplayNoise, all_configurations,
+                             attach_gradient)
 from estimators.registry import RegistryError
 
 F64 = torch.float64
@@ -672,9 +674,14 @@ def test_measured_loss_evaluations_match_the_declaration(spec, problem, params):
 def test_trait_types(spec):
     est = build_estimator(*spec)
     assert est.name == spec[0] and est.description
-    traits = est.traits()
-    assert set(traits) == {"unbiased", "loss_evals", "needs_loss_backprop", "binary_forward", "randomness",
+    record = est.traits()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        record.unbiased = not record.unbiased
+    traits = record.as_dict()
+    assert set(traits) == {"family", "unbiased", "loss_evals", "needs_loss_backprop", "binary_forward", "randomness",
                            "stateful", "has_parameters", "activation", "variables"}
+    assert traits["family"] in FAMILY_ORDER
+    assert traits["family"] != OTHER_FAMILY or ESTIMATORS.entry(spec[0]).source != "built-in"  # built-ins declare one
     assert traits["activation"] in ("sigmoid", "rectifier")
     assert traits["variables"] in ("binary", "categorical", "both")
     for key in ("unbiased", "needs_loss_backprop", "binary_forward", "stateful", "has_parameters"):
@@ -798,7 +805,7 @@ def test_a_parameter_changes_a_trait_per_instance_never_the_class_default(name, 
     cls = ESTIMATORS.entry(name).cls
     est = build_estimator(name, params)
     assert getattr(cls, trait) == default and getattr(build_estimator(name), trait) == default
-    assert getattr(est, trait) == answer and est.traits()[trait] == answer
+    assert getattr(est, trait) == answer and getattr(est.traits(), trait) == answer
     assert getattr(cls, trait) == default  # building the instance changed nothing on the class
     with pytest.raises(AttributeError, match="computed from the estimator's parameters"):
         setattr(est, trait, default)
@@ -809,7 +816,7 @@ def test_a_parameter_changes_a_trait_per_instance_never_the_class_default(name, 
 def test_class_traits_are_those_of_the_default_instance(name):
     # `bench list` reads traits from the class: they must describe the estimator at its defaults
     cls = ESTIMATORS.entry(name).cls
-    assert {key: getattr(cls, key) for key in build_estimator(name).traits()} == build_estimator(name).traits()
+    assert cls.declared_traits() == build_estimator(name).traits()
 
 
 class _Tagged(Noise):
@@ -863,8 +870,8 @@ BAD_PARAMETERS = [
     ("noisy-rectifier", {"noise": "cauchy"}, "noise must be one of gaussian, logistic"),
     ("noisy-rectifier", {"std": -1.0}, "std"),
     ("noisy-rectifier", {"target_rate": 1.0}, "target_rate"),
-    ("spsa", {"c": 0}, "c must be > 0"),
-    ("finite-difference", {"eps": -0.1}, "eps must be > 0"),
+    ("spsa", {"c": 0}, "c must be a finite number > 0"),
+    ("finite-difference", {"eps": -0.1}, "eps must be a finite number > 0"),
     ("reinforce-ma", {"decay": 1.0}, "decay must be in [0, 1)"),
     ("reinforce-optimal", {"decay": 1.0}, "decay must be in [0, 1)"),
     ("sigmoid-noise", {"std": -0.5}, "std"),

@@ -311,11 +311,11 @@ def test_refuses_an_estimator_that_cannot_serve_2000_units():
 @pytest.mark.parametrize("params, fragment", [
     ({"sparsity_target": 1.0}, "sparsity_target must be in [0, 1)"),
     ({"batch_size": 0}, "batch_size must be at least 1"),
-    ({"momentum": 1.0}, "momentum must be in [0, 1)"),
-    ({"lr": 0.0}, "lr must be a positive number"),
-    ({"gater_lr": -1.0}, "gater_lr must be a positive number"),
-    ({"train_subset": -5}, "train_subset must be in [0, 50000]"),
-    ({"eval_subset": 10_001}, "eval_subset must be in [0, 10000]"),
+    ({"momentum": 1.0}, "momentum must be unset (from the estimator) or in [0, 1)"),
+    ({"lr": 0.0}, "lr must be a finite number > 0"),
+    ({"gater_lr": -1.0}, "gater_lr must be unset (from the estimator) or a finite number > 0"),
+    ({"train_subset": -5}, "train_subset must be 0 (all) or at least 1 and at most 50,000 (an integer)"),
+    ({"eval_subset": 10_001}, "eval_subset must be 0 (all) or at least 1 and at most 10,000 (an integer)"),
 ], ids=["target-1", "batch-0", "momentum-1", "lr-0", "gater-lr-negative", "subset-negative", "eval-subset-too-big"])
 def test_bad_parameters_are_one_line_errors(params, fragment):
     with pytest.raises(problems.RegistryError) as info:

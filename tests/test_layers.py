@@ -8,7 +8,8 @@ cycle and no import upwards between layers.
     bottom   estimators.*, problems.*                            (problems use only estimators.base,
                                                                   estimators.sequence, estimators.mixture
                                                                   (the contracts of sequence units and of
-                                                                  routers) and estimators.registry;
+                                                                  routers), estimators.registry and
+                                                                  estimators.domains (declared domains);
                                                                   estimators never import problems)
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ PACKAGES = ("bench", "benchcli", "estimators", "problems", "analysis", "experime
 TOP, MIDDLE, LOWER, BOTTOM = 3, 2, 1, 0
 PROBLEMS_MAY_USE = {"estimators.base", "estimators.sequence", "estimators.mixture",  # the contracts (units,
                     # sequences, mixture-of-experts routers)
-                    "estimators.registry"}  # and the registry machinery
+                    "estimators.registry", "estimators.domains"}  # and the registry machinery
 
 
 def modules(root: Path = REPO_ROOT) -> dict[str, Path]:

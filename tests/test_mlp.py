@@ -251,13 +251,13 @@ def test_harness_stores_checkpoint_metrics_per_layer_and_epoch(synthetic, tmp_pa
 
 
 @pytest.mark.parametrize("params, fragment", [
-    ({"hidden": ""}, "hidden '' has an empty layer"),
+    ({"hidden": ""}, "hidden must be layer sizes >= 1 joined by '-', like '8-6-4', got ''"),
     ({"hidden": "500-x"}, "hidden must be layer sizes"),
-    ({"checkpoints": "0-a"}, "checkpoints must be epochs"),
+    ({"checkpoints": "0-a"}, "checkpoints must be empty or epochs >= 0"),
     ({"probe_samples": 1}, "probe_samples must be at least 2"),
-    ({"lr": 0}, "lr must be a positive number"),
+    ({"lr": 0}, "lr must be a finite number > 0"),
     ({"momentum": 1.0}, "momentum must be in [0, 1)"),
-    ({"train_eval_subset": 60_000}, "train_eval_subset must be in [0, 50000]"),
+    ({"train_eval_subset": 60_000}, "train_eval_subset must be 0 (all) or at least 1 and at most 50,000"),
 ], ids=["empty-hidden", "bad-hidden", "bad-checkpoints", "one-probe-sample", "zero-lr", "momentum-1",
         "too-many-train-eval"])
 def test_bad_parameters_are_one_line_errors(params, fragment):

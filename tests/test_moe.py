@@ -93,9 +93,9 @@ def test_problem_shape_units_and_reproducibility():
 
 
 @pytest.mark.parametrize("params, fragment", [
-    ({"experts": 1}, "experts must be at least 2"), ({"top_k": 4}, "top_k must be at least 1 and below experts"),
-    ({"routing": "noisy"}, "routing must be one of sampled, topk"), ({"weights": "sum"}, "weights must be one of"),
-    ({"head": "relu"}, "head must be one of tanh, linear"), ({"inputs": 0}, "inputs must be at least 1"),
+    ({"experts": 1}, "experts must be"), ({"top_k": 4}, "top_k must be below experts"),
+    ({"routing": "noisy"}, "routing must be one of"), ({"weights": "sum"}, "weights must be one of"),
+    ({"head": "relu"}, "head must be one of"), ({"inputs": 0}, "inputs must be"),
     ({"experts": 12, "top_k": 6}, "ordered routings per input"),
 ])
 def test_bad_parameters_are_one_line_errors(params, fragment):
@@ -334,7 +334,8 @@ def test_router_estimators_on_unit_problems_are_skipped():
 
 
 def test_traits_show_the_cost_and_the_forward():
-    traits = {name: build_estimator(name).traits() for name in ROUTER_ESTIMATORS}
+    traits = {name: build_estimator(name).traits().as_dict() for name in ROUTER_ESTIMATORS}
+    assert all(t["family"] == "router" for t in traits.values())
     assert traits["densemixer"]["expert_evals"] == "E" and traits["topk-router"]["expert_evals"] == "k"
     assert traits["default-moe"]["forward_differs"] and traits["sparsemixer"]["forward_differs"]
     assert not traits["densemixer"]["forward_differs"] and not traits["topk-router"]["forward_differs"]

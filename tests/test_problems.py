@@ -451,7 +451,7 @@ def test_every_builtin_problem_has_a_contract_class():
     ("bernoulli-target", {"d": 0}, "d must be at least 1"),
     ("bernoulli-target", {"logit": float("inf")}, "logit must be a finite number"),  # the registry's check
     ("bernoulli-quadratic", {"d": 0}, "d must be at least 1"),
-    ("bernoulli-blackbox", {"d": 21}, "d must be at most 20"),
+    ("bernoulli-blackbox", {"d": 21}, "d must be at least 1 and at most 20 (an integer): exact by enumeration"),
     ("bernoulli-blackbox", {"hidden": 0}, "hidden must be at least 1"),
     ("bernoulli-target", {"d": 2.5}, "d must be an integer"),
     ("bernoulli-target", {"t": "half"}, "t must be a number"),

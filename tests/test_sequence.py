@@ -151,7 +151,7 @@ def test_rewards_by_hand():
 @pytest.mark.parametrize("params, fragment", [
     ({"vocab": 2, "max_len": 17}, "vocab^max_len must be at most 65536"),
     ({"prompts": 2, "success": "0.1-0.5-0.9"}, "success gives 3 probabilities for 2 prompts"),
-    ({"success": "0.1-1.0-0.5"}, "success must be probabilities in (0, 1)"),
+    ({"success": "0.1-1.0-0.5"}, "success must be empty (evenly spaced) or probabilities in (0, 1)"),
     ({"reward": "bleu"}, "reward must be one of exact, count, correct"),
     ({"policy": "mlp"}, "policy must be one of tabular, linear"),
     ({"vocab": 0}, "vocab must be at least 1"),
@@ -166,7 +166,7 @@ def test_bad_problem_parameters(params, fragment):
 @pytest.mark.parametrize("spec", VARIANTS, ids=[spec_id(s) for s in VARIANTS])
 def test_traits(spec):
     est = build_estimator(*spec)
-    traits = est.traits()
+    traits = est.traits().as_dict()
     assert traits["variables"] == "sequence" and traits["needs_loss_backprop"] is False
     assert traits["coupling"] in ("none", "group", "batch")
     assert est.loss_evaluations(7) == est.G + (1 if spec[0] == "remax" else 0)
@@ -179,12 +179,12 @@ def test_traits(spec):
 
 @pytest.mark.parametrize("name", ["rloo", "grpo", "dr-grpo", "opo", "reinforce-pp-baseline"])
 def test_group_baselines_refuse_groups_of_one(name):
-    with pytest.raises(RegistryError, match="G must be at least 2: a group baseline from one response"):
+    with pytest.raises(RegistryError, match=r"G must be at least 2 \(an integer\): a group baseline from one response"):
         build_estimator(name, {"G": 1})
 
 
 @pytest.mark.parametrize("name, params, fragment", [
-    ("grpo", {"ddof": 2}, "ddof must be 0 or 1"), ("grpo", {"eps": -1.0}, "eps must be >= 0"),
+    ("grpo", {"ddof": 2}, "ddof must be one of 0, 1"), ("grpo", {"eps": -1.0}, "eps must be a finite number >= 0"),
     ("grpo", {"scale_rewards": "prompt"}, "scale_rewards must be one of group, batch, none"),
     ("grpo", {"leave_one_out": True, "G": 2}, "G must be at least 3 for a leave-one-out std"),
     ("rloo", {"aggregation": "mean"}, "aggregation must be one of"),

@@ -68,13 +68,13 @@ def test_spec_strings_reach_the_problem():
 
 
 @pytest.mark.parametrize("name, params, fragment", [
-    ("sigmoid-belief-net", {"widths": "8--4"}, "has an empty layer"),
-    ("sigmoid-belief-net", {"widths": "4-0-2"}, "has an empty layer"),
-    ("sigmoid-belief-net", {"widths": "4-x"}, "widths must be layer sizes joined by '-'"),
+    ("sigmoid-belief-net", {"widths": "8--4"}, "widths must be empty (the default sizes) or layer sizes >= 1"),
+    ("sigmoid-belief-net", {"widths": "4-0-2"}, "layer sizes >= 1 joined by '-', like '8-6-4', got '4-0-2'"),
+    ("sigmoid-belief-net", {"widths": "4-x"}, "layer sizes >= 1 joined by '-'"),
     ("sigmoid-belief-net", {"widths": "4-4", "depth": 2}, "give either widths or depth and width"),
-    ("sigmoid-belief-net", {"depth": 3}, "width must be at least 1"),
-    ("sigmoid-belief-net", {"width": 3}, "depth must be at least 1"),
-    ("sigmoid-belief-net", {"depth": -1, "width": 3}, "depth must be at least 1"),
+    ("sigmoid-belief-net", {"depth": 3}, "give depth and width together"),
+    ("sigmoid-belief-net", {"width": 3}, "give depth and width together"),
+    ("sigmoid-belief-net", {"depth": -1, "width": 3}, "depth must be 0 (from widths) or at least 1"),
     ("sigmoid-belief-net", {"loss": "hinge"}, "loss must be one of mlp, target"),
     ("sigmoid-belief-net", {"hidden_weight": float("nan")}, "hidden_weight must be a finite number"),
     ("sigmoid-belief-net", {"depth": 3, "width": 8, "reference_method": "exact"}, "too many to enumerate"),
@@ -83,10 +83,10 @@ def test_spec_strings_reach_the_problem():
     ("sigmoid-belief-net-training", {"steps": 0}, "steps must be at least 1"),
     ("sigmoid-belief-net-training", {"batch": 0}, "batch must be at least 1"),
     ("sigmoid-belief-net-training", {"optimizer": "rmsprop"}, "optimizer must be one of sgd, adam"),
-    ("sigmoid-belief-net-training", {"lr": 0.0}, "lr must be a positive number"),
+    ("sigmoid-belief-net-training", {"lr": 0.0}, "lr must be a finite number > 0"),
     ("sigmoid-belief-net-training", {"ema_decay": 1.0}, "ema_decay must be in [0, 1)"),
-    ("sigmoid-belief-net-training", {"widths": "3--3"}, "has an empty layer"),
-    ("sigmoid-belief-net", {"depth": 100_000, "width": 1}, "depth must be at most 1000"),  # hung in validation
+    ("sigmoid-belief-net-training", {"widths": "3--3"}, "got '3--3'"),
+    ("sigmoid-belief-net", {"depth": 100_000, "width": 1}, "at most 1000 (an integer), got 100000"),  # hung in validation
     ("sigmoid-belief-net", {"widths": "-".join(["1"] * 1001)}, "widths must name at most 1000 layers"),
 ], ids=["empty-layer", "zero-layer", "not-numbers", "widths-and-depth", "depth-without-width",
         "width-without-depth", "negative-depth", "unknown-loss", "nan-hidden-weight", "exact-too-large",

@@ -154,7 +154,7 @@ def test_probe_scopes_and_loss_evaluations():
 
 @pytest.mark.parametrize("params, fragment", [
     ({"architecture": "deep"}, "architecture must be one of"),
-    ({"pixels": 785}, "pixels must be in [1, 784]"),
+    ({"pixels": 785}, r"pixels must be at least 1 and at most 784 \(an integer\)"),
     ({"latents": 0}, "latents must be at least 1"),
     ({"reference_method": "exact", "latents": 21}, "too many to enumerate"),
 ])

@@ -10,8 +10,6 @@ import problems
 from benchcli.commands.arguments import add_plugin_option, load_plugins
 from bench.summary import terminal_width
 
-TRAITS = ("unbiased", "loss_evals", "needs_loss_backprop", "binary_forward", "randomness", "stateful",
-          "has_parameters", "activation", "variables")
 NAME_WIDTH = 26  # the name column
 MIN_WIDTH = 40   # narrower terminals get lines of this width
 
@@ -25,10 +23,12 @@ def add_parser(subparsers) -> None:
 
 
 def _describe(entry, kind: str) -> dict:
+    parameters = entry.parameters()
     item = {"name": entry.name, "kind": kind, "source": entry.source, "description": entry.description,
-            "parameters": {k: v["default"] for k, v in entry.parameters().items()}}
+            "parameters": {k: v["default"] for k, v in parameters.items()},
+            "domains": {k: None if v["domain"] is None else v["domain"].describe() for k, v in parameters.items()}}
     if kind == "estimator":
-        item["traits"] = {k: getattr(entry.cls, k) for k in TRAITS}
+        item["traits"] = entry.cls.declared_traits().as_dict()
     return item
 
 
@@ -48,7 +48,7 @@ def command_list(args) -> int:
 
 def text_listing(items: list[dict], broken: list[dict], width: int) -> list[str]:
     """The listing as lines of at most ``width`` characters: per item its name and description,
-    then its parameters, traits (every one in TRAITS) and source, each wrapped under the name."""
+    then its parameters, their declared domains, traits (every field of its Traits) and source, each wrapped under the name."""
     name_width = min(NAME_WIDTH, width // 4)
     lines = []
 
@@ -63,8 +63,11 @@ def text_listing(items: list[dict], broken: list[dict], width: int) -> list[str]
             block("  ", under, f"{item['name']:<{name_width}} {item['description']}")
             params = ", ".join(f"{k}={v!r}" for k, v in item["parameters"].items()) or "-"
             block(under, under + "  ", f"parameters: {params}")
+            domains = "; ".join(f"{k} {v}" for k, v in item["domains"].items() if v is not None)
+            if domains:
+                block(under, under + "  ", f"domains: {domains}")
             if kind == "estimator":
-                block(under, under + "  ", "traits: " + " ".join(f"{k}={item['traits'][k]}" for k in TRAITS))
+                block(under, under + "  ", "traits: " + " ".join(f"{k}={v}" for k, v in item["traits"].items()))
             block(under, under + "  ", f"source: {item['source']}")
         lines.append("")
     if broken:
