@@ -31,7 +31,7 @@ from bench.errors import UserError
 from bench.specs import format_spec, parse_spec_list
 from bench.store import Store
 from experiments import register_experiment
-from experiments.base import Experiment, Planned, plan_run, planned_results, text_table
+from experiments.base import Experiment, Planned, plan_run, planned_results
 
 PROBLEMS = {"mnist": "bernoulli-vae", "fashion-mnist": "fashion-mnist-bernoulli-vae"}  # dataset -> problem
 ARCHITECTURES = ("linear", "nonlinear", "two-layer")
@@ -146,8 +146,36 @@ class BernoulliVae(Experiment):
         found = section(results)
         return [] if found is None else [found]
 
+    def tables(self, results: Results, planned: Sequence[Planned] | None = None) -> list[Table]:
+        """Per setting (:func:`settings`), the table of :func:`table_rows`: of ``planned`` (planned
+        labels without a stored run included, seeds counted against the plan), or of every stored
+        Bernoulli VAE run. Rows: :data:`ESTIMATORS` first, in its order, then the others."""
+        vae = vae_results(results)
+        runs = vae.runs if vae is not None else results.runs.iloc[:0]
+        setting = settings(runs) if len(runs) else pd.Series(dtype=object)
+        runs = runs.assign(setting=runs["run_id"].map(setting), label=runs["estimator_label"])
+        if planned is None:
+            plan = pd.DataFrame({"setting": runs["setting"], "label": runs["label"]})
+        else:
+            stored = runs.drop_duplicates("config_key", keep="last").set_index("config_key")
+            runs = runs[runs["config_key"].isin({p.config.key for p in planned})]
+            plan = pd.DataFrame({
+                "setting": [stored.at[p.config.key, "setting"] if p.config.key in stored.index
+                            else _setting_name(p.config.problem, p.config.problem_params) for p in planned],
+                "label": [stored.at[p.config.key, "label"] if p.config.key in stored.index else p.label
+                          for p in planned]})
+        tables = []
+        for name in figs.ordered(plan["setting"]):
+            mine = plan[plan["setting"] == name]
+            part = runs[runs["setting"] == name]
+            frame, notes = table_rows(vae if vae is not None else results, part, _ordered_labels(mine["label"]),
+                                      mine.groupby("label").size().to_dict())
+            steps = part["problem_params_dict"].iloc[0].get("steps") if len(part) else None
+            tables.append(Table(f"Bernoulli VAE table: {name}", " ".join([*caption_lines(steps), *notes]), frame))
+        return tables
+
     def table(self, store: Store, planned: Sequence[Planned], quick: bool, width: int) -> str:
-        results = planned_results(store, planned)
+        """A heading (problem, steps, basket, seeds, device), then :meth:`tables` of the planned runs."""
         first = planned[0].config
         seeds = sorted({p.config.seed for p in planned})
         steps = first.problem_params.get("steps")
@@ -157,21 +185,16 @@ class BernoulliVae(Experiment):
                    f"{first.problem_params.get('basket') or 'none'}, seeds {','.join(map(str, seeds))}, device "
                    f"{harness.device_description(first.device)}"
                    + (" (--quick smoke test: subsets of the data, not comparable with the papers)" if quick else ""))
-        setting_of = {p.config.key: _setting_name(p.config.problem, p.config.problem_params) for p in planned}
-        label_of = {p.config.key: p.label for p in planned}
-        runs = results.runs.assign(setting=results.runs["config_key"].map(setting_of),
-                                   label=results.runs["config_key"].map(label_of))
-        planned_runs = pd.DataFrame({"setting": [setting_of[p.config.key] for p in planned],
-                                     "label": [p.label for p in planned]})
-        out = [textwrap.fill(heading, width, break_on_hyphens=False)]
-        for setting in dict.fromkeys(planned_runs["setting"]):
-            labels = list(dict.fromkeys(planned_runs.loc[planned_runs["setting"] == setting, "label"]))
-            counts = planned_runs[planned_runs["setting"] == setting].groupby("label").size()
-            frame, notes = table_rows(results, runs[runs["setting"] == setting], labels, counts.to_dict())
-            out += ["", setting, text_table(frame)]
-            out += [textwrap.fill(n, width, initial_indent="  ", subsequent_indent="    ") for n in notes]
-        out += ["", *(textwrap.fill(line, width) for line in caption_lines(steps))]
-        return "\n".join(out)
+        return "\n\n".join([textwrap.fill(heading, width, break_on_hyphens=False),
+                              *(table.to_text(width) for table in self.tables(planned_results(store, planned),
+                                                                              planned))])
+
+
+def _ordered_labels(labels) -> list[str]:
+    """The table's row order: :data:`ESTIMATORS` first, in its order, then the others (natural order)."""
+    labels = list(dict.fromkeys(labels))
+    known = [name for name in ESTIMATORS if name in labels]
+    return known + figs.ordered([label for label in labels if label not in known])
 
 
 # -- the table -------------------------------------------------------------------------------------
@@ -437,19 +460,6 @@ def checkpoint_figure(vae: Results, setting: pd.Series) -> figs.Figure | figs.Mi
     return figs.Figure(key, title, caption, figure)
 
 
-def report_tables(vae: Results, setting: pd.Series) -> list[Table]:
-    """Per setting, the terminal table's rows for every stored estimator label."""
-    runs = vae.runs.assign(setting=vae.runs["run_id"].map(setting), label=vae.runs["estimator_label"])
-    tables = []
-    for name in figs.ordered(runs["setting"]):
-        part = runs[runs["setting"] == name]
-        frame, notes = table_rows(vae, part, figs.ordered(part["label"]))
-        tables.append(Table(f"Bernoulli VAE table: {name}", " ".join([*caption_lines(part["problem_params_dict"]
-                                                                                      .iloc[0].get("steps")), *notes]),
-                            frame))
-    return tables
-
-
 def section(results: Results) -> Section | None:
     """The report section 'Discrete VAE: the Bernoulli VAE benchmark' (None without such runs)."""
     vae = vae_results(results)
@@ -464,7 +474,7 @@ def section(results: Results) -> Section | None:
              f"protocol{'s' if len(protocols) > 1 else ''} here: {', '.join(protocols)} (disarm: the official DisARM "
              "code's training step; suite: this suite's variant; README, Protocols). python -m bench vae runs it.")
     return Section("bernoulli-vae", "Discrete VAE: the Bernoulli VAE benchmark", text=[intro],
-                   tables=report_tables(vae, setting),
+                   tables=BernoulliVae().tables(results),
                    figures=[f for f in built if isinstance(f, figs.Figure)],
                    missing=[f for f in built if isinstance(f, figs.Missing)])
 

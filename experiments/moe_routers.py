@@ -34,7 +34,7 @@ from analysis.report import Section, Table, estimate, fmt
 from bench.errors import UserError
 from bench.store import Store
 from experiments import register_experiment
-from experiments.base import Experiment, Planned, plan_run, planned_results, text_table
+from experiments.base import Experiment, Planned, plan_run
 
 ESTIMATORS = ("topk-router", "st-router", "densemixer", "default-moe", "sparsemixer", "sparsemixer-v2",
               "reinmax-router", "reinforce-router", "optimal-baseline-router")
@@ -96,19 +96,21 @@ class MoeRouters(Experiment):
         return planned
 
     def table(self, store: Store, planned: Sequence[Planned], quick: bool, width: int) -> str:
-        results = planned_results(store, planned)
-        out = []
-        if quick:
-            out.append(textwrap.fill("--quick smoke test: few estimates, one epoch on 500 images; not the study.",
-                                     width))
-        for table in router_tables(results, planned):
-            out += ["", textwrap.fill(table.title, width), text_table(table.frame),
-                    textwrap.fill(table.caption, width)]
-        return "\n".join(out).lstrip("\n")
+        """:meth:`tables` of the planned runs as text (:meth:`Experiment.table`), after a line
+        saying when they are the --quick smoke test."""
+        text = super().table(store, planned, quick, width)
+        if not quick:
+            return text
+        return textwrap.fill("--quick smoke test: few estimates, one epoch on 500 images; not the study.",
+                             width) + "\n\n" + text
+
+    def tables(self, results: Results, planned: Sequence[Planned] | None = None) -> list[Table]:
+        """:func:`router_tables` of ``planned``, or of the study's stored runs (:func:`stored_plans`)."""
+        planned = list(planned) if planned else stored_plans(results)
+        return router_tables(results, planned) if planned else []
 
     def sections(self, results: Results) -> list[Section]:
-        planned = stored_plans(results)
-        tables = router_tables(results, planned) if planned else []
+        tables = self.tables(results)
         return [Section("moe-routers", "Routers", tables=tables)] if tables else []
 
 

@@ -14,12 +14,12 @@ from typing import Any, Sequence
 import pandas as pd
 
 from analysis.frames import Results, final_values, params_include, registered_defaults
-from analysis.report import Section, Table, fmt, fmt_pm, mean_sd
+from analysis.report import Section, Table, estimate, mean_sd
 from bench import harness
 from bench.specs import format_spec, parse_spec
 from bench.store import Store
 from experiments import register_experiment
-from experiments.base import Experiment, Planned, plan_run
+from experiments.base import Experiment, Planned, plan_run, planned_results
 from problems.gater import DEFAULT_EPOCHS
 
 SOURCE = ("Bengio, Léonard & Courville (2013), Estimating or Propagating Gradients Through Stochastic Neurons "
@@ -49,7 +49,11 @@ PAPER_TABLE: dict[str, tuple[float, float, float]] = {
 
 QUICK = {"epochs": 1, "train_subset": 2000, "eval_subset": 2000}
 OFF_BY = 0.5  # points of test error beyond which a row's difference from the paper needs explaining
-FINAL_METRICS = ("train_criterion", "valid_error", "test_error", "sparsity_test")
+# The table's columns of ours: (metric, heading, format); the paper's numbers sit under ours in the
+# same column (the criterion to its published two digits).
+COLUMNS = (("train_criterion", "train criterion", ".2e"), ("valid_error", "valid %", ".2f"),
+           ("test_error", "test %", ".2f"), ("sparsity_test", "test sparsity", ".3f"))
+PAPER_FORMATS = (".1e", ".2f", ".2f")
 
 
 @register_experiment("paper-fig2")
@@ -70,26 +74,28 @@ class PaperFig2(Experiment):
         return [plan_run(label, spec, f"{dataset}-gater", seed, device, problem_params={**params, **overrides})
                 for seed in seeds for label, spec, params in PAPER_ROWS]
 
+    def tables(self, results: Results, planned: Sequence[Planned] | None = None) -> list[Table]:
+        """The Fig. 2 tables (:func:`report_tables`) of the stored gater runs, the planned ones
+        when ``planned`` (``planned_results`` holds only those)."""
+        return report_tables(results)[0]
+
     def sections(self, results: Results) -> list[Section]:
         tables, notes = report_tables(results)
         return [Section("paper", "The paper's Fig. 2 beside ours", text=notes, tables=tables)]
 
     def table(self, store: Store, planned: Sequence[Planned], quick: bool, width: int) -> str:
+        """A heading (setting, seeds, device), the report's table of the planned runs as text and
+        the report's verdict on them."""
         first = planned[0].config
         seeds = sorted({p.config.seed for p in planned})
         heading = textwrap.fill(
             f"Fig. 2 (right) re-run on {first.problem}: {first.problem_params['epochs']} epoch(s), seeds "
             f"{','.join(map(str, seeds))}, device {harness.device_description(first.device)}"
-            + (" (--quick smoke test: 2,000 examples, not comparable with the paper)" if quick else ""), width)
-        caption = textwrap.fill("Ours: mean ± sd over seeds of the last epoch; below each row, the estimator and the "
-                                "published MNIST numbers (paper). Errors in %; criterion = training NLL (nats per "
-                                "example); sparsity = fraction of test-time gates exactly zero.", width)
-        table = store_table(store, planned)
-        lines = [heading, render(table, width), caption]
-        if not quick:
-            tests = {label: values for label, values in table.attrs.get("test_errors", {}).items() if values}
-            lines += [textwrap.fill(line, width) for line in verdict(tests)]
-        return "\n".join(lines)
+            + (" (--quick smoke test)" if quick else ""), width,
+            break_on_hyphens=False)
+        tables, notes = report_tables(planned_results(store, planned))
+        return "\n\n".join([heading, *(table.to_text(width) for table in tables),
+                              *(textwrap.fill(line, width, break_on_hyphens=False) for line in notes)])
 
 
 # -- the verdict -----------------------------------------------------------------------------------
@@ -158,20 +164,23 @@ def published_numbers(table) -> dict[str, tuple]:
 
 
 def report_tables(results: Results, rows=PAPER_ROWS, table=PAPER_TABLE) -> tuple[list[Table], list[str]]:
-    """The paper's Fig. 2 (right) beside ours: per gater setting, one row per PAPER_ROWS entry.
+    """The paper's Fig. 2 (right) beside ours, and the verdict sentences: per gater setting, one
+    table with two rows per PAPER_ROWS entry, ours (finished / stored seeds, mean ± sd over the
+    finished seeds of the last epoch) and below it the estimator spec with the paper's numbers.
+    The terminal (``paper``, ``reproduce paper-fig2``) and the report both show these tables.
 
     Gater runs are those of problems named ``*gater`` (mnist-gater, fashion-mnist-gater); a run
     belongs to a row when its estimator and problem parameters include the row's. One table per
     setting: the problem parameters no row sets (those that differ from the defaults are shown)."""
-    runs = results.finished
-    gater_runs = runs[runs["problem"].str.endswith("gater")]
+    runs = results.runs
+    gater_runs = runs[runs["problem"].astype(str).str.endswith("gater")]
     if gater_runs.empty:
         return [], ["No gater runs in this store (python -m bench paper runs the seven rows of Fig. 2)."]
     published = published_numbers(table)
     final = final_values(results.training)
     final = final[final["scope"] == "all"]
     row_keys = {key for _, _, problem_params in rows for key in problem_params}
-    matched: dict[str, dict[str, list[int]]] = {}
+    matched: dict[str, dict[str, list]] = {}
     protocol: dict[str, tuple[str, dict]] = {}
     for label, spec, problem_params in rows:
         name, params = parse_spec(spec) if isinstance(spec, str) else spec
@@ -183,42 +192,44 @@ def report_tables(results: Results, rows=PAPER_ROWS, table=PAPER_TABLE) -> tuple
             shared = {k: v for k, v in run.problem_params_dict.items()  # the setting all rows share
                       if k not in row_keys and (k not in defaults or defaults[k] != v)}
             setting = format_spec(run.problem, shared)
-            matched.setdefault(setting, {}).setdefault(label, []).append(run.run_id)
+            matched.setdefault(setting, {}).setdefault(label, []).append(run)
             protocol[setting] = (run.problem, shared)
     if not matched:
         return [], ["This store has gater runs, but none with the estimators and settings of the paper's rows."]
     tables, notes = [], []
     for setting, by_label in sorted(matched.items()):
-        records, test_errors = [], {}
-        for label, _, _ in rows:
+        records, test_errors, unfinished = [], {}, []
+        for label, spec, _ in rows:
             paper = published.get(label, (None, None, None))
-            ids = by_label.get(label, [])
+            found = by_label.get(label, [])
+            ids = [run.run_id for run in found if run.status == "finished"]
+            unfinished += [f"{label} seed {run.seed} {run.status}: {run.error or 'no reason stored'}"
+                           for run in found if run.status != "finished"]
             ours = final[final["run_id"].isin(ids)]
-
-            def mean_sd(metric):
-                values = ours.loc[ours["metric"] == metric, "value"]
-                return fmt_pm(values.mean(), values.std() if len(values) > 1 else None) if len(values) else "–"
-
             tests = ours.loc[ours["metric"] == "test_error", "value"].astype(float)
             if len(tests):
                 test_errors[label] = list(tests)
-
-            records.append({"model": label, "seeds": str(len(ids)),
-                            "train criterion (paper)": fmt(paper[0]), "train criterion (ours)": mean_sd("train_criterion"),
-                            "valid % (paper)": fmt(paper[1]), "valid % (ours)": mean_sd("valid_error"),
-                            "test % (paper)": fmt(paper[2]), "test % (ours)": mean_sd("test_error"),
-                            "test % ours − paper": (f"{tests.mean() - paper[2]:+.2f}" if len(tests) and paper[2]
-                                                     is not None else "–"),
-                            "test sparsity (ours)": mean_sd("sparsity_test")})
+            record = {"model / estimator": label, "seeds": f"{len(ids)}/{len(found)}"}
+            paper_record = {"model / estimator": "  " + (spec if isinstance(spec, str) else format_spec(*spec)),
+                            "seeds": "paper"}
+            for i, (metric, heading, spec_format) in enumerate(COLUMNS):
+                record[heading] = mean_sd(ours.loc[ours["metric"] == metric, "value"], spec_format)
+                paper_record[heading] = (estimate(paper[i], spec=PAPER_FORMATS[i]) if i < len(PAPER_FORMATS)
+                                         else "")
+            records += [record, paper_record]
         why, differs = comparability(*protocol[setting])
         title = f"Fig. 2 (right) vs {setting}" + (f" (not comparable with the paper: {why})" if why else "")
-        caption = ("Paper: Bengio, Léonard & Courville (2013), Fig. 2 (right), MNIST. Ours: final values, "
-                   "mean ± 1 standard deviation over seeds. The paper's training criterion may be defined "
-                   "differently from ours (see problems/gater.py).")
+        caption = ("Ours: final epoch, mean ± 1 standard deviation over the finished seeds (seeds: finished / "
+                   "stored runs); below each row, the estimator and the paper's numbers: Bengio, Léonard & "
+                   "Courville (2013), Fig. 2 (right), MNIST. Errors in %; train criterion = training NLL (nats per "
+                   "example; the paper's may be defined differently, see problems/gater.py); test sparsity = "
+                   "fraction of test-time gates exactly zero.")
         if why:
             caption = f"Not comparable with the paper: {why}. " + caption
         if differs:
             caption += f" This setting differs from our reproduction of the paper's protocol in {differs}."
+        if unfinished:
+            caption += " Not finished: " + "; ".join(unfinished) + "."
         tables.append(Table(title, caption, pd.DataFrame(records)))
         lines = (verdict(test_errors, table) if not why else  # no verdict on numbers that cannot stand beside it
                  [f"No comparison with the paper's test errors: not comparable ({why})."])
@@ -249,76 +260,5 @@ def comparability(problem: str, shared: dict) -> tuple[str, str]:
     return "; ".join(reasons), differs
 
 
-# -- the terminal table ------------------------------------------------------------------------------
-def store_table(store: Store, planned: Sequence[Planned]) -> pd.DataFrame:
-    """One row per paper row: mean ± sd over seeds of the final-epoch metrics, and the paper's."""
-    runs = store.runs()
-    label_of = {p.config.key: p.label for p in planned}
-    runs = runs[runs["config_key"].isin(label_of)]
-    metrics = store.metrics(runs["run_id"].tolist()) if len(runs) else pd.DataFrame(
-        columns=["run_id", "metric", "value", "epoch"])
-    final = _final_epoch(metrics)
-    rows, test_errors = [], {}
-    for label, spec, _ in PAPER_ROWS:
-        mine = runs[runs["config_key"].map(label_of) == label]
-        row = {"model": label, "estimator": spec}
-        finished = mine[mine["status"] == "finished"]
-        row["seeds"] = f"{len(finished)}/{len(mine)}" if len(mine) else "0"
-        values = final[final["run_id"].isin(finished["run_id"])]
-        test_errors[label] = values.loc[values["metric"] == "test_error", "value"].astype(float).tolist()
-        for metric in FINAL_METRICS:
-            series = values.loc[values["metric"] == metric, "value"].astype(float)
-            row[metric] = _mean_sd(series, metric)
-        paper = PAPER_TABLE[label]
-        row["paper train"], row["paper valid"], row["paper test"] = f"{paper[0]:.1e}", f"{paper[1]:.2f}", f"{paper[2]:.2f}"
-        unfinished = mine[mine["status"] != "finished"]
-        if len(unfinished):
-            row["note"] = "; ".join(f"seed {r.seed} {r.status}: {r.error}" for r in unfinished.itertuples())
-        rows.append(row)
-    table = pd.DataFrame(rows).fillna("").rename(columns={
-        "train_criterion": "train criterion", "valid_error": "valid %", "test_error": "test %",
-        "sparsity_test": "test sparsity"})
-    table.attrs["test_errors"] = test_errors  # label -> final test error per finished seed
-    return table
-
-
-OURS = ("train criterion", "valid %", "test %", "test sparsity")
-PAPER = ("paper train", "paper valid", "paper test")
-
-
-def render(table: pd.DataFrame, width: int) -> str:
-    """Two lines per paper row, to stay within ``width`` (at least 90) columns: the model, seeds
-    and our numbers; below it, indented, the estimator spec and the paper's numbers under ours."""
-    first = [max(len("model / estimator"), *(len(m) for m in table["model"]), *(2 + len(e) for e in table["estimator"]))]
-    first.append(max(len("seeds"), len("paper"), *(len(s) for s in table["seeds"])))
-    numbers = [max(len(c), *(len(v) for v in table[c]), *(len(v) for v in table[p]) if p else [0])
-               for c, p in zip(OURS, (*PAPER, None))]
-    widths = first + numbers
-
-    def line(cells):
-        return "  ".join([cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]).rstrip()
-
-    out = [line(["model / estimator", "seeds", *OURS])]
-    for row in table.to_dict("records"):
-        out.append(line([row["model"], row["seeds"], *(row[c] for c in OURS)]))
-        out.append(line(["  " + row["estimator"], "paper", *(row[p] for p in PAPER)]))
-        if row.get("note"):
-            out += textwrap.wrap(row["note"], max(width, 40), initial_indent="    ", subsequent_indent="      ")
-    return "\n".join(out)
-
-
-def _final_epoch(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Each run's per-epoch metrics at its last epoch."""
-    curves = metrics[metrics["epoch"].notna()]
-    if curves.empty:
-        return curves
-    last = curves.groupby("run_id")["epoch"].transform("max")
-    return curves[curves["epoch"] == last]
-
-
-def _mean_sd(series: pd.Series, metric: str) -> str:
-    return mean_sd(series, ".2e" if metric == "train_criterion" else ".3f" if metric == "sparsity_test" else ".2f")
-
-
 __all__ = ["DEFAULT_EPOCHS", "PAPER_ROWS", "PAPER_TABLE", "PaperFig2", "QUICK", "SOURCE", "comparability",
-           "published_numbers", "render", "report_tables", "store_table", "verdict"]
+           "published_numbers", "report_tables", "verdict"]

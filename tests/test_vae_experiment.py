@@ -90,7 +90,7 @@ def table_lines(db, planned, width=100) -> list[str]:
 
 
 def row(lines: list[str], setting: str, label: str) -> list[str]:
-    at = lines.index(setting)
+    at = lines.index(f"Bernoulli VAE table: {setting}")  # the table's title; its header below
     found = next(line for line in lines[at + 2:] if line.startswith(label + " "))
     return [cell.strip() for cell in found[len(label):].split("  ") if cell.strip()]
 
@@ -99,7 +99,7 @@ def test_the_table_holds_mean_and_sd_over_seeds_and_the_published_numbers(synthe
     db, planned = synthetic
     lines = table_lines(db, planned)
     assert max(map(len, lines)) <= 100
-    header = lines[lines.index("bernoulli-vae, linear, protocol suite, 40 steps") + 1].split("  ")
+    header = lines[lines.index("Bernoulli VAE table: bernoulli-vae, linear, protocol suite, 40 steps") + 1].split("  ")
     assert [h.strip() for h in header if h.strip()] == ["estimator", "seeds", "train ELBO", "test bound", "s / step",
                                                         "steps", "RELAX paper"]
     # train: mean of (-110, -112, -111) = -111, sd 1; test: -106 ± 1; s/step: 0.02 + mean(0, .01, .02) = 0.03
