@@ -37,7 +37,7 @@ from analysis.tables import PAIR, per_epoch
 from bench import harness
 from bench.store import Store
 from experiments import register_experiment
-from experiments.base import Experiment, Planned, plan_run, planned_results, text_table
+from experiments.base import Experiment, Planned, plan_run, planned_results
 
 CLAIM = "straight-through-sigmoid"
 CONTROL = "sigmoid"
@@ -812,8 +812,8 @@ def section(results: Results, thresholds: Sequence[float] = THRESHOLDS) -> Secti
              f"ends below {fmt(TRAINED_ERROR)} % training error (mean-field net, mean over seeds): above it a net has "
              "not fitted its training set, and comparing it describes the start of training.")
     return Section("regulariser", "Binary stochastic units as a regulariser", text=[intro, *conclusions(mlp)],
-                   tables=(speed_tables(mlp, thresholds) + generalisation_tables(mlp) + quantisation_tables(mlp)
-                           + gradient_tables(mlp)),
+                   tables=(summary_tables(mlp) + speed_tables(mlp, thresholds) + generalisation_tables(mlp)
+                           + quantisation_tables(mlp) + gradient_tables(mlp)),
                    figures=[f for f in built if isinstance(f, figs.Figure)],
                    missing=[f for f in built if isinstance(f, figs.Missing)])
 
@@ -846,7 +846,15 @@ class MlpRegulariser(Experiment):
         found = section(results)
         return [] if found is None else [found]
 
+    def tables(self, results: Results, planned: Sequence[Planned] | None = None) -> list[Table]:
+        """The summary table per ``*-mlp`` problem (:func:`summary_tables`): the one the terminal
+        prints and the report's section opens with (the section adds its analysis tables)."""
+        mlp = mlp_results(results)
+        return [] if mlp is None else summary_tables(mlp, [p.label for p in planned] if planned else None)
+
     def table(self, store: Store, planned: Sequence[Planned], quick: bool, width: int) -> str:
+        """A heading (problem, net, epochs, seeds, device), :meth:`tables` of the planned runs, and
+        the report's verdicts on the claim."""
         results = planned_results(store, planned)
         first = planned[0].config
         seeds = sorted({p.config.seed for p in planned})
@@ -854,26 +862,45 @@ class MlpRegulariser(Experiment):
                    f"{first.problem_params['epochs']} epoch(s), seeds {','.join(map(str, seeds))}, device "
                    f"{harness.device_description(first.device)}"
                    + (" (--quick smoke test: 2,000 examples, a 64-64 net)" if quick else ""))
-        caption = ("Final epoch, mean ± sd over seeds; errors (%) of the mean-field net (hidden units replaced by "
-                   "their means), 'sampled' with units drawn as in training; 'test at best valid': at each run's "
-                   "lowest validation error. The report (python -m bench report) has the full section.")
         mlp = mlp_results(results)
         verdicts = [] if mlp is None else ["Verdict on " + s.split(": verdict on ", 1)[1] for s in conclusions(mlp)
                                            if ": verdict on " in s]  # the heading names the problem
-        frame, failures = terminal_rows(results)
-        return "\n".join([textwrap.fill(heading, width), text_table(frame),
-                          *(textwrap.fill(f, width, initial_indent="  ", subsequent_indent="    ") for f in failures),
-                          textwrap.fill(caption, width), *(textwrap.fill(v, width, break_on_hyphens=False) for v in verdicts)])
+        wrap = lambda text: textwrap.fill(text, width, break_on_hyphens=False)  # noqa: E731
+        return "\n\n".join([wrap(heading), *(table.to_text(width) for table in self.tables(results, planned)),
+                              *map(wrap, verdicts)])
 
 
-def terminal_rows(results: Results) -> tuple[pd.DataFrame, list[str]]:
-    """One row per estimator of ESTIMATORS: finished / stored seeds, final-epoch errors and the
+SUMMARY_CAPTION = ("Final epoch, mean ± sd over the finished seeds (seeds: finished / stored runs); errors (%) of the "
+                   "mean-field net (hidden units replaced by their means), 'sampled' with units drawn as in training; "
+                   "'test at best valid': at each run's lowest validation error.")
+
+
+def summary_tables(mlp: Results, labels: Sequence[str] | None = None) -> list[Table]:
+    """Per ``*-mlp`` problem, one row per estimator (``labels``, else :data:`ESTIMATORS` then any
+    other stored): finished / stored seeds, final-epoch errors and the test error at the
+    best-validation epoch (mean ± sd over the finished seeds); runs that did not finish are named
+    in the caption."""
+    tables = []
+    for problem in figs.ordered(mlp.runs["problem_label"]):
+        runs = mlp.runs[mlp.runs["problem_label"] == problem]
+        part = Results(runs, mlp.metrics[mlp.metrics["run_id"].isin(runs["run_id"])], mlp.source)
+        names = list(dict.fromkeys(labels)) if labels else (
+            [n for n in ESTIMATORS if n in set(runs["estimator"])]
+            + figs.ordered(set(runs["estimator"]) - set(ESTIMATORS)))
+        frame, failures = terminal_rows(part, names)
+        caption = SUMMARY_CAPTION + (" Not finished: " + "; ".join(failures) + "." if failures else "")
+        tables.append(Table(f"Binary units as a regulariser: {problem}", caption, frame))
+    return tables
+
+
+def terminal_rows(results: Results, names: Sequence[str] = ESTIMATORS) -> tuple[pd.DataFrame, list[str]]:
+    """One row per estimator name of ``names``: finished / stored seeds, final-epoch errors and the
     test error at the best-validation epoch (mean ± sd over the finished seeds); and a line per
     run that did not finish."""
     metrics = results.training
     best = best_validation(metrics) if not metrics.empty else pd.DataFrame(columns=BEST_COLUMNS)
     rows, failures = [], []
-    for label in ESTIMATORS:
+    for label in names:
         runs = results.runs[results.runs["estimator"] == label]
         finished = runs[runs["status"] == "finished"]
         row = {"estimator": label, "seeds": f"{len(finished)}/{len(runs)}"}
@@ -884,5 +911,6 @@ def terminal_rows(results: Results) -> tuple[pd.DataFrame, list[str]]:
         at_best = best.loc[best["estimator"] == label, "test_at_best"].astype(float)
         row["test at best valid"] = _mean_sd(at_best, "") if len(at_best) else "–"
         rows.append(row)
-        failures += [f"{label} seed {r.seed} {r.status}: {r.error}" for r in runs[runs["status"] != "finished"].itertuples()]
+        failures += [f"{label} seed {r.seed} {r.status}: {r.error or 'no reason stored'}"
+                     for r in runs[runs["status"] != "finished"].itertuples()]
     return pd.DataFrame(rows), failures

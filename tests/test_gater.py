@@ -6,6 +6,7 @@ set (no MNIST needed); the quick mode and the paper command on MNIST, skipped wi
 """
 from __future__ import annotations
 
+import textwrap
 import math
 
 import pytest
@@ -453,3 +454,45 @@ def test_fig2_verdict_reports_differences_and_the_pairs_it_reverses():
     assert lines[3] == ("The paper's ordering holds for 2 of 3 pairs of rows (Kendall's tau 0.33): reversed A vs B "
                         "(paper 1.00 < 2.00, ours 1.30 > 1.10 beyond the seeds' spread).")
     assert paper_fig2.verdict({"A": []}, table) == []
+
+
+def test_fig2_terminal_and_report_show_the_same_table(tmp_path):
+    """``paper`` / ``reproduce paper-fig2`` prints the report's table (one tables() object, one
+    formatter): equal content; mean ± sd over the finished seeds, the paper's numbers below."""
+    from analysis.frames import load_results
+    from bench.harness import RunResult
+    from bench.metrics import Metric
+    from bench.store import Store
+    from experiments.base import planned_results
+
+    experiment = paper_fig2.PaperFig2()
+    planned = experiment.runs(quick=False, seeds=[0, 1], device="cpu")
+    with Store(tmp_path / "p.db") as store:
+        for i, p in enumerate(planned):
+            if p.label == "Baseline Sigmoid" and p.config.seed == 1:
+                status, metrics, error = "failed", [], "diverged"
+            else:
+                status, error = "finished", None
+                metrics = [Metric(name, value, epoch=epoch) for epoch in (49, 50) for name, value in
+                           (("train_criterion", 0.01 * epoch), ("valid_error", 1.5 + p.config.seed),
+                            ("test_error", 2.0 + p.config.seed), ("sparsity_test", 0.9))]
+            store.save(RunResult(p.config, status, metrics, {}, "2024-01-01T00:00:00+00:00",
+                                 "2024-01-01T00:00:01+00:00", 1.0, error), {"torch": "test"}, "abc", "cpu (test)")
+        text = experiment.table(store, planned, False, 100)
+        (terminal,) = experiment.tables(planned_results(store, planned), planned)
+    (section,) = experiment.sections(load_results(tmp_path / "p.db"))
+    (report,) = section.tables
+    assert terminal.title == report.title and terminal.caption == report.caption
+    assert terminal.frame.equals(report.frame)
+    lines = text.splitlines()
+    assert report.to_text(100) in text and max(map(len, lines)) <= 100
+    rows = terminal.frame.set_index("model / estimator")
+    # test error 2 and 3 over seeds 0, 1: 2.50 ± 0.71 (sd of (2, 3) = 0.7071); criterion at the last epoch
+    assert list(rows.loc["Straight-through"]) == ["2/2", "5.00e-01 ± 0.00e+00", "2.00 ± 0.71", "2.50 ± 0.71",
+                                                   "0.900 ± 0.000"]
+    assert list(rows.loc["  straight-through"]) == ["paper", "3.3e-03", "1.42", "1.39", ""]
+    assert list(rows.loc["Baseline Sigmoid"])[:4] == ["1/2", "5.00e-01", "1.50", "2.00"]  # one finished seed
+    assert "Baseline Sigmoid seed 1 failed: diverged" in terminal.caption
+    for line in section.text:  # the verdict, in both
+        assert textwrap.fill(line, 100, break_on_hyphens=False) in text
+    assert section.text[0].startswith("Test error, ours − paper (points): Noisy Rectifier +0.63 (beyond ±0.5)")

@@ -397,3 +397,35 @@ def test_report_has_the_section_only_with_mlp_runs(db, tmp_path):
     assert "regulariser" not in [s.key for s in sections]
     assert "regulariser" not in page.read_text() and "as a regulariser" not in summary.read_text()
     assert regulariser.section(load_results(other)) is None
+
+
+def test_the_terminal_and_the_report_show_the_same_summary_table(tmp_path):
+    """reproduce's terminal table and the report section's first table are one tables() object:
+    equal content; a failed run is counted and named in both."""
+    from experiments.base import Planned, planned_results
+
+    path, params = tmp_path / "r.db", {"hidden": "8-8", "epochs": EPOCHS}
+    planned = []
+    with Store(path) as store:
+        for name, count in {CONTROL: 3, CLAIM: 3, NOISE_CONTROL: 2}.items():
+            for seed, shift in enumerate(OFFSETS[count]):
+                save(store, name, mlp_metrics(name, shift, seed), seed=seed, problem_params=params)
+                planned.append(Planned(name, RunConfig(name, {}, PROBLEM, params, seed, 0)))
+        failed = RunConfig(NOISE_CONTROL, {}, PROBLEM, params, 2, 0)
+        store.save(RunResult(failed, "failed", [], {}, "2024-01-01T00:00:00.000+00:00",
+                             "2024-01-01T00:00:02.000+00:00", 2.0, "diverged"), {"torch": "test"}, "abc123", "cpu")
+        planned.append(Planned(NOISE_CONTROL, failed))
+        experiment = regulariser.MlpRegulariser()
+        text = experiment.table(store, planned, False, 100)
+        (terminal,) = experiment.tables(planned_results(store, planned), planned)
+    (section,) = experiment.sections(load_results(path))
+    report_table = section.tables[0]
+    assert terminal.title == report_table.title and terminal.caption == report_table.caption
+    assert terminal.frame.equals(report_table.frame)
+    assert report_table.to_text(100) in text and max(map(len, text.splitlines())) <= 100
+    rows = terminal.frame.set_index("estimator")
+    assert list(rows.index) == [CONTROL, CLAIM, NOISE_CONTROL]
+    assert list(rows["seeds"]) == ["3/3", "3/3", "2/3"]
+    # final train error of the control: 1.0 + (-0.25, 0, 0.25): mean 1, sd 0.25
+    assert rows.at[CONTROL, "train %"] == "1 ± 0.25"
+    assert f"{NOISE_CONTROL} seed 2 failed: diverged" in terminal.caption
