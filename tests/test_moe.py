@@ -402,3 +402,44 @@ def test_the_experiment_plans_the_pairs_that_apply():
     assert len({p.config.key for p in planned}) == len(planned)
     quick = experiment.runs(quick=True, seeds=[0], device="cpu")
     assert all(p.config.problem_params.get("train_subset") == 500 for p in quick if p.config.problem == "moe-mnist")
+
+
+def test_the_experiment_terminal_and_report_tables_are_equal(tmp_path):
+    """``reproduce moe-routers`` prints the report section's tables (one tables() object): equal
+    content, unfinished runs named in both."""
+    from analysis.frames import load_results
+    from bench.harness import RunResult
+    from bench.metrics import Metric
+    from bench.store import Store
+    from experiments import build_experiment
+    from experiments.base import planned_results
+
+    experiment = build_experiment("moe-routers")
+    planned = experiment.runs(quick=True, seeds=[0, 1], device="cpu")
+    with Store(tmp_path / "m.db") as store:
+        for i, p in enumerate(planned):
+            if p.config.problem == "moe-router":
+                metrics = [Metric("exact_bias_norm", 0.01 * i), Metric("exact_variance", 0.5 + i),
+                           Metric("exact_cosine", 0.9), Metric("expert_evals", 2.0),
+                           Metric("time_per_estimate_s", 1e-5)]
+            else:
+                metrics = [Metric(name, value + p.config.seed, epoch=1) for name, value in
+                           (("test_error", 10.0), ("load_imbalance", 1.5), ("step_time_s", 0.01),
+                            ("flops_per_example", 5e4), ("expert_evals", 1.0))]
+            status = "failed" if i == len(planned) - 1 else "finished"
+            store.save(RunResult(p.config, status, metrics if status == "finished" else [], {},
+                                 "2024-01-01T00:00:00+00:00", "2024-01-01T00:00:01+00:00", 1.0,
+                                 "out of memory" if status == "failed" else None), {"torch": "test"}, "abc", "cpu")
+        text = experiment.table(store, planned, True, 100)
+        terminal = experiment.tables(planned_results(store, planned), planned)
+    (section,) = experiment.sections(load_results(tmp_path / "m.db"))
+    assert len(terminal) == len(section.tables) == 4  # three gradient layers and the training table
+    for ours, report in zip(terminal, section.tables):
+        assert ours.title == report.title and ours.caption == report.caption and ours.frame.equals(report.frame)
+        assert report.to_text(100) in text
+    assert max(map(len, text.splitlines())) <= 100
+    training = terminal[-1].frame.set_index("run")
+    last = planned[-1]
+    assert training.at[last.label, "runs"] == "1/2"  # its seed 1 failed
+    assert f"{last.label} seed 1 failed: out of memory" in terminal[-1].caption
+    assert training.at["topk-router [mnist sampled]", "test err %"] == "10.5 ± 0.71"  # 10 and 11 over seeds

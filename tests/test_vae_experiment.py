@@ -138,6 +138,27 @@ def test_the_published_numbers_name_their_protocol(synthetic):
     assert row(table_lines(db, planned), "bernoulli-vae, two-layer, protocol suite, 40 steps", "disarm")[-1] == "–"
 
 
+def test_the_terminal_and_the_report_show_the_same_tables(synthetic):
+    """The terminal (``vae``, ``reproduce bernoulli-vae``) and the report section render the same
+    tables() objects, one per setting: equal content, skipped runs and their reasons included."""
+    from experiments.base import planned_results
+
+    db, planned = synthetic
+    experiment = vae.BernoulliVae()
+    with Store(db, create=False) as store:
+        text = experiment.table(store, planned, False, 100)
+        terminal = experiment.tables(planned_results(store, planned), planned)
+    (section,) = experiment.sections(load_results(db))
+    assert [t.title for t in terminal] == [t.title for t in section.tables] == [
+        "Bernoulli VAE table: bernoulli-vae, linear, protocol suite, 40 steps",
+        "Bernoulli VAE table: bernoulli-vae, two-layer, protocol suite, 40 steps"]
+    for ours, report in zip(terminal, section.tables):
+        assert ours.frame.equals(report.frame) and ours.caption == report.caption
+        assert report.to_text(100) in text
+    assert list(terminal[0].frame["estimator"]) == ["disarm", "nvil", "gumbel-softmax"]  # ESTIMATORS' order
+    assert f"nvil seeds 0,1,2 skipped: {SKIP_REASON}" in terminal[0].caption
+
+
 def test_the_report_section_draws_curves_and_variances_without_clipping(synthetic):
     db, _ = synthetic
     sections = vae.BernoulliVae().sections(load_results(db))
