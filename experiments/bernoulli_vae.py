@@ -4,12 +4,13 @@ estimator under one protocol, beside the published training ELBOs.
 :class:`BernoulliVae` (``python -m bench vae``, or ``python -m bench reproduce bernoulli-vae``)
 declares the runs: estimator specs x architectures x seeds of the training problem
 ``bernoulli-vae`` (``fashion-mnist-bernoulli-vae`` for Fashion-MNIST), every run with the same
-step count, logging schedule and checkpoint basket. Its terminal table holds, per architecture
-and estimator, mean ± sd over seeds of the final ``train_set_elbo`` and ``test_bound`` with the
-seconds per step and the steps reached, beside :data:`PUBLISHED` (the RELAX paper's
-"highest training ELBO"). The report section (:func:`section`) reads any stored runs of those
-problems: ELBO curves against steps and against loss evaluations, the trajectory variance and
-the checkpoint variances of the training estimator and of the basket, and the same table.
+step count, logging schedule and checkpoint basket. Its tables (:meth:`BernoulliVae.tables`, one
+per setting, printed by the terminal and shown by the report) hold, per estimator, mean ± sd over
+seeds of the final ``train_set_elbo`` and ``test_bound`` with the seconds per step and the steps
+reached, beside :data:`PUBLISHED` (the RELAX paper's "highest training ELBO"). The report section
+(:func:`section`) reads any stored runs of those problems: ELBO curves against steps and against
+loss evaluations, the trajectory variance and the checkpoint variances of the training estimator
+and of the basket, and the same tables.
 """
 from __future__ import annotations
 

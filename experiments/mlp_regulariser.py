@@ -818,7 +818,7 @@ def section(results: Results, thresholds: Sequence[float] = THRESHOLDS) -> Secti
                    missing=[f for f in built if isinstance(f, figs.Missing)])
 
 
-# -- the experiment: its runs and its terminal table -------------------------------------------------
+# -- the experiment: its runs and its summary table -------------------------------------------------
 ESTIMATORS = (CONTROL, CLAIM, NOISE_CONTROL)  # the table's row order
 PROBLEM = "mnist-mlp"
 # The quick setting (a smoke test, seconds per run): a 64-64 net, 2 epochs on 2,000 examples, one
@@ -867,7 +867,9 @@ class MlpRegulariser(Experiment):
                                            if ": verdict on " in s]  # the heading names the problem
         wrap = lambda text: textwrap.fill(text, width, break_on_hyphens=False)  # noqa: E731
         return "\n\n".join([wrap(heading), *(table.to_text(width) for table in self.tables(results, planned)),
-                              *map(wrap, verdicts)])
+                              *map(wrap, verdicts),
+                              wrap("The report (python -m bench report) has the full section: speed, generalisation, "
+                                   "quantisation and the gradient's noise and bias.")])
 
 
 SUMMARY_CAPTION = ("Final epoch, mean ± sd over the finished seeds (seeds: finished / stored runs); errors (%) of the "
@@ -887,13 +889,13 @@ def summary_tables(mlp: Results, labels: Sequence[str] | None = None) -> list[Ta
         names = list(dict.fromkeys(labels)) if labels else (
             [n for n in ESTIMATORS if n in set(runs["estimator"])]
             + figs.ordered(set(runs["estimator"]) - set(ESTIMATORS)))
-        frame, failures = terminal_rows(part, names)
+        frame, failures = summary_rows(part, names)
         caption = SUMMARY_CAPTION + (" Not finished: " + "; ".join(failures) + "." if failures else "")
         tables.append(Table(f"Binary units as a regulariser: {problem}", caption, frame))
     return tables
 
 
-def terminal_rows(results: Results, names: Sequence[str] = ESTIMATORS) -> tuple[pd.DataFrame, list[str]]:
+def summary_rows(results: Results, names: Sequence[str] = ESTIMATORS) -> tuple[pd.DataFrame, list[str]]:
     """One row per estimator name of ``names``: finished / stored seeds, final-epoch errors and the
     test error at the best-validation epoch (mean ± sd over the finished seeds); and a line per
     run that did not finish."""

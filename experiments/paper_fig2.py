@@ -209,7 +209,7 @@ def report_tables(results: Results, rows=PAPER_ROWS, table=PAPER_TABLE) -> tuple
             tests = ours.loc[ours["metric"] == "test_error", "value"].astype(float)
             if len(tests):
                 test_errors[label] = list(tests)
-            record = {"model / estimator": label, "seeds": f"{len(ids)}/{len(found)}"}
+            record = {"model / estimator": label, "seeds": f"{len(ids)}/{len(found)}" if found else "0"}
             paper_record = {"model / estimator": "  " + (spec if isinstance(spec, str) else format_spec(*spec)),
                             "seeds": "paper"}
             for i, (metric, heading, spec_format) in enumerate(COLUMNS):

@@ -16,7 +16,7 @@ import torch
 
 import benchcli.commands
 import problems
-from analysis.report import fmt, fmt_pm
+from analysis.report import fmt, fmt_pm, mean_sd
 from analysis.tables import load_metrics
 from bench import harness
 from benchcli.cli import main
@@ -153,10 +153,11 @@ def test_training_and_paper_sections(store_path, report_dir):
     assert "*Figure in index.html: Sparsity curves of training problems.*" in summary
     heading = ("Fig. 2 (right) vs toy-gater(epochs=3,lr=0.5) (not comparable with the paper: toy-gater is not the "
                "paper's MNIST gater (mnist-gater); 3 epochs of training)")
-    row = table_row(summary, heading, "Straight-through")
-    assert row[1] == "2" and fmt_pm(mean, sd) in row
-    assert row[2] == fmt(published_numbers(PAPER_TABLE)["Straight-through"][0]) == "0.0033"
-    assert "1.42" in row and "1.39" in row
+    row = table_row(summary, heading, "Straight-through")  # ours: finished / stored seeds, mean ± sd
+    assert row[1] == "2/2" and row[2] == mean_sd(values, ".2e") == f"{mean:.2e} ± {sd:.2e}"
+    paper = table_row(summary, heading, "straight-through")  # below it: the estimator and the paper's numbers
+    assert paper[1] == "paper" and published_numbers(PAPER_TABLE)["Straight-through"] == (3.3e-3, 1.42, 1.39)
+    assert paper[2:5] == ["3.3e-03", "1.42", "1.39"]
     assert table_row(summary, heading, "Stoch. Binary Neuron")[1] == "0"  # reinforce-optimal was not run
 
 
