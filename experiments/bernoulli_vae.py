@@ -172,7 +172,8 @@ class BernoulliVae(Experiment):
             frame, notes = table_rows(vae if vae is not None else results, part, _ordered_labels(mine["label"]),
                                       mine.groupby("label").size().to_dict())
             steps = part["problem_params_dict"].iloc[0].get("steps") if len(part) else None
-            tables.append(Table(f"Bernoulli VAE table: {name}", " ".join([*caption_lines(steps), *notes]), frame))
+            unfinished = ["Not finished: " + "; ".join(notes) + "."] if notes else []  # first: the run's news
+            tables.append(Table(f"Bernoulli VAE table: {name}", " ".join([*unfinished, *caption_lines(steps)]), frame))
         return tables
 
     def table(self, store: Store, planned: Sequence[Planned], quick: bool, width: int) -> str:
