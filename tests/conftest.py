@@ -187,9 +187,21 @@ SLOW_TESTS: dict[str, dict[str, str]] = {
     # Measured on the busy 2-core machine, 8-20 s wall each; a lighter fast test of each module remains.
     "test_harness.py": {"test_worker_processes_store_the_same_numbers_as_in_process": "subprocess"},
     "test_sequence.py": {"test_double_normalisation_is_caught": "statistical",
-                         "test_unbiased_declarations_are_true": "statistical"},
+                         "test_unbiased_declarations_are_true": "statistical",
+                         "test_training_records_exact_curves": "training"},
     "test_api.py": {"test_readme_example_gives_the_command_lines_numbers": "end_to_end",
                     "test_rank_is_the_order_the_command_line_prints": "end_to_end"},
+    # Measured on the busy 2-core machine, 2-8 s wall each: closed-form comparisons over several nets,
+    # thousands of reference samples, training steps, a whole `report --record`.
+    "test_mlp.py": {"test_flip_estimator_is_unbiased_for_the_enumerated_gradient": "statistical",
+                    "test_sampled_reference_has_standard_errors_and_covers_the_truth": "statistical"},
+    "test_sigmoid_belief_net.py": {
+        "test_straight_through_bias_grows_with_depth": "statistical",
+        "test_large_net_reference_is_estimated_seeded_and_cached": "statistical",
+        "test_harness_marks_the_large_net_reference_as_estimated": "statistical",
+        "test_training_lowers_the_exact_loss_and_yields_the_documented_records": "training"},
+    "test_gater.py": {"test_fashion_mnist_gater_trains": "training"},
+    "test_regulariser_generalisation.py": {"test_record_regenerated_from_a_store": "end_to_end"},
 }
 # Shared fixtures whose setup is a whole command although their source does not start a process: by
 # test module, then the fixture's name, with the kind; every test that uses one is in the slow lane
@@ -197,6 +209,7 @@ SLOW_TESTS: dict[str, dict[str, str]] = {
 # Stale names fail the collection as for SLOW_TESTS.
 SLOW_FIXTURES: dict[str, dict[str, str]] = {
     "test_report.py": {"report_dir": "end_to_end"},  # a whole report with its figures: 68 s wall, measured
+    "test_trust.py": {"blackbox_store": "statistical"},  # 4,000 estimates of 9 estimators on d=8: 8 s wall
 }
 # Whole test modules of one kind (their fixtures start the processes: a Dask cluster, a worker pool).
 SLOW_MODULES = {"test_distributed.py": "subprocess", "test_faults_pool.py": "subprocess",
