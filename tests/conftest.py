@@ -201,6 +201,9 @@ SLOW_TESTS: dict[str, dict[str, str]] = {
         "test_harness_marks_the_large_net_reference_as_estimated": "statistical",
         "test_training_lowers_the_exact_loss_and_yields_the_documented_records": "training"},
     "test_gater.py": {"test_fashion_mnist_gater_trains": "training"},
+    # `run` in the test's process starts its worker process (spawned: a fresh interpreter importing
+    # torch), 10 s wall per case; test_paper_passes_threads_to_the_sweep stays fast.
+    "test_measurement.py": {"test_run_sets_and_records_the_thread_count": "subprocess"},
     "test_regulariser_generalisation.py": {"test_record_regenerated_from_a_store": "end_to_end"},
 }
 # Shared fixtures whose setup is a whole command although their source does not start a process: by
@@ -210,6 +213,9 @@ SLOW_TESTS: dict[str, dict[str, str]] = {
 SLOW_FIXTURES: dict[str, dict[str, str]] = {
     "test_report.py": {"report_dir": "end_to_end"},  # a whole report with its figures: 68 s wall, measured
     "test_trust.py": {"blackbox_store": "statistical"},  # 4,000 estimates of 9 estimators on d=8: 8 s wall
+    # `run` in the test's process still starts its worker process (a fresh interpreter importing torch):
+    # 4,000 estimates of 3 estimators, 9 s wall of setup.
+    "test_api.py": {"cli_frame": "subprocess"},
 }
 # Whole test modules of one kind (their fixtures start the processes: a Dask cluster, a worker pool).
 SLOW_MODULES = {"test_distributed.py": "subprocess", "test_faults_pool.py": "subprocess",
