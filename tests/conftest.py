@@ -139,8 +139,9 @@ def one_line_error(code: int, err: str, *fragments: str) -> None:
 # every test function still runs there once). Each of those also carries 'slow'; every other test
 # carries 'fast'. `python -m pytest -m fast` is the inner-loop lane;
 # `python -m pytest` (what CI runs) runs both. The markers are applied here, from what a test uses
-# (fixtures, the calls in its source, the skip reason of `needs_mnist`), plus the table below for
-# tests that take long without saying so; a test file may also mark tests itself.
+# (fixtures, the calls in its source and in the source of the shared fixtures it uses, the skip reason
+# of `needs_mnist`), plus the tables below for tests and fixtures that take long without saying so; a
+# test file may also mark tests itself.
 LANE_KINDS = ("subprocess", "end_to_end", "mnist", "training", "statistical", "matrix")
 SPAWNS = re.compile(r"\brun_cli\(|\bcli\(|\bsubprocess\.|\bcli_command\(|\bPopen\(|[\"']--jobs[\"']|"
                     r"\bmultiprocessing\b|\bProcessPoolExecutor\b")
