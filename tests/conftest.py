@@ -139,8 +139,9 @@ def one_line_error(code: int, err: str, *fragments: str) -> None:
 # every test function still runs there once). Each of those also carries 'slow'; every other test
 # carries 'fast'. `python -m pytest -m fast` is the inner-loop lane;
 # `python -m pytest` (what CI runs) runs both. The markers are applied here, from what a test uses
-# (fixtures, the calls in its source, the skip reason of `needs_mnist`), plus the table below for
-# tests that take long without saying so; a test file may also mark tests itself.
+# (fixtures, the calls in its source and in the source of the shared fixtures it uses, the skip reason
+# of `needs_mnist`), plus the tables below for tests and fixtures that take long without saying so; a
+# test file may also mark tests itself.
 LANE_KINDS = ("subprocess", "end_to_end", "mnist", "training", "statistical", "matrix")
 SPAWNS = re.compile(r"\brun_cli\(|\bcli\(|\bsubprocess\.|\bcli_command\(|\bPopen\(|[\"']--jobs[\"']|"
                     r"\bmultiprocessing\b|\bProcessPoolExecutor\b")
@@ -170,7 +171,6 @@ SLOW_TESTS: dict[str, dict[str, str]] = {
     "test_report.py": {"test_summary_tables_hold_the_stored_numbers": "end_to_end",
                        "test_figure_text_is_not_clipped": "end_to_end",
                        "test_training_and_paper_sections": "end_to_end"},
-    "test_sequence.py": {"test_double_normalisation_is_caught": "statistical"},
     "test_trust.py": {"test_budget_is_an_option_of_run_and_report": "end_to_end",
                       "test_the_summary_ranks_unbiased_estimators_among_themselves": "end_to_end"},
     "test_runinfo.py": {"test_a_store_without_descriptions_still_renders": "end_to_end"},
@@ -179,7 +179,44 @@ SLOW_TESTS: dict[str, dict[str, str]] = {
     "test_new_user.py": {"test_no_verdict_on_nets_still_at_high_error": "end_to_end",
                          "test_the_summary_and_report_say_a_stateful_estimator_is_measured_frozen": "end_to_end"},
     "test_faults_store.py": {"test_malformed_json_in_a_stored_run_does_not_crash_report_or_export": "end_to_end",
-                             "test_report_survives_dollars_and_escapes_html": "end_to_end"},
+                             "test_report_survives_dollars_and_escapes_html": "end_to_end",
+                             # Measured on the busy 2-core machine: 9-13 s wall each (whole commands; a
+                             # report each, or a sweep filling the disk page by page).
+                             "test_disk_full_during_a_sweep_is_one_line_and_nothing_is_claimed": "end_to_end",
+                             "test_report_to_a_full_disk_leaves_no_partial_file": "end_to_end",
+                             "test_readers_open_the_store_read_only_and_leave_no_files": "end_to_end"},
+    # Measured on the busy 2-core machine, 8-20 s wall each; a lighter fast test of each module remains.
+    "test_harness.py": {"test_worker_processes_store_the_same_numbers_as_in_process": "subprocess"},
+    "test_sequence.py": {"test_double_normalisation_is_caught": "statistical",
+                         "test_unbiased_declarations_are_true": "statistical",
+                         "test_training_records_exact_curves": "training"},
+    "test_api.py": {"test_readme_example_gives_the_command_lines_numbers": "end_to_end",
+                    "test_rank_is_the_order_the_command_line_prints": "end_to_end"},
+    # Measured on the busy 2-core machine, 2-8 s wall each: closed-form comparisons over several nets,
+    # thousands of reference samples, training steps, a whole `report --record`.
+    "test_mlp.py": {"test_flip_estimator_is_unbiased_for_the_enumerated_gradient": "statistical",
+                    "test_sampled_reference_has_standard_errors_and_covers_the_truth": "statistical"},
+    "test_sigmoid_belief_net.py": {
+        "test_straight_through_bias_grows_with_depth": "statistical",
+        "test_large_net_reference_is_estimated_seeded_and_cached": "statistical",
+        "test_harness_marks_the_large_net_reference_as_estimated": "statistical",
+        "test_training_lowers_the_exact_loss_and_yields_the_documented_records": "training"},
+    "test_gater.py": {"test_fashion_mnist_gater_trains": "training"},
+    # `run` in the test's process starts its worker process (spawned: a fresh interpreter importing
+    # torch), 10 s wall per case; test_paper_passes_threads_to_the_sweep stays fast.
+    "test_measurement.py": {"test_run_sets_and_records_the_thread_count": "subprocess"},
+    "test_regulariser_generalisation.py": {"test_record_regenerated_from_a_store": "end_to_end"},
+}
+# Shared fixtures whose setup is a whole command although their source does not start a process: by
+# test module, then the fixture's name, with the kind; every test that uses one is in the slow lane
+# (a module- or session-scoped fixture's setup is charged to whichever of its tests runs first).
+# Stale names fail the collection as for SLOW_TESTS.
+SLOW_FIXTURES: dict[str, dict[str, str]] = {
+    "test_report.py": {"report_dir": "end_to_end"},  # a whole report with its figures: 68 s wall, measured
+    "test_trust.py": {"blackbox_store": "statistical"},  # 4,000 estimates of 9 estimators on d=8: 8 s wall
+    # `run` in the test's process still starts its worker process (a fresh interpreter importing torch):
+    # 4,000 estimates of 3 estimators, 9 s wall of setup.
+    "test_api.py": {"cli_frame": "subprocess"},
 }
 # Whole test modules of one kind (their fixtures start the processes: a Dask cluster, a worker pool).
 SLOW_MODULES = {"test_distributed.py": "subprocess", "test_faults_pool.py": "subprocess",
@@ -235,6 +272,34 @@ def _kinds_from_source(function, module) -> frozenset[str]:
     return frozenset(kinds)
 
 
+def _fixture_kinds(item) -> set[str]:
+    """The kinds shown by the shared (module-, class- or session-scoped) fixtures of the test
+    directory that a test uses, read from their source as for a test function, plus SLOW_FIXTURES."""
+    kinds: set[str] = set()
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return kinds
+    tests_dir = REPO_ROOT / "tests"
+    for name in getattr(item, "fixturenames", ()):
+        definitions = info.name2fixturedefs.get(name) or ()
+        if not definitions:
+            continue
+        definition = definitions[-1]  # the one in effect for this test
+        function = getattr(definition, "func", None)
+        try:
+            path = Path(inspect.getsourcefile(function)).resolve()
+        except TypeError:
+            continue
+        if path.parent != tests_dir:
+            continue
+        table = SLOW_FIXTURES.get(path.name, {})
+        if name in table:
+            kinds.add(table[name])
+        if definition.scope != "function":
+            kinds |= _kinds_from_source(function, sys.modules.get(function.__module__))
+    return kinds
+
+
 def lane_kinds(item) -> set[str]:
     """The slow-lane kinds of one collected test (empty: the test is fast)."""
     kinds = {kind for kind in LANE_KINDS if item.get_closest_marker(kind) is not None}
@@ -246,6 +311,7 @@ def lane_kinds(item) -> set[str]:
         kinds |= _kinds_from_source(function, getattr(item, "module", None))
     if "cli" in fixtures:
         kinds.add("subprocess")
+    kinds |= _fixture_kinds(item)
     if any("MNIST" in str(mark.kwargs.get("reason", ""))
                                          and "Fashion" not in str(mark.kwargs.get("reason", ""))
                                          for mark in item.iter_markers("skipif")):
@@ -280,10 +346,11 @@ def pytest_collection_modifyitems(config, items):
         for kind in sorted(kinds):
             item.add_marker(kind)
         item.add_marker("slow" if kinds else "fast")
-    stale = [f"{module}::{name}" for module, names in SLOW_TESTS.items() if module in seen
-             for name in names if not hasattr(seen[module], name)]
+    stale = [f"{module}::{name}" for table in (SLOW_TESTS, SLOW_FIXTURES) for module, names in table.items()
+             if module in seen for name in names if not hasattr(seen[module], name)]
     if stale:
-        raise pytest.UsageError(f"conftest.SLOW_TESTS names tests that do not exist: {', '.join(stale)}")
+        raise pytest.UsageError(f"conftest.SLOW_TESTS or SLOW_FIXTURES names tests or fixtures that do not exist: "
+                                f"{', '.join(stale)}")
 
 
 # -- which package modules the fast lane exercises ---------------------------------------------------

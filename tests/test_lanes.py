@@ -31,8 +31,22 @@ def test_every_test_is_in_exactly_one_lane(request):
 
 
 def test_the_slow_lane_names_real_tests():
-    for module in list(conftest.SLOW_TESTS) + list(conftest.SLOW_MODULES):
+    for module in list(conftest.SLOW_TESTS) + list(conftest.SLOW_MODULES) + list(conftest.SLOW_FIXTURES):
         assert (REPO_ROOT / "tests" / module).is_file(), module
+
+
+def test_a_shared_fixture_that_runs_a_command_puts_its_tests_in_the_slow_lane(request):
+    """test_cli's module-scoped 'sweep' starts python -m bench (its source shows it); test_report's
+    'report_dir' writes a whole report (SLOW_FIXTURES): no test using either is in the fast lane."""
+    for item in request.session.items:
+        module = item.path.name
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if module == "test_cli.py" and fixtures & {"sweep", "listing"}:
+            assert item.get_closest_marker("subprocess") is not None, item.nodeid
+            assert item.get_closest_marker("fast") is None, item.nodeid
+        if module == "test_report.py" and "report_dir" in fixtures:
+            assert item.get_closest_marker("end_to_end") is not None, item.nodeid
+            assert item.get_closest_marker("fast") is None, item.nodeid
 
 
 @pytest.mark.subprocess
