@@ -28,6 +28,7 @@ from analysis import figures as figs
 from analysis.frames import Results, final_values
 from analysis.tables import DERIVED_PREFIX, PAIR, combined_stderr, derived_rows, summarise
 from bench.errors import UserError
+from bench.formatting import REPORT, estimate
 from bench.files import write_text_atomically
 from bench.summary import DEFAULT_BUDGET, stateful_notes
 
@@ -92,22 +93,7 @@ def text_table(frame: pd.DataFrame) -> str:
 
 
 # -- number formatting: the one formatter of tables and reports --------------------------------
-MISSING = "–"
-
-
-def estimate(value, error=None, spec: str = ".4g", error_spec: str | None = None) -> str:
-    """``value ± error`` with Python format specs (``error_spec`` defaults to ``spec``): '–' for a
-    missing or NaN value, '∞' / '−∞' for infinities, and no '± ...' when the error is missing, NaN
-    or infinite. Every 'mean ± sd' and '± s.e.' of the tables and the report comes from here."""
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return MISSING
-    value = float(value)
-    if math.isinf(value):
-        return "∞" if value > 0 else "−∞"
-    text = f"{value:{spec}}"
-    if error is not None and not pd.isna(error) and np.isfinite(float(error)):
-        text += f" ± {float(error):{error_spec or spec}}"
-    return text
+MISSING = REPORT.missing
 
 
 def fmt(value, digits: int = 4) -> str:

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 import estimators
+from bench.formatting import TERMINAL, estimate, one_digit
 from bench.quadrature import QUADRATURE_NOTE, QUADRATURE_TOLERANCE
 from bench.runinfo import is_training, stored_defaults, stored_traits
 from bench.specs import format_spec
@@ -148,14 +149,9 @@ def over_seeds(values: pd.Series, errors: pd.Series, how: str = "mean") -> tuple
 
 
 def _fmt(value: float, error: float, scale: float = 1.0, digits: int = 3) -> str:
-    if value is None or not np.isfinite(value):
-        return "-" if value is None or math.isnan(value) else ("inf" if value > 0 else "-inf")
-    text = f"{value * scale:.{digits}g}"
-    if error is not None and np.isfinite(error) and error > 0:
-        error *= scale
-        text += "±" + (np.format_float_positional(error, precision=1, unique=False, fractional=False).rstrip(".")
-                       if 1e-3 <= error < 1e4 else f"{error:.0e}")
-    return text
+    """The terminal's compact 'value±error' (the one formatter, :func:`bench.formatting.estimate`)."""
+    return estimate(None if value is None else value * scale, None if error is None else error * scale,
+                    f".{digits}g", one_digit, TERMINAL)
 
 
 # -- the table ------------------------------------------------------------------------------------
