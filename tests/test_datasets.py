@@ -396,3 +396,18 @@ def test_tests_find_mnist_by_the_loaders_search_order(monkeypatch, tmp_path):
     assert conftest.find_mnist() == tmp_path / "data" / "mnist"
     monkeypatch.delenv(datasets.ENV_VAR)
     assert conftest.find_mnist() is None
+
+
+def test_only_the_suites_data_sets_are_checked_before_a_run(monkeypatch):
+    """A plugin's problem that brings its own data (dataset 'synthetic') is not refused as an unknown
+    data set; the suite's own (mnist) still is checked."""
+    import types
+
+    import problems
+    from benchcli.commands.reproduce import datasets_of
+
+    classes = {"own-data": type("Own", (), {"dataset": "synthetic"}), "gater": type("Gater", (), {"dataset": "mnist"}),
+               "toy": type("Toy", (), {})}
+    monkeypatch.setattr(problems.PROBLEMS, "entry", lambda name: types.SimpleNamespace(cls=classes[name]))
+    configs = [types.SimpleNamespace(problem=name) for name in ("own-data", "gater", "toy", "own-data")]
+    assert datasets_of(configs) == ["mnist"]

@@ -124,10 +124,13 @@ def run_experiment(experiment, args: argparse.Namespace, **settings: Any) -> int
 
 
 def datasets_of(configs: Iterable[harness.RunConfig]) -> list[str]:
-    """The data sets the configs' problems load (a training problem's ``dataset`` attribute)."""
+    """The suite's data sets the configs' problems load (a training problem's ``dataset`` attribute):
+    a plugin's problem that brings its own data (any other name) is its own business."""
     import problems
+    from problems.datasets import DATASETS
 
-    return sorted({getattr(problems.PROBLEMS.entry(c.problem).cls, "dataset", "") for c in configs} - {""})
+    named = {getattr(problems.PROBLEMS.entry(c.problem).cls, "dataset", "") for c in configs}
+    return sorted(named & set(DATASETS))
 
 
 def check_data(datasets: Iterable[str], data_dir: Path | None, here: bool = True) -> None:
