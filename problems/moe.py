@@ -45,6 +45,14 @@ def _check_layer(experts: int, top_k: int) -> None:
 LAYER_DOMAINS = {"experts": Count(2), "top_k": Count(1), "routing": OneOf(*ROUTINGS), "weights": OneOf(*WEIGHTS)}
 
 
+def expert_evaluations(estimator, top_k: int, experts: int) -> int:
+    """Experts a router estimator evaluates per routed example (ValueError for any other estimator)."""
+    per_input = getattr(estimator, "expert_evaluations", None)
+    if not callable(per_input):
+        raise ValueError(f"{estimator.name or type(estimator).__name__} is not a router estimator")
+    return per_input(top_k, experts)
+
+
 def check_router_estimator(estimator, top_k: int, weights: str, routing: str) -> None:
     """The estimator's own reason it cannot serve this layer (the harness stores the pair as skipped)."""
     check = getattr(estimator, "check_router", None)
@@ -118,10 +126,7 @@ class MoERouter(EnumerableProblem):
 
     def evaluations_per_estimate(self, estimator) -> int:
         """Expert evaluations per estimate: the estimator's per input, times the inputs."""
-        per_input = getattr(estimator, "expert_evaluations", None)
-        if not callable(per_input):
-            raise ValueError(f"{estimator.name or type(estimator).__name__} is not a router estimator")
-        return per_input(self.top_k, self.experts) * self.inputs_count
+        return expert_evaluations(estimator, self.top_k, self.experts) * self.inputs_count
 
     def cost_per_estimate(self, estimator) -> dict[str, float]:
         return {"expert_evals": float(self.evaluations_per_estimate(estimator))}
@@ -269,10 +274,7 @@ class MoEMnist(MnistTrainingProblem):
         check_router_estimator(estimator, self.top_k, self.weights, self.routing)
 
     def evaluations_per_estimate(self, estimator) -> int:
-        per_input = getattr(estimator, "expert_evaluations", None)
-        if not callable(per_input):
-            raise ValueError(f"{estimator.name or type(estimator).__name__} is not a router estimator")
-        return per_input(self.top_k, self.experts)
+        return expert_evaluations(estimator, self.top_k, self.experts)
 
     def model_for(self, estimator, seed: int) -> MoEClassifier:
         from problems.training import Stream, seeded_generator
