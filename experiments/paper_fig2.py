@@ -80,6 +80,9 @@ class PaperFig2(Experiment):
         return report_tables(results)[0]
 
     def sections(self, results: Results) -> list[Section]:
+        """The Fig. 2 section, for a store with gater runs only (a record of another study has none)."""
+        if gater_runs(results).empty:
+            return []
         tables, notes = report_tables(results)
         return [Section("paper", "The paper's Fig. 2 beside ours", text=notes, tables=tables)]
 
@@ -163,6 +166,12 @@ def published_numbers(table) -> dict[str, tuple]:
     return out
 
 
+def gater_runs(results: Results) -> pd.DataFrame:
+    """The runs of problems named ``*gater`` (mnist-gater, fashion-mnist-gater, a plugin's)."""
+    runs = results.runs
+    return runs[runs["problem"].astype(str).str.endswith("gater")]
+
+
 def report_tables(results: Results, rows=PAPER_ROWS, table=PAPER_TABLE) -> tuple[list[Table], list[str]]:
     """The paper's Fig. 2 (right) beside ours, and the verdict sentences: per gater setting, one
     table with two rows per PAPER_ROWS entry, ours (finished / stored seeds, mean ± sd over the
@@ -172,9 +181,8 @@ def report_tables(results: Results, rows=PAPER_ROWS, table=PAPER_TABLE) -> tuple
     Gater runs are those of problems named ``*gater`` (mnist-gater, fashion-mnist-gater); a run
     belongs to a row when its estimator and problem parameters include the row's. One table per
     setting: the problem parameters no row sets (those that differ from the defaults are shown)."""
-    runs = results.runs
-    gater_runs = runs[runs["problem"].astype(str).str.endswith("gater")]
-    if gater_runs.empty:
+    gaters = gater_runs(results)
+    if gaters.empty:
         return [], ["No gater runs in this store (python -m bench paper runs the seven rows of Fig. 2)."]
     published = published_numbers(table)
     final = final_values(results.training)
@@ -184,9 +192,9 @@ def report_tables(results: Results, rows=PAPER_ROWS, table=PAPER_TABLE) -> tuple
     protocol: dict[str, tuple[str, dict]] = {}
     for label, spec, problem_params in rows:
         name, params = parse_spec(spec) if isinstance(spec, str) else spec
-        hits = gater_runs[[r.estimator == name and params_include(r.estimator_params_dict, params)
-                           and params_include(r.problem_params_dict, problem_params)
-                           for r in gater_runs.itertuples()]]
+        hits = gaters[[r.estimator == name and params_include(r.estimator_params_dict, params)
+                       and params_include(r.problem_params_dict, problem_params)
+                       for r in gaters.itertuples()]]
         for run in hits.itertuples():
             defaults = registered_defaults("problem", run.problem) or {}
             shared = {k: v for k, v in run.problem_params_dict.items()  # the setting all rows share
