@@ -133,7 +133,7 @@ def _final_by_label(results: Results, planned: Sequence[Planned], metric: str) -
         ids[label] = list(done)
         values[label] = final.reindex(done).dropna().to_numpy()
         for _, run in mine[mine["status"] != "finished"].iterrows():
-            notes.append(f"{label} seed {run['seed']} {run['status']}: {run['error'] or 'no reason stored'}")
+            notes.append(f"{label} seed {run['seed']} {run['status']}: {(run['error'] or 'no reason stored').rstrip('.')}.")
     return values, ids, notes
 
 
@@ -212,7 +212,7 @@ def bernoulli_table(results: Results, planned: Sequence[Planned]) -> tuple[pd.Da
             for label in ids}
     frame = ranking_frame(ranking, _planned_counts(planned), "train ELBO", extra, tail)
     missing = [label for label in ids if label not in ranking.order]
-    notes += [f"{label}: no finished run" for label in missing if not any(n.startswith(label) for n in notes)]
+    notes += [f"{label}: no finished run." for label in missing if not any(n.startswith(label) for n in notes)]
     variance = _per_label(results, ids, "disarm_variance")
     shown = [f"{label} {fmt(variance[label].mean(), 3)}" for label in ranking.order if variance[label].size]
     if shown:
@@ -324,7 +324,7 @@ def categorical_table(results: Results, planned: Sequence[Planned]) -> tuple[pd.
             for label in ids}
     frame = ranking_frame(ranking, _planned_counts(planned), "train loss", extra, tail)
     missing = [label for label in ids if label not in ranking.order]
-    notes += [f"{label}: no finished run" for label in missing if not any(n.startswith(label) for n in notes)]
+    notes += [f"{label}: no finished run." for label in missing if not any(n.startswith(label) for n in notes)]
     return frame, notes, ranking.summary()
 
 
