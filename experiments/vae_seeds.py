@@ -31,6 +31,7 @@ from analysis.report import Section, Table, fmt, mean_sd
 from bench import harness
 from bench.errors import UserError
 from bench.store import Store
+from estimators import build_estimator
 from experiments import register_experiment
 from experiments.base import Experiment, Planned, plan_run, planned_results
 from experiments.bernoulli_vae import RELAX_PAPER, _final, schedule
@@ -217,7 +218,34 @@ def bernoulli_table(results: Results, planned: Sequence[Planned]) -> tuple[pd.Da
     shown = [f"{label} {fmt(variance[label].mean(), 3)}" for label in ranking.order if variance[label].size]
     if shown:
         notes.append("disarm_variance at the last log (mean over seeds): " + ", ".join(shown) + ".")
+    unbiased = {p.label for p in planned if build_estimator(p.config.estimator, p.config.estimator_params).unbiased}
+    checks = checkpoint_unbiasedness(results, {label: ids[label] for label in ids if label in unbiased})
+    if checks:
+        notes.append("Unbiasedness at the checkpoints (unbiased estimators; the probe's test against its "
+                     "sampled reference): smallest p(unbiased) over checkpoints and seeds, and the encoder-logit "
+                     "coordinates left out as unmeasurable (event probability below what the probe's draws "
+                     "resolve; per checkpoint, fewest to most): " + "; ".join(checks) + ".")
     return frame, notes, ranking.summary()
+
+
+def checkpoint_unbiasedness(results: Results, ids: dict[str, list]) -> list[str]:
+    """Per label: the smallest unbiased_pvalue (scope all) over every checkpoint of its runs, their
+    number, and the range of unmeasurable_coordinates those tests left out."""
+    metrics = results.metrics[results.metrics["scope"] == "all"]
+    params = results.runs.set_index("run_id")["problem_params_dict"]
+    out = []
+    for label, run_ids in ids.items():
+        mine = metrics[metrics["run_id"].isin(run_ids)]
+        sizes = {int(p.get("probe_batch", 0)) * int(p.get("latents", 0)) for p in params.reindex(run_ids).dropna()}
+        pvalues = mine.loc[mine["metric"] == "unbiased_pvalue", "value"].astype(float)
+        if pvalues.empty:
+            continue
+        left_out = mine.loc[mine["metric"] == "unmeasurable_coordinates", "value"].astype(float)
+        of = f" of {sizes.pop():,}" if len(sizes) == 1 and 0 not in sizes else ""
+        out_text = (f", {int(left_out.min())}–{int(left_out.max())}{of} left out" if len(left_out) and left_out.max()
+                    else ", none left out")
+        out.append(f"{label} {fmt(pvalues.min(), 2)} over {len(pvalues)} tests{out_text}")
+    return out
 
 
 def _planned_counts(planned: Sequence[Planned]) -> dict[str, int]:

@@ -338,6 +338,31 @@ def test_bernoulli_study_table_on_a_hand_made_store(tmp_path):
     assert table.to_text(120) in text
 
 
+def test_bernoulli_study_states_the_checkpoint_unbiasedness_of_unbiased_estimators_only(tmp_path):
+    """The notes give, per unbiased estimator, the smallest p(unbiased) over every checkpoint of its
+    seeds and the range of coordinates left out as unmeasurable; a biased estimator's tests are not
+    listed (a small p is its expected verdict, not a fault)."""
+    planned = vae_seeds.BernoulliVaeSeeds().runs(quick=True, seeds=[0, 1], device="cpu")
+    checkpoints = {("DisARM", 0): ((0.31, 0), (0.0042, 7)), ("DisARM", 1): ((0.9, 2), (0.05, 12)),
+                   ("RLOO (K=2)", 0): ((0.5, 0), (0.6, 0)), ("ST", 0): ((1e-30, 0), (1e-40, 3))}
+    with Store(tmp_path / "s.db") as store:
+        for p in planned:
+            if (p.label, p.config.seed) not in checkpoints:
+                continue
+            metrics = [Metric("train_set_elbo", -120.0 - p.config.seed, step=20)]
+            for step, (pvalue, left_out) in zip((10, 20), checkpoints[p.label, p.config.seed]):
+                metrics += [Metric("unbiased_pvalue", pvalue, step=step),
+                            Metric("unmeasurable_coordinates", float(left_out), step=step)]
+            store.save(RunResult(p.config, "finished", metrics, {}, "2024-01-01T00:00:00+00:00",
+                                 "2024-01-01T00:00:01+00:00", 1.0), {"torch": "test"}, "abc", "cpu (test)")
+    (table,) = vae_seeds.BernoulliVaeSeeds().sections(load_results(tmp_path / "s.db"))[0].tables
+    flat = " ".join(table.caption.split())
+    probe = planned[0].config.problem_params
+    assert "DisARM 0.0042 over 4 tests, 0–12 of " + f"{probe['probe_batch'] * probe['latents']:,} left out" in flat
+    assert "RLOO (K=2) 0.5 over 2 tests, none left out" in flat
+    assert "ST 1e-40" not in flat and "ST " not in flat.split("Unbiasedness at the checkpoints")[1]
+
+
 def test_categorical_study_terminal_and_report_tables_are_equal(tmp_path):
     """Three estimators of the 8x4 size ran (each with its own Table 8 learning rate): the report,
     from the store alone, gives the terminal's table, labels without runs included."""
