@@ -31,7 +31,7 @@ from analysis.report import Section, Table, fmt, mean_sd
 from bench import harness
 from bench.errors import UserError
 from bench.store import Store
-from estimators import build_estimator
+from bench.summary import unbiased_trait
 from experiments import register_experiment
 from experiments.base import Experiment, Planned, plan_run, planned_results
 from experiments.bernoulli_vae import RELAX_PAPER, _final, schedule
@@ -218,7 +218,8 @@ def bernoulli_table(results: Results, planned: Sequence[Planned]) -> tuple[pd.Da
     shown = [f"{label} {fmt(variance[label].mean(), 3)}" for label in ranking.order if variance[label].size]
     if shown:
         notes.append("disarm_variance at the last log (mean over seeds): " + ", ".join(shown) + ".")
-    unbiased = {p.label for p in planned if build_estimator(p.config.estimator, p.config.estimator_params).unbiased}
+    specs = {p.label: (p.config.estimator, p.config.estimator_params) for p in planned}  # one build per label
+    unbiased = {label for label, (name, params) in specs.items() if unbiased_trait({}, name, params)}
     checks = checkpoint_unbiasedness(results, {label: ids[label] for label in ids if label in unbiased})
     if checks:
         notes.append("Unbiasedness at the checkpoints (unbiased estimators; the probe's test against its "
