@@ -335,8 +335,9 @@ def metadata(results: Results, filters: dict[str, str | None]) -> pd.DataFrame:
             items.append((f"filter {option}", value))
     items.append(("runs", ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().items())))
     items.append(("seeds", ", ".join(str(s) for s in sorted(runs["seed"].unique()))))
-    samples = sorted(int(s) for s in runs["samples"].unique())
-    items.append(("estimates per run", ", ".join(f"{s:,}" for s in samples)))
+    samples = sorted(int(s) for s in runs.loc[~runs["training"].astype(bool), "samples"].unique())
+    items.append(("estimates per run", ", ".join(f"{s:,}" for s in samples) if samples
+                  else "– (training runs only: they log steps and checkpoints, not estimates)"))
     items.append(("run dates (UTC)", f"{runs['started_at'].min()} to {runs['finished_at'].max()}"))
     items.append(("total run time", f"{runs['wall_time_s'].sum():.1f} s"))
     devices = runs["device_description"].fillna(runs["device"]).value_counts()

@@ -16,7 +16,8 @@ import torch
 
 import benchcli.commands
 import problems
-from analysis.report import fmt, fmt_pm, mean_sd
+from analysis.frames import load_results
+from analysis.report import fmt, fmt_pm, mean_sd, metadata
 from analysis.tables import load_metrics
 from bench import harness
 from benchcli.cli import main
@@ -159,6 +160,19 @@ def test_training_and_paper_sections(store_path, report_dir):
     assert paper[1] == "paper" and published_numbers(PAPER_TABLE)["Straight-through"] == (3.3e-3, 1.42, 1.39)
     assert paper[2:5] == ["3.3e-03", "1.42", "1.39"]
     assert table_row(summary, heading, "Stoch. Binary Neuron")[1] == "0"  # reinforce-optimal was not run
+
+
+def test_provenance_counts_estimates_of_gradient_runs_only(store_path):
+    """Training runs log steps, not estimates: a store of them alone states so (it said 'estimates per run 0'
+    for the VAE records, or the training runs' unused sample count)."""
+    def estimates(results) -> str:
+        table = metadata(results, {})
+        return table.set_index(table.columns[0]).loc["estimates per run"].iloc[0]
+
+    results = load_results(store_path)
+    assert estimates(results) == "1,000"
+    assert estimates(results.select(problems="toy-gater")).startswith("– (training runs only")
+    assert estimates(results.select(problems="bernoulli-target")) == "1,000"
 
 
 def test_figures_are_embedded_and_absences_reported(report_dir):
