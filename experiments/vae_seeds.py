@@ -135,6 +135,10 @@ def _final_by_label(results: Results, planned: Sequence[Planned], metric: str) -
         values[label] = final.reindex(done).dropna().to_numpy()
         for _, run in mine[mine["status"] != "finished"].iterrows():
             notes.append(f"{label} seed {run['seed']} {run['status']}: {(run['error'] or 'no reason stored').rstrip('.')}.")
+        stored_seeds = {int(seed) for seed in mine["seed"]}
+        absent = [p.config.seed for p in planned if p.label == label and p.config.seed not in stored_seeds]
+        if absent and stored_seeds:  # a label with no run at all gets "no finished run" from the table
+            notes.append(f"{label}: seed{'s' if len(absent) > 1 else ''} {', '.join(map(str, absent))} not run.")
     return values, ids, notes
 
 

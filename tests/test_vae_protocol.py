@@ -296,6 +296,26 @@ def test_welch_ranking_of_a_hand_made_sample():
     assert low.order == ["x", "y"] and low.steps[0].pvalue is None and "untestable" in low.summary()
 
 
+def test_bernoulli_study_says_which_seeds_a_label_did_not_run(tmp_path):
+    """Seeds added for some labels only (3, 4 for the close calls): the others' seeds column reads 3/5,
+    and the notes say those seeds were not run rather than leave a reader to guess they failed."""
+    planned = vae_seeds.BernoulliVaeSeeds().runs(quick=True, seeds=[0, 1, 2, 3, 4], device="cpu")
+    seeds = {"DisARM": (0, 1, 2, 3, 4), "ARM": (0, 1, 2)}
+    with Store(tmp_path / "s.db") as store:
+        for p in planned:
+            if p.config.seed not in seeds.get(p.label, ()):
+                continue
+            value = -120.0 - p.config.seed / 10 - (5 if p.label == "ARM" else 0)
+            store.save(RunResult(p.config, "finished", [Metric("train_set_elbo", value, 0.1, step=20)], {},
+                                 "2024-01-01T00:00:00+00:00", "2024-01-01T00:00:01+00:00", 1.0),
+                       {"torch": "test"}, "abc", "cpu (test)")
+        (table,) = vae_seeds.BernoulliVaeSeeds().tables(planned_results(store, planned), planned)
+    rows = table.frame.set_index("estimator")
+    assert rows.loc["DisARM", "seeds"] == "5/5" and rows.loc["ARM", "seeds"] == "3/5"
+    assert "ARM: seeds 3, 4 not run." in table.caption and "DisARM: seed" not in table.caption
+    assert "REBAR: no finished run." in table.caption and "REBAR: seeds" not in table.caption
+
+
 def test_bernoulli_study_table_on_a_hand_made_store(tmp_path):
     """Three seeds of three estimators (one label never ran): the table ranks by the final
     train_set_elbo, gives mean ± sd and each adjacent Welch p-value, and says which orderings hold."""
