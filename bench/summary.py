@@ -348,9 +348,13 @@ def stateful_notes(runs) -> list[str]:
     of an ideal one. A schedule (``schedule`` trait) is held at its declared state instead, which
     the run's notes give."""
     groups: dict[str, set[str]] = {}
+    held: dict[str, set[str]] = {}
     for label, notes in runs:
         traits = stored_traits(notes) or {}
-        if traits.get("stateful") and not traits.get("schedule"):
+        schedule = notes.get("schedule") if isinstance(notes, dict) else None
+        if isinstance(schedule, str) and schedule:  # the harness writes it for schedule-carrying estimators only
+            held.setdefault(schedule.rstrip("."), set()).add(label)
+        elif traits.get("stateful") and not traits.get("schedule"):
             warmup = notes.get("warmup")
             groups.setdefault(f"a warm-up of {warmup}" if warmup else "the warm-up (its size was not recorded)",
                               set()).add(label)
@@ -358,7 +362,8 @@ def stateful_notes(runs) -> list[str]:
             f"{warmup}. Their bias and variance, exact or Monte Carlo, describe the estimator with the baseline it "
             "reached then (itself an estimate from those calls), not with an ideal one such as the exact optimal "
             "baseline of eq. 10."
-            for warmup, labels in sorted(groups.items())]
+            for warmup, labels in sorted(groups.items())] + [
+        f"{', '.join(sorted(labels))}: a schedule, {schedule}." for schedule, labels in sorted(held.items())]
 
 
 def unmeasurable_notes(runs: pd.DataFrame, width: int) -> list[str]:

@@ -184,6 +184,23 @@ def test_slope_annealed_st_is_measured_at_its_declared_slope(linear_loss):
     assert got["unbiased_pvalue"] < 1e-12 and notes["schedule"].startswith("measured at slope 2 ")
 
 
+def test_summary_footer_states_the_schedule_held_not_a_frozen_baseline(linear_loss):
+    """The summary's footer listed slope-annealed-st among the estimators 'measured with the running
+    statistics frozen', describing 'the baseline it reached': it has no baseline, and its slope is held
+    at 1 (the stored traits carry no ``schedule``, so the footer read the run's notes wrongly)."""
+    from bench.summary import stateful_notes
+    runs = []
+    for name in ("slope-annealed-st", "reinforce-ma"):
+        result = harness.run(harness.make_config(name, {}, linear_loss, {}, 0, 1_000, warmup=640))
+        assert result.status == "finished", result.error
+        runs.append((name, result.notes))
+    baseline, schedule = stateful_notes(runs)
+    assert baseline.startswith("reinforce-ma: stateful, measured with the running statistics frozen after a warm-up")
+    assert "slope-annealed-st" not in baseline
+    assert schedule.startswith("slope-annealed-st: a schedule, measured at slope 1 (after 0 steps")
+    assert schedule.endswith("the warm-up held the schedule (it adapts baselines only).")
+
+
 def test_training_still_advances_the_schedule_and_warm_up_holds_it():
     problem = BernoulliLinearLoss()
     estimator = estimators.build_estimator("slope-annealed-st")
