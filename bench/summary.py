@@ -239,6 +239,8 @@ def _problem_block(runs: pd.DataFrame, problem: str, value: pd.DataFrame, stderr
                    budget: int = DEFAULT_BUDGET) -> tuple[str, set[str]]:
     wanted = _block_columns(columns, training, unbiased)
     rank_key = None if training else RANK_KEYS[unbiased]
+    collapsed = _skipped_alike(runs)
+    runs = runs[~runs["estimator_label"].isin([label for labels in collapsed.values() for label in labels])]
     rows = []
     for estimator, group in runs.groupby("estimator_label", sort=False):
         done = group[group["status"] == "finished"]
@@ -276,8 +278,8 @@ def _problem_block(runs: pd.DataFrame, problem: str, value: pd.DataFrame, stderr
     for key in shown:
         table[headings[key]] = [_fmt(*r[key], scale=HEADINGS[key][1], digits=2 if key == "unbiased_pvalue" else 3)
                                 for r in rows]
-    lines, dropped = _render(table, width)
-    used = {key for key in shown if headings[key] in lines[0]}
+    lines, dropped = _render(table, width) if rows else ([], [])
+    used = {key for key in shown if lines and headings[key] in lines[0]}
     text = textwrap.wrap(title, width) + lines
     if dropped:
         text += textwrap.wrap(f"(not shown, to fit {width} columns: {', '.join(dropped)}; choose with --columns)",
@@ -286,7 +288,23 @@ def _problem_block(runs: pd.DataFrame, problem: str, value: pd.DataFrame, stderr
     for run in unfinished.itertuples():
         text += textwrap.wrap(f"{run.estimator_label} seed {run.seed} {run.status}: {run.error}", width,
                               initial_indent="  ", subsequent_indent="    ")
+    for reason, labels in collapsed.items():
+        text += textwrap.wrap(f"skipped, each {reason}: {', '.join(labels)}", width, initial_indent="  ",
+                              subsequent_indent="    ", break_on_hyphens=False)
     return "\n".join(text), used
+
+
+def _skipped_alike(runs: pd.DataFrame) -> dict[str, list[str]]:
+    """Estimators every run of which was skipped for the same reason as another's (a router estimator
+    on a binary problem): reason, the estimator's name left out -> their labels. The summary lists them
+    on one line instead of a table row and a line each."""
+    alike: dict[str, list[str]] = {}
+    for label, group in runs.groupby("estimator_label", sort=False):
+        errors = set(group["error"].fillna(""))
+        name = f"{group['estimator'].iloc[0]} "
+        if (group["status"] == "skipped").all() and len(errors) == 1 and (error := errors.pop()).startswith(name):
+            alike.setdefault(error.removeprefix(name).rstrip("."), []).append(label)
+    return {reason: labels for reason, labels in alike.items() if len(labels) > 1}
 
 
 def _render(table: dict[str, list[str]], width: int) -> tuple[list[str], list[str]]:

@@ -175,6 +175,21 @@ def test_run_with_a_missing_dataset_is_one_line_and_exit_2(invoke, tmp_path, mon
     assert not db.exists()
 
 
+def test_estimators_skipped_alike_share_one_line_and_no_table_rows(invoke, tmp_path):
+    """`run --estimators all` on the binary default problems printed a '-' row and a 'skipped' line for
+    each of the 18 sequence and router estimators, twice per problem (about 120 of its 320 lines). Those
+    skipped for one reason now share a line; a lone skip keeps its own line and row."""
+    code, out, err = invoke("run", "--estimators", "reinforce,remax,rloo,reinforce-router", "--problems",
+                            "bernoulli-target(d=2)", "--samples", "2000", "--db", tmp_path / "r.db")
+    assert code == 0, err
+    said = " ".join(out.split())
+    assert ("skipped, each serves sequence units only; bernoulli-target has binary units: remax, rloo") in said
+    assert "remax seed 0" not in said and "rloo seed 0" not in said
+    assert not any(line.split()[1:2] in (["remax"], ["rloo"]) for line in out.splitlines() if line.strip())
+    assert "reinforce-router seed 0 skipped: reinforce-router serves router units only" in said
+    assert any(line.split()[:2] == ["-", "reinforce-router"] for line in out.splitlines())
+
+
 # -- stateful estimators --------------------------------------------------------------------------------------
 def test_the_summary_and_report_say_a_stateful_estimator_is_measured_frozen(invoke, tmp_path):
     db = tmp_path / "r.db"
