@@ -55,13 +55,16 @@ def run_command(runs: pd.DataFrame) -> list[str]:
     the specs as labelled (parameters that differ from the defaults or between runs)."""
     lines = []
     for problem, part in runs.groupby("problem_label", sort=True):
-        estimators = ",".join(dict.fromkeys(part["estimator_label"]))
-        seeds = ",".join(str(s) for s in sorted(part["seed"].unique()))
-        words = ["python", "-m", "bench", "run", "--estimators", estimators, "--problems", problem, "--seeds", seeds]
-        samples = sorted(part["samples"].unique())
-        if len(samples) == 1 and samples[0]:
-            words += ["--samples", str(samples[0])]
-        lines.append(" ".join(shell_word(w) for w in words))
+        by_seeds: dict[str, list[str]] = {}  # seed set -> the estimators run at exactly those seeds
+        for estimator, mine in part.groupby("estimator_label", sort=False):
+            by_seeds.setdefault(",".join(str(s) for s in sorted(mine["seed"].unique())), []).append(estimator)
+        for seeds, estimators in by_seeds.items():
+            words = ["python", "-m", "bench", "run", "--estimators", ",".join(estimators), "--problems", problem,
+                     "--seeds", seeds]
+            samples = sorted(part[part["estimator_label"].isin(estimators)]["samples"].unique())
+            if len(samples) == 1 and samples[0]:
+                words += ["--samples", str(samples[0])]
+            lines.append(" ".join(shell_word(w) for w in words))
     return lines
 
 

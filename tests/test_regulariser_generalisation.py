@@ -157,6 +157,22 @@ def test_report_without_out_or_record_is_a_user_error(tmp_path, capsys):
     assert "give --out DIR" in capsys.readouterr().err
 
 
+def test_record_command_runs_each_estimator_at_its_own_seeds():
+    """Seeds added for some estimators only (the Bernoulli seeds study's 3 and 4): the record's command
+    gave every estimator the union of the seeds, so running it would compute runs that were never made."""
+    import pandas as pd
+
+    from analysis.record import run_command
+
+    runs = pd.DataFrame({"problem_label": ["p(a=1)"] * 7, "samples": [0] * 7,
+                         "estimator_label": ["arm"] * 2 + ["disarm"] * 4 + ["relax"],
+                         "seed": [0, 1, 0, 1, 2, 3, 0]})
+    assert run_command(runs) == [
+        'python -m bench run --estimators arm --problems "p(a=1)" --seeds 0,1',
+        'python -m bench run --estimators disarm --problems "p(a=1)" --seeds 0,1,2,3',
+        'python -m bench run --estimators relax --problems "p(a=1)" --seeds 0']
+
+
 @pytest.mark.parametrize("word", ["plain", "mnist-mlp(checkpoints='0-30-200',epochs=200)", 'say "$HOME"', "a b"])
 def test_record_commands_are_shell_words(word):
     """A quoted word comes back whole from a POSIX shell's splitting."""
